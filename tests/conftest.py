@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest
+import torch
+from reference_weights import SHARED
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data folder {SHARED} not present")
+    return SHARED
+
+
+@pytest.fixture
+def tiny_model():
+    from uplift_diffusion import UPLiFTModel
+
+    torch.manual_seed(0)
+    return UPLiFTModel.from_preset("tiny-vae").eval()

@@ -1,0 +1,312 @@
+"""UPLiFTModel: the UPLiFT feature upsampler as a diffusers model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from .attender import LocalAttender, neighbourhood_offsets
+from .blocks import NORM_TYPES, BlockGroup, UpStep, nearest_resize
+from .presets import get_preset, preset_config
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_NORMALIZATIONS = ("unit", "imagenet")
+GroupSpec = dict  # {"out_channels": int, "num_blocks": int, "num_convs": int}
+
+
+def bilinear_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Antialiased bilinear resize (align_corners=False), as the reference uses for images and outputs.
+
+    The antialiased kernel has no fp16 / bf16 CPU implementation, so those run in float32 and are cast back.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
+        return bilinear_resize(x.float(), size).to(x.dtype)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _check_group(spec: Any, where: str) -> dict:
+    keys = {"out_channels", "num_blocks", "num_convs"}
+    if not isinstance(spec, dict) or set(spec) != keys:
+        raise ValueError(f"{where} must be a dict with keys {sorted(keys)}, got {spec!r}")
+    if min(spec.values()) < 1:
+        raise ValueError(f"{where}: every entry must be >= 1, got {spec!r}")
+    return spec
+
+
+class UPLiFTEncoder(nn.Module):
+    """Dense image encoder: block groups at the image's full resolution; returns every group's output."""
+
+    def __init__(self, image_channels: int, groups: Sequence[GroupSpec], norm_type: str):
+        super().__init__()
+        widths = [image_channels] + [g["out_channels"] for g in groups]
+        for i, g in enumerate(groups):
+            group = BlockGroup(widths[i], g["out_channels"], g["num_blocks"], g["num_convs"], norm_type)
+            self.add_module(f"block_{i}", group)
+        self.num_groups = len(groups)
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        outputs = []
+        x = image
+        for i in range(self.num_groups):
+            x = getattr(self, f"block_{i}")(x)  # [B, C_i, H, W]
+            outputs.append(x)
+        return outputs
+
+
+class UPLiFTDecoder(nn.Module):
+    """One 2x step's guide predictor: block_0 at the input size, up_1 (2x), block_1 at the output size."""
+
+    def __init__(self, in_channels: int, guide_channels: Sequence[int], noise_channels: int,
+                 groups: Sequence[GroupSpec], norm_type: str):
+        super().__init__()
+        first, second = groups
+        self.block_0 = BlockGroup(in_channels + guide_channels[0] + noise_channels, first["out_channels"],
+                                  first["num_blocks"], first["num_convs"], norm_type)
+        self.up_1 = UpStep(first["out_channels"], first["out_channels"])
+        self.block_1 = BlockGroup(first["out_channels"] + guide_channels[1] + noise_channels, second["out_channels"],
+                                  second["num_blocks"], second["num_convs"], norm_type)
+
+
+class UPLiFTModel(ModelMixin, ConfigMixin):
+    r"""UPLiFT: an iterative 2x feature upsampler guided by the image, built around the Local Attender.
+
+    The encoder runs once on the image and its outputs ``[e_0 ... e_{L-1}]`` guide every step; one step doubles the
+    resolution of the features with shared weights:
+
+    ``x -> cat(x, e_{L-1}, noise) -> block_0 -> up_1 (2x) -> cat(., e_{L-2}, noise) -> block_1 = guide``,
+    ``LocalAttender(guide, x)`` -> [``cat(., e_{L-1}, noise) -> refiner -> refiner_out``] -> next step's input.
+
+    Args:
+        in_channels (`int`, defaults to 4): channels C of the features being upsampled (4 for SD 1.5 latents, 384
+            for DINO ViT-S).
+        image_channels (`int`, defaults to 3): channels of the guiding image.
+        patch_size (`int`, defaults to 8): pixels per feature token of the backbone. The image must be exactly
+            ``patch_size`` times the feature map. Patch 14 images are resized to the 16-pixel grid first.
+        encoder_blocks (`list[dict]`): one spec per encoder group, ``{"out_channels", "num_blocks", "num_convs"}``;
+            at least two groups (the decoder uses the last two outputs).
+        decoder_blocks (`list[dict]`): exactly two specs: the block group before the 2x up-step and the one after
+            it. The second group's width is the guide width of the Local Attender.
+        refiner_blocks (`dict`, *optional*): spec of the refiner after the attender (VAE presets), followed by a
+            1x1 conv back to ``in_channels``; ``None`` for no refiner.
+        norm_type (`str`, defaults to ``"layer"``): ``"layer"`` (channel LayerNorm, eps 1e-6) or ``"batch"``.
+        noise_channels (`int`, defaults to 0): Gaussian noise channels concatenated before each block group of a
+            step (0 disables them).
+        noise_scale (`float`, defaults to 1.0): standard deviation of the noise channels.
+        neighbourhood_size (`int`, defaults to 17): Local Attender neighbourhood n (5, 9, 13, 17 or 25).
+        image_normalization (`str`, defaults to ``"unit"``): convention of the ``image`` argument; ``"unit"`` is RGB
+            in [0, 1] (VAE presets), ``"imagenet"`` is ImageNet mean/std normalised (DINO presets). See
+            :meth:`normalize_image`.
+    """
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 4,
+        image_channels: int = 3,
+        patch_size: int = 8,
+        encoder_blocks: list[dict] | None = None,
+        decoder_blocks: list[dict] | None = None,
+        refiner_blocks: dict | None = None,
+        norm_type: str = "layer",
+        noise_channels: int = 0,
+        noise_scale: float = 1.0,
+        neighbourhood_size: int = 17,
+        image_normalization: str = "unit",
+    ):
+        super().__init__()
+        defaults = get_preset("sd15-vae").config
+        encoder_blocks = encoder_blocks if encoder_blocks is not None else defaults["encoder_blocks"]
+        decoder_blocks = decoder_blocks if decoder_blocks is not None else defaults["decoder_blocks"]
+        encoder_blocks = [_check_group(g, f"encoder_blocks[{i}]") for i, g in enumerate(encoder_blocks)]
+        decoder_blocks = [_check_group(g, f"decoder_blocks[{i}]") for i, g in enumerate(decoder_blocks)]
+        if len(encoder_blocks) < 2:
+            raise ValueError(f"encoder_blocks needs at least 2 groups, got {len(encoder_blocks)}")
+        if len(decoder_blocks) != 2:
+            raise ValueError(
+                f"decoder_blocks needs exactly 2 groups (before and after the 2x step), got {len(decoder_blocks)}"
+            )
+        if norm_type not in NORM_TYPES:
+            raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
+        if image_normalization not in IMAGE_NORMALIZATIONS:
+            raise ValueError(f"image_normalization must be one of {IMAGE_NORMALIZATIONS}, got {image_normalization!r}")
+        if min(in_channels, image_channels, patch_size) < 1 or noise_channels < 0:
+            raise ValueError("in_channels, image_channels and patch_size must be >= 1 and noise_channels >= 0")
+        neighbourhood_offsets(neighbourhood_size)  # validates n
+
+        guide_widths = [g["out_channels"] for g in encoder_blocks]
+        self.encoder = UPLiFTEncoder(image_channels, encoder_blocks, norm_type)
+        # block_0 sees the deepest encoder output, block_1 the second deepest (and the refiner the deepest again).
+        self.decoder = UPLiFTDecoder(in_channels, (guide_widths[-1], guide_widths[-2]), noise_channels,
+                                     decoder_blocks, norm_type)
+        self.attender = LocalAttender(decoder_blocks[1]["out_channels"], neighbourhood_size)
+        if refiner_blocks is not None:
+            spec = _check_group(refiner_blocks, "refiner_blocks")
+            self.refiner = BlockGroup(in_channels + guide_widths[-1] + noise_channels, spec["out_channels"],
+                                      spec["num_blocks"], spec["num_convs"], norm_type)
+            self.refiner_out = nn.Conv2d(spec["out_channels"], in_channels, kernel_size=1)
+        else:
+            self.refiner = None
+            self.refiner_out = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> UPLiFTModel:
+        """A randomly initialised model of a named preset (``"sd15-vae"``, ``"dinov2-s14"``, ``"dinov3-splus16"``,
+        ``"tiny-vae"``), with any constructor argument overridden."""
+        return cls(**preset_config(name, **overrides))
+
+    @classmethod
+    def from_reference_checkpoint(cls, path_or_repo_id: str, preset: str | None = None, **kwargs: Any) -> UPLiFTModel:
+        """Load a published UPLiFT checkpoint (reference key layout).
+
+        See :func:`uplift_diffusion.reference.load_reference_checkpoint` for the arguments."""
+        from .reference import load_reference_checkpoint
+
+        return load_reference_checkpoint(path_or_repo_id, preset=preset, model_cls=cls, **kwargs)
+
+    # ------------------------------------------------------------------ image conventions
+    def normalize_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Map an RGB image in [0, 1] to the convention this model's ``image`` argument expects."""
+        if self.config.image_normalization == "imagenet":
+            mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
+            std = image.new_tensor(IMAGENET_STD)[:, None, None]
+            return (image - mean) / std
+        return image
+
+    # ------------------------------------------------------------------ forward
+    def _noise(self, like: torch.Tensor, generator) -> torch.Tensor | None:
+        n = self.config.noise_channels
+        if n == 0:
+            return None
+        b, _, h, w = like.shape
+        # generator=None draws from the global RNG (torch.randn on like's device), as the reference does.
+        noise = randn_tensor((b, n, h, w), generator=generator, device=like.device, dtype=like.dtype)
+        return noise * self.config.noise_scale if self.config.noise_scale != 1.0 else noise
+
+    def _concat(self, x: torch.Tensor, guide: torch.Tensor, generator) -> torch.Tensor:
+        parts = [x, nearest_resize(guide, x.shape[-2:])]
+        noise = self._noise(x, generator)
+        if noise is not None:
+            parts.append(noise)
+        return torch.cat(parts, dim=1)
+
+    def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Run the dense encoder once; the result can be passed to :meth:`upscale_step` for every step."""
+        if self.config.patch_size == 14:
+            # Patch-14 backbones: move the image to the 16-pixel token grid so that four 2x steps give 16x.
+            h, w = image.shape[-2:]
+            image = bilinear_resize(image, (h * 16 // 14, w * 16 // 14))
+        return self.encoder(image)
+
+    def upscale_step(self, features: torch.Tensor, encoded: Sequence[torch.Tensor], generator=None) -> torch.Tensor:
+        """One 2x step: [B, C, h, w] -> [B, C, 2h, 2w], guided by the outputs of :meth:`encode_image`."""
+        decoder = self.decoder
+        x = decoder.block_0(self._concat(features, encoded[-1], generator))  # [B, D0, h, w]
+        x = decoder.up_1(x)  # [B, D0, 2h, 2w]
+        guide = decoder.block_1(self._concat(x, encoded[-2], generator))  # [B, D1, 2h, 2w]
+        out = self.attender(guide, features)  # [B, C, 2h, 2w]
+        if self.refiner is not None:
+            out = self.refiner_out(self.refiner(self._concat(out, encoded[-1], generator)))
+        return out
+
+    def check_inputs(self, image: torch.Tensor, features: torch.Tensor, iterations: int, output_size) -> None:
+        """Validate the forward arguments; raises ValueError / TypeError naming the problem."""
+        cfg = self.config
+        for name, t in (("image", image), ("features", features)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.ndim != 4:
+                raise ValueError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(t.shape)}")
+        if features.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"features have {features.shape[1]} channels but this UPLiFT model upsamples {cfg.in_channels}-channel "
+                f"features (check that the model matches your backbone)"
+            )
+        if image.shape[1] != cfg.image_channels:
+            raise ValueError(f"image has {image.shape[1]} channels, expected {cfg.image_channels} (RGB)")
+        if image.shape[0] != features.shape[0]:
+            raise ValueError(f"image batch size {image.shape[0]} != features batch size {features.shape[0]}")
+        (h, w), (H, W), p = features.shape[-2:], image.shape[-2:], cfg.patch_size
+        if (H, W) != (h * p, w * p):
+            raise ValueError(
+                f"image size {H}x{W} does not match features {h}x{w} with patch size {p}: the image must be "
+                f"{h * p}x{w * p} (features x {p})"
+            )
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+        if output_size is not None:
+            size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+            if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+                raise ValueError(f"output_size must be None, a positive int or (height, width), got {output_size!r}")
+        if not torch.isfinite(features).all():
+            raise ValueError("features contain NaN or inf values")
+        if not torch.isfinite(image).all():
+            raise ValueError("image contains NaN or inf values")
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        features: torch.Tensor,
+        iterations: int = 1,
+        output_size: int | Sequence[int] | None = None,
+        return_all_steps: bool = False,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Upsample ``features`` by ``2**iterations`` (then optionally resize to ``output_size``).
+
+        Args:
+            image: [B, 3, H, W] guiding image in the model's convention (:meth:`normalize_image`), with
+                ``H = h * patch_size`` and ``W = w * patch_size``.
+            features: [B, C, h, w] backbone features (raw, unscaled latents for VAE presets).
+            iterations: number of 2x steps (>= 1).
+            output_size: optional final bilinear (antialiased) resize of the last step's output, ``int`` or ``(H, W)``.
+            return_all_steps: return the list of every step's output instead of the last one.
+            generator: ``torch.Generator`` (or one per batch item) for the noise channels; ``None`` uses the
+                global RNG in the reference order, so ``torch.manual_seed`` reproduces the published code.
+
+        Returns:
+            [B, C, h * 2**iterations, w * 2**iterations] (or ``output_size``), or the list of all steps.
+        """
+        self.check_inputs(image, features, iterations, output_size)
+        dtype = self.dtype
+        image, features = image.to(dtype), features.to(dtype)
+        encoded = self.encode_image(image)
+        steps = []
+        x = features
+        for _ in range(iterations):
+            x = self.upscale_step(x, encoded, generator)
+            if return_all_steps:
+                steps.append(x)
+        if output_size is not None:
+            size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+            x = bilinear_resize(x, size)
+            if return_all_steps:
+                steps[-1] = x
+        return steps if return_all_steps else x
+
+    @property
+    def num_parameters_by_part(self) -> dict:
+        parts = {"encoder": self.encoder, "decoder": self.decoder, "attender": self.attender}
+        if self.refiner is not None:
+            parts.update(refiner=self.refiner, refiner_out=self.refiner_out)
+        return {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+
+    @staticmethod
+    def iterations_for_scale(scale: int) -> int:
+        """log2(scale) for a power-of-two scale >= 2, or a ValueError."""
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2 or scale & (scale - 1):
+            raise ValueError(f"scale must be a power of two >= 2 (2, 4, 8, ...), got {scale!r}")
+        return int(math.log2(scale))
