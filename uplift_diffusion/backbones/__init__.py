@@ -1,1 +1,1 @@
-"""(filled in by later issues)"""
+"""Backbones: VAE adapters (raw latents), the taef2 autoencoder, ViT feature wrappers."""

@@ -1,0 +1,130 @@
+"""TAEF2: the tiny FLUX.2 autoencoder (madebyollin/taesd) as a diffusers model.
+
+diffusers' ``AutoencoderTiny`` cannot represent it: taef2's mid blocks have a GroupNorm "pool" branch, which
+``AutoencoderTiny`` drops with only a warning (wrong outputs). This module builds the exact layer layout so that the
+published ``taef2_encoder.pth`` / ``taef2_decoder.pth`` state dicts load strictly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTinyOutput
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+def _conv(c_in: int, c_out: int, **kwargs) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, padding=1, **kwargs)
+
+
+class TAEBlock(nn.Module):
+    """TAESD residual block, optionally with taef2's pre-applied GroupNorm "pool" branch."""
+
+    def __init__(self, c_in: int, c_out: int, pooled: bool = False):
+        super().__init__()
+        self.conv = nn.Sequential(_conv(c_in, c_out), nn.ReLU(), _conv(c_out, c_out), nn.ReLU(), _conv(c_out, c_out))
+        self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
+        self.fuse = nn.ReLU()
+        self.pool = (
+            nn.Sequential(nn.Conv2d(c_in, 4 * c_in, 1, bias=False), nn.GroupNorm(4, 4 * c_in), nn.ReLU(),
+                          nn.Conv2d(4 * c_in, c_in, 1, bias=False))
+            if pooled else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = x + self.pool(x)
+        return self.fuse(self.conv(x) + self.skip(x))
+
+
+class _Clamp(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / 3) * 3
+
+
+class TAEF2(ModelMixin, ConfigMixin):
+    """Tiny autoencoder with taef2's layout; a drop-in ``vae`` for our pipelines (diffusers ``AutoencoderTiny`` API).
+
+    ``encode`` takes RGB in [-1, 1] and returns ``AutoencoderTinyOutput(latents)`` (raw latents, scaling factor 1);
+    ``decode`` returns ``DecoderOutput(sample)`` in [-1, 1]. Spatial factor 8.
+
+    Args:
+        latent_channels (`int`, defaults to 32): latent channels.
+        channels (`int`, defaults to 64): width of every block.
+        encoder_blocks (`list[int]`, defaults to [1, 3, 3, 3]): blocks per encoder stage; stages after the first
+            start with a stride-2 conv; the last stage's blocks have the pool branch.
+        decoder_blocks (`list[int]`, defaults to [3, 3, 3, 1]): blocks per decoder stage; the first stage's blocks have
+            the pool branch; every stage but the last ends with a 2x nearest upsample and a conv.
+        scaling_factor (`float`, defaults to 1.0): kept for diffusers compatibility (latents are used raw).
+    """
+
+    @register_to_config
+    def __init__(self, latent_channels: int = 32, channels: int = 64, encoder_blocks: Sequence[int] = (1, 3, 3, 3),
+                 decoder_blocks: Sequence[int] = (3, 3, 3, 1), scaling_factor: float = 1.0):
+        super().__init__()
+        c = channels
+        enc: list[nn.Module] = [_conv(3, c)]
+        for i, n in enumerate(encoder_blocks):
+            if i > 0:
+                enc.append(_conv(c, c, stride=2, bias=False))
+            enc += [TAEBlock(c, c, pooled=i == len(encoder_blocks) - 1) for _ in range(n)]
+        enc.append(_conv(c, latent_channels))
+        self.encoder = nn.Sequential(*enc)
+
+        dec: list[nn.Module] = [_Clamp(), _conv(latent_channels, c), nn.ReLU()]
+        for i, n in enumerate(decoder_blocks):
+            dec += [TAEBlock(c, c, pooled=i == 0) for _ in range(n)]
+            if i < len(decoder_blocks) - 1:
+                dec += [nn.Upsample(scale_factor=2), _conv(c, c, bias=False)]
+        dec.append(_conv(c, 3))
+        self.decoder = nn.Sequential(*dec)
+
+    @classmethod
+    def from_taesd_files(cls, folder: str | os.PathLike, prefix: str = "taef2", **config) -> "TAEF2":
+        """Load ``{prefix}_encoder.pth`` and ``{prefix}_decoder.pth`` (plain state dicts, read with weights_only)."""
+        folder = Path(folder)
+        model = cls(**config)
+        for part in ("encoder", "decoder"):
+            path = folder / f"{prefix}_{part}.pth"
+            if not path.is_file():
+                raise FileNotFoundError(f"taef2 weights not found: {path} (expected {prefix}_encoder.pth and "
+                                        f"{prefix}_decoder.pth in {folder})")
+            try:
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+            except Exception as err:
+                raise ValueError(f"could not read {path}: corrupt or not a state dict ({type(err).__name__})") from None
+            try:
+                getattr(model, part).load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise ValueError(f"{path} does not fit the taef2 layout: {str(err).splitlines()[0]}") from None
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers ``from_pretrained``; also accepts a folder with the original ``taef2_*.pth`` files."""
+        folder = Path(str(pretrained_model_name_or_path))
+        if folder.is_dir() and (folder / "taef2_encoder.pth").is_file() and not (folder / "config.json").is_file():
+            model = cls.from_taesd_files(folder)
+            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+            return model.to(dtype) if dtype is not None else model
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        """RGB in [-1, 1] [B, 3, H, W] (H, W multiples of 8) -> raw latents [B, C, H/8, W/8]."""
+        latents = self.encoder(x.add(1).div(2))
+        return AutoencoderTinyOutput(latents=latents) if return_dict else (latents,)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
+        """Raw latents -> RGB in [-1, 1]."""
+        sample = self.decoder(z).clamp(0, 1).mul(2).sub(1)
+        return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def forward(self, sample: torch.Tensor, return_dict: bool = True):
+        decoded = self.decode(self.encode(sample).latents).sample
+        return DecoderOutput(sample=decoded) if return_dict else (decoded,)
