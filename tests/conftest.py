@@ -12,11 +12,19 @@ from reference_weights import SHARED
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def require_shared() -> Path:
+    """../shared (real photos, weights, reference fixtures). Missing: skip, unless UPLIFT_REQUIRE_SHARED=1 (CI)."""
+    if not SHARED.is_dir():
+        message = f"shared data folder {SHARED} not present (it must sit beside the project)"
+        if os.environ.get("UPLIFT_REQUIRE_SHARED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data folder {SHARED} not present")
-    return SHARED
+    return require_shared()
 
 
 @pytest.fixture

@@ -24,7 +24,10 @@ def checkpoints(tmp_path_factory):
     return files
 
 
-@pytest.mark.skipif(not CASES, reason="no fixtures in ../shared/spec/fixtures")
+def test_fixtures_present(shared_dir):
+    assert len(CASES) == 6, f"expected the 6 reference cases in {FIXTURES}"
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["file"] for c in CASES])
 def test_matches_published_outputs(case, checkpoints):
     model = UPLiFTModel.from_reference_checkpoint(str(checkpoints[case["weights"]]), preset=case["preset"])
