@@ -44,10 +44,35 @@ def upsample_factor(guide_size: Sequence[int], value_size: Sequence[int]) -> int
     return gh // vh
 
 
+# Tile sizes of the eager path: a stripe of about _TILE_ROW_ELEMENTS pixels per channel, and about
+# _TILE_ELEMENTS output elements per tile (~1 MB in float32, so a tile and its upsampled values stay in L2).
+_TILE_ROW_ELEMENTS = 16384
+_TILE_ELEMENTS = 262144
+
+
+def _radius(offsets: Sequence[tuple[int, int]]) -> int:
+    return max(max(abs(di), abs(dj)) for di, dj in offsets)
+
+
+def _nearest_up(x: torch.Tensor, c: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling by the integer c: [B, C, h, w] -> [B, C, c*h, c*w]."""
+    if c == 1:
+        return x
+    b, ch, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, ch, h, c, w, c).reshape(b, ch, h * c, w * c)
+
+
 def local_attend(
     attention: torch.Tensor, value: torch.Tensor, offsets: Sequence[tuple[int, int]]
 ) -> torch.Tensor:
     """Convex combination of value tokens: ``out[:, y, x] = sum_k A[k, y, x] * V[:, y//c + di_k, x//c + dj_k]``.
+
+    Eager path: the output is built tile by tile (a chunk of channels x a stripe of rows, ~1 MB), so the n
+    multiply-adds of a tile run in cache instead of streaming the whole output n times. Inside a tile the value
+    rows are nearest-upsampled once; a shift by (di, dj) value tokens is then a shift by (c*di, c*dj) pixels of that
+    upsampled tile, so every multiply-add is a contiguous, vectorised ``addcmul_``. Peak extra memory is the output
+    plus one tile: no [B, C, n, cH, cW] neighbourhood tensor is ever built. Under ``torch.compile`` the
+    single-expression :func:`local_attend_fused` is traced instead (no Python tile loop, no graph breaks).
 
     Args:
         attention: [B, n, cH, cW] weights (softmax over n already applied).
@@ -55,20 +80,79 @@ def local_attend(
         offsets: the n (di, dj) offsets, in the order of ``attention``'s channels.
 
     Returns:
-        [B, C, cH, cW]. Accumulates over the offsets into the output, so the only large intermediate is the output
-        itself (no [B, C, n, cH, cW] neighbourhood tensor).
+        [B, C, cH, cW] in the value's dtype (contiguous; channels-last strided under ``torch.compile``).
     """
-    b, c_v, h, w = value.shape
+    if torch.compiler.is_compiling():
+        return local_attend_fused(attention, value, offsets)
+    b, channels, h, w = value.shape
     c = upsample_factor(attention.shape[-2:], (h, w))
-    r = max(max(abs(di), abs(dj)) for di, dj in offsets)
-    padded = F.pad(value, (r, r, r, r), mode="replicate") if r else value
-    out = value.new_zeros(b, c_v, h, c, w, c)
-    # [B, n, cH, cW] -> [B, n, 1, H, c, W, c]: the c x c cell of every value token.
-    attn = attention.reshape(b, -1, 1, h, c, w, c)
+    r = _radius(offsets)
+    padded = F.pad(value, (r, r, r, r), mode="replicate") if r else value  # [B, C, H+2r, W+2r]
+    if torch.is_grad_enabled() and (attention.requires_grad or value.requires_grad):
+        return _attend_differentiable(attention, padded, offsets, c, r)
+    out = value.new_empty(b, channels, h * c, w * c)
+    # Tile: `rows` value rows (c * rows output rows) x `chunk` channels, about _TILE_ELEMENTS output elements.
+    rows = max(1, min(h, _TILE_ROW_ELEMENTS // (c * c * w)))
+    chunk = max(1, min(channels, _TILE_ELEMENTS // (rows * c * c * w)))
+    for y0 in range(0, h, rows):
+        y1 = min(y0 + rows, h)
+        attn = attention[:, :, y0 * c : y1 * c]  # [B, n, c*rows, cW]
+        for c0 in range(0, channels, chunk):
+            src = padded[:, c0 : c0 + chunk, y0 : y1 + 2 * r]  # [B, chunk, rows+2r, W+2r]
+            up = _nearest_up(src, c)  # [B, chunk, c*(rows+2r), c*(W+2r)]
+            tile = out[:, c0 : c0 + chunk, y0 * c : y1 * c]  # [B, chunk, c*rows, cW]
+            for k, (di, dj) in enumerate(offsets):
+                y, x = c * (r + di), c * (r + dj)
+                shifted = up[:, :, y : y + tile.shape[2], x : x + w * c]
+                if k == 0:
+                    torch.mul(shifted, attn[:, :1], out=tile)
+                else:
+                    tile.addcmul_(shifted, attn[:, k : k + 1])
+    return out
+
+
+def _attend_differentiable(
+    attention: torch.Tensor, padded: torch.Tensor, offsets: Sequence[tuple[int, int]], c: int, r: int
+) -> torch.Tensor:
+    """Training path: n whole-output ``addcmul_`` of broadcast views (autograd keeps only views, no copies)."""
+    b, channels, hp, wp = padded.shape
+    h, w = hp - 2 * r, wp - 2 * r
+    out = padded.new_zeros(b, channels, h, c, w, c)
+    attn = attention.reshape(b, -1, 1, h, c, w, c)  # the c x c cell of every value token
     for k, (di, dj) in enumerate(offsets):
         shifted = padded[:, :, r + di : r + di + h, r + dj : r + dj + w]  # [B, C, H, W]
         out.addcmul_(shifted[:, :, :, None, :, None], attn[:, k])
-    return out.reshape(b, c_v, h * c, w * c)
+    return out.reshape(b, channels, h * c, w * c)
+
+
+def local_attend_fused(
+    attention: torch.Tensor, value: torch.Tensor, offsets: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """The same operator as one expression with the channels innermost, for ``torch.compile``.
+
+    Inductor fuses the n products and the sum into one loop over output pixels whose inner loop runs over the
+    channels, which are contiguous in the channels-last value map: one write of the output, the value read from
+    cache, no intermediate of output size. Eagerly this allocates n temporaries; use :func:`local_attend` there.
+
+    Args:
+        attention: [B, n, cH, cW] weights (softmax over n already applied).
+        value: [B, C, H, W] value map (replicate padding at the border).
+        offsets: the n (di, dj) offsets, in the order of ``attention``'s channels.
+
+    Returns:
+        [B, C, cH, cW], channels-last strided.
+    """
+    b, channels, h, w = value.shape
+    c = upsample_factor(attention.shape[-2:], (h, w))
+    r = _radius(offsets)
+    padded = F.pad(value, (r, r, r, r), mode="replicate") if r else value
+    padded = padded.permute(0, 2, 3, 1).contiguous()  # [B, H+2r, W+2r, C]
+    attn = attention.permute(0, 2, 3, 1).reshape(b, h, c, w, c, -1)  # [B, H, c, W, c, n]
+    out = None
+    for k, (di, dj) in enumerate(offsets):
+        term = attn[..., k, None] * padded[:, r + di : r + di + h, None, r + dj : r + dj + w, None, :]
+        out = term if out is None else out + term  # [B, H, c, W, c, C]
+    return out.reshape(b, h * c, w * c, channels).permute(0, 3, 1, 2)
 
 
 class LocalAttender(nn.Module):
