@@ -1,1 +1,11 @@
-"""(filled in by later issues)"""
+"""diffusers pipelines built on UPLiFT: text-to-image at high resolution and latent super-resolution.
+
+Importing this package imports ``uplift_diffusion.model`` (and the TAEF2 module): diffusers >= 0.42.1 resolves the
+components named in a saved ``model_index.json`` only from modules that are already imported.
+"""
+
+from uplift_diffusion.pipelines.common import UPLiFTPipelineOutput
+from uplift_diffusion.pipelines.super_resolution import UPLiFTSuperResolutionPipeline
+from uplift_diffusion.pipelines.uplift_pipeline import UPLiFTPipeline
+
+__all__ = ["UPLiFTPipeline", "UPLiFTPipelineOutput", "UPLiFTSuperResolutionPipeline"]

@@ -1,0 +1,247 @@
+"""UPLiFTSuperResolutionPipeline: upscale images through a VAE's latent space with UPLiFT."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import logging
+from uplift_diffusion.pipelines.common import UPLiFTPipelineOutput, upscale_latents
+from uplift_diffusion.pipelines.tiling import tiled_map
+
+import uplift_diffusion.backbones.taef2  # noqa: F401  (saved pipelines name this module for a TAEF2 vae)
+import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
+from uplift_diffusion.backbones.vae import decode_latents, encode_latents, latent_channels, vae_scale_factor
+from uplift_diffusion.color import ColorCorrection
+from uplift_diffusion.imageio import to_rgb
+from uplift_diffusion.model import UPLiFTModel
+
+logger = logging.get_logger(__name__)
+
+ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[PIL.Image.Image | np.ndarray | torch.Tensor]
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DECODE_TILE_MIN = 128  # latents (1024 pixels): the smallest tile the VAE decoder sees when tiling
+
+
+def _array_to_unit(array: np.ndarray) -> torch.Tensor:
+    """[H, W], [H, W, C] or [B, H, W, C] uint8 / uint16 / float in [0, 1] -> [B, 3, H, W] float32 in [0, 1]."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"numpy images must be [H, W], [H, W, C] or [B, H, W, C] with C in (1, 3, 4); got shape "
+                         f"{array.shape}")
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        array = array.astype(np.float32) / 65535.0
+    elif not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"numpy images must be uint8, uint16 or float in [0, 1]; got dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 3, 1, 2)
+
+
+def _tensor_to_unit(tensor: torch.Tensor) -> torch.Tensor:
+    """[C, H, W] or [B, C, H, W] (uint8, or float in [0, 1]) -> [B, 3, H, W] float32 in [0, 1]."""
+    if tensor.ndim == 3:
+        tensor = tensor[None]
+    if tensor.ndim != 4 or tensor.shape[1] not in (1, 3, 4):
+        raise ValueError(f"tensor images must be [C, H, W] or [B, C, H, W] with C in (1, 3, 4); got shape "
+                         f"{tuple(tensor.shape)}")
+    return tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+
+
+def _to_rgb_channels(batch: torch.Tensor) -> torch.Tensor:
+    """Grey -> RGB (repeat), RGBA -> RGB (alpha over white); checks the [0, 1] range."""
+    if not torch.isfinite(batch).all():
+        raise ValueError("image contains NaN or inf values")
+    lo, hi = batch.min().item(), batch.max().item()
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"float images must be in [0, 1]; got values in [{lo:.3f}, {hi:.3f}] (a [-1, 1] image? "
+                         f"map it with (x + 1) / 2)")
+    if batch.shape[1] == 1:
+        batch = batch.expand(-1, 3, -1, -1)
+    elif batch.shape[1] == 4:
+        rgb, alpha = batch[:, :3], batch[:, 3:]
+        batch = rgb * alpha + (1 - alpha)
+    return batch.clamp(0, 1)
+
+
+def images_to_tensors(image: ImageInput) -> list[torch.Tensor]:
+    """PIL / numpy / tensor, single or batched (or a list of them) -> a list of [1, 3, H, W] float32 in [0, 1]."""
+    items = list(image) if isinstance(image, (list, tuple)) else [image]
+    if not items:
+        raise ValueError("no images given")
+    out = []
+    for item in items:
+        if isinstance(item, PIL.Image.Image):
+            rgb, note = to_rgb(item)
+            if note:
+                logger.warning(note)
+            batch = _array_to_unit(np.asarray(rgb))
+        elif isinstance(item, np.ndarray):
+            batch = _array_to_unit(item)
+        elif isinstance(item, torch.Tensor):
+            batch = _tensor_to_unit(item)
+        else:
+            raise TypeError(f"images must be PIL images, numpy arrays or torch tensors; got {type(item).__name__}")
+        out += list(_to_rgb_channels(batch).split(1))
+    return out
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad [B, C, H, W] at the bottom / right so that H and W are multiples of ``multiple``."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    return F.pad(image, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else image
+
+
+class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
+    r"""Image super-resolution in a VAE's latent space: encode, UPLiFT ``log2(scale)`` times, decode, colour-correct.
+
+    Args:
+        vae ([`AutoencoderKL`], [`AutoencoderTiny`] or [`~uplift_diffusion.TAEF2`]):
+            The autoencoder whose raw latents (``latent_dist.mode()``, not scaled) the upsampler was trained on.
+        upsampler ([`~uplift_diffusion.UPLiFTModel`]):
+            A VAE-preset UPLiFT model with ``in_channels`` equal to the VAE's latent channels and ``patch_size`` equal
+            to its spatial factor (8).
+    """
+
+    model_cpu_offload_seq = "vae->upsampler"
+
+    def __init__(self, vae, upsampler: UPLiFTModel):
+        super().__init__()
+        self.register_modules(vae=vae, upsampler=upsampler)
+        self.vae_scale_factor = vae_scale_factor(vae)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False)
+
+    def check_inputs(self, scale: int, tile_size: int | None, tile_overlap: int | None, output_type: str) -> None:
+        """Validate the call arguments and the components; ValueError naming the problem."""
+        UPLiFTModel.iterations_for_scale(scale)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        channels, factor = latent_channels(self.vae), self.vae_scale_factor
+        cfg = self.upsampler.config
+        if cfg.in_channels != channels or cfg.patch_size != factor:
+            raise ValueError(
+                f"the upsampler (in_channels={cfg.in_channels}, patch_size={cfg.patch_size}) does not fit the vae "
+                f"({channels} latent channels, {factor}x spatial factor): use an UPLiFT model trained on this VAE"
+            )
+        if tile_size is not None:
+            if tile_size < 4 * factor or tile_size % factor:
+                raise ValueError(f"tile_size must be a multiple of {factor} and >= {4 * factor} pixels, "
+                                 f"got {tile_size}")
+            if tile_overlap is not None and (tile_overlap < 0 or tile_overlap % factor or tile_overlap >= tile_size):
+                raise ValueError(f"tile_overlap must be a multiple of {factor} in [0, tile_size), got {tile_overlap}")
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        image: ImageInput,
+        scale: int = 4,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        color_correction: bool = True,
+        return_dict: bool = True,
+    ):
+        r"""Upscale images by ``scale``.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                RGB images: PIL (any mode; converted to RGB), numpy [H, W, C] / [B, H, W, C] (uint8, uint16 or float
+                in [0, 1]), tensors [C, H, W] / [B, C, H, W] (uint8 or float in [0, 1]). Any size: sizes that are not
+                multiples of 8 are padded and the output is cropped back to exactly ``scale`` times the input.
+            scale (`int`, defaults to 4):
+                Upscaling factor, a power of two (``log2(scale)`` UPLiFT steps).
+            generator (`torch.Generator`, *optional*):
+                Generator for the upsampler's noise channels (reproducible outputs).
+            output_type (`str`, defaults to ``"pil"``):
+                ``"pil"``, ``"np"`` ([B, H, W, 3] in [0, 1]), ``"pt"`` ([B, 3, H, W] in [0, 1]) or ``"latent"`` (the
+                upscaled *raw* latents of the padded input, before decoding).
+            tile_size (`int`, *optional*):
+                Run the upsampler on overlapping tiles of this many *input* pixels (a multiple of 8, at least 32) and
+                blend them; the decoder then works on tiles of ``max(tile_size, 1024)`` output pixels (VAE decoders
+                normalise over whole feature maps, so smaller decoder tiles would show). Bounds the memory for large
+                outputs (e.g. 4096x4096). ``None`` processes whole images.
+            tile_overlap (`int`, *optional*):
+                Overlap of neighbouring tiles in input pixels (multiple of 8); defaults to a quarter of the tile.
+            color_correction (`bool`, defaults to True):
+                Realign the per-channel colour means of the output with the input (paper B.1).
+            return_dict (`bool`, defaults to True):
+                Return an [`UPLiFTPipelineOutput`] instead of a tuple.
+
+        Returns:
+            [`UPLiFTPipelineOutput`] (or a tuple ``(images,)``). Images of different sizes are processed one by one and
+            returned as a list for every output type.
+        """
+        # 1. Check inputs
+        self.check_inputs(scale, tile_size, tile_overlap, output_type)
+        iterations = UPLiFTModel.iterations_for_scale(scale)
+        if tile_size is not None and tile_overlap is None:
+            tile_overlap = tile_size // 4 // self.vae_scale_factor * self.vae_scale_factor
+        color_correct = ColorCorrection(enabled=color_correction, clamp=(0.0, 1.0))
+
+        # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch
+        images = images_to_tensors(image)
+        same_size = len({tuple(t.shape[-2:]) for t in images}) == 1
+        batches = [torch.cat(images)] if same_size else images
+
+        # 3. Upscale each batch
+        outputs = [self._upscale(batch, iterations, generator, tile_size, tile_overlap, output_type, color_correct)
+                   for batch in batches]
+
+        # 4. Postprocess
+        if output_type == "latent":
+            result = outputs[0] if same_size else outputs
+        elif output_type == "pil":
+            result = [pil for out in outputs for pil in self.image_processor.postprocess(out, output_type="pil")]
+        else:
+            converted = [self.image_processor.postprocess(out, output_type=output_type) for out in outputs]
+            result = converted[0] if same_size else [c[0] for c in converted]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (result,)
+        return UPLiFTPipelineOutput(images=result)
+
+    def _upscale(self, image01: torch.Tensor, iterations: int, generator, tile_size, tile_overlap, output_type,
+                 color_correct: ColorCorrection):
+        """[B, 3, H, W] in [0, 1] -> [B, 3, H * s, W * s] in [0, 1] (or the upscaled raw latents)."""
+        device, p, s = self._execution_device, self.vae_scale_factor, 2**iterations
+        height, width = image01.shape[-2:]
+        image01 = image01.to(device)
+        padded = pad_to_multiple(image01, p)  # [B, 3, Hp, Wp]
+        latents = encode_latents(self.vae, padded)  # [B, C, Hp/p, Wp/p]
+        guide = self.upsampler.normalize_image(padded)
+
+        if tile_size is None:
+            upscaled = upscale_latents(self.upsampler, latents, guide, iterations, generator,
+                                       progress=self.progress_bar)  # [B, C, s*Hp/p, s*Wp/p]
+        else:
+            def upsample_tile(y0, y1, x0, x1):
+                return upscale_latents(self.upsampler, latents[..., y0:y1, x0:x1],
+                                       guide[..., y0 * p:y1 * p, x0 * p:x1 * p], iterations, generator)
+
+            upscaled = tiled_map(upsample_tile, tuple(latents.shape[-2:]), tile_size // p, tile_overlap // p, s,
+                                 progress=self.progress_bar)
+        if output_type == "latent":
+            return upscaled
+
+        if tile_size is None:
+            decoded = decode_latents(self.vae, upscaled)  # [B, 3, s*Hp, s*Wp]
+        else:
+            def decode_latent_tile(y0, y1, x0, x1):
+                return decode_latents(self.vae, upscaled[..., y0:y1, x0:x1])
+
+            # The decoders normalise over whole feature maps (GroupNorm): decode in large tiles to keep seams invisible.
+            decode_tile = max(tile_size // p, DECODE_TILE_MIN)
+            decoded = tiled_map(decode_latent_tile, tuple(upscaled.shape[-2:]), decode_tile, decode_tile // 4, p,
+                                progress=self.progress_bar)
+        decoded = decoded[..., : height * s, : width * s].float()  # crop the padding back
+        return color_correct(decoded, image01.float())

@@ -1,0 +1,87 @@
+"""``uplift-diffusion upscale IN [IN ...] -o OUT --scale 4``: latent super-resolution of image files with UPLiFT."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from uplift_diffusion.commands.loading import DEFAULT_SD_REPO, DEFAULT_UPSAMPLER, add_device_arguments
+
+HELP = "Upscale images through a VAE's latent space with UPLiFT (2x, 4x, 8x, ...)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders of images or glob patterns")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="output folder (files are named <name>_x<scale>.png), or an image file for one input")
+    parser.add_argument("--scale", type=int, default=4, help="upscaling factor, a power of two (default 4)")
+    parser.add_argument("--vae", default=DEFAULT_SD_REPO,
+                        help="Hub repo id or local folder of the VAE: a diffusers VAE folder, a pipeline folder with "
+                             "vae/, or a folder with taef2_encoder.pth / taef2_decoder.pth (default: the SD 1.5 VAE)")
+    parser.add_argument("--upsampler", default=DEFAULT_UPSAMPLER,
+                        help="UPLiFT weights: Hub repo id, .safetensors / .pth file, or folder (published checkpoint "
+                             f"or UPLiFTModel.save_pretrained); default {DEFAULT_UPSAMPLER}")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="process the upsampler in tiles of this many input pixels (multiple of 8) to bound memory")
+    parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in input pixels (default 1/4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the upsampler's noise channels (default 0)")
+    parser.add_argument("--no-color-correction", action="store_true", help="skip the colour-mean correction")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_device_arguments(parser)
+
+
+def plan_outputs(inputs: list[Path], output: str, scale: int) -> list[Path]:
+    """Output path per input; a single input may go to an explicit image file."""
+    from uplift_diffusion.imageio import IMAGE_SUFFIXES, ensure_writable_dir
+
+    out = Path(output)
+    if out.suffix.lower() in IMAGE_SUFFIXES:
+        if len(inputs) != 1:
+            raise ValueError(f"-o {output} is a single file but {len(inputs)} images were given; pass a folder")
+        ensure_writable_dir(out.parent)
+        return [out]
+    ensure_writable_dir(out)
+    targets = [out / f"{path.stem}_x{scale}.png" for path in inputs]
+    clashes = sorted({t.name for t in targets if targets.count(t) > 1})
+    if clashes:
+        raise ValueError(f"several inputs would be written to the same output name(s): {', '.join(clashes)}")
+    return targets
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from uplift_diffusion.commands.loading import load_upsampler, load_vae, resolve_device
+    from uplift_diffusion.imageio import expand_inputs, load_image, save_image_atomic
+    from uplift_diffusion.model import UPLiFTModel
+
+    # Cheap checks first: arguments, inputs, outputs; then the weights.
+    UPLiFTModel.iterations_for_scale(args.scale)
+    device, dtype = resolve_device(args.device, args.dtype)
+    inputs = expand_inputs(args.inputs)
+    targets = plan_outputs(inputs, args.output, args.scale)
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"output exists: {', '.join(existing[:3])}{' ...' if len(existing) > 3 else ''} "
+                              f"(pass --overwrite to replace)")
+    for path in inputs:  # fail on an unreadable image before loading any weights
+        _, note = load_image(path)
+        if note:
+            print(f"note: {path}: {note}", file=sys.stderr)
+
+    from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
+
+    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae, dtype), upsampler=load_upsampler(args.upsampler, dtype))
+    pipe.to(device)
+    pipe.check_inputs(args.scale, args.tile_size, args.tile_overlap, "pil")
+    pipe.set_progress_bar_config(leave=False)
+    for path, target in tqdm(list(zip(inputs, targets, strict=True)), desc="images", disable=len(inputs) < 2):
+        image, _ = load_image(path)
+        generator = torch.Generator(device).manual_seed(args.seed)
+        result = pipe(image, scale=args.scale, generator=generator, tile_size=args.tile_size,
+                      tile_overlap=args.tile_overlap, color_correction=not args.no_color_correction).images[0]
+        save_image_atomic(result, target)
+        print(f"{path} ({image.width}x{image.height}) -> {target} ({result.width}x{result.height})")
+    return 0
