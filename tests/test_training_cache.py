@@ -1,0 +1,57 @@
+"""Feature cache: returns exactly what the backbone computes, persists in safetensors shards, never serves stale."""
+
+import torch
+from training_helpers import tiny_backbone
+
+from uplift_diffusion.training.cache import FeatureCache, cache_key
+
+
+def test_cache_returns_what_the_backbone_computes(tmp_path):
+    backbone = tiny_backbone()
+    calls = []
+
+    def encode(x):
+        calls.append(x.shape[0])
+        return backbone.encode(x)
+
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 32, 32)
+    cache = FeatureCache(tmp_path, "fp-a", shard_size=4)
+    first = cache.features(["a#v0", "b#v0", "c#v0"], images, encode)
+    torch.testing.assert_close(first, backbone.encode(images), rtol=0, atol=0)
+    again = cache.features(["a#v0", "b#v0", "c#v0"], images, encode)
+    assert calls == [3] and torch.equal(first, again) and (cache.hits, cache.misses) == (3, 3)
+
+    # a mixed batch computes only the missing item, and keeps the batch order
+    mixed = torch.stack([images[1], torch.rand(3, 32, 32), images[0]])
+    out = cache.features(["b#v0", "d#v0", "a#v0"], mixed, encode)
+    assert calls == [3, 1]
+    torch.testing.assert_close(out, backbone.encode(mixed))  # conv kernels may round differently per batch size
+
+    # the same view at another scale is another entry
+    small = torch.nn.functional.avg_pool2d(images, 2)
+    torch.testing.assert_close(cache.features(["a#v0", "b#v0", "c#v0"], small, encode), backbone.encode(small))
+    assert cache_key("a#v0", (16, 16)) in cache and cache_key("a#v0", (32, 32)) in cache
+
+    cache.flush()
+    shards = sorted(tmp_path.glob("*.safetensors"))
+    assert shards  # 4 entries triggered a shard on put, flush wrote the rest
+    reopened = FeatureCache(tmp_path, "fp-a")
+    assert len(reopened) == len(cache) == 7
+    torch.testing.assert_close(reopened.get(cache_key("a#v0", (32, 32))), first[0], rtol=0, atol=0)
+
+    # another backbone / crop setting (fingerprint) never sees these features
+    assert len(FeatureCache(tmp_path, "fp-b")) == 0
+
+
+def test_a_truncated_shard_is_ignored_and_recomputed(tmp_path):
+    backbone = tiny_backbone()
+    images = torch.rand(2, 3, 32, 32)
+    cache = FeatureCache(tmp_path, "fp")
+    cache.features(["a", "b"], images, backbone.encode)
+    cache.flush()
+    shard = next(tmp_path.glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:20])
+    reopened = FeatureCache(tmp_path, "fp")
+    assert len(reopened) == 0
+    torch.testing.assert_close(reopened.features(["a", "b"], images, backbone.encode), backbone.encode(images))

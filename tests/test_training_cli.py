@@ -1,0 +1,79 @@
+"""`uplift-diffusion train`: JSON / YAML / TOML configs, a tiny end-to-end run, resume, and clear config errors."""
+
+import json
+
+import pytest
+from training_helpers import tiny_config, tiny_taef2, write_images
+
+from uplift_diffusion import UPLiFTModel
+from uplift_diffusion.cli import main
+from uplift_diffusion.training.config import TrainConfig
+
+
+@pytest.fixture
+def setup(tmp_path):
+    write_images(tmp_path / "images", count=3)
+    tiny_taef2().save_pretrained(tmp_path / "taef2")  # a real (random-init) taef2-layout backbone on disk
+    return tmp_path
+
+
+def test_cli_trains_resumes_and_exports(setup, capsys):
+    config = tiny_config(setup, setup / "images", max_steps=2, checkpoint_every=1).to_dict()
+    path = setup / "train.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", "--config", str(path)]) == 0
+    out = setup / "run"
+    model = UPLiFTModel.from_pretrained(out / "model")
+    assert model.config.in_channels == 4
+    assert (out / "loss_log.csv").read_text().count("\n") == 3  # header + 2 steps
+    assert sorted(p.name for p in (out / "previews").iterdir()) == ["step-00000001.png", "step-00000002.png"]
+    assert "trained model saved to" in capsys.readouterr().out
+
+    assert main(["train", "--config", str(path), "--resume", "--max-steps", "3"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert (out / "checkpoints" / "checkpoint-00000003").is_dir()
+
+
+def test_config_formats_agree(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    data = {"output_dir": "x", "max_steps": 5, "loss": {"depths": [1, 2], "noise_sigma": 1.0},
+            "data": {"sources": [{"type": "folder", "path": "imgs"}], "crop_size": 64}}
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "c.toml").write_text('output_dir = "x"\nmax_steps = 5\n[loss]\ndepths = [1, 2]\nnoise_sigma = 1.0\n'
+                                     '[data]\ncrop_size = 64\n[[data.sources]]\ntype = "folder"\npath = "imgs"\n')
+    configs = [TrainConfig.from_file(tmp_path / f"c.{ext}") for ext in ("json", "yaml", "toml")]
+    assert configs[0] == configs[1] == configs[2]
+    assert configs[0].loss.depths == [1, 2] and configs[0].data.sources[0].path == "imgs"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"optim": {"learning_rate": 1.0}}, "unknown key\\(s\\) \\['learning_rate'\\] in config.optim"),
+    ({"loss": {"depths": [0]}}, "loss.depths must be"),
+    ({"backbone": {"type": "clip"}}, "backbone.type must be one of"),
+    ({"max_steps": None}, "stopping rule"),
+])
+def test_bad_configs_are_one_line_errors(tmp_path, capsys, bad, message):
+    import re
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(bad)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uplift-diffusion train: error:") and re.search(message, err)
+
+
+def test_model_and_backbone_mismatch_is_explained(setup):
+    from training_helpers import tiny_backbone
+
+    from uplift_diffusion.training.trainer import Trainer
+
+    config = tiny_config(setup, setup / "images", model={"preset": "tiny-vae", "overrides": {"in_channels": 8}})
+    with pytest.raises(ValueError, match="set model.overrides.in_channels = 4"):
+        Trainer(config, backbone=tiny_backbone())
+    config = tiny_config(setup, setup / "images", data={"sources": [{"type": "folder", "path": str(setup / "images")}],
+                                                        "crop_size": 24})
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        Trainer(config, backbone=tiny_backbone())

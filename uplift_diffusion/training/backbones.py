@@ -1,0 +1,137 @@
+"""Frozen feature backbones for training: a diffusers VAE (raw latents), taef2, and timm DINO ViTs.
+
+A backbone maps an RGB batch in [0, 1] to the features UPLiFT learns to upsample; VAE-style backbones can also
+decode features back to pixels (used for the before/after preview grids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import nn
+
+from ..backbones.vae import decode_latents, encode_latents, latent_channels, vae_scale_factor
+from .config import BackboneConfig
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class FeatureBackbone(nn.Module):
+    """Interface of a training backbone.
+
+    Attributes:
+        patch_size: pixels per feature token.
+        channels: feature channels.
+        image_normalization: the UPLiFT ``image_normalization`` that matches this backbone.
+        fingerprint: a short string identifying the backbone and its weights (part of the feature-cache key).
+        can_decode: whether :meth:`decode` maps features back to an RGB image.
+    """
+
+    patch_size: int
+    channels: int
+    image_normalization: str = "unit"
+    fingerprint: str = ""
+    can_decode: bool = False
+
+    def encode(self, image01: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] RGB in [0, 1] -> [B, C, H / patch, W / patch] features."""
+        raise NotImplementedError
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] features -> [B, 3, h * patch, w * patch] RGB in [0, 1] (VAE backbones only)."""
+        raise TypeError(f"{type(self).__name__} cannot decode features to images")
+
+
+def _weights_fingerprint(module: nn.Module, extra: str = "") -> str:
+    """sha256 over parameter names, shapes and a sample of values: changes when the weights change."""
+    h = hashlib.sha256(extra.encode())
+    for name, p in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(json.dumps(list(p.shape)).encode())
+        flat = p.detach().float().flatten()
+        h.update(flat[:: max(1, flat.numel() // 64)].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class VAEBackbone(FeatureBackbone):
+    """Raw latents of a diffusers-style VAE (``AutoencoderKL`` mode, ``AutoencoderTiny``, :class:`TAEF2`).
+
+    Args:
+        vae: the autoencoder (frozen here).
+        name: a label for the cache fingerprint.
+    """
+
+    image_normalization = "unit"
+    can_decode = True
+
+    def __init__(self, vae: nn.Module, name: str = "vae"):
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        self.patch_size = vae_scale_factor(vae)
+        self.channels = latent_channels(vae)
+        self.fingerprint = f"{name}-{_weights_fingerprint(vae, name)}"
+
+    @torch.no_grad()
+    def encode(self, image01: torch.Tensor) -> torch.Tensor:
+        return encode_latents(self.vae, image01).float()
+
+    @torch.no_grad()
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        return decode_latents(self.vae, features)
+
+
+class ViTFeatureBackbone(FeatureBackbone):
+    """Patch-token features of a timm DINO ViT via ``uplift_diffusion.backbones.vit.ViTBackbone``.
+
+    The UPLiFT image for these presets is ImageNet-normalised; this wrapper takes [0, 1] images like every backbone
+    and normalises them itself.
+    """
+
+    image_normalization = "imagenet"
+
+    def __init__(self, vit: nn.Module, name: str):
+        super().__init__()
+        self.vit = vit.eval().requires_grad_(False)
+        self.patch_size = int(vit.patch_size)
+        self.channels = int(getattr(vit, "embed_dim", getattr(vit, "channels", 0)))
+        self.fingerprint = f"{name}-{_weights_fingerprint(vit, name)}"
+
+    @torch.no_grad()
+    def encode(self, image01: torch.Tensor) -> torch.Tensor:
+        mean = image01.new_tensor((0.485, 0.456, 0.406))[:, None, None]
+        std = image01.new_tensor((0.229, 0.224, 0.225))[:, None, None]
+        return self.vit((image01 - mean) / std).float()
+
+
+def load_backbone(config: BackboneConfig) -> FeatureBackbone:
+    """Build the frozen backbone a :class:`BackboneConfig` describes."""
+    dtype = DTYPES.get(config.dtype)
+    if dtype is None:
+        raise ValueError(f"backbone.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    if not config.path:
+        raise ValueError(f"backbone.path is empty: give the {config.type} weights (folder or Hub id)")
+    if config.type == "taef2":
+        from ..backbones.taef2 import TAEF2
+
+        taef2 = TAEF2.from_pretrained(config.path)
+        return VAEBackbone(taef2 if dtype == torch.float32 else taef2.to(dtype), name="taef2")
+    if config.type == "vae":
+        from diffusers import AutoencoderKL, AutoencoderTiny
+
+        kwargs = {"subfolder": config.subfolder} if config.subfolder else {}
+        try:
+            vae = AutoencoderKL.from_pretrained(config.path, dtype=dtype, **kwargs)
+        except (OSError, ValueError, EnvironmentError):
+            vae = AutoencoderTiny.from_pretrained(config.path, dtype=dtype, **kwargs)
+        return VAEBackbone(vae, name=f"vae:{config.path}/{config.subfolder or ''}")
+    if config.type == "vit":
+        try:
+            from ..backbones.vit import ViTBackbone
+        except ImportError as err:
+            raise ValueError(f"ViT backbones need uplift_diffusion.backbones.vit.ViTBackbone ({err})") from None
+        vit = ViTBackbone.from_pretrained(config.path) if hasattr(ViTBackbone, "from_pretrained") else ViTBackbone(
+            config.path)
+        return ViTFeatureBackbone(vit.to(dtype), name=f"vit:{config.path}")
+    raise ValueError(f"unknown backbone type {config.type!r}")

@@ -1,0 +1,251 @@
+"""Training configuration: nested dataclasses read from a JSON, YAML or TOML file.
+
+Every section rejects unknown keys with a message naming the key and the section, so that a typo in a config file
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BACKBONE_TYPES = ("taef2", "vae", "vit")
+SOURCE_TYPES = ("folder", "hf", "webdataset")
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    """The UPLiFT model to train.
+
+    Attributes:
+        preset: name of a preset (``"tiny-vae"``, ``"sd15-vae"``, ``"dinov2-s14"``, ...) giving the base config.
+        overrides: constructor arguments of ``UPLiFTModel`` that replace the preset's (e.g. ``in_channels``).
+        init_from: optional folder written by ``save_pretrained`` to start from instead of a random init.
+    """
+
+    preset: str = "tiny-vae"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+
+
+@dataclass
+class BackboneConfig:
+    """The frozen feature backbone whose features UPLiFT learns to upsample.
+
+    Attributes:
+        type: ``"taef2"`` (tiny autoencoder folder), ``"vae"`` (a diffusers ``AutoencoderKL`` / ``AutoencoderTiny``)
+            or ``"vit"`` (a timm DINO model through ``uplift_diffusion.backbones.vit.ViTBackbone``).
+        path: local folder or Hub id of the backbone weights (timm model name for ``"vit"``).
+        subfolder: subfolder of ``path`` (e.g. ``"vae"`` inside a Stable Diffusion repo).
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` for the backbone's weights.
+    """
+
+    type: str = "taef2"
+    path: str = ""
+    subfolder: str | None = None
+    dtype: str = "float32"
+
+
+@dataclass
+class DataSource:
+    """One source of training images.
+
+    Attributes:
+        type: ``"folder"`` (images found recursively), ``"hf"`` (a Hugging Face ``datasets`` dataset: a saved folder
+            or a Hub/builder name) or ``"webdataset"`` (``.tar`` shards: a folder, a glob or one file).
+        path: folder, dataset name or shard pattern.
+        split: dataset split (``"hf"`` only).
+        image_column: column holding the images (``"hf"`` only).
+    """
+
+    type: str = "folder"
+    path: str = ""
+    split: str = "train"
+    image_column: str = "image"
+
+
+@dataclass
+class DataConfig:
+    """Images and crops.
+
+    Attributes:
+        sources: the image sources, concatenated.
+        crop_size: side of the square training crop (the high-resolution image ``I``); a multiple of
+            ``patch_size * 2**max(depths)``.
+        min_crop_fraction: random square crops take between this fraction and all of the image's short side, then
+            are resized to ``crop_size`` (1.0 = crops at the image's full short side).
+        hflip: randomly mirror crops.
+        views_per_image: distinct random crops per image; a crop is fixed per (seed, image, view) so that the
+            feature cache can serve it in every epoch.
+        cache_dir: folder of the feature cache (safetensors shards); ``None`` disables caching.
+        num_workers: DataLoader worker processes for decoding and cropping images.
+    """
+
+    sources: list[DataSource] = field(default_factory=list)
+    crop_size: int = 256
+    min_crop_fraction: float = 0.6
+    hflip: bool = True
+    views_per_image: int = 4
+    cache_dir: str | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Paper eq. 1-5.
+
+    Attributes:
+        depths: training depths ``D``; depth d feeds features of the image at ``1/2**d`` and takes an L2 term after
+            each of the d steps.
+        noise_sigma: standard deviation of the Gaussian augmentation added to a copy of the input features.
+    """
+
+    depths: list[int] = field(default_factory=lambda: [1, 2, 3])
+    noise_sigma: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Adam and the learning-rate schedule (the paper: Adam, constant lr 1e-3).
+
+    Attributes:
+        lr: learning rate.
+        betas: Adam betas.
+        weight_decay: Adam weight decay.
+        scheduler: a diffusers scheduler name: ``"constant"``, ``"constant_with_warmup"``, ``"cosine"``, ``"linear"``.
+        warmup_steps: warmup steps for the schedulers that use them.
+        max_grad_norm: clip the gradient norm to this value (``None`` = no clipping).
+    """
+
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; see the section classes for the fields.
+
+    Attributes:
+        output_dir: where checkpoints, logs, preview grids and the final model go.
+        max_steps: stop after this many optimizer steps (``None``: only ``max_minutes`` limits the run).
+        max_minutes: stop after this much wall-clock time, feature caching included (``None``: no limit).
+        batch_size: images per optimizer step and process.
+        seed: seed of crops, the epoch order and the augmentation noise.
+        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (passed to accelerate).
+        checkpoint_every: write a checkpoint every this many steps (and at the end).
+        keep_last: how many checkpoints to keep.
+        log_every: append to the CSV loss log every this many steps.
+        preview_images: images in the before/after grid saved with each checkpoint (0 = no grid).
+    """
+
+    output_dir: str = "uplift-training"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    max_steps: int | None = 1000
+    max_minutes: float | None = None
+    batch_size: int = 8
+    seed: int = 0
+    mixed_precision: str = "no"
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    preview_images: int = 4
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field."""
+        if self.backbone.type not in BACKBONE_TYPES:
+            raise ValueError(f"backbone.type must be one of {BACKBONE_TYPES}, got {self.backbone.type!r}")
+        for i, s in enumerate(self.data.sources):
+            if s.type not in SOURCE_TYPES:
+                raise ValueError(f"data.sources[{i}].type must be one of {SOURCE_TYPES}, got {s.type!r}")
+        if not self.loss.depths or any(not isinstance(d, int) or d < 1 for d in self.loss.depths):
+            raise ValueError(f"loss.depths must be a non-empty list of integers >= 1, got {self.loss.depths!r}")
+        if self.loss.noise_sigma < 0:
+            raise ValueError(f"loss.noise_sigma must be >= 0, got {self.loss.noise_sigma}")
+        if self.optim.scheduler not in SCHEDULERS:
+            raise ValueError(f"optim.scheduler must be one of {SCHEDULERS}, got {self.optim.scheduler!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("set max_steps, max_minutes or both: the run needs a stopping rule")
+        for name in ("batch_size", "checkpoint_every", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.data.views_per_image < 1 or not 0 < self.data.min_crop_fraction <= 1:
+            raise ValueError("data.views_per_image must be >= 1 and data.min_crop_fraction in (0, 1]")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build a config from plain nested dicts (as read from a file); unknown keys raise ValueError."""
+        return _build(cls, data, "config")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a ``.json``, ``.yaml`` / ``.yml`` or ``.toml`` config file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        suffix = path.suffix.lower()
+        text = path.read_text(encoding="utf-8")
+        try:
+            if suffix == ".json":
+                data = json.loads(text)
+            elif suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            elif suffix == ".toml":
+                try:
+                    import tomllib
+                except ModuleNotFoundError:  # Python 3.10
+                    import tomli as tomllib
+                data = tomllib.loads(text)
+            else:
+                raise ValueError(f"config file {path} must end in .json, .yaml, .yml or .toml, got {suffix!r}")
+        except ValueError:
+            raise
+        except Exception as err:  # parser errors of the three formats
+            raise ValueError(f"could not parse config file {path}: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(fields)}")
+    nested = {"model": ModelConfig, "backbone": BackboneConfig, "data": DataConfig, "loss": LossConfig,
+              "optim": OptimConfig}
+    kwargs = {}
+    for key, value in data.items():
+        if cls is TrainConfig and key in nested:
+            value = _build(nested[key], value, f"{where}.{key}")
+        elif cls is DataConfig and key == "sources":
+            if not isinstance(value, list):
+                raise ValueError(f"{where}.sources must be a list, got {type(value).__name__}")
+            value = [_build(DataSource, s, f"{where}.sources[{i}]") for i, s in enumerate(value)]
+        kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,234 @@
+"""Training images: image folders (recursive), Hugging Face ``datasets``, WebDataset shards; fixed random crops.
+
+A training item is a *view*: one random square crop of one image, fixed by (seed, image key, view index), returned
+as an image pyramid ``[I, I/2, I/4, ...]`` (antialiased bilinear). Because a view never changes, the backbone
+features of each level can be cached across epochs (:mod:`uplift_diffusion.training.cache`).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import random
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..model import bilinear_resize
+from .config import DataConfig, DataSource
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (recursive), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+class FolderSource:
+    """Images found recursively in a folder; keys are the paths relative to the folder."""
+
+    def __init__(self, folder: str | Path):
+        self.root = Path(folder)
+        self.files = list_image_files(folder)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def key(self, i: int) -> str:
+        return f"{self.root.name}/{self.files[i].relative_to(self.root).as_posix()}"
+
+    def load(self, i: int) -> Image.Image:
+        with Image.open(self.files[i]) as img:
+            return img.convert("RGB")
+
+
+class HFSource:
+    """A Hugging Face ``datasets`` dataset: a folder written by ``save_to_disk`` or a name for ``load_dataset``."""
+
+    def __init__(self, path: str, split: str = "train", image_column: str = "image"):
+        import datasets
+
+        folder = Path(path)
+        if folder.is_dir() and any((folder / f).exists() for f in ("dataset_dict.json", "state.json")):
+            ds = datasets.load_from_disk(path)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(path, split=split)
+        if image_column not in ds.column_names:
+            raise ValueError(f"dataset {path!r} has no column {image_column!r}; columns: {ds.column_names}")
+        self.dataset, self.column, self.name = ds, image_column, Path(path).name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def key(self, i: int) -> str:
+        return f"{self.name}/{i}"
+
+    def load(self, i: int) -> Image.Image:
+        value = self.dataset[i][self.column]
+        if isinstance(value, dict) and value.get("bytes") is not None:
+            value = Image.open(io.BytesIO(value["bytes"]))
+        if not isinstance(value, Image.Image):
+            raise TypeError(f"column {self.column!r} of item {i} is {type(value).__name__}, expected an image")
+        return value.convert("RGB")
+
+
+class WebDatasetSource:
+    """WebDataset ``.tar`` shards, indexed once for random access (one image per sample key).
+
+    The sample key is the member path up to the first dot of its file name (WebDataset's convention); the first
+    image extension found for a key is used.
+    """
+
+    def __init__(self, pattern: str):
+        path = Path(pattern)
+        shards = sorted(glob.glob(str(path / "*.tar"))) if path.is_dir() else sorted(glob.glob(pattern))
+        if not shards:
+            raise FileNotFoundError(f"no WebDataset shards (.tar) match {pattern!r}")
+        self.entries: list[tuple[str, str, str]] = []  # (shard, member, key)
+        for shard in shards:
+            seen = set()
+            with tarfile.open(shard) as tar:
+                for member in tar.getmembers():
+                    name = Path(member.name)
+                    key = (name.parent / name.name.split(".", 1)[0]).as_posix()
+                    if member.isfile() and name.suffix.lower() in IMAGE_EXTENSIONS and key not in seen:
+                        seen.add(key)
+                        self.entries.append((shard, member.name, f"{Path(shard).stem}/{key}"))
+        self._open: dict[str, tarfile.TarFile] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def key(self, i: int) -> str:
+        return self.entries[i][2]
+
+    def load(self, i: int) -> Image.Image:
+        shard, member, _ = self.entries[i]
+        if shard not in self._open:
+            self._open[shard] = tarfile.open(shard)
+        data = self._open[shard].extractfile(member).read()
+        return Image.open(io.BytesIO(data)).convert("RGB")
+
+    def __getstate__(self):  # DataLoader workers open their own file handles
+        return {**self.__dict__, "_open": {}}
+
+
+def build_source(source: DataSource):
+    if source.type == "folder":
+        return FolderSource(source.path)
+    if source.type == "hf":
+        return HFSource(source.path, source.split, source.image_column)
+    if source.type == "webdataset":
+        return WebDatasetSource(source.path)
+    raise ValueError(f"unknown data source type {source.type!r}")
+
+
+def view_rng(seed: int, key: str, view: int) -> random.Random:
+    """A random generator fixed by (seed, key, view), identical in every process and run."""
+    digest = hashlib.sha256(f"{seed}|{key}|{view}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> [3, H, W] float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def image_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """``[I, I/2, ..., I/2**levels]`` of a [B, 3, H, W] or [3, H, W] image (antialiased bilinear)."""
+    batched = image.ndim == 4
+    x = image if batched else image[None]
+    h, w = x.shape[-2:]
+    out = [bilinear_resize(x, (h >> j, w >> j)) for j in range(levels + 1)]
+    return out if batched else [o[0] for o in out]
+
+
+class ViewDataset(torch.utils.data.Dataset):
+    """``views_per_image`` fixed random square crops per image, each returned as an image pyramid.
+
+    Item ``i`` is view ``i % views_per_image`` of image ``i // views_per_image``:
+    ``{"key": "<image key>#v<view>", "images": [I (crop_size²), I/2, ..., I/2**levels]}``, RGB in [0, 1].
+
+    Args:
+        sources: objects with ``__len__``, ``key(i)`` and ``load(i) -> PIL.Image``.
+        crop_size: side of the crop after resizing.
+        levels: pyramid levels below the full crop (``max(depths)``).
+        views_per_image: crops per image.
+        min_crop_fraction: smallest crop side as a fraction of the image's short side.
+        hflip: mirror half of the views.
+        seed: seed of the crops.
+    """
+
+    def __init__(self, sources: Sequence, crop_size: int, levels: int, views_per_image: int = 1,
+                 min_crop_fraction: float = 1.0, hflip: bool = False, seed: int = 0):
+        if crop_size % (1 << levels):
+            raise ValueError(f"crop_size {crop_size} must be divisible by 2**{levels} (the deepest training depth)")
+        self.index = [(s, i) for s in sources for i in range(len(s))]
+        if not self.index:
+            raise ValueError("no training images found in the configured data sources")
+        self.crop_size, self.levels, self.views = crop_size, levels, views_per_image
+        self.min_crop_fraction, self.hflip, self.seed = min_crop_fraction, hflip, seed
+
+    @classmethod
+    def from_config(cls, config: DataConfig, levels: int, seed: int) -> ViewDataset:
+        if not config.sources:
+            raise ValueError("data.sources is empty: add at least one image folder, dataset or shard pattern")
+        return cls([build_source(s) for s in config.sources], config.crop_size, levels, config.views_per_image,
+                   config.min_crop_fraction, config.hflip, seed)
+
+    def __len__(self) -> int:
+        return len(self.index) * self.views
+
+    def key(self, item: int) -> str:
+        source, i = self.index[item // self.views]
+        return f"{source.key(i)}#v{item % self.views}"
+
+    def crop(self, image: Image.Image, key: str, view: int) -> torch.Tensor:
+        """The fixed random square crop of this view, resized to ``crop_size``: [3, S, S]."""
+        rng = view_rng(self.seed, key, view)
+        w, h = image.size
+        short = min(w, h)
+        side = max(1, round(short * rng.uniform(self.min_crop_fraction, 1.0)))
+        left, top = rng.randint(0, w - side), rng.randint(0, h - side)
+        flip = self.hflip and rng.random() < 0.5
+        x = pil_to_tensor(image.crop((left, top, left + side, top + side)))  # [3, side, side]
+        x = bilinear_resize(x[None], (self.crop_size, self.crop_size))[0].clamp(0, 1)
+        return x.flip(-1) if flip else x
+
+    def __getitem__(self, item: int) -> dict:
+        source, i = self.index[item // self.views]
+        view = item % self.views
+        crop = self.crop(source.load(i), source.key(i), view)
+        return {"key": f"{source.key(i)}#v{view}", "images": image_pyramid(crop, self.levels)}
+
+
+def collate_views(items: list[dict]) -> dict:
+    """Stack a list of :class:`ViewDataset` items: ``{"keys": [...], "images": [[B, 3, S/2**j, S/2**j], ...]}``."""
+    levels = len(items[0]["images"])
+    return {"keys": [it["key"] for it in items],
+            "images": [torch.stack([it["images"][j] for it in items]) for j in range(levels)]}
+
+
+def epoch_batches(num_items: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
+                  world_size: int = 1) -> list[list[int]]:
+    """This process's batches of one epoch: a seeded permutation cut into global batches of
+    ``batch_size * world_size`` (the incomplete last one dropped), each split by rank."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_items, generator=generator).tolist()
+    global_batch = batch_size * world_size
+    if num_items < global_batch:
+        raise ValueError(f"{num_items} training views are fewer than one global batch ({global_batch}); lower "
+                         f"batch_size or add images / views_per_image")
+    batches = [order[b:b + global_batch] for b in range(0, num_items - global_batch + 1, global_batch)]
+    return [b[rank * batch_size:(rank + 1) * batch_size] for b in batches]

@@ -1,0 +1,309 @@
+"""The UPLiFT trainer: accelerate-based, resumable, with cached backbone features.
+
+One code path runs on one CPU, one GPU, or many GPUs / nodes under ``accelerate launch``; mixed precision comes from
+accelerate. Each step draws a batch of fixed random crops (views), gets the backbone features of every pyramid level
+(from the feature cache when possible), and minimises the multi-depth, multi-step loss (paper eq. 1-5).
+
+Outputs in ``config.output_dir``: ``checkpoints/checkpoint-<step>/`` (atomic, last K kept), ``loss_log.csv``
+(TensorBoard events too when ``tensorboard`` is installed), ``previews/step-<step>.png`` (before/after grids) and
+``model/`` (the final ``save_pretrained`` export, loadable with ``UPLiFTModel.from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..color import ColorCorrection
+from ..model import UPLiFTModel
+from .backbones import FeatureBackbone, load_backbone
+from .cache import FeatureCache
+from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
+from .config import TrainConfig
+from .data import ViewDataset, collate_views, epoch_batches
+from .losses import UPLiFTTrainingObjective
+
+StepCallback = Callable[[int, float], None]
+
+
+def check_compatible(model: UPLiFTModel, backbone: FeatureBackbone, config: TrainConfig) -> None:
+    """Raise ValueError when the model, the backbone and the crop size do not fit together."""
+    cfg = model.config
+    if cfg.in_channels != backbone.channels:
+        raise ValueError(f"the model upsamples {cfg.in_channels}-channel features but the backbone gives "
+                         f"{backbone.channels} channels: set model.overrides.in_channels = {backbone.channels}")
+    if cfg.patch_size != backbone.patch_size:
+        raise ValueError(f"model patch_size {cfg.patch_size} != backbone patch size {backbone.patch_size}")
+    if cfg.image_normalization != backbone.image_normalization:
+        raise ValueError(f"model image_normalization {cfg.image_normalization!r} does not match the backbone's "
+                         f"{backbone.image_normalization!r}")
+    unit = backbone.patch_size * 2 ** max(config.loss.depths)
+    if config.data.crop_size % unit:
+        raise ValueError(f"data.crop_size {config.data.crop_size} must be a multiple of patch_size * 2**max(depths) "
+                         f"= {unit}")
+
+
+def build_model(config: TrainConfig) -> UPLiFTModel:
+    if config.model.init_from:
+        return UPLiFTModel.from_pretrained(config.model.init_from)
+    return UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [0, 1] -> [B, H, W, 3] uint8."""
+    return (images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def _pca_rgb(features: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Project [B, C, h, w] features on a 3-component PCA basis and min-max them to [0, 1]."""
+    b, c, h, w = features.shape
+    flat = (features.permute(0, 2, 3, 1).reshape(-1, c) - mean) @ basis  # [B*h*w, 3]
+    flat = (flat - flat.min(0).values) / (flat.max(0).values - flat.min(0).values + 1e-8)
+    return flat.reshape(b, h, w, 3).permute(0, 3, 1, 2)
+
+
+class Trainer:
+    """Train an UPLiFT model as a :class:`TrainConfig` describes.
+
+    Args:
+        config: the run's configuration.
+        backbone: a ready :class:`FeatureBackbone` (default: built from ``config.backbone``).
+        model: a ready model (default: built from ``config.model``).
+        accelerator: an ``accelerate.Accelerator`` (default: one with ``config.mixed_precision``).
+    """
+
+    def __init__(self, config: TrainConfig, backbone: FeatureBackbone | None = None,
+                 model: UPLiFTModel | None = None, accelerator: Accelerator | None = None):
+        config.validate()
+        self.config = config
+        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.output_dir = Path(config.output_dir)
+        self.backbone = backbone if backbone is not None else load_backbone(config.backbone)
+        set_seed(config.seed)
+        self.model = model if model is not None else build_model(config)
+        check_compatible(self.model, self.backbone, config)
+        self.backbone.to(self.accelerator.device)
+        self.levels = max(config.loss.depths)
+        self.dataset = ViewDataset.from_config(config.data, self.levels, config.seed)
+        self.cache = None
+        if config.data.cache_dir:
+            d = config.data
+            fingerprint = (f"{self.backbone.fingerprint}|crop{d.crop_size}|frac{d.min_crop_fraction}|flip{d.hflip}"
+                           f"|seed{config.seed}|levels{self.levels}")
+            self.cache = FeatureCache(d.cache_dir, fingerprint, prefix=f"r{self.accelerator.process_index}")
+        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.keep_last)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.elapsed = 0.0  # training seconds across resumes
+
+    # ------------------------------------------------------------------ features
+    def features(self, keys: list[str], images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone features of every pyramid level of a batch (cached when a cache is configured)."""
+        if self.cache is None:
+            return [self.backbone.encode(x) for x in images]
+        return [self.cache.features(keys, x, self.backbone.encode) for x in images]
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "rng": capture_rng_state(self.generator), "epoch": self.epoch,
+                     "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed}
+            weights = {k.removeprefix("model."): v for k, v in acc.get_state_dict(self.objective).items()}
+            self.checkpoints.save(self.step, weights, state)
+            self._preview()
+        if self.cache is not None:
+            self.cache.flush()
+        acc.wait_for_everyone()
+
+    def _resume(self) -> bool:
+        found = self.checkpoints.load_latest()
+        for message in self.checkpoints.skipped:
+            self.accelerator.print(f"warning: {message}; using the previous checkpoint")
+        if found is None:
+            self.accelerator.print(f"no usable checkpoint in {self.checkpoints.folder}: starting from scratch")
+            return False
+        path, model_state, state = found
+        self.unwrapped.load_state_dict(model_state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"], self.generator)
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch, self.elapsed = int(state["batch_in_epoch"]), float(state["elapsed"])
+        self.accelerator.print(f"resumed from {path} (step {self.step}, epoch {self.epoch})")
+        return True
+
+    # ------------------------------------------------------------------ logging
+    def _open_log(self) -> None:
+        self.log_path = self.output_dir / "loss_log.csv"
+        self.log_fields = ["step", "epoch", "loss", "lr", "elapsed_s"] + [
+            f"d{d}_k{k}" for d in self.config.loss.depths for k in range(1, d + 1)]
+        rows = []
+        if self.log_path.is_file():  # drop rows a killed run wrote after its last checkpoint
+            with open(self.log_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        with open(self.log_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.log_fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+        except ImportError:
+            pass
+
+    def _log(self, loss: float, terms: dict[str, torch.Tensor]) -> None:
+        row = {"step": self.step, "epoch": self.epoch, "loss": f"{loss:.6g}",
+               "lr": f"{self.scheduler.get_last_lr()[0]:.6g}", "elapsed_s": f"{self.elapsed:.1f}",
+               **{k: f"{v.item():.6g}" for k, v in terms.items()}}
+        with open(self.log_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.log_fields).writerow(row)
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("loss", loss, self.step)
+            for k, v in terms.items():
+                self.tensorboard.add_scalar(f"terms/{k}", v.item(), self.step)
+
+    # ------------------------------------------------------------------ previews
+    @torch.no_grad()
+    def _preview(self) -> Path | None:
+        """Before/after grid of the first views: SR (VAE backbones) or PCA feature maps (others)."""
+        n = min(self.config.preview_images, len(self.dataset.index))
+        if n == 0:
+            return None
+        device = self.accelerator.device
+        items = [self.dataset[i * self.dataset.views] for i in range(n)]
+        images = [x.to(device) for x in collate_views(items)["images"]]
+        d = min(2, self.levels)
+        lr_image, hr_image = images[d], images[0]
+        lr_feats, hr_feats = self.backbone.encode(lr_image), self.backbone.encode(hr_image)
+        model = self.unwrapped
+        was_training = model.training
+        model.eval()
+        up = model(model.normalize_image(lr_image), lr_feats.to(model.dtype), iterations=d,
+                   generator=torch.Generator(device="cpu").manual_seed(0)).float()
+        model.train(was_training)
+        bilinear = F.interpolate(lr_feats, size=hr_feats.shape[-2:], mode="bilinear", align_corners=False)
+        size = hr_image.shape[-2:]
+        lr_big = F.interpolate(lr_image, size=size, mode="nearest")
+        if self.backbone.can_decode:
+            cc = ColorCorrection()
+            columns = [lr_big, self.backbone.decode(bilinear), cc(self.backbone.decode(up), lr_image), hr_image]
+        else:
+            c = hr_feats.shape[1]
+            flat = hr_feats.permute(0, 2, 3, 1).reshape(-1, c).float()
+            mean = flat.mean(0)
+            basis = torch.linalg.svd(flat - mean, full_matrices=False).Vh[:3].T  # [C, 3]
+            columns = [hr_image] + [F.interpolate(_pca_rgb(f.float(), basis, mean), size=size, mode="nearest")
+                                    for f in (lr_feats, bilinear, up, hr_feats)]
+        grid = np.concatenate([np.concatenate(list(_to_uint8(col)), axis=0) for col in columns], axis=1)
+        path = self.output_dir / "previews" / f"step-{self.step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+        return path
+
+    # ------------------------------------------------------------------ the loop
+    def _should_stop(self) -> bool:
+        cfg = self.config
+        stop = (cfg.max_steps is not None and self.step >= cfg.max_steps) or (
+            cfg.max_minutes is not None and self.elapsed >= cfg.max_minutes * 60)
+        if self.accelerator.num_processes > 1:  # every process stops at the same step
+            flag = torch.tensor(float(stop), device=self.accelerator.device)
+            stop = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return stop
+
+    def train(self, resume: bool = False, callback: StepCallback | None = None) -> Path:
+        """Run (or continue, with ``resume=True``) training; returns the folder of the exported model.
+
+        Args:
+            resume: continue from the newest valid checkpoint in ``output_dir/checkpoints``.
+            callback: called as ``callback(step, loss)`` after every optimizer step (on every process).
+        """
+        cfg, acc = self.config, self.accelerator
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if acc.is_main_process:
+            (self.output_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                     weight_decay=cfg.optim.weight_decay)
+        total = cfg.max_steps if cfg.max_steps is not None else 10**9
+        self.scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
+                                       num_training_steps=total)
+        objective = UPLiFTTrainingObjective(self.model, cfg.loss.depths, cfg.loss.noise_sigma)
+        self.objective, self.optimizer = acc.prepare(objective, optimizer)
+        self.unwrapped = acc.unwrap_model(self.objective).model
+        self.generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
+        if resume:
+            self._resume()
+        if acc.is_main_process:
+            self._open_log()
+        self.objective.train()
+
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not acc.is_local_main_process,
+                   desc="training", dynamic_ncols=True)
+        start = time.monotonic() - self.elapsed
+        last_saved = self.step if resume else -1
+        while not self._should_stop():
+            batches = epoch_batches(len(self.dataset), cfg.batch_size, self.epoch, cfg.seed, acc.process_index,
+                                    acc.num_processes)
+            loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches[self.batch_in_epoch:],
+                                                 collate_fn=collate_views, num_workers=cfg.data.num_workers)
+            for batch in loader:
+                images = [x.to(acc.device) for x in batch["images"]]
+                features = self.features(batch["keys"], images)
+                with acc.autocast():
+                    loss, terms = self.objective(images, features, self.generator)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}; lower optim.lr or "
+                                             f"use mixed_precision 'no' / 'bf16'")
+                acc.backward(loss)
+                if cfg.optim.max_grad_norm is not None:
+                    acc.clip_grad_norm_(self.objective.parameters(), cfg.optim.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.batch_in_epoch += 1
+                self.elapsed = time.monotonic() - start
+                value = loss.item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4g}", epoch=self.epoch)
+                if acc.is_main_process and self.step % cfg.log_every == 0:
+                    self._log(value, terms)
+                if self.step % cfg.checkpoint_every == 0:
+                    self._save_checkpoint()
+                    last_saved = self.step
+                if callback is not None:
+                    callback(self.step, value)
+                if self._should_stop():
+                    break
+            else:  # the epoch is exhausted
+                self.epoch += 1
+                self.batch_in_epoch = 0
+        bar.close()
+        if last_saved != self.step:
+            self._save_checkpoint()
+        return self.export()
+
+    def export(self) -> Path:
+        """``save_pretrained`` of the trained model into ``output_dir/model``."""
+        path = self.output_dir / "model"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.unwrapped.save_pretrained(path)
+            if self.cache is not None:
+                self.cache.flush()
+        return path
