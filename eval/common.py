@@ -1,0 +1,203 @@
+"""What every benchmark run shares: the results folder (images written as they are made, reruns skip finished ones,
+``results.json`` written atomically), fixed seeds, library versions, Markdown tables, PNG sample grids, timers."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uplift_diffusion.imageio import ensure_writable_dir, load_image, save_image_atomic
+
+VERSIONED_PACKAGES = ("uplift-diffusion", "torch", "diffusers", "transformers", "torchmetrics", "torch-fidelity",
+                      "clean-fid", "numpy", "scipy", "Pillow")
+RESULTS_FILE = "results.json"
+TABLE_FILE = "table.md"
+GRID_FILE = "samples.png"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (every generated image also gets its own generator, see :func:`generators`)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def generators(seed: int, indices: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One generator per image, seeded with ``seed + index``: an image's noise does not depend on its batch, so a
+    rerun that regenerates only some images reproduces them exactly."""
+    return [torch.Generator(device).manual_seed(seed + int(i)) for i in indices]
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the platform and the libraries that decide the numbers."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON through a temporary file and ``os.replace`` (never a half-written file)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def chunks(indices: Sequence[int], size: int) -> Iterator[list[int]]:
+    """Fixed consecutive chunks of ``indices`` (the same on every run, so that batches are identical on reruns)."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    for start in range(0, len(indices), size):
+        yield list(indices[start:start + size])
+
+
+def sample(items: Sequence, num: int | None, seed: int) -> list:
+    """``num`` items drawn at random without replacement (seeded), in their original order; all when ``num`` is
+    None or not smaller than the number of items."""
+    if num is None or num >= len(items):
+        return list(items)
+    keep = sorted(np.random.default_rng(seed).choice(len(items), size=num, replace=False).tolist())
+    return [items[i] for i in keep]
+
+
+def apply_limit(items: Sequence, limit: int | None) -> list:
+    """The first ``limit`` items (``--limit N`` for quick runs)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    return list(items if limit is None else items[:limit])
+
+
+def center_crop_square(image: Image.Image, size: int | None = None) -> Image.Image:
+    """The largest centred square of ``image``, resized (bicubic) to ``size``² when given and different."""
+    w, h = image.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    image = image.crop((left, top, left + s, top + s))
+    return image if size is None or s == size else image.resize((size, size), Image.BICUBIC)
+
+
+def to_tensor_uint8(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """PIL / [H, W, 3] uint8 -> uint8 tensor [3, H, W]."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def float_to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[B, 3, H, W] tensor or [B, H, W, 3] array in [0, 1] -> [B, H, W, 3] uint8, rounded as diffusers' PIL output."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+class ResultsFolder:
+    """A benchmark's output folder: ``images/<method>/<name>.png`` (written as they are made), ``results.json``,
+    ``table.md`` and ``samples.png``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = ensure_writable_dir(root)
+
+    def image_path(self, method: str, name: str) -> Path:
+        return self.root / "images" / method / f"{name}.png"
+
+    def done(self, method: str, names: Sequence[str]) -> bool:
+        return all(self.image_path(method, n).is_file() for n in names)
+
+    def save(self, method: str, name: str, image: np.ndarray | Image.Image) -> None:
+        path = self.image_path(method, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image_atomic(image if isinstance(image, Image.Image) else Image.fromarray(image), path)
+
+    def load(self, method: str, name: str) -> torch.Tensor:
+        """uint8 [3, H, W] of a saved image."""
+        image, _ = load_image(self.image_path(method, name))
+        return to_tensor_uint8(image)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        write_json_atomic(self.root / name, obj)
+        return self.root / name
+
+    def read_json(self, name: str) -> Any | None:
+        path = self.root / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_results(self, benchmark: str, metrics: dict, config: dict, timings: dict, table: str) -> Path:
+        """``results.json`` (atomically) and ``table.md``."""
+        write_text_atomic(self.root / TABLE_FILE, table)
+        return self.write_json(RESULTS_FILE, {"benchmark": benchmark, "metrics": metrics, "config": config,
+                                              "versions": versions(), "timings": timings})
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; floats with two decimals (SSIM three), ``None`` as ``-``."""
+    def cell(header: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3f}" if header.startswith("SSIM") else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(h, v) for h, v in zip(headers, row, strict=True)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def save_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | os.PathLike, tile: int = 256) -> None:
+    """A PNG grid: one row per sample, one column per image (uint8 [3, H, W], each resized to ``tile``²)."""
+    if not rows or not rows[0]:
+        return
+    cols = max(len(r) for r in rows)
+    grid = Image.new("RGB", (cols * tile, len(rows) * tile), "white")
+    for y, row in enumerate(rows):
+        for x, image in enumerate(row):
+            thumb = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((tile, tile), Image.BICUBIC)
+            grid.paste(thumb, (x * tile, y * tile))
+    save_image_atomic(grid, path)
+
+
+class Timings:
+    """Wall-clock seconds per named phase (summed over repeated phases)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.seconds.items()}

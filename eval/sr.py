@@ -1,0 +1,258 @@
+"""Super-resolution benchmark (paper Table 4, FacesHQ / LHQ protocol of appendix B.2) on any folder of images.
+
+Per image: ``size``² centre crop (1024), bilinear down to ``size / scale`` (256; ``antialias=False``,
+``align_corners=False``, on [-1, 1] tensors), VAE encode -> ``log2(scale)`` UPLiFT steps -> decode -> colour
+correction against the low-res input. Baselines: the same latents upsampled bilinearly / nearest in latent space, then
+decoded. Metrics against the high-res crop: SSIM, PSNR (per image, then the mean), FID and patch-FID.
+
+Run it with ``uplift-diffusion eval sr --images DIR --vae VAE --upsampler CKPT --output OUT`` or
+``python -m uplift_diffusion.eval.sr ...`` (same arguments).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+from uplift_diffusion.eval.common import (
+    ResultsFolder,
+    Timings,
+    apply_limit,
+    chunks,
+    float_to_uint8,
+    generators,
+    markdown_table,
+    sample,
+    save_grid,
+    seed_everything,
+    to_tensor_uint8,
+)
+from uplift_diffusion.eval.latency import measure_latency
+from uplift_diffusion.eval.metrics import FID, PairedMetrics, PatchFID
+
+from uplift_diffusion.backbones.vae import decode_latents, encode_latents
+from uplift_diffusion.color import ColorCorrection
+from uplift_diffusion.imageio import expand_inputs, load_image
+from uplift_diffusion.model import UPLiFTModel
+
+METHODS = ("uplift", "latent-bilinear", "latent-nearest")
+METHOD_LABELS = {"uplift": "UPLiFT", "latent-bilinear": "Bilinear", "latent-nearest": "Nearest"}
+TABLE_HEADERS = ("Method", "Iters", "Params (M)", "SSIM ↑", "PSNR ↑", "FID ↓", "p-FID ↓")
+
+
+def select_images(folder: str | os.PathLike, size: int, num_samples: int | None, seed: int,
+                  limit: int | None) -> tuple[list[Path], list[str]]:
+    """Image files of ``folder`` whose sides are both >= ``size`` (a seeded random ``num_samples`` of them, then the
+    first ``limit``), and the names of the files that were too small."""
+    files = expand_inputs([str(folder)])
+    keep, small = [], []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                w, h = image.size
+        except OSError as err:
+            raise ValueError(f"cannot read image {path} ({err})") from None
+        (keep if min(w, h) >= size else small).append(path)
+    if not keep:
+        raise ValueError(f"no image in {folder} has both sides >= {size} pixels (the protocol's centre crop); "
+                         f"use a smaller --size")
+    return apply_limit(sample(keep, num_samples, seed), limit), [p.name for p in small]
+
+
+def load_pair(path: Path, size: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uint8 [3, size, size] centre crop and its float [3, size/scale, size/scale] low-res version in [0, 1]."""
+    image, _ = load_image(path)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    hr = to_tensor_uint8(image.crop((left, top, left + size, top + size)))
+    hr_signed = hr[None].float() / 127.5 - 1  # [-1, 1]
+    lr = F.interpolate(hr_signed, size=(size // scale, size // scale), mode="bilinear", align_corners=False,
+                       antialias=False)
+    return hr, ((lr[0] + 1) / 2).clamp(0, 1)
+
+
+@torch.no_grad()
+def super_resolve(method: str, low_res: torch.Tensor, vae, upsampler: UPLiFTModel | None, scale: int,
+                  generator: list[torch.Generator] | None = None, color_correction: bool = True) -> torch.Tensor:
+    """[B, 3, h, w] in [0, 1] -> [B, 3, scale*h, scale*w] in [0, 1] through the VAE's latent space.
+
+    ``"uplift"``: ``log2(scale)`` UPLiFT steps guided by the low-res image, then colour correction;
+    ``"latent-bilinear"`` / ``"latent-nearest"``: interpolation of the latents (no colour correction).
+    """
+    latents = encode_latents(vae, low_res)  # [B, C, h/8, w/8] raw
+    if method == "uplift":
+        if upsampler is None:
+            raise ValueError("method 'uplift' needs an upsampler")
+        guide = upsampler.normalize_image(low_res.to(upsampler.device, upsampler.dtype))
+        high = upsampler(guide, latents.to(upsampler.device), iterations=UPLiFTModel.iterations_for_scale(scale),
+                         generator=generator)  # [B, C, scale*h/8, scale*w/8]
+    elif method in ("latent-bilinear", "latent-nearest"):
+        mode = method.split("-")[1]
+        size = (latents.shape[-2] * scale, latents.shape[-1] * scale)
+        high = F.interpolate(latents.float(), size=size, mode=mode,
+                             **({"align_corners": False} if mode == "bilinear" else {})).to(latents.dtype)
+    else:
+        raise ValueError(f"unknown super-resolution method {method!r}; choose from {METHODS}")
+    image = decode_latents(vae, high)  # [B, 3, scale*h, scale*w] in [0, 1]
+    if method == "uplift":
+        image = ColorCorrection(enabled=color_correction, clamp=(0.0, 1.0))(image, low_res.to(image.device))
+    return image
+
+
+def run_sr_benchmark(
+    images: str | os.PathLike,
+    vae,
+    output_dir: str | os.PathLike,
+    upsampler: UPLiFTModel | None = None,
+    methods: Sequence[str] = METHODS,
+    size: int = 1024,
+    scale: int = 4,
+    num_samples: int | None = 5000,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 1,
+    color_correction: bool = True,
+    fid_factory: Callable[[], FID] | None = None,
+    patch_size: int = 512,
+    num_crops: int = 4,
+    reference_stats: str | os.PathLike | None = None,
+    latency: bool = False,
+    latency_warmup: int = 3,
+    latency_iterations: int = 10,
+    dataset_name: str | None = None,
+    extra_config: dict | None = None,
+) -> dict:
+    """Run the super-resolution benchmark; returns the ``results.json`` content.
+
+    Args:
+        images: folder of high-resolution images (FacesHQ, LHQ, CelebA-HQ, ...).
+        vae: the autoencoder (AutoencoderKL, AutoencoderTiny or TAEF2) the upsampler works with.
+        output_dir: results folder (``images/<method>/``, ``results.json``, ``table.md``, ``samples.png``).
+        upsampler: UPLiFT model (``in_channels`` = the VAE's latent channels); required for ``"uplift"``.
+        methods: any of ``"uplift"``, ``"latent-bilinear"``, ``"latent-nearest"``.
+        size: side of the high-res centre crop (1024); images with a smaller side are skipped (listed in the config).
+        scale: upscaling factor (4: 256 -> 1024, two UPLiFT steps).
+        num_samples: seeded random subset of the folder (5000 in the paper); ``None`` for all.
+        limit: only the first ``limit`` selected images (quick runs).
+        seed: selects the images, the patch-FID crops and (with the image index) the upsampler's noise.
+        batch_size: images per forward pass.
+        color_correction: colour-correct UPLiFT outputs against the low-res input (paper B.1).
+        fid_factory: makes a fresh [`FID`] accumulator (one for full images, one for crops); ``None`` skips FID.
+        patch_size / num_crops: patch-FID crops (512², 4 per image pair).
+        reference_stats: folder for the real set's FID statistics (``.npz``, reused by later runs on the same images);
+            defaults to ``output_dir``.
+        latency: also time the ``"uplift"`` path end to end at batch 1 (appendix B.2 protocol).
+        dataset_name: recorded name of the image set (default: the folder's name).
+        extra_config: more entries for ``results.json``'s config (e.g. the model paths).
+    """
+    methods = list(dict.fromkeys(methods))
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+    if "uplift" in methods and upsampler is None:
+        raise ValueError("method 'uplift' needs an upsampler (or leave it out of methods)")
+    iterations = UPLiFTModel.iterations_for_scale(scale)
+    if size % (scale * 8):
+        raise ValueError(f"size must be a multiple of {scale * 8} (scale x the VAE's 8x factor), got {size}")
+    seed_everything(seed)
+    folder = ResultsFolder(output_dir)
+    files, skipped = select_images(images, size, num_samples, seed, limit)
+    names = [f"{i:05d}_{p.stem}" for i, p in enumerate(files)]
+    dataset_name = dataset_name or Path(images).name
+    timings = Timings()
+    params = {"uplift": upsampler.num_parameters() / 1e6 if upsampler is not None else None}
+
+    # 1. Generate every missing image (fixed chunks: reruns form the same batches)
+    for method in methods:
+        for idx in tqdm(list(chunks(range(len(files)), batch_size)), desc=f"sr {method}", unit="batch"):
+            if folder.done(method, [names[i] for i in idx]):
+                continue
+            low_res = torch.stack([load_pair(files[i], size, scale)[1] for i in idx])
+            with timings(f"generate/{method}"):
+                out = super_resolve(method, low_res, vae, upsampler, scale, generators(seed, idx), color_correction)
+            for i, image in zip(idx, float_to_uint8(out), strict=True):
+                folder.save(method, names[i], image)
+
+    # 2. Metrics from the saved images (a rerun scores exactly the same files)
+    metrics: dict[str, dict] = {}
+    full_fid = fid_factory() if fid_factory is not None else None
+    patch_fid = PatchFID(fid_factory(), patch_size, num_crops, seed) if fid_factory is not None else None
+    stats_dir = Path(reference_stats) if reference_stats is not None else folder.root
+    key = f"sr:{dataset_name}:{size}:n={len(files)}:seed={seed}:" + ",".join(names)
+    if full_fid is not None:
+        have_real = (full_fid.load_reference(stats_dir / f"fid_real_{full_fid.name}.npz", key)
+                     and patch_fid.fid.load_reference(stats_dir / f"pfid_real_{full_fid.name}.npz",
+                                                      f"{key}:{patch_size}x{num_crops}"))
+        if not have_real:
+            full_fid, patch_fid = fid_factory(), PatchFID(fid_factory(), patch_size, num_crops, seed)
+            with timings("metrics/real"):
+                for idx in tqdm(list(chunks(range(len(files)), batch_size)), desc="sr real stats", unit="batch"):
+                    hr = torch.stack([load_pair(files[i], size, scale)[0] for i in idx])
+                    full_fid.update(hr, real=True)
+                    patch_fid.update(hr, idx, real=True)
+            full_fid.save_reference(stats_dir / f"fid_real_{full_fid.name}.npz", key)
+            patch_fid.fid.save_reference(stats_dir / f"pfid_real_{full_fid.name}.npz",
+                                         f"{key}:{patch_size}x{num_crops}")
+    for method in methods:
+        paired = PairedMetrics()
+        if full_fid is not None:
+            full_fid.reset_fake(), patch_fid.fid.reset_fake()
+        with timings(f"metrics/{method}"):
+            for idx in tqdm(list(chunks(range(len(files)), batch_size)), desc=f"sr metrics {method}", unit="batch"):
+                hr = torch.stack([load_pair(files[i], size, scale)[0] for i in idx])
+                sr = torch.stack([folder.load(method, names[i]) for i in idx])
+                paired.update(sr, hr)
+                if full_fid is not None:
+                    full_fid.update(sr, real=False)
+                    patch_fid.update(sr, idx, real=False)
+        metrics[method] = dict(paired.compute(), iterations=iterations if method == "uplift" else 1,
+                               params_m=params.get(method), num_images=len(files))
+        if full_fid is not None:
+            metrics[method].update(fid=full_fid.compute(), patch_fid=patch_fid.compute())
+
+    # 3. Latency of the UPLiFT path (batch 1, appendix B.2 protocol)
+    if latency and "uplift" in methods:
+        low_res = load_pair(files[0], size, scale)[1][None]
+        param = next(upsampler.parameters())
+        metrics["uplift"]["latency"] = measure_latency(
+            lambda: super_resolve("uplift", low_res, vae, upsampler, scale, generators(seed, [0]), color_correction),
+            device=param.device, dtype=param.dtype, batch_size=1, warmup=latency_warmup,
+            iterations=latency_iterations)
+
+    # 4. Table, grid, results.json
+    rows = [(METHOD_LABELS[m], metrics[m]["iterations"], metrics[m]["params_m"], metrics[m]["ssim"],
+             metrics[m]["psnr"], metrics[m].get("fid"), metrics[m].get("patch_fid")) for m in methods]
+    table = (f"Super-resolution {size // scale}->{size} on {len(files)} images of {dataset_name}\n\n"
+             + markdown_table(TABLE_HEADERS, rows))
+    grid = []
+    for i in range(min(4, len(files))):
+        hr, lr = load_pair(files[i], size, scale)
+        lr_up = F.interpolate(lr[None], size=(size, size), mode="nearest")[0]
+        grid.append([torch.from_numpy(float_to_uint8(lr_up[None])[0]).permute(2, 0, 1), hr]
+                    + [folder.load(m, names[i]) for m in methods])
+    save_grid(grid, folder.root / "samples.png")
+    config = dict(
+        images=str(images), dataset=dataset_name, num_images=len(files), num_samples=num_samples, limit=limit,
+        size=size, scale=scale, low_res=size // scale, methods=methods, seed=seed, batch_size=batch_size,
+        color_correction=color_correction, patch_size=patch_size, num_crops=num_crops,
+        fid=full_fid.name if full_fid is not None else None, skipped_too_small=skipped,
+        downsample="F.interpolate bilinear, antialias=False, align_corners=False, on [-1, 1]",
+        ssim="gaussian 11/1.5, 5-px border of the SSIM map cropped, per image then mean",
+        psnr="per image on [0, 1], then mean", grid_columns=["low-res (nearest)", "high-res"] + methods,
+        vae=type(vae).__name__, upsampler_config=dict(upsampler.config) if upsampler is not None else None,
+        **(extra_config or {}),
+    )
+    folder.write_results("sr", metrics, config, timings.as_dict(), table)
+    return folder.read_json("results.json")
+
+
+if __name__ == "__main__":
+    from uplift_diffusion.commands.eval import main_for
+
+    sys.exit(main_for("sr"))
