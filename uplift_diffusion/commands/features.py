@@ -1,0 +1,86 @@
+"""``uplift-diffusion features IMG --backbone dinov2-s14 --pca out.png``: pixel-dense DINO features of an image
+with UPLiFT, as a joint-PCA strip and / or a safetensors file. Linear probes: ``python -m
+uplift_diffusion.features.probe``."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Pixel-dense DINOv2 / DINOv3 features with UPLiFT: PCA strip (--pca) and / or features (--save)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", metavar="IMG", help="input image file")
+    parser.add_argument("--backbone", default="dinov2-s14",
+                        help="feature preset: dinov2-s14 (default, timm vit_small_patch14_dinov2.lvd142m) or "
+                             "dinov3-splus16 (vit_small_plus_patch16_dinov3.lvd1689m)")
+    parser.add_argument("--backbone-weights", default=None, metavar="PATH",
+                        help="local backbone weights (the model.safetensors of Hub repo timm/<backbone>, or its "
+                             "folder); default: download")
+    parser.add_argument("--upsampler", default=None, metavar="PATH",
+                        help="local UPLiFT checkpoint (.safetensors / .pth / folder); default: download the published "
+                             "one (UPLiFT-upsampler/uplift_<backbone>)")
+    parser.add_argument("--pca", default=None, metavar="OUT.png",
+                        help="write the joint-PCA strip: image | backbone | step 1 | ... | step n")
+    parser.add_argument("--save", default=None, metavar="OUT.safetensors",
+                        help="write the pixel-dense features ([1, C, H, W], key 'features') and the backbone "
+                             "features (key 'backbone')")
+    parser.add_argument("--iterations", type=int, default=4, help="UPLiFT 2x steps (default 4)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="resize the image so that its longer side is SIZE pixels first (default: as is)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from uplift_diffusion.cli import UserError
+
+    if not args.pca and not args.save:
+        raise UserError("nothing to do: pass --pca OUT.png and / or --save OUT.safetensors")
+    if args.iterations < 1:
+        raise UserError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.save and not args.save.endswith(".safetensors"):
+        raise UserError(f"--save must end with .safetensors, got {args.save}")
+    for out in (args.pca, args.save):
+        if out and Path(out).exists() and not args.overwrite:
+            raise FileExistsError(f"output exists: {out} (pass --overwrite to replace)")
+    path = Path(args.image)
+    if not path.is_file():
+        raise FileNotFoundError(f"input image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {path} ({err})") from None
+    if args.size:
+        scale = args.size / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.BICUBIC)
+
+    from uplift_diffusion.features import UPLiFTFeatureExtractor, pca_strip
+    from uplift_diffusion.features.atomic import atomic_write
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    extractor = UPLiFTFeatureExtractor.from_pretrained(args.backbone, backbone=args.backbone_weights,
+                                                       upsampler=args.upsampler, device=device)
+    steps, backbone = extractor(image, iterations=args.iterations, output_size=None, return_all_steps=True,
+                                return_backbone=True)
+    if args.pca:
+        strip = pca_strip(image, backbone, steps)
+        atomic_write(args.pca, strip.save)
+        print(f"wrote {args.pca} ({strip.width}x{strip.height}: image | backbone | {len(steps)} steps)")
+    if args.save:
+        from safetensors.torch import save_file
+
+        from uplift_diffusion.model import bilinear_resize
+
+        dense = bilinear_resize(steps[-1], (image.height, image.width))  # pixel-dense: one vector per pixel
+        tensors = {"features": dense.float().cpu().contiguous(), "backbone": backbone.float().cpu().contiguous()}
+        atomic_write(args.save, lambda tmp: save_file(tensors, tmp, metadata={"backbone": args.backbone}))
+        print(f"wrote {args.save} (features {tuple(dense.shape)}, backbone {tuple(backbone.shape)})")
+    return 0
