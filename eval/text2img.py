@@ -1,0 +1,286 @@
+"""Shared by the COCO and reLAION benchmarks (paper Tables 2 and 3): generate one image per caption with each
+configuration ("row"), write every image as it is made, then score the saved images against the real ones (FID,
+patch-FID, optionally CLIP score) and time each row with the latency protocol."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from uplift_diffusion.eval.common import (
+    ResultsFolder,
+    Timings,
+    apply_limit,
+    center_crop_square,
+    chunks,
+    float_to_uint8,
+    generators,
+    markdown_table,
+    save_grid,
+    seed_everything,
+    to_tensor_uint8,
+)
+from uplift_diffusion.eval.latency import compile_modules, measure_latency
+from uplift_diffusion.eval.metrics import FID, CLIPScorer, PatchFID
+
+from uplift_diffusion.imageio import load_image
+
+PAIRS_FILE = "pairs.json"
+
+
+@dataclass
+class Row:
+    """One configuration of a text-to-image table.
+
+    Attributes:
+        key: folder name of its images (e.g. ``"sd15-25-uplift"``).
+        model / steps / method / params_m / resolution: the table's columns.
+        generate: ``(prompts, generators) -> [B, H, W, 3]`` float in [0, 1] (one generator per prompt).
+        modules: the modules ``--compile`` compiles for the latency run.
+    """
+
+    key: str
+    model: str
+    steps: int
+    method: str
+    params_m: float | None
+    resolution: str
+    generate: Callable[[list[str], list[torch.Generator]], np.ndarray]
+    modules: list[nn.Module] = field(default_factory=list)
+
+
+def _pipeline_modules(pipe) -> list[nn.Module]:
+    return [m for m in pipe.components.values() if isinstance(m, nn.Module)]
+
+
+def uplift_row(pipe, steps: int, upscale: int, guidance_scale: float = 7.5, model: str = "SD1.5") -> Row:
+    """A row of an :class:`~uplift_diffusion.pipelines.UPLiFTPipeline` (``upscale=1``: the plain SD 1.5 baseline)."""
+    low = pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+    def generate(prompts, gens):
+        return pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance_scale, upscale=upscale,
+                    generator=gens, output_type="np").images
+
+    uplift = upscale > 1
+    return Row(
+        key=f"sd15-{steps}" + ("-uplift" if uplift else ""), model=model, steps=steps,
+        method="UPLiFT" if uplift else "-",
+        params_m=pipe.upsampler.num_parameters() / 1e6 if uplift else None,
+        resolution=f"{low}->{low * upscale}" if uplift else str(low), generate=generate,
+        modules=_pipeline_modules(pipe) if uplift else [m for n, m in pipe.components.items()
+                                                          if isinstance(m, nn.Module) and n != "upsampler"],
+    )
+
+
+def default_rows(pipe, steps: Sequence[int], baseline: bool = True, guidance_scale: float = 7.5) -> list[Row]:
+    """For each step count: SD 1.5 at 512 without upscaling (``baseline``) and SD 1.5 + UPLiFT 512 -> 1024."""
+    rows = []
+    for s in steps:
+        if baseline:
+            rows.append(uplift_row(pipe, s, 1, guidance_scale))
+        rows.append(uplift_row(pipe, s, 2, guidance_scale))
+    return rows
+
+
+def pipeline_row(pipe, name: str, steps: int) -> Row:
+    """A row for any diffusers text-to-image pipeline at its native resolution with its default guidance."""
+    size = getattr(getattr(pipe, "unet", None), "config", None)
+    size = size.sample_size * pipe.vae_scale_factor if size is not None else None
+
+    def generate(prompts, gens):
+        return pipe(prompt=prompts, num_inference_steps=steps, generator=gens, output_type="np").images
+
+    return Row(key=name.replace("/", "--") + f"-{steps}", model=name, steps=steps, method="-", params_m=None,
+               resolution=str(size) if size else "native", generate=generate, modules=_pipeline_modules(pipe))
+
+
+def load_uplift_pipeline(source: str, upsampler, dtype: torch.dtype):
+    """An UPLiFTPipeline from an SD 1.5 folder / Hub id plus an upsampler (safety checker off, as in the paper's
+    evaluation). Offline without a local copy the error says what to supply."""
+    from uplift_diffusion.pipelines import UPLiFTPipeline
+
+    try:
+        return UPLiFTPipeline.from_pretrained(source, upsampler=upsampler, safety_checker=None,
+                                              requires_safety_checker=False, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise OSError(f"could not load Stable Diffusion 1.5 from {source!r} ({str(err).splitlines()[0][:160]}); "
+                      f"offline, download it (unet, vae, text_encoder, tokenizer, scheduler folders) and pass "
+                      f"--pipeline DIR") from None
+
+
+def load_extra_pipeline(spec: str, dtype: torch.dtype, device: str | torch.device) -> Row:
+    """``"ID[:STEPS]"`` (a diffusers pipeline folder or Hub id, steps default 50) -> its row."""
+    from diffusers import DiffusionPipeline
+
+    name, _, steps = spec.rpartition(":") if spec.rpartition(":")[2].isdigit() else (spec, "", "50")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(name, dtype=dtype).to(device)
+    except (OSError, ValueError) as err:
+        raise OSError(f"could not load the pipeline {name!r} ({str(err).splitlines()[0][:160]}); offline, pass a "
+                      f"local folder") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipeline_row(pipe, name, int(steps))
+
+
+def real_image(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """A real image as uint8 [3, size, size]: the largest centred square, bicubic-resized to ``size``."""
+    image, _ = load_image(path)
+    return to_tensor_uint8(center_crop_square(image, size))
+
+
+def _check_pairs(folder: ResultsFolder, pairs: list[tuple[str, str]]) -> None:
+    """Record the sampled pairs; a folder made from other pairs is refused (its images would not match)."""
+    saved = folder.read_json(PAIRS_FILE)
+    current = [[c, str(p)] for c, p in pairs]
+    if saved is not None and saved[:len(current)] != current and current[:len(saved)] != saved:
+        raise ValueError(f"{folder.root} holds results for other caption-image pairs (see {PAIRS_FILE}); use a new "
+                         f"--output folder or the same data, seed and sample count")
+    if saved is None or len(current) > len(saved):
+        folder.write_json(PAIRS_FILE, current)
+
+
+def run_text2img_benchmark(
+    benchmark: str,
+    pairs: Sequence[tuple[str, str | os.PathLike]],
+    rows: Sequence[Row],
+    output_dir: str | os.PathLike,
+    headers: Sequence[str],
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 4,
+    fid_factory: Callable[[], FID] | None = None,
+    clip_factory: Callable[[], CLIPScorer] | None = None,
+    real_size: int = 1024,
+    patch_size: int = 512,
+    num_crops: int = 4,
+    reference_stats: str | os.PathLike | None = None,
+    latency: bool = False,
+    latency_batch: int = 1,
+    latency_warmup: int = 3,
+    latency_iterations: int = 10,
+    compile: bool = False,
+    extra_config: dict | None = None,
+) -> dict:
+    """Generate, score and time every row; returns the ``results.json`` content.
+
+    Args:
+        benchmark: ``"coco"`` or ``"relaion"`` (recorded; names the table).
+        pairs: (caption, real image path) pairs, already sampled.
+        rows: the configurations (:func:`default_rows`, :func:`pipeline_row`).
+        output_dir: results folder (``images/<row>/<index>.png``, ``pairs.json``, ``results.json``, ``table.md``).
+        headers: table columns, from ``"Model", "Steps", "Method", "Params (M)", "Resolution", "s/img ↓",
+            "CLIP ↑", "FID ↓", "p-FID ↓"``.
+        limit: only the first ``limit`` pairs.
+        seed: image ``i`` is generated with ``torch.Generator().manual_seed(seed + i)``.
+        batch_size: prompts per pipeline call while generating.
+        fid_factory: makes a fresh [`FID`] (full images and crops); ``None`` skips FID and patch-FID.
+        clip_factory: makes a [`CLIPScorer`]; ``None`` skips the CLIP score.
+        real_size: real images are centre-cropped and resized to this square (the generated resolution).
+        patch_size / num_crops: patch-FID crops (rows whose images are not ``real_size`` get no patch-FID).
+        reference_stats: folder for the real FID statistics (default ``output_dir``).
+        latency / latency_batch / latency_warmup / latency_iterations / compile: the latency protocol per row.
+        extra_config: more entries for the config in ``results.json``.
+    """
+    seed_everything(seed)
+    folder = ResultsFolder(output_dir)
+    pairs = apply_limit([(c, str(p)) for c, p in pairs], limit)
+    if not pairs:
+        raise ValueError("no caption-image pairs to evaluate")
+    _check_pairs(folder, pairs)
+    keys = [r.key for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"rows must have distinct keys, got {keys}")
+    names = [f"{i:05d}" for i in range(len(pairs))]
+    captions = [c for c, _ in pairs]
+    timings = Timings()
+
+    # 1. Generate every missing image, fixed chunks (reruns form the same batches, each image its own generator)
+    for row in rows:
+        for idx in tqdm(list(chunks(range(len(pairs)), batch_size)), desc=f"{benchmark} {row.key}", unit="batch"):
+            if folder.done(row.key, [names[i] for i in idx]):
+                continue
+            with timings(f"generate/{row.key}"):
+                images = row.generate([captions[i] for i in idx], generators(seed, idx))
+            for i, image in zip(idx, float_to_uint8(images), strict=True):
+                folder.save(row.key, names[i], image)
+
+    # 2. Real statistics (once per data set, reusable) and per-row metrics from the saved images
+    metrics: dict[str, dict] = {}
+    full_fid = patch_fid = None
+    if fid_factory is not None:
+        full_fid, patch_fid = fid_factory(), PatchFID(fid_factory(), patch_size, num_crops, seed)
+        stats_dir = Path(reference_stats) if reference_stats is not None else folder.root
+        key = f"{benchmark}:{real_size}:n={len(pairs)}:seed={seed}:" + ",".join(p for _, p in pairs)
+        files = (stats_dir / f"fid_real_{full_fid.name}.npz", stats_dir / f"pfid_real_{full_fid.name}.npz")
+        pkey = f"{key}:{patch_size}x{num_crops}"
+        if not (full_fid.load_reference(files[0], key) and patch_fid.fid.load_reference(files[1], pkey)):
+            full_fid, patch_fid = fid_factory(), PatchFID(fid_factory(), patch_size, num_crops, seed)
+            with timings("metrics/real"):
+                for idx in tqdm(list(chunks(range(len(pairs)), batch_size)), desc=f"{benchmark} real", unit="batch"):
+                    real = torch.stack([real_image(pairs[i][1], real_size) for i in idx])
+                    full_fid.update(real, real=True)
+                    patch_fid.update(real, idx, real=True)
+            full_fid.save_reference(files[0], key)
+            patch_fid.fid.save_reference(files[1], pkey)
+    clip = clip_factory() if clip_factory is not None else None
+    for row in rows:
+        entry: dict = dict(model=row.model, steps=row.steps, method=row.method, params_m=row.params_m,
+                           resolution=row.resolution, num_images=len(pairs))
+        if clip is not None:
+            clip.metric.reset()
+        if full_fid is not None:
+            full_fid.reset_fake(), patch_fid.fid.reset_fake()
+        with timings(f"metrics/{row.key}"):
+            for idx in tqdm(list(chunks(range(len(pairs)), batch_size)), desc=f"{benchmark} metrics {row.key}",
+                            unit="batch"):
+                fake = torch.stack([folder.load(row.key, names[i]) for i in idx])
+                if clip is not None:
+                    clip.update(fake, [captions[i] for i in idx])
+                if full_fid is not None:
+                    full_fid.update(fake, real=False)
+                    if fake.shape[-1] == real_size and fake.shape[-2] == real_size:
+                        patch_fid.update(fake, idx, real=False)
+        if clip is not None:
+            entry["clip_score"] = clip.compute()
+        if full_fid is not None:
+            entry["fid"] = full_fid.compute()
+            entry["patch_fid"] = patch_fid.compute() if patch_fid.fid.num_fake else None
+        metrics[row.key] = entry
+
+    # 3. Latency per row (appendix B.2: optional torch.compile, 3 warm-up + 10 timed batches)
+    if latency:
+        prompts = [captions[i % len(captions)] for i in range(latency_batch)]
+        for row in rows:
+            if compile:
+                compile_modules(row.modules)
+            param = next((p for m in row.modules for p in m.parameters()), torch.empty(0))
+            metrics[row.key]["latency"] = measure_latency(
+                lambda row=row: row.generate(prompts, generators(seed, range(latency_batch))), device=param.device,
+                dtype=param.dtype, batch_size=latency_batch, warmup=latency_warmup, iterations=latency_iterations,
+                compiled=compile)
+
+    # 4. Table in the paper's layout, grid, results.json
+    columns = {"Model": "model", "Steps": "steps", "Method": "method", "Params (M)": "params_m",
+               "Resolution": "resolution", "CLIP ↑": "clip_score", "FID ↓": "fid", "p-FID ↓": "patch_fid"}
+    table_rows = []
+    for row in rows:
+        m = metrics[row.key]
+        table_rows.append([m.get("latency", {}).get("seconds_per_image") if h.startswith("s/img")
+                           else m.get(columns[h]) for h in headers])
+    table = f"{benchmark}: {len(pairs)} captions\n\n" + markdown_table(headers, table_rows)
+    grid = [[real_image(pairs[i][1], 256)] + [folder.load(r.key, names[i]) for r in rows]
+            for i in range(min(4, len(pairs)))]
+    save_grid(grid, folder.root / "samples.png")
+    config = dict(num_pairs=len(pairs), limit=limit, seed=seed, batch_size=batch_size, real_size=real_size,
+                  patch_size=patch_size, num_crops=num_crops, rows=[r.key for r in rows],
+                  fid=full_fid.name if full_fid is not None else None, clip=clip is not None,
+                  latency_batch=latency_batch, compile=compile, grid_columns=["real"] + [r.key for r in rows],
+                  real_images="largest centred square, bicubic resize to real_size", **(extra_config or {}))
+    folder.write_results(benchmark, metrics, config, timings.as_dict(), table)
+    return folder.read_json("results.json")
