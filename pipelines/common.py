@@ -45,12 +45,10 @@ def upscale_latents(
     """``iterations`` UPLiFT 2x steps on raw latents [B, C, h, w], guided by ``guide`` (the image in the upsampler's
     convention, [B, 3, p*h, p*w]); the dense encoder runs once and is reused by every step.
 
-    ``progress`` wraps the step iterable (a progress bar). Works under diffusers' model CPU offload: the offload hook
-    only wraps ``forward``, so the upsampler is loaded to its execution device here.
+    ``progress`` wraps the step iterable (a progress bar). The inputs are validated like ``upsampler.forward`` does
+    (channel count, guide/latent geometry, NaN/inf), so a VAE that does not fit the upsampler gets a clear error.
     """
-    hook = getattr(upsampler, "_hf_hook", None)
-    if hook is not None and hasattr(hook, "pre_forward"):
-        hook.pre_forward(upsampler)
+    upsampler.check_inputs(guide, latents, iterations, None)
     dtype = upsampler.dtype
     encoded = upsampler.encode_image(guide.to(dtype))
     x = latents.to(dtype)

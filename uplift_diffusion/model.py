@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
@@ -203,6 +204,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             parts.append(noise)
         return torch.cat(parts, dim=1)
 
+    @apply_forward_hook  # model CPU offload moves the weights in for these entry points too, not only forward
     def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Run the dense encoder once; the result can be passed to :meth:`upscale_step` for every step."""
         if self.config.patch_size == 14:
@@ -211,6 +213,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             image = bilinear_resize(image, (h * 16 // 14, w * 16 // 14))
         return self.encoder(image)
 
+    @apply_forward_hook
     def upscale_step(self, features: torch.Tensor, encoded: Sequence[torch.Tensor], generator=None) -> torch.Tensor:
         """One 2x step: [B, C, h, w] -> [B, C, 2h, 2w], guided by the outputs of :meth:`encode_image`."""
         decoder = self.decoder
