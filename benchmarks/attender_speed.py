@@ -4,9 +4,10 @@ Paths (each case runs in a fresh process, see _common.py for how peak memory is 
 - ``direct``: stack the n shifted, nearest-upsampled value maps into [B, C, n, cH, cW], multiply by the attention,
   sum over n (tests/attender_direct.py; filled slot by slot and multiplied in place, its most frugal form).
 - ``default``: ``local_attend`` as the model runs it eagerly (cache-sized tiles).
-- ``compiled``: ``torch.compile(local_attend, fullgraph=True, dynamic=False)``, the one-flag path; it traces the
-  fused channels-last formulation and returns a channels-last strided output.
-- ``compiled_nchw``: the same, followed by ``.contiguous()`` (what a consumer that needs NCHW memory pays).
+- ``compiled``: ``torch.compile(local_attend, fullgraph=True, dynamic=False)``, what ``model.compile()`` or
+  ``torch.compile(model.attender)`` runs: the tiled kernel as the custom op ``uplift_diffusion::local_attend``.
+- ``compiled_fused``: ``torch.compile`` of ``local_attend_fused``, inductor's own fusion of the channels-last
+  single-expression formulation (the path traced when gradients are needed); channels-last strided output.
 
     python benchmarks/attender_speed.py [--sizes 64 128 256] [--channels 384 4] [--dtype float32] [--threads N]
         [--out DIR]
@@ -24,14 +25,14 @@ from pathlib import Path
 import torch
 from _common import ROOT, environment, loglog_plot, measure, run_case, write_json
 
-PATHS = ("direct", "default", "compiled", "compiled_nchw")
+PATHS = ("direct", "default", "compiled", "compiled_fused")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def worker(args: argparse.Namespace) -> dict:
     from attender_direct import direct_local_attend
 
-    from uplift_diffusion.attender import NEIGHBOURHOODS, local_attend
+    from uplift_diffusion.attender import NEIGHBOURHOODS, local_attend, local_attend_fused
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,8 +47,8 @@ def worker(args: argparse.Namespace) -> dict:
     elif args.path == "default":
         fn = local_attend
     else:
-        compiled = torch.compile(local_attend, fullgraph=True, dynamic=False)
-        fn = compiled if args.path == "compiled" else (lambda a, v, o: compiled(a, v, o).contiguous())
+        target = local_attend if args.path == "compiled" else local_attend_fused
+        fn = torch.compile(target, fullgraph=True, dynamic=False)
     with torch.inference_mode():
         result = measure(lambda: fn(attention, value, offsets), device, warmup=1, repeats=args.repeats)
     output_mib = attention.shape[-1] * attention.shape[-2] * args.channels * value.element_size() / 2**20

@@ -101,3 +101,10 @@ def test_compiled_attender_matches_direct_without_graph_breaks():
         out = compiled(guide, value)
         expected = direct_local_attend(attender.attention(guide), value, NEIGHBOURHOODS[17])
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    trainable = value.clone().requires_grad_()  # with gradients the fused formulation is traced instead
+    out = compiled(guide, trainable)
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected, rtol=1e-5, atol=1e-5)
+    reference = value.clone().requires_grad_()
+    direct_local_attend(attender.attention(guide).detach(), reference, NEIGHBOURHOODS[17]).sum().backward()
+    torch.testing.assert_close(trainable.grad, reference.grad, rtol=1e-5, atol=1e-5)
