@@ -95,7 +95,8 @@ def main() -> int:
                     continue
                 base = row if path == "direct" else base
                 speed = base["median_s"] / row["median_s"] if base else float("nan")
-                mem = base["peak_mib"] / max(row["peak_mib"], 1e-9) if base else float("nan")
+                # below ~1 MiB the peak RSS delta is page-granular noise: no ratio
+                mem = base["peak_mib"] / row["peak_mib"] if base and row["peak_mib"] >= 1 else float("nan")
                 row.update(speedup_vs_direct=speed, memory_ratio_vs_direct=mem)
                 print(f"{channels:>4} {size:>5}² {args.c * size:>6}² {path:>14} {row['median_s']:9.4f} "
                       f"{row['peak_mib']:9.1f} {speed:8.1f}x {mem:8.1f}x", flush=True)
