@@ -56,20 +56,19 @@ LABELS = {
 
 
 def metric_functions():
-    """``(psnr, ssim)`` on [3, H, W] tensors in [0, 1]: the project's eval.metrics when present, else skimage."""
+    """``(psnr, ssim, source)`` on [3, H, W] tensors in [0, 1]: the project's ``eval.metrics`` when present (SSIM =
+    scikit-image's Gaussian settings, verified there), else scikit-image directly."""
     try:
-        from uplift_diffusion.eval.metrics import psnr, ssim
+        from uplift_diffusion.eval.metrics import psnr_per_image, ssim_per_image
 
         def _psnr(a, b):
-            return float(psnr(a[None], b[None]).mean())
+            return float(psnr_per_image(a[None].clamp(0, 1), b[None].clamp(0, 1))[0])
 
         def _ssim(a, b):
-            return float(ssim(a[None], b[None]).mean())
+            return float(ssim_per_image(a[None].clamp(0, 1), b[None].clamp(0, 1))[0])
 
-        _psnr(torch.zeros(3, 16, 16), torch.ones(3, 16, 16) * 0.5)  # the API fits
-        _ssim(torch.rand(3, 16, 16), torch.rand(3, 16, 16))
-        return _psnr, _ssim, "uplift_diffusion.eval.metrics"
-    except Exception:
+        return _psnr, _ssim, "uplift_diffusion.eval.metrics (psnr_per_image, ssim_per_image)"
+    except ImportError:
         from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
         def _np(x):

@@ -77,3 +77,13 @@ def test_model_and_backbone_mismatch_is_explained(setup):
                                                         "crop_size": 24})
     with pytest.raises(ValueError, match="multiple of patch_size"):
         Trainer(config, backbone=tiny_backbone())
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+    assert {p.name for p in configs} >= {"taef2_bsds.json", "sd15_vae.json", "dinov2_s14.json"}
+    for path in configs:
+        config = TrainConfig.from_file(path)
+        UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)  # the model config is valid

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..backbones.vae import decode_latents, encode_latents, latent_channels, vae_scale_factor
+from ..model import IMAGENET_MEAN, IMAGENET_STD
 from .config import BackboneConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -83,26 +84,31 @@ class VAEBackbone(FeatureBackbone):
 
 
 class ViTFeatureBackbone(FeatureBackbone):
-    """Patch-token features of a timm DINO ViT via ``uplift_diffusion.backbones.vit.ViTBackbone``.
+    """Patch-token features of a timm ViT (DINOv2, DINOv3) through :class:`uplift_diffusion.backbones.vit.ViTBackbone`.
 
-    The UPLiFT image for these presets is ImageNet-normalised; this wrapper takes [0, 1] images like every backbone
-    and normalises them itself.
+    Takes [0, 1] images like every training backbone and applies the ImageNet normalisation itself (the UPLiFT
+    DINO presets normalise their own image input the same way, see ``UPLiFTModel.normalize_image``).
+
+    Args:
+        vit: a ``ViTBackbone`` (frozen here).
+        name: a label for the cache fingerprint.
     """
 
     image_normalization = "imagenet"
 
-    def __init__(self, vit: nn.Module, name: str):
+    def __init__(self, vit: nn.Module, name: str = "vit"):
         super().__init__()
         self.vit = vit.eval().requires_grad_(False)
         self.patch_size = int(vit.patch_size)
-        self.channels = int(getattr(vit, "embed_dim", getattr(vit, "channels", 0)))
+        self.channels = int(vit.embed_dim)
         self.fingerprint = f"{name}-{_weights_fingerprint(vit, name)}"
 
     @torch.no_grad()
     def encode(self, image01: torch.Tensor) -> torch.Tensor:
-        mean = image01.new_tensor((0.485, 0.456, 0.406))[:, None, None]
-        std = image01.new_tensor((0.229, 0.224, 0.225))[:, None, None]
-        return self.vit((image01 - mean) / std).float()
+        mean = image01.new_tensor(IMAGENET_MEAN)[:, None, None]
+        std = image01.new_tensor(IMAGENET_STD)[:, None, None]
+        param = next(self.vit.parameters())
+        return self.vit(((image01 - mean) / std).to(param.dtype)).float()
 
 
 def load_backbone(config: BackboneConfig) -> FeatureBackbone:
@@ -127,11 +133,8 @@ def load_backbone(config: BackboneConfig) -> FeatureBackbone:
             vae = AutoencoderTiny.from_pretrained(config.path, dtype=dtype, **kwargs)
         return VAEBackbone(vae, name=f"vae:{config.path}/{config.subfolder or ''}")
     if config.type == "vit":
-        try:
-            from ..backbones.vit import ViTBackbone
-        except ImportError as err:
-            raise ValueError(f"ViT backbones need uplift_diffusion.backbones.vit.ViTBackbone ({err})") from None
-        vit = ViTBackbone.from_pretrained(config.path) if hasattr(ViTBackbone, "from_pretrained") else ViTBackbone(
-            config.path)
-        return ViTFeatureBackbone(vit.to(dtype), name=f"vit:{config.path}")
+        from ..backbones.vit import ViTBackbone
+
+        vit = ViTBackbone.from_pretrained(config.path, weights=config.weights)
+        return ViTFeatureBackbone(vit if dtype == torch.float32 else vit.to(dtype), name=f"vit:{config.path}")
     raise ValueError(f"unknown backbone type {config.type!r}")

@@ -26,11 +26,14 @@ class ModelConfig:
         preset: name of a preset (``"tiny-vae"``, ``"sd15-vae"``, ``"dinov2-s14"``, ...) giving the base config.
         overrides: constructor arguments of ``UPLiFTModel`` that replace the preset's (e.g. ``in_channels``).
         init_from: optional folder written by ``save_pretrained`` to start from instead of a random init.
+        identity_refiner_init: start the refiner as the identity on the Local Attender output (see
+            :func:`uplift_diffusion.training.init.identity_refiner_init`); ignored with ``init_from``.
     """
 
     preset: str = "tiny-vae"
     overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    identity_refiner_init: bool = False
 
 
 @dataclass
@@ -40,14 +43,17 @@ class BackboneConfig:
     Attributes:
         type: ``"taef2"`` (tiny autoencoder folder), ``"vae"`` (a diffusers ``AutoencoderKL`` / ``AutoencoderTiny``)
             or ``"vit"`` (a timm DINO model through ``uplift_diffusion.backbones.vit.ViTBackbone``).
-        path: local folder or Hub id of the backbone weights (timm model name for ``"vit"``).
+        path: local folder or Hub id of the backbone weights; for ``"vit"`` a timm model name
+            (``"vit_small_patch14_dinov2.lvd142m"``) or a local timm snapshot folder.
         subfolder: subfolder of ``path`` (e.g. ``"vae"`` inside a Stable Diffusion repo).
+        weights: ``"vit"`` only: a local weights file for the named timm model (offline use).
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` for the backbone's weights.
     """
 
     type: str = "taef2"
     path: str = ""
     subfolder: str | None = None
+    weights: str | None = None
     dtype: str = "float32"
 
 

@@ -33,6 +33,7 @@ from .cache import FeatureCache
 from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
 from .config import TrainConfig
 from .data import ViewDataset, collate_views, epoch_batches
+from .init import identity_refiner_init
 from .losses import UPLiFTTrainingObjective
 
 StepCallback = Callable[[int, float], None]
@@ -58,7 +59,10 @@ def check_compatible(model: UPLiFTModel, backbone: FeatureBackbone, config: Trai
 def build_model(config: TrainConfig) -> UPLiFTModel:
     if config.model.init_from:
         return UPLiFTModel.from_pretrained(config.model.init_from)
-    return UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)
+    model = UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)
+    if config.model.identity_refiner_init:
+        identity_refiner_init(model)
+    return model
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -296,6 +300,8 @@ class Trainer:
         bar.close()
         if last_saved != self.step:
             self._save_checkpoint()
+        if getattr(self, "tensorboard", None) is not None:
+            self.tensorboard.close()
         return self.export()
 
     def export(self) -> Path:
