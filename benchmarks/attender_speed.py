@@ -29,6 +29,10 @@ PATHS = ("direct", "default", "compiled", "compiled_fused")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _ratio(value: float | None) -> str:
+    return f"{value:8.1f}x" if value is not None else f"{'-':>9}"
+
+
 def worker(args: argparse.Namespace) -> dict:
     from attender_direct import direct_local_attend
 
@@ -94,12 +98,12 @@ def main() -> int:
                     print(f"{channels:>4} {size:>6} {args.c * size:>7} {path:>14} failed: {row['error']}", flush=True)
                     continue
                 base = row if path == "direct" else base
-                speed = base["median_s"] / row["median_s"] if base else float("nan")
-                # below ~1 MiB the peak RSS delta is page-granular noise: no ratio
-                mem = base["peak_mib"] / row["peak_mib"] if base and row["peak_mib"] >= 1 else float("nan")
+                speed = base["median_s"] / row["median_s"] if base else None
+                # below ~1 MiB the peak RSS delta is page-granular noise: no ratio (null in the JSON, "-" here)
+                mem = base["peak_mib"] / row["peak_mib"] if base and row["peak_mib"] >= 1 else None
                 row.update(speedup_vs_direct=speed, memory_ratio_vs_direct=mem)
                 print(f"{channels:>4} {size:>5}² {args.c * size:>6}² {path:>14} {row['median_s']:9.4f} "
-                      f"{row['peak_mib']:9.1f} {speed:8.1f}x {mem:8.1f}x", flush=True)
+                      f"{row['peak_mib']:9.1f} {_ratio(speed)} {_ratio(mem)}", flush=True)
     payload = {"environment": environment(), "threads": args.threads, "dtype": args.dtype, "device": args.device,
                "c": args.c, "n": args.n,
                "memory_method": next((r["memory_method"] for r in rows if "memory_method" in r), None),
