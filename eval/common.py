@@ -53,13 +53,22 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _to_json(value: Any) -> Any:
+    """JSON form of the non-JSON values that configs carry (paths, dtypes, devices, numpy and torch scalars)."""
+    if isinstance(value, (os.PathLike, torch.dtype, torch.device)):
+        return str(value)
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        return value.item()
+    raise TypeError(f"results.json cannot hold a {type(value).__name__} ({value!r})")
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON through a temporary file and ``os.replace`` (never a half-written file)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
+            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True, default=_to_json)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

@@ -116,3 +116,18 @@ def test_sr_with_real_taef2_on_real_faces(shared_dir, tmp_path):
                                upsampler=upsampler, methods=["uplift", "latent-bilinear"], size=128, limit=1)
     bilinear = results["metrics"]["latent-bilinear"]
     assert bilinear["ssim"] > 0.3 and bilinear["psnr"] > 15  # a real autoencoder: a recognisable face
+
+
+def test_results_json_holds_paths_dtypes_and_scalars(tmp_path):
+    from pathlib import Path
+
+    from uplift_diffusion.eval.common import write_json_atomic
+
+    # a model loaded with from_pretrained(Path(...)) carries a Path in its config (_name_or_path)
+    write_json_atomic(tmp_path / "r.json", {"path": Path("/models/x"), "dtype": torch.float16,
+                                            "ssim": np.float32(0.5), "psnr": torch.tensor(30.0)})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"dtype": "torch.float16", "path": "/models/x",
+                                                             "psnr": 30.0, "ssim": 0.5}
+    with pytest.raises(TypeError, match="results.json cannot hold a object"):
+        write_json_atomic(tmp_path / "bad.json", {"x": object()})
+    assert not (tmp_path / "bad.json").exists() and not list(tmp_path.glob(".bad.*"))
