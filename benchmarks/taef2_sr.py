@@ -202,8 +202,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="evaluate this trained model; skip training")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run in --out")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default, every core; 2 threads train ~2.3x the steps of 1 "
-                             "on a free 2-core machine, 1 is better when other jobs share the cores)")
+                        help="torch CPU threads (0: torch's default, every core; 1 when other jobs share the cores)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
