@@ -123,7 +123,8 @@ class OptimConfig:
         lr: learning rate.
         betas: Adam betas.
         weight_decay: Adam weight decay.
-        scheduler: a diffusers scheduler name: ``"constant"``, ``"constant_with_warmup"``, ``"cosine"``, ``"linear"``.
+        scheduler: a diffusers scheduler name: ``"constant"``, ``"constant_with_warmup"``, ``"cosine"``, ``"linear"``;
+            with ``max_minutes`` and no ``max_steps``, ``"cosine"`` / ``"linear"`` decay over the time budget.
         warmup_steps: warmup steps for the schedulers that use them.
         max_grad_norm: clip the gradient norm to this value (``None`` = no clipping).
     """

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,6 +77,23 @@ def _pca_rgb(features: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor) ->
     flat = (features.permute(0, 2, 3, 1).reshape(-1, c) - mean) @ basis  # [B*h*w, 3]
     flat = (flat - flat.min(0).values) / (flat.max(0).values - flat.min(0).values + 1e-8)
     return flat.reshape(b, h, w, 3).permute(0, 3, 1, 2)
+
+
+TIME_SCHEDULES = ("cosine", "linear")
+
+
+def time_budget_schedule(trainer: Trainer, budget_s: float, kind: str) -> Callable[[int], float]:
+    """Learning-rate factor of a run limited by ``max_minutes`` only: cosine or linear decay to 0 over the budget.
+
+    Reads the trainer's ``elapsed`` (restored on resume), so a resumed run continues the same curve. A plain function,
+    not an object: ``LambdaLR.state_dict`` would otherwise pickle its attributes (the trainer) into checkpoints.
+    """
+
+    def factor(_step: int) -> float:
+        t = min(1.0, trainer.elapsed / budget_s)
+        return 0.5 * (1.0 + math.cos(math.pi * t)) if kind == "cosine" else 1.0 - t
+
+    return factor
 
 
 class Trainer:
@@ -243,9 +261,14 @@ class Trainer:
             (self.output_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                      weight_decay=cfg.optim.weight_decay)
-        total = cfg.max_steps if cfg.max_steps is not None else 10**9
-        self.scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
-                                       num_training_steps=total)
+        if cfg.max_steps is None and cfg.max_minutes is not None and cfg.optim.scheduler in TIME_SCHEDULES:
+            # Only a time budget: a decaying schedule follows the elapsed training time instead of a step count.
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, time_budget_schedule(self, cfg.max_minutes * 60, cfg.optim.scheduler))
+        else:
+            total = cfg.max_steps if cfg.max_steps is not None else 10**9
+            self.scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
+                                           num_training_steps=total)
         objective = UPLiFTTrainingObjective(self.model, cfg.loss.depths, cfg.loss.noise_sigma)
         self.objective, self.optimizer = acc.prepare(objective, optimizer)
         self.unwrapped = acc.unwrap_model(self.objective).model
