@@ -21,6 +21,13 @@ from .presets import get_preset, preset_config
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_NORMALIZATIONS = ("unit", "imagenet")
+
+
+def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] RGB in [0, 1] -> ImageNet mean/std normalised (the DINO backbones' and presets' convention)."""
+    mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
+    std = image.new_tensor(IMAGENET_STD)[:, None, None]
+    return (image - mean) / std
 GroupSpec = dict  # {"out_channels": int, "num_blocks": int, "num_convs": int}
 
 
@@ -181,11 +188,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ image conventions
     def normalize_image(self, image: torch.Tensor) -> torch.Tensor:
         """Map an RGB image in [0, 1] to the convention this model's ``image`` argument expects."""
-        if self.config.image_normalization == "imagenet":
-            mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
-            std = image.new_tensor(IMAGENET_STD)[:, None, None]
-            return (image - mean) / std
-        return image
+        return imagenet_normalize(image) if self.config.image_normalization == "imagenet" else image
 
     # ------------------------------------------------------------------ forward
     def _noise(self, like: torch.Tensor, generator) -> torch.Tensor | None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..backbones.vae import decode_latents, encode_latents, latent_channels, vae_scale_factor
-from ..model import IMAGENET_MEAN, IMAGENET_STD
+from ..model import imagenet_normalize
 from .config import BackboneConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -105,10 +105,8 @@ class ViTFeatureBackbone(FeatureBackbone):
 
     @torch.no_grad()
     def encode(self, image01: torch.Tensor) -> torch.Tensor:
-        mean = image01.new_tensor(IMAGENET_MEAN)[:, None, None]
-        std = image01.new_tensor(IMAGENET_STD)[:, None, None]
         param = next(self.vit.parameters())
-        return self.vit(((image01 - mean) / std).to(param.dtype)).float()
+        return self.vit(imagenet_normalize(image01).to(param.dtype)).float()
 
 
 def load_backbone(config: BackboneConfig) -> FeatureBackbone:
