@@ -4,8 +4,8 @@ Importing this package imports ``uplift_diffusion.model`` (and the TAEF2 module)
 components named in a saved ``model_index.json`` only from modules that are already imported.
 """
 
-from uplift_diffusion.pipelines.common import UPLiFTPipelineOutput
+from uplift_diffusion.pipelines.common import UPLiFTPipelineOutput, upscale_latents
 from uplift_diffusion.pipelines.super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusion.pipelines.uplift_pipeline import UPLiFTPipeline
 
-__all__ = ["UPLiFTPipeline", "UPLiFTPipelineOutput", "UPLiFTSuperResolutionPipeline"]
+__all__ = ["UPLiFTPipeline", "UPLiFTPipelineOutput", "UPLiFTSuperResolutionPipeline", "upscale_latents"]

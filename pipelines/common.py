@@ -1,4 +1,5 @@
-"""Shared by the UPLiFT pipelines: the output dataclass and running UPLiFT steps on latents."""
+"""Shared by the UPLiFT pipelines: the output dataclass, input checks, raw-latent conversion, the UPLiFT steps, and
+:func:`upscale_latents`, UPLiFT's part of text-to-image for any diffusers pipeline that produces latents."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 
+from uplift_diffusion.backbones.vae import decode_latents, latent_channels, vae_scale_factor
+from uplift_diffusion.color import ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
 
 
@@ -34,7 +38,43 @@ class UPLiFTPipelineOutput(BaseOutput):
     nsfw_content_detected: list[bool] | None = None
 
 
-def upscale_latents(
+UPSCALE_FACTORS = (1, 2, 4, 8)
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def check_upsampler_fits(upsampler: UPLiFTModel, vae, hint: str = "use an UPLiFT model trained on this VAE") -> None:
+    """ValueError naming both sides when ``upsampler`` was not made for ``vae``'s latents (channels, spatial factor)."""
+    cfg, channels, factor = upsampler.config, latent_channels(vae), vae_scale_factor(vae)
+    if cfg.in_channels != channels or cfg.patch_size != factor:
+        raise ValueError(
+            f"the upsampler (in_channels={cfg.in_channels}, patch_size={cfg.patch_size}) does not fit the vae "
+            f"({channels} latent channels, {factor}x spatial factor): {hint}"
+        )
+
+
+def check_upscale_arguments(upsampler: UPLiFTModel, vae, upscale: int, output_type: str,
+                            hint: str = "use an UPLiFT model trained on this VAE") -> None:
+    """Validate ``upscale``, ``output_type`` and that the upsampler fits the VAE; ValueError naming the problem."""
+    if isinstance(upscale, bool) or upscale not in UPSCALE_FACTORS:
+        raise ValueError(f"upscale must be one of {UPSCALE_FACTORS}, got {upscale!r}")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    check_upsampler_fits(upsampler, vae, hint)
+
+
+def to_raw_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """A pipeline's (scaled, shifted) latents -> the VAE's raw latents, what UPLiFT's VAE presets were trained on."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return latents / vae.config.scaling_factor + shift
+
+
+def from_raw_latents(vae, raw: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`to_raw_latents`."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (raw - shift) * vae.config.scaling_factor
+
+
+def uplift_steps(
     upsampler: UPLiFTModel,
     latents: torch.Tensor,
     guide: torch.Tensor,
@@ -56,3 +96,59 @@ def upscale_latents(
     for _ in progress(steps) if progress is not None else steps:
         x = upsampler.upscale_step(x, encoded, generator)  # [B, C, 2h, 2w]
     return x
+
+
+@torch.no_grad()
+def upscale_latents(
+    pipe,
+    latents: torch.Tensor,
+    upsampler: UPLiFTModel,
+    upscale: int = 2,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    output_type: str = "pil",
+    color_correction: bool = True,
+) -> UPLiFTPipelineOutput:
+    r"""UPLiFT's part of text-to-image, for any diffusers pipeline that returns latents (``output_type="latent"``).
+
+    Decodes the low-resolution latents once (that image guides UPLiFT and is the colour reference), runs
+    ``log2(upscale)`` UPLiFT steps on the *raw* latents, decodes at the high resolution and colour-corrects.
+
+    Args:
+        pipe ([`DiffusionPipeline`]): the pipeline that made ``latents``; its ``vae`` decodes and its
+            ``progress_bar`` (when it has one) shows the UPLiFT steps.
+        latents (`torch.Tensor`): [B, C, h, w] latents as the pipeline returns them (scaled by
+            ``vae.config.scaling_factor``, shifted by ``shift_factor`` when the VAE has one).
+        upsampler ([`~uplift_diffusion.UPLiFTModel`]): a VAE-preset UPLiFT model for ``pipe.vae``'s raw latents.
+        upscale (`int`, defaults to 2): 1, 2, 4 or 8 (1 decodes without upscaling).
+        generator (`torch.Generator` or a list, *optional*): for UPLiFT's noise channels (reproducible outputs).
+        output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` ([B, H, W, 3] in [0, 1]), ``"pt"``
+            ([B, 3, H, W] in [0, 1]) or ``"latent"`` (the upscaled latents, scaled like the input).
+        color_correction (`bool`, defaults to True): realign the high-res colour means with the low-res image.
+
+    Returns:
+        [`UPLiFTPipelineOutput`] with ``images`` (upscaled) and ``low_res_images`` (the decoded input, or the input
+        latents for ``output_type="latent"``), both in ``output_type``.
+    """
+    check_upscale_arguments(upsampler, pipe.vae, upscale, output_type)
+    raw = to_raw_latents(pipe.vae, latents)
+    low_res = decode_latents(pipe.vae, raw)  # [B, 3, p*h, p*w] in [0, 1]
+    raw_high = raw
+    if upscale > 1:
+        guide = upsampler.normalize_image(low_res)
+        raw_high = uplift_steps(upsampler, raw, guide, UPLiFTModel.iterations_for_scale(upscale), generator,
+                                progress=getattr(pipe, "progress_bar", None))  # [B, C, s*h, s*w]
+    if output_type == "latent":
+        return UPLiFTPipelineOutput(images=from_raw_latents(pipe.vae, raw_high), low_res_images=latents)
+
+    image = decode_latents(pipe.vae, raw_high) if upscale > 1 else low_res  # [B, 3, s*p*h, s*p*w] in [0, 1]
+    image = ColorCorrection(enabled=color_correction and upscale > 1, clamp=(0.0, 1.0))(image, low_res)
+    return UPLiFTPipelineOutput(images=images_from_unit(image, output_type),
+                                low_res_images=images_from_unit(low_res, output_type))
+
+
+def images_from_unit(image01: torch.Tensor, output_type: str):
+    """[B, 3, H, W] in [0, 1] -> ``"pt"`` (as is), ``"np"`` ([B, H, W, 3]) or ``"pil"`` (a list)."""
+    if output_type == "pt":
+        return image01
+    array = VaeImageProcessor.pt_to_numpy(image01.float())
+    return array if output_type == "np" else VaeImageProcessor.numpy_to_pil(array)

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging
-from uplift_diffusion.pipelines.common import UPLiFTPipelineOutput, upscale_latents
+from uplift_diffusion.pipelines.common import OUTPUT_TYPES, UPLiFTPipelineOutput, check_upsampler_fits, uplift_steps
 from uplift_diffusion.pipelines.tiling import tiled_map
 
 import uplift_diffusion.backbones.taef2  # noqa: F401  (saved pipelines name this module for a TAEF2 vae)
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
-from uplift_diffusion.backbones.vae import decode_latents, encode_latents, latent_channels, vae_scale_factor
+from uplift_diffusion.backbones.vae import decode_latents, encode_latents, vae_scale_factor
 from uplift_diffusion.color import ColorCorrection
 from uplift_diffusion.imageio import to_rgb
 from uplift_diffusion.model import UPLiFTModel
@@ -24,7 +24,6 @@ from uplift_diffusion.model import UPLiFTModel
 logger = logging.get_logger(__name__)
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[PIL.Image.Image | np.ndarray | torch.Tensor]
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DECODE_TILE_MIN = 128  # latents (1024 pixels): the smallest tile the VAE decoder sees when tiling
 
 
@@ -125,13 +124,8 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         UPLiFTModel.iterations_for_scale(scale)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        channels, factor = latent_channels(self.vae), self.vae_scale_factor
-        cfg = self.upsampler.config
-        if cfg.in_channels != channels or cfg.patch_size != factor:
-            raise ValueError(
-                f"the upsampler (in_channels={cfg.in_channels}, patch_size={cfg.patch_size}) does not fit the vae "
-                f"({channels} latent channels, {factor}x spatial factor): use an UPLiFT model trained on this VAE"
-            )
+        check_upsampler_fits(self.upsampler, self.vae)
+        factor = self.vae_scale_factor
         if tile_size is not None:
             if tile_size < 4 * factor or tile_size % factor:
                 raise ValueError(f"tile_size must be a multiple of {factor} and >= {4 * factor} pixels, "
@@ -221,11 +215,11 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         guide = self.upsampler.normalize_image(padded)
 
         if tile_size is None:
-            upscaled = upscale_latents(self.upsampler, latents, guide, iterations, generator,
+            upscaled = uplift_steps(self.upsampler, latents, guide, iterations, generator,
                                        progress=self.progress_bar)  # [B, C, s*Hp/p, s*Wp/p]
         else:
             def upsample_tile(y0, y1, x0, x1):
-                return upscale_latents(self.upsampler, latents[..., y0:y1, x0:x1],
+                return uplift_steps(self.upsampler, latents[..., y0:y1, x0:x1],
                                        guide[..., y0 * p:y1 * p, x0 * p:x1 * p], iterations, generator)
 
             upscaled = tiled_map(upsample_tile, tuple(latents.shape[-2:]), tile_size // p, tile_overlap // p, s,

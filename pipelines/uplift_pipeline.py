@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline, retrieve_timesteps
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from diffusers.utils import logging
-from uplift_diffusion.pipelines.common import UPLiFTPipelineOutput, upscale_latents
+from uplift_diffusion.pipelines.common import UPLiFTPipelineOutput, check_upscale_arguments, upscale_latents
 
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
-from uplift_diffusion.backbones.vae import decode_latents
-from uplift_diffusion.color import ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
 
 logger = logging.get_logger(__name__)
-
-UPSCALE_FACTORS = (1, 2, 4, 8)
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 class UPLiFTPipeline(StableDiffusionPipeline):
@@ -28,8 +22,9 @@ class UPLiFTPipeline(StableDiffusionPipeline):
     upscaled ``log2(upscale)`` times by UPLiFT on *raw* latents (divided by the VAE scaling factor), decoded at the
     high resolution and colour-corrected against the low-resolution image (paper B.1, B.2).
 
-    Inherits prompt encoding (LoRA, textual inversion, ``clip_skip``), latent preparation and input checks from
-    [`StableDiffusionPipeline`].
+    Denoising is [`StableDiffusionPipeline`]'s own ``__call__`` (so LoRA, textual inversion, IP-Adapter, custom
+    ``timesteps`` / ``sigmas``, ``guidance_rescale``, callbacks, ... all work); UPLiFT's part is
+    :func:`~uplift_diffusion.pipelines.upscale_latents`, which any other latent-producing pipeline can use too.
 
     Args:
         vae ([`AutoencoderKL`]): the SD 1.5 VAE.
@@ -41,8 +36,7 @@ class UPLiFTPipeline(StableDiffusionPipeline):
             preset: ``UPLiFTModel.from_reference_checkpoint("UPLiFT-upsampler/uplift_sd1.5vae")``).
         safety_checker ([`StableDiffusionSafetyChecker`], *optional*): SD's safety checker, run on the final images.
         feature_extractor ([`~transformers.CLIPImageProcessor`], *optional*): the safety checker's preprocessor.
-        image_encoder ([`~transformers.CLIPVisionModelWithProjection`], *optional*): unused (kept so that SD 1.5
-            repositories load unchanged).
+        image_encoder ([`~transformers.CLIPVisionModelWithProjection`], *optional*): IP-Adapter's image encoder.
         requires_safety_checker (`bool`, defaults to True): warn when loaded without a safety checker.
     """
 
@@ -67,185 +61,74 @@ class UPLiFTPipeline(StableDiffusionPipeline):
                          image_encoder=image_encoder, requires_safety_checker=requires_safety_checker)
         self.register_modules(upsampler=upsampler)
 
-    # ------------------------------------------------------------------ helpers
     def check_upscale_inputs(self, upscale: int, output_type: str) -> None:
         """Validate ``upscale``, ``output_type`` and that the upsampler fits the VAE; ValueError naming the problem."""
-        if isinstance(upscale, bool) or upscale not in UPSCALE_FACTORS:
-            raise ValueError(f"upscale must be one of {UPSCALE_FACTORS}, got {upscale!r}")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        cfg, channels = self.upsampler.config, self.vae.config.latent_channels
-        if cfg.in_channels != channels or cfg.patch_size != self.vae_scale_factor:
-            raise ValueError(
-                f"the upsampler (in_channels={cfg.in_channels}, patch_size={cfg.patch_size}) does not fit the vae "
-                f"({channels} latent channels, {self.vae_scale_factor}x spatial factor): use the sd15-vae UPLiFT model"
-            )
+        check_upscale_arguments(self.upsampler, self.vae, upscale, output_type, hint="use the sd15-vae UPLiFT model")
 
-    def _to_raw(self, latents: torch.Tensor) -> torch.Tensor:
-        """UNet-space latents -> the VAE's raw latents (what UPLiFT was trained on)."""
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return latents / self.vae.config.scaling_factor + shift
-
-    def _from_raw(self, raw: torch.Tensor) -> torch.Tensor:
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (raw - shift) * self.vae.config.scaling_factor
-
-    def denoise(self, latents, timesteps, num_inference_steps, prompt_embeds, extra_step_kwargs, timestep_cond=None,
-                callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
-        """The Stable Diffusion denoising loop (classifier-free guidance, callbacks, progress bar)."""
-        num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=prompt_embeds,
-                                       timestep_cond=timestep_cond, cross_attention_kwargs=self.cross_attention_kwargs,
-                                       return_dict=False)[0]
-                if self.do_classifier_free_guidance:
-                    noise_uncond, noise_text = noise_pred.chunk(2)
-                    noise_pred = noise_uncond + self.guidance_scale * (noise_text - noise_uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
-
-                if callback_on_step_end is not None:
-                    names = {"latents": latents, "prompt_embeds": prompt_embeds}
-                    outputs = callback_on_step_end(self, i, t,
-                                                   {k: names[k] for k in callback_on_step_end_tensor_inputs
-                                                    if k in names})
-                    latents = outputs.pop("latents", latents)
-                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
-                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
-                    progress_bar.update()
-        return latents
-
-    # ------------------------------------------------------------------ call
     @torch.inference_mode()
     def __call__(
         self,
         prompt: str | list[str] | None = None,
-        negative_prompt: str | list[str] | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        *,
         upscale: int = 2,
-        num_images_per_prompt: int = 1,
-        eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         return_low_res: bool = False,
         color_correction: bool = True,
-        cross_attention_kwargs: dict[str, Any] | None = None,
-        clip_skip: int | None = None,
-        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (diffusers' signature)
+        **kwargs: Any,
     ):
         r"""Generate images at ``upscale`` times the denoising resolution.
 
+        Stable Diffusion denoises (its own ``__call__``, so every one of its arguments works: ``negative_prompt``,
+        ``height`` / ``width`` (the *low* resolution; the output is ``upscale`` times larger), ``num_inference_steps``,
+        ``timesteps``, ``sigmas``, ``guidance_scale``, ``guidance_rescale``, ``num_images_per_prompt``, ``eta``,
+        ``latents``, ``prompt_embeds``, ``negative_prompt_embeds``, ``ip_adapter_image``, ``ip_adapter_image_embeds``,
+        ``cross_attention_kwargs``, ``clip_skip``, ``callback_on_step_end``, ...); then
+        :func:`~uplift_diffusion.pipelines.upscale_latents` does UPLiFT's part and the safety checker runs on the
+        final images.
+
         Args:
-            prompt (`str` or `list[str]`): the prompt(s); or pass ``prompt_embeds``.
-            negative_prompt (`str` or `list[str]`, *optional*): what not to generate (with ``guidance_scale > 1``).
-            height (`int`, *optional*): low-resolution height in pixels (multiple of 8); defaults to the UNet's
-                ``sample_size * 8`` (512 for SD 1.5). The output is ``upscale * height`` high.
-            width (`int`, *optional*): low-resolution width, as ``height``.
-            num_inference_steps (`int`, defaults to 50): denoising steps.
-            guidance_scale (`float`, defaults to 7.5): classifier-free guidance scale (off when <= 1).
+            prompt (`str` or `list[str]`, *optional*): the prompt(s); or pass ``prompt_embeds``.
             upscale (`int`, defaults to 2): 1, 2, 4 or 8; ``log2(upscale)`` UPLiFT steps (1 = plain SD 1.5).
-            num_images_per_prompt (`int`, defaults to 1): images per prompt.
-            eta (`float`, defaults to 0.0): DDIM eta (ignored by other schedulers).
             generator (`torch.Generator` or a list, *optional*): makes the initial noise and UPLiFT's noise channels
                 reproducible; a list needs one generator per image.
-            latents (`torch.Tensor`, *optional*): initial noisy latents [B, 4, height/8, width/8].
-            prompt_embeds / negative_prompt_embeds (`torch.Tensor`, *optional*): precomputed text embeddings.
             output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"``, ``"pt"`` (images in [0, 1]) or
                 ``"latent"``: the upscaled latents, *scaled* like a Stable Diffusion pipeline's latent output (decode
                 with ``vae.decode(latents / vae.config.scaling_factor)``).
             return_dict (`bool`, defaults to True): return an [`UPLiFTPipelineOutput`] instead of a tuple.
             return_low_res (`bool`, defaults to False): also return the low-resolution images (or latents).
             color_correction (`bool`, defaults to True): realign the high-res colour means with the low-res image.
-            cross_attention_kwargs (`dict`, *optional*): passed to the UNet's attention processors (e.g. LoRA scale).
-            clip_skip (`int`, *optional*): CLIP layers to skip for the prompt embeddings.
-            callback_on_step_end (`Callable`, *optional*): ``callback(pipe, step, timestep, callback_kwargs)`` after
-                every denoising step; may return replacements for ``latents`` / ``prompt_embeds``.
-            callback_on_step_end_tensor_inputs (`list[str]`): tensors passed to the callback.
+            **kwargs: any other keyword argument of [`StableDiffusionPipeline.__call__`] (see above).
 
         Returns:
             [`UPLiFTPipelineOutput`] with ``images`` (and ``low_res_images`` when ``return_low_res``), or the tuple
             ``(images, nsfw_content_detected)`` (plus ``low_res_images`` when asked) when ``return_dict=False``.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
-
-        # 1. Check inputs
-        self.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                          callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        # 1. Check UPLiFT's inputs before denoising (Stable Diffusion checks its own)
         self.check_upscale_inputs(upscale, output_type)
-        self._guidance_scale, self._guidance_rescale, self._clip_skip = guidance_scale, 0.0, clip_skip
-        self._cross_attention_kwargs, self._interrupt = cross_attention_kwargs, False
-        device = self._execution_device
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
 
-        # 2. Encode the prompt
-        lora_scale = (cross_attention_kwargs or {}).get("scale")
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, self.do_classifier_free_guidance, negative_prompt,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds, lora_scale=lora_scale,
-            clip_skip=clip_skip,
-        )
-        if self.do_classifier_free_guidance:
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+        # 2. Denoise at the low resolution: latents [B, 4, height/8, width/8] (scaled, UNet space)
+        latents = super().__call__(prompt, generator=generator, output_type="latent", return_dict=True,
+                                   **kwargs).images
 
-        # 3. Denoise at the low resolution: latents [B, 4, height/8, width/8] (scaled, UNet space)
-        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device)
-        self._num_timesteps = len(timesteps)
-        latents = self.prepare_latents(batch_size * num_images_per_prompt, self.unet.config.in_channels, height,
-                                       width, prompt_embeds.dtype, device, generator, latents)
-        timestep_cond = None
-        if self.unet.config.time_cond_proj_dim is not None:  # guidance-distilled UNets (LCM)
-            w = torch.tensor(guidance_scale - 1).repeat(latents.shape[0])
-            timestep_cond = self.get_guidance_scale_embedding(w, embedding_dim=self.unet.config.time_cond_proj_dim)
-            timestep_cond = timestep_cond.to(device=device, dtype=latents.dtype)
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        latents = self.denoise(latents, timesteps, num_inference_steps, prompt_embeds, extra_step_kwargs,
-                               timestep_cond, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        # 3. UPLiFT: decode the low-res latents once, log2(upscale) steps on the raw latents, decode, colour-correct
+        out = upscale_latents(self, latents, self.upsampler, upscale, generator,
+                              output_type="latent" if output_type == "latent" else "pt",
+                              color_correction=color_correction)
+        image, low_res, has_nsfw = out.images, out.low_res_images, None
 
-        # 4. Decode the low-resolution latents once: this image guides UPLiFT and is the colour reference
-        raw = self._to_raw(latents)  # UPLiFT works on raw latents
-        low_res = decode_latents(self.vae, raw)  # [B, 3, height, width] in [0, 1]
-
-        # 5. UPLiFT: log2(upscale) 2x steps on the raw latents, guided by the low-res image
-        if upscale > 1:
-            guide = self.upsampler.normalize_image(low_res)
-            raw_high = upscale_latents(self.upsampler, raw, guide, UPLiFTModel.iterations_for_scale(upscale),
-                                       generator, progress=self.progress_bar)  # [B, 4, s*h, s*w]
-        else:
-            raw_high = raw
-
-        if output_type == "latent":
-            images, low_res_out, has_nsfw = self._from_raw(raw_high), latents, None
-        else:
-            # 6. Decode at the high resolution and colour-correct against the low-res image
-            image = decode_latents(self.vae, raw_high) if upscale > 1 else low_res  # [B, 3, s*H, s*W] in [0, 1]
-            image = ColorCorrection(enabled=color_correction and upscale > 1, clamp=(0.0, 1.0))(image, low_res)
-
-            # 7. Safety checker (on the final images), postprocess
-            image, has_nsfw = self.run_safety_checker(image * 2 - 1, device, prompt_embeds.dtype)
+        # 4. Safety checker (on the final images), postprocess
+        if output_type != "latent":
+            image, has_nsfw = self.run_safety_checker(image * 2 - 1, self._execution_device, latents.dtype)
             do_denormalize = [True] * image.shape[0] if has_nsfw is None else [not flag for flag in has_nsfw]
             if has_nsfw is not None:
                 low_res[torch.tensor(has_nsfw, dtype=torch.bool, device=low_res.device)] = 0.0
-            images = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
-            low_res_out = (self.image_processor.postprocess(low_res * 2 - 1, output_type=output_type)
-                           if return_low_res else None)
+            image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
+            low_res = self.image_processor.postprocess(low_res * 2 - 1, output_type=output_type)
 
         self.maybe_free_model_hooks()
-        low_res_out = low_res_out if return_low_res else None
+        low_res = low_res if return_low_res else None
         if not return_dict:
-            return (images, has_nsfw) + ((low_res_out,) if return_low_res else ())
-        return UPLiFTPipelineOutput(images=images, low_res_images=low_res_out, nsfw_content_detected=has_nsfw)
+            return (image, has_nsfw) + ((low_res,) if return_low_res else ())
+        return UPLiFTPipelineOutput(images=image, low_res_images=low_res, nsfw_content_detected=has_nsfw)
