@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import PIL.Image
@@ -12,7 +12,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging
 from uplift_diffusion.pipelines.common import OUTPUT_TYPES, UPLiFTPipelineOutput, check_upsampler_fits, uplift_steps
-from uplift_diffusion.pipelines.tiling import tiled_map
+from uplift_diffusion.pipelines.tiling import count_tiles, tiled_map
 
 import uplift_diffusion.backbones.taef2  # noqa: F401  (saved pipelines name this module for a TAEF2 vae)
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
@@ -93,6 +93,16 @@ def images_to_tensors(image: ImageInput) -> list[torch.Tensor]:
     return out
 
 
+def _advancing(bar) -> Callable[[Iterable], Iterator]:
+    """A ``progress`` wrapper that advances ``bar`` by one as each item of the wrapped iterable is finished."""
+    def advance(iterable: Iterable) -> Iterator:
+        for item in iterable:
+            yield item
+            bar.update()
+
+    return advance
+
+
 def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     """Replicate-pad [B, C, H, W] at the bottom / right so that H and W are multiples of ``multiple``."""
     h, w = image.shape[-2:]
@@ -118,6 +128,24 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         self.register_modules(vae=vae, upsampler=upsampler)
         self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False)
+
+    @classmethod
+    def from_builtin(cls, name: str = "taef2", dtype: torch.dtype | None = None,
+                     device: str | torch.device | None = None) -> "UPLiFTSuperResolutionPipeline":
+        r"""The built-in pair shipped inside the package (offline: no network, no download).
+
+        Args:
+            name (`str`, defaults to ``"taef2"``):
+                A built-in pair (``uplift_diffusion.builtin.builtin_names()``): ``"taef2"`` is the taef2 autoencoder
+                (FLUX.2's latent API) with an UPLiFT model trained on its latents.
+            dtype (`torch.dtype`, *optional*):
+                Weights dtype (default float32).
+            device (`str` or `torch.device`, *optional*):
+                Where to put the pipeline (default cpu).
+        """
+        from uplift_diffusion.builtin import load_builtin_upsampler, load_builtin_vae
+
+        return cls(vae=load_builtin_vae(name, dtype, device), upsampler=load_builtin_upsampler(name, dtype, device))
 
     def check_inputs(self, scale: int, tile_size: int | None, tile_overlap: int | None, output_type: str) -> None:
         """Validate the call arguments and the components; ValueError naming the problem."""
@@ -211,31 +239,49 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         height, width = image01.shape[-2:]
         image01 = image01.to(device)
         padded = pad_to_multiple(image01, p)  # [B, 3, Hp, Wp]
+        latent_size = (padded.shape[-2] // p, padded.shape[-1] // p)
+        upscaled_size = (latent_size[0] * s, latent_size[1] * s)
+        # The decoders normalise over whole feature maps (GroupNorm): decode in large tiles to keep seams invisible.
+        decode_tile = max(tile_size // p, DECODE_TILE_MIN) if tile_size is not None else None
+
+        # One progress bar over every unit of work: the encode, each UPLiFT step (or tile), the decode (or its tiles).
+        if tile_size is None:
+            upsample_units, decode_units = iterations, 1
+        else:
+            upsample_units = count_tiles(latent_size, tile_size // p, tile_overlap // p)
+            decode_units = count_tiles(upscaled_size, decode_tile, decode_tile // 4)
+        decode_units *= output_type != "latent"
+        bar = self.progress_bar(total=1 + upsample_units + decode_units)
+        advance = _advancing(bar)
+
+        bar.set_postfix_str("encode")
         latents = encode_latents(self.vae, padded)  # [B, C, Hp/p, Wp/p]
         guide = self.upsampler.normalize_image(padded)
+        bar.update()
 
+        bar.set_postfix_str("upscale")
         if tile_size is None:
             upscaled = uplift_steps(self.upsampler, latents, guide, iterations, generator,
-                                       progress=self.progress_bar)  # [B, C, s*Hp/p, s*Wp/p]
+                                    progress=advance)  # [B, C, s*Hp/p, s*Wp/p]
         else:
             def upsample_tile(y0, y1, x0, x1):
                 return uplift_steps(self.upsampler, latents[..., y0:y1, x0:x1],
-                                       guide[..., y0 * p:y1 * p, x0 * p:x1 * p], iterations, generator)
+                                    guide[..., y0 * p:y1 * p, x0 * p:x1 * p], iterations, generator)
 
-            upscaled = tiled_map(upsample_tile, tuple(latents.shape[-2:]), tile_size // p, tile_overlap // p, s,
-                                 progress=self.progress_bar)
+            upscaled = tiled_map(upsample_tile, latent_size, tile_size // p, tile_overlap // p, s, progress=advance)
         if output_type == "latent":
+            bar.close()
             return upscaled
 
+        bar.set_postfix_str("decode")
         if tile_size is None:
             decoded = decode_latents(self.vae, upscaled)  # [B, 3, s*Hp, s*Wp]
+            bar.update()
         else:
             def decode_latent_tile(y0, y1, x0, x1):
                 return decode_latents(self.vae, upscaled[..., y0:y1, x0:x1])
 
-            # The decoders normalise over whole feature maps (GroupNorm): decode in large tiles to keep seams invisible.
-            decode_tile = max(tile_size // p, DECODE_TILE_MIN)
-            decoded = tiled_map(decode_latent_tile, tuple(upscaled.shape[-2:]), decode_tile, decode_tile // 4, p,
-                                progress=self.progress_bar)
+            decoded = tiled_map(decode_latent_tile, upscaled_size, decode_tile, decode_tile // 4, p, progress=advance)
+        bar.close()
         decoded = decoded[..., : height * s, : width * s].float()  # crop the padding back
         return color_correct(decoded, image01.float())

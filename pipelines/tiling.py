@@ -24,6 +24,11 @@ def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     return [(s, s + tile) for s in starts]
 
 
+def count_tiles(size: tuple[int, int], tile: int, overlap: int) -> int:
+    """How many tiles :func:`tiled_map` cuts a ``size = (H, W)`` grid into (e.g. for a progress bar's total)."""
+    return len(tile_spans(size[0], tile, overlap)) * len(tile_spans(size[1], tile, overlap))
+
+
 def _ramp_weights(spans: list[tuple[int, int]], index: int, scale: int) -> torch.Tensor:
     """1-D blending weight of span ``index`` (in output pixels): a linear ramp over each overlap with a neighbour."""
     start, end = spans[index]

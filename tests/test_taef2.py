@@ -40,3 +40,62 @@ def test_corrupt_weights_are_reported(tmp_path):
     (tmp_path / "taef2_decoder.pth").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
         TAEF2.from_pretrained(tmp_path)
+
+
+def hub_layout(shared_dir) -> dict[str, torch.Tensor]:
+    """The .pth state dicts renamed the way madebyollin/taef2's taef2.safetensors names them: ``{part}.layers.N.*``,
+    the decoder's N one lower (taesd.py's decoder Sequential starts with the parameter-free Clamp; the Hub's not)."""
+    state = {}
+    for part, shift in (("encoder", 0), ("decoder", 1)):
+        pth = torch.load(shared_dir / "weights" / "taef2" / f"taef2_{part}.pth", map_location="cpu", weights_only=True)
+        for key, value in pth.items():
+            index, rest = key.split(".", 1)
+            state[f"{part}.layers.{int(index) - shift}.{rest}"] = value
+    assert "decoder.layers.0.weight" in state and "decoder.layers.18.weight" in state  # conv(32, 64) ... conv(64, 3)
+    return state
+
+
+def test_hub_single_file_layout_gives_the_same_outputs(taef2, shared_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(hub_layout(shared_dir), tmp_path / "taef2.safetensors")
+    x = torch.rand(1, 3, 64, 48)
+    for source in (tmp_path, tmp_path / "taef2.safetensors"):  # the folder (a Hub snapshot) and the file itself
+        hub = TAEF2.from_pretrained(source)
+        latents = encode_latents(hub, x)
+        assert torch.equal(latents, encode_latents(taef2, x))
+        assert torch.equal(decode_latents(hub, latents), decode_latents(taef2, latents))
+
+
+def test_hub_repo_id_downloads_the_single_file(taef2, shared_dir, tmp_path, monkeypatch):
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    save_file(hub_layout(shared_dir), tmp_path / "taef2.safetensors")
+    asked = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    hub = TAEF2.from_pretrained("madebyollin/taef2")
+    assert asked == [("madebyollin/taef2", "taef2.safetensors")]
+    for a, b in zip(taef2.state_dict().values(), hub.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_hub_layout_with_foreign_keys_is_reported(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"decoder.conv_in.weight": torch.zeros(1)}, tmp_path / "taef2.safetensors")
+    with pytest.raises(ValueError, match="unexpected key 'decoder.conv_in.weight'"):
+        TAEF2.from_pretrained(tmp_path)
+
+
+def test_builtin_copy_is_the_published_taef2(taef2):
+    from uplift_diffusion.builtin import load_builtin_vae
+
+    builtin = load_builtin_vae("taef2")
+    for (name, a), b in zip(taef2.state_dict().items(), builtin.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -43,6 +43,40 @@ class TAEBlock(nn.Module):
         return self.fuse(self.conv(x) + self.skip(x))
 
 
+TAESD_FILES = ("taef2_encoder.pth", "taef2_decoder.pth")
+HUB_FILE = "taef2.safetensors"
+# The Hub file names the Sequential layers ``{part}.layers.N``; its decoder omits the parameter-free Clamp, which is
+# index 0 of taesd.py's decoder Sequential (and of ours), so decoder indices there are one lower than here.
+HUB_INDEX_OFFSET = {"encoder": 0, "decoder": 1}
+
+
+def from_hub_layout(state: dict[str, torch.Tensor], source: str = "state dict") -> dict[str, dict[str, torch.Tensor]]:
+    """Hub single-file keys (``decoder.layers.0.weight``) -> per-part Sequential state dicts (``{"decoder":
+    {"1.weight": ...}}``, the ``taef2_*.pth`` layout)."""
+    parts: dict[str, dict[str, torch.Tensor]] = {part: {} for part in HUB_INDEX_OFFSET}
+    for key, value in state.items():
+        pieces = key.split(".", 3)  # part, "layers", index, parameter name
+        if len(pieces) != 4 or pieces[0] not in HUB_INDEX_OFFSET or pieces[1] != "layers" or not pieces[2].isdigit():
+            raise ValueError(f"{source}: unexpected key {key!r} (the Hub taef2 layout: {{encoder,decoder}}.layers.N.*)")
+        part, _, index, name = pieces
+        parts[part][f"{int(index) + HUB_INDEX_OFFSET[part]}.{name}"] = value
+    return parts
+
+
+def to_hub_layout(model: "TAEF2") -> dict[str, torch.Tensor]:
+    """The inverse of :func:`from_hub_layout`: a TAEF2's weights under the Hub single-file keys."""
+    state = {}
+    for part, offset in HUB_INDEX_OFFSET.items():
+        for key, value in getattr(model, part).state_dict().items():
+            index, rest = key.split(".", 1)
+            state[f"{part}.layers.{int(index) - offset}.{rest}"] = value.detach().contiguous()
+    return state
+
+
+def _cast(model: "TAEF2", dtype: torch.dtype | None) -> "TAEF2":
+    return model.to(dtype) if dtype is not None else model
+
+
 class _Clamp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x / 3) * 3
@@ -106,14 +140,57 @@ class TAEF2(ModelMixin, ConfigMixin):
         return model.eval()
 
     @classmethod
+    def from_hub_file(cls, path: str | os.PathLike, **config) -> "TAEF2":
+        """Load the Hub's single-file layout (``madebyollin/taef2``: ``taef2.safetensors`` with keys
+        ``encoder.layers.N.*`` / ``decoder.layers.N.*``), e.g. the copy shipped inside this package."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"taef2 weights not found: {path}")
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"could not read {path}: not a safetensors file ({err})") from None
+        model = cls(**config)
+        for part, sequential_state in from_hub_layout(state, source=str(path)).items():
+            try:
+                getattr(model, part).load_state_dict(sequential_state, strict=True)
+            except RuntimeError as err:
+                raise ValueError(f"{path} does not fit the taef2 layout: {str(err).splitlines()[0]}") from None
+        return model.eval()
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """diffusers ``from_pretrained``; also accepts a folder with the original ``taef2_*.pth`` files."""
-        folder = Path(str(pretrained_model_name_or_path))
-        if folder.is_dir() and (folder / "taef2_encoder.pth").is_file() and not (folder / "config.json").is_file():
-            model = cls.from_taesd_files(folder)
-            dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-            return model.to(dtype) if dtype is not None else model
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        """diffusers ``from_pretrained``; also accepts a folder with the original ``taef2_*.pth`` files, a folder or
+        file in the Hub's single-file layout (``taef2.safetensors``), or a Hub repo id with that file
+        (``madebyollin/taef2``)."""
+        name = str(pretrained_model_name_or_path)
+        folder = Path(name)
+        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+        if folder.is_dir() and not (folder / "config.json").is_file():
+            if (folder / TAESD_FILES[0]).is_file():
+                return _cast(cls.from_taesd_files(folder), dtype)
+            if (folder / HUB_FILE).is_file():
+                return _cast(cls.from_hub_file(folder / HUB_FILE), dtype)
+        if folder.is_file() and folder.suffix == ".safetensors":
+            return _cast(cls.from_hub_file(folder), dtype)
+        if folder.exists():
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        # A Hub repo id: the published single file first, then a diffusers folder layout.
+        from huggingface_hub import hf_hub_download
+
+        try:
+            hub_file = hf_hub_download(name, HUB_FILE, revision=kwargs.get("revision"))
+        except Exception as hub_err:  # offline, no such repo, or a diffusers-layout repo: try that layout next
+            try:
+                return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            except Exception:
+                raise OSError(f"could not load TAEF2 from {name!r}: neither {HUB_FILE} ({type(hub_err).__name__}) "
+                              f"nor a diffusers config.json could be fetched; offline, pass a local folder "
+                              f"(taef2.safetensors or taef2_encoder.pth / taef2_decoder.pth)") from None
+        return _cast(cls.from_hub_file(hub_file), dtype)
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """RGB in [-1, 1] [B, 3, H, W] (H, W multiples of 8) -> raw latents [B, C, H/8, W/8]."""

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from uplift_diffusion.commands.loading import DEFAULT_SD_REPO, DEFAULT_UPSAMPLER, add_device_arguments
+from uplift_diffusion.commands.loading import (
+    DEFAULT_PRESET,
+    DEFAULT_SD_REPO,
+    DEFAULT_UPSAMPLER,
+    PRESET_PAIRS,
+    add_device_arguments,
+)
 
 HELP = "Upscale images through a VAE's latent space with UPLiFT (2x, 4x, 8x, ...)."
 
@@ -16,12 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output folder (files are named <name>_x<scale>.png), or an image file for one input")
     parser.add_argument("--scale", type=int, default=4, help="upscaling factor, a power of two (default 4)")
-    parser.add_argument("--vae", default=DEFAULT_SD_REPO,
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESET_PAIRS),
+                        help=f"the VAE + upsampler pair (default {DEFAULT_PRESET}: the taef2 pair shipped inside the "
+                             f"package, offline; sd15: the SD 1.5 VAE {DEFAULT_SD_REPO} + the published "
+                             f"{DEFAULT_UPSAMPLER}, from the Hub); --vae / --upsampler replace either part")
+    parser.add_argument("--vae", default=None,
                         help="Hub repo id or local folder of the VAE: a diffusers VAE folder, a pipeline folder with "
-                             "vae/, or a folder with taef2_encoder.pth / taef2_decoder.pth (default: the SD 1.5 VAE)")
-    parser.add_argument("--upsampler", default=DEFAULT_UPSAMPLER,
+                             "vae/, or a folder with taef2.safetensors or taef2_encoder.pth / taef2_decoder.pth "
+                             "(default: the preset's)")
+    parser.add_argument("--upsampler", default=None,
                         help="UPLiFT weights: Hub repo id, .safetensors / .pth file, or folder (published checkpoint "
-                             f"or UPLiFTModel.save_pretrained); default {DEFAULT_UPSAMPLER}")
+                             "or UPLiFTModel.save_pretrained); default: the preset's")
     parser.add_argument("--tile-size", type=int, default=None,
                         help="process the upsampler in tiles of this many input pixels (multiple of 8) to bound memory")
     parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in input pixels (default 1/4)")
@@ -53,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from uplift_diffusion.commands.loading import load_upsampler, load_vae, resolve_device
+    from uplift_diffusion.commands.loading import load_pair, resolve_device
     from uplift_diffusion.imageio import expand_inputs, load_image, save_image_atomic
     from uplift_diffusion.model import UPLiFTModel
 
@@ -73,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
 
-    pipe = UPLiFTSuperResolutionPipeline(vae=load_vae(args.vae, dtype), upsampler=load_upsampler(args.upsampler, dtype))
+    vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)
+    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler)
     pipe.to(device)
     pipe.check_inputs(args.scale, args.tile_size, args.tile_overlap, "pil")
     pipe.set_progress_bar_config(leave=False)

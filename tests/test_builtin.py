@@ -1,0 +1,130 @@
+"""The built-in offline pair (taef2 + UPLiFT) shipped as package data: loading, installing, the `upscale` default."""
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from uplift_diffusion.backbones.vae import decode_latents, encode_latents
+from uplift_diffusion.builtin import (
+    builtin_names,
+    builtin_upsampler_path,
+    builtin_vae_path,
+    load_builtin_upsampler,
+    load_builtin_vae,
+)
+from uplift_diffusion.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "uplift_diffusion" / "weights"
+MAX_SHIPPED_BYTES = 15 * 1024 * 1024
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_builtin_pair_loads_offline(no_network):
+    assert builtin_names() == ["taef2"]
+    vae, upsampler = load_builtin_vae(), load_builtin_upsampler(dtype=torch.bfloat16)
+    assert vae.config.latent_channels == upsampler.config.in_channels == 32
+    assert upsampler.dtype == torch.bfloat16 and not vae.training and not upsampler.training
+    assert (builtin_upsampler_path() / "README.md").is_file()
+    assert {"LICENSE", "SOURCE.md", "taef2.safetensors"} <= {p.name for p in builtin_vae_path().iterdir()}
+    with pytest.raises(ValueError, match="available: taef2"):
+        load_builtin_vae("sd15")
+
+
+def test_shipped_weights_fit_the_size_budget():
+    files = [p for p in WEIGHTS.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert sum(p.stat().st_size for p in files) <= MAX_SHIPPED_BYTES
+    tracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--cached", str(WEIGHTS)],
+                             cwd=REPO, capture_output=True, text=True)
+    if tracked.returncode == 0:  # a git checkout: none of the shipped files may be ignored (*.safetensors is)
+        assert {Path(line).name for line in tracked.stdout.split()} >= {p.name for p in files}
+
+
+def test_from_builtin_pipeline_upscales(no_network):
+    from uplift_diffusion import UPLiFTSuperResolutionPipeline
+
+    pipe = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(torch.rand(1, 3, 40, 56), scale=2, output_type="pt").images
+    assert out.shape == (1, 3, 80, 112) and torch.isfinite(out).all()
+
+
+def _installable_copy(dest: Path) -> Path:
+    """The files a wheel is built from, copied so that the build never touches the shared working tree."""
+    src = dest / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("uplift_diffusion", "pipelines", "eval"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    return src
+
+
+@pytest.mark.slow
+def test_non_editable_install_loads_the_builtin_pair_without_the_repository(tmp_path):
+    src, site, cwd = _installable_copy(tmp_path), tmp_path / "site", tmp_path / "elsewhere"
+    cwd.mkdir()
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet", *isolation,
+                    "--target", str(site), str(src)], check=True, capture_output=True, cwd=cwd)
+    shutil.rmtree(src)  # only the installed copy is left
+    script = (
+        "import json, torch, uplift_diffusion\n"
+        "from uplift_diffusion import UPLiFTSuperResolutionPipeline\n"
+        "pipe = UPLiFTSuperResolutionPipeline.from_builtin('taef2')\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "out = pipe(torch.rand(1, 3, 32, 32), scale=2, output_type='pt').images\n"
+        "print(json.dumps({'file': uplift_diffusion.__file__, 'shape': list(out.shape)}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert Path(result["file"]).is_relative_to(site) and result["shape"] == [1, 3, 64, 64]
+    assert not (cwd / ".." / "shared").exists()
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1 / np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
+
+
+@pytest.mark.slow
+def test_upscale_without_weight_flags_uses_the_trained_builtin_pair(shared_dir, tmp_path, no_network, capsys):
+    # A real photo the weights were not trained on; 2x from an antialiased bicubic downscale.
+    photo = Image.open(shared_dir / "data" / "photos" / "motorcycle_left.png").convert("RGB")
+    high = photo.crop((200, 100, 456, 292))  # 256x192
+    low_path = tmp_path / "low.png"
+    high.resize((128, 96), Image.Resampling.BICUBIC).save(low_path)
+
+    assert main(["upscale", str(low_path), "-o", str(tmp_path / "out.png"), "--scale", "2"]) == 0
+    result = Image.open(tmp_path / "out.png").convert("RGB")
+    assert result.size == high.size
+
+    # Interpolating the taef2 latents bilinearly is what an untrained (identity-refiner) model amounts to at best.
+    vae = load_builtin_vae()
+    low = torch.from_numpy(np.array(Image.open(low_path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    latents = F.interpolate(encode_latents(vae, low), scale_factor=2, mode="bilinear", align_corners=False)
+    bilinear = (decode_latents(vae, latents)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    uplift_psnr, bilinear_psnr = _psnr(np.asarray(result), np.asarray(high)), _psnr(bilinear, np.asarray(high))
+    assert uplift_psnr > bilinear_psnr + 1.0, (uplift_psnr, bilinear_psnr)

@@ -1,0 +1,98 @@
+"""The built-in model pairs shipped inside the package: they load offline, from the installed files, never the network.
+
+``taef2``: the taef2 tiny autoencoder (FLUX.2's latent API: 32 channels, 8x; MIT, ``weights/taef2/``) and an UPLiFT
+model trained here on its latents (``weights/uplift-taef2/``, a ``save_pretrained`` folder with its model card)::
+
+    from uplift_diffusion import UPLiFTSuperResolutionPipeline
+
+    pipe = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
+    big = pipe(image, scale=4).images[0]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from uplift_diffusion.backbones.taef2 import TAEF2
+from uplift_diffusion.model import UPLiFTModel
+
+
+@dataclass(frozen=True)
+class BuiltinPair:
+    """Where a built-in pair's files live, as folder names under ``uplift_diffusion/weights/``.
+
+    Attributes:
+        vae: folder of the autoencoder (loaded with ``vae_class.from_pretrained``).
+        upsampler: ``UPLiFTModel.save_pretrained`` folder of the upsampler trained on that autoencoder's latents.
+        vae_class: the autoencoder's class.
+    """
+
+    vae: str
+    upsampler: str
+    vae_class: type = TAEF2
+
+
+BUILTIN_PAIRS = {"taef2": BuiltinPair(vae="taef2", upsampler="uplift-taef2")}
+
+
+def builtin_names() -> list[str]:
+    """Names accepted by :func:`load_builtin_vae`, :func:`load_builtin_upsampler` and ``from_builtin``."""
+    return sorted(BUILTIN_PAIRS)
+
+
+def _pair(name: str) -> BuiltinPair:
+    if name not in BUILTIN_PAIRS:
+        raise ValueError(f"unknown built-in model {name!r}; available: {', '.join(builtin_names())}")
+    return BUILTIN_PAIRS[name]
+
+
+def weights_folder(folder: str) -> Path:
+    """The installed folder ``uplift_diffusion/weights/<folder>`` (package data; an error names a broken install)."""
+    path = Path(str(resources.files("uplift_diffusion") / "weights" / folder))
+    if not path.is_dir():
+        raise FileNotFoundError(f"built-in weights folder missing: {path}; the package was installed without its "
+                                f"package data; reinstall it (pip install --force-reinstall uplift-diffusion)")
+    return path
+
+
+def builtin_vae_path(name: str = "taef2") -> Path:
+    """Folder of the built-in pair's autoencoder."""
+    return weights_folder(_pair(name).vae)
+
+
+def builtin_upsampler_path(name: str = "taef2") -> Path:
+    """Folder of the built-in pair's UPLiFT model (``config.json``, ``diffusion_pytorch_model.safetensors``,
+    ``README.md`` model card)."""
+    return weights_folder(_pair(name).upsampler)
+
+
+def _place(model: torch.nn.Module, device: str | torch.device | None):
+    return (model.to(device) if device is not None else model).eval()
+
+
+def load_builtin_vae(name: str = "taef2", dtype: torch.dtype | None = None,
+                     device: str | torch.device | None = None) -> TAEF2:
+    """The built-in pair's autoencoder, from the installed package files.
+
+    Args:
+        name: a built-in pair (see :func:`builtin_names`).
+        dtype: weights dtype (default float32).
+        device: where to put the model (default cpu).
+    """
+    return _place(_pair(name).vae_class.from_pretrained(builtin_vae_path(name), dtype=dtype), device)
+
+
+def load_builtin_upsampler(name: str = "taef2", dtype: torch.dtype | None = None,
+                           device: str | torch.device | None = None) -> UPLiFTModel:
+    """The built-in pair's UPLiFT model, from the installed package files.
+
+    Args:
+        name: a built-in pair (see :func:`builtin_names`).
+        dtype: weights dtype (default float32).
+        device: where to put the model (default cpu).
+    """
+    return _place(UPLiFTModel.from_pretrained(builtin_upsampler_path(name), dtype=dtype), device)
