@@ -1,25 +1,32 @@
 """Real-data proof: train a small UPLiFT for the taef2 autoencoder on CPU, then measure 2x / 4x latent SR.
 
-Training: ``configs/taef2_bsds.json`` (multi-depth loss, cached taef2 features) on ``--train-dir`` for ``--minutes``
-of wall-clock (feature caching included). Evaluation on every image of ``--eval-dir``:
+Training: ``--config`` (default ``configs/taef2_builtin.json``, the recipe of the shipped model: latent + decoder-aware
+pixel loss, bilinear and bicubic low-res inputs) on ``--train-dir`` for ``--minutes`` of wall-clock (feature caching
+included). ``--model DIR`` skips training and evaluates a trained model (e.g. the shipped
+``uplift_diffusion/weights/uplift-taef2``); ``--compare NAME=DIR`` adds more UPLiFT models as rows.
 
-* HR = centre crop to a multiple of ``8 * scale``, at most ``--max-size`` pixels a side;
-* LR = HR downscaled by ``scale`` (bilinear, antialiased); the LR image is encoded with taef2;
-* methods: (a) UPLiFT (log2(scale) steps guided by the LR image, colour-corrected against the LR image),
-  (b) bilinear and (c) nearest interpolation of the LR latents, all decoded with taef2; (d) bicubic upscaling of
-  the LR image in pixel space; (e) the taef2 round trip of the HR image (the ceiling of any latent method).
-* PSNR (per image on [0, 1], then the mean) and SSIM (Gaussian, sigma 1.5, no sample covariance, data range 1:
-  scikit-image's settings), averaged per evaluation folder.
+Evaluation on every image of ``--eval-dir``:
 
-Writes ``results.json``, ``results.md``, ``sr_grid.png`` and the trained model (``model/``) to ``--out``.
+* HR = centre crop to a multiple of ``8 * scale``, at most ``--max-size`` pixels a side (0 = the whole image);
+* LR = HR downscaled by ``scale`` with each ``--degradations`` kernel (antialiased ``bilinear``: the previous
+  protocol; antialiased ``bicubic``: the standard SR one, PIL's ``BICUBIC``);
+* methods: UPLiFT through :class:`UPLiFTSuperResolutionPipeline` exactly as users run it (taef2 encode, log2(scale)
+  steps guided by the LR image, decode, colour correction), latent bilinear / nearest interpolation (decoded with
+  taef2), pixel bicubic, and the taef2 round trip of the HR image (the ceiling of any latent method);
+* PSNR (per image on [0, 1], then the mean), SSIM (Gaussian, sigma 1.5, no sample covariance, data range 1:
+  scikit-image's settings) and seconds per image, per evaluation folder, degradation and scale.
+
+Writes ``results.json``, ``results.md`` and ``sr_grid.png`` (labelled columns) to ``--out``, plus the trained model
+(``model/``) when it trains.
 
     python benchmarks/taef2_sr.py --minutes 30 --out outputs/taef2_sr
+    python benchmarks/taef2_sr.py --model uplift_diffusion/weights/uplift-taef2 --eval-dir ../shared/data/kodak \
+        --max-size 0 --out outputs/builtin_kodak
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,29 +37,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from uplift_diffusion import UPLiFTModel  # noqa: E402
+from uplift_diffusion import UPLiFTModel, UPLiFTSuperResolutionPipeline  # noqa: E402
 from uplift_diffusion.backbones.taef2 import TAEF2  # noqa: E402
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents  # noqa: E402
-from uplift_diffusion.color import ColorCorrection  # noqa: E402
-from uplift_diffusion.model import bilinear_resize  # noqa: E402
-from uplift_diffusion.training.config import DataSource, TrainConfig  # noqa: E402
-from uplift_diffusion.training.data import list_image_files, pil_to_tensor  # noqa: E402
+from uplift_diffusion.training.config import DOWNSCALE_KERNELS, DataSource, TrainConfig  # noqa: E402
+from uplift_diffusion.training.data import downscale, list_image_files, pil_to_tensor  # noqa: E402
 from uplift_diffusion.training.trainer import Trainer  # noqa: E402
+from uplift_diffusion.utils.images import load_image  # noqa: E402
+from uplift_diffusion.utils.io import write_json_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-METHODS = ("uplift", "uplift_no_cc", "latent_bilinear", "latent_nearest", "pixel_bicubic", "taef2_roundtrip")
-LABELS = {
-    "uplift": "(a) UPLiFT + colour correction",
-    "uplift_no_cc": "(a') UPLiFT, no colour correction",
-    "latent_bilinear": "(b) latent bilinear",
-    "latent_nearest": "(c) latent nearest",
-    "pixel_bicubic": "(d) pixel bicubic",
-    "taef2_roundtrip": "(e) taef2 round trip of HR (ceiling)",
+BASELINES = {
+    "latent_bilinear": "latent bilinear",
+    "latent_nearest": "latent nearest",
+    "pixel_bicubic": "pixel bicubic",
+    "taef2_roundtrip": "taef2 round trip of HR (ceiling)",
 }
+GRID_COLUMNS = ("low-res", "latent bilinear", "pixel bicubic", "UPLiFT", "original")
 
 
 def metric_functions():
@@ -94,68 +99,95 @@ def centre_crop(image: torch.Tensor, multiple: int, max_size: int) -> torch.Tens
     return image[:, top:top + th, left:left + tw]
 
 
+def _timed(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), seconds)``."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def _latent_resize(vae, z: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return decode_latents(vae, F.interpolate(z, size=size, mode=mode, **kwargs))
+
+
 @torch.no_grad()
-def super_resolve(model: UPLiFTModel, vae, hr: torch.Tensor, scale: int) -> dict[str, torch.Tensor]:
-    """Every method's [1, 3, H, W] reconstruction of ``hr`` [1, 3, H, W] from its ``scale``x downscale."""
+def super_resolve(pipes: dict[str, UPLiFTSuperResolutionPipeline], vae, hr: torch.Tensor, scale: int,
+                  kernel: str) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
+    """Every method's [1, 3, H, W] reconstruction of ``hr`` from its ``scale``x ``kernel`` downscale, the seconds
+    each took, and the low-res image."""
     h, w = hr.shape[-2:]
-    lr = bilinear_resize(hr, (h // scale, w // scale)).clamp(0, 1)
-    z = encode_latents(vae, lr)  # [1, C, h/8s, w/8s]
+    lr = downscale(hr, (h // scale, w // scale), kernel).clamp(0, 1)
     size = (h // 8, w // 8)
-    up = model(model.normalize_image(lr), z, iterations=UPLiFTModel.iterations_for_scale(scale),
-               generator=torch.Generator().manual_seed(0))
-    uplift = decode_latents(vae, up)
-    return {
-        "uplift": ColorCorrection(clamp=(0, 1))(uplift, lr),
-        "uplift_no_cc": uplift,
-        "latent_bilinear": decode_latents(vae, F.interpolate(z, size=size, mode="bilinear", align_corners=False)),
-        "latent_nearest": decode_latents(vae, F.interpolate(z, size=size, mode="nearest")),
-        "pixel_bicubic": F.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1),
-        "lr": lr,
-    }
+    outs, secs = {}, {}
+    for name, pipe in pipes.items():
+        out, secs[name] = _timed(pipe, lr, scale=scale, output_type="pt", generator=torch.Generator().manual_seed(0))
+        outs[name] = out.images
+    z, t_enc = _timed(encode_latents, vae, lr)  # [1, C, h/8s, w/8s]
+    for mode in ("bilinear", "nearest"):
+        outs[f"latent_{mode}"], t = _timed(_latent_resize, vae, z, size, mode)
+        secs[f"latent_{mode}"] = t + t_enc
+    bicubic, secs["pixel_bicubic"] = _timed(F.interpolate, lr, size=(h, w), mode="bicubic", align_corners=False)
+    outs["pixel_bicubic"] = bicubic.clamp(0, 1)
+    return outs, secs, lr
 
 
-def evaluate(model: UPLiFTModel, vae, eval_dirs: list[Path], scales: list[int], max_size: int,
-             grid_path: Path) -> dict:
+def evaluate(pipes: dict[str, UPLiFTSuperResolutionPipeline], vae, eval_dirs: list[Path], scales: list[int],
+             kernels: list[str], max_size: int, grid_path: Path) -> dict:
     psnr, ssim, metric_source = metric_functions()
+    methods = list(pipes) + list(BASELINES)
     results: dict = {"metric_source": metric_source, "datasets": {}}
     grid_rows = []
     for folder in eval_dirs:
         files = list_image_files(folder)
-        sums = {s: {m: [0.0, 0.0] for m in METHODS} for s in scales}
-        roundtrips: dict[tuple, tuple[float, float]] = {}
+        # sums[kernel][scale][method] = [psnr, ssim, seconds]
+        sums = {k: {s: {m: [0.0, 0.0, 0.0] for m in methods} for s in scales} for k in kernels}
         for i, path in enumerate(tqdm(files, desc=f"eval {folder.name}", dynamic_ncols=True)):
-            with Image.open(path) as img:
-                image = pil_to_tensor(img.convert("RGB"))
+            image = pil_to_tensor(load_image(path))
             for scale in scales:
                 hr = centre_crop(image, 8 * scale, max_size)[None]
-                outs = super_resolve(model, vae, hr, scale)
-                shape = tuple(hr.shape)
-                if shape not in roundtrips:  # the ceiling depends only on the HR crop
-                    rt = decode_latents(vae, encode_latents(vae, hr))
-                    roundtrips[shape] = (psnr(rt[0], hr[0]), ssim(rt[0], hr[0]), rt)
-                for m in METHODS:
-                    if m == "taef2_roundtrip":
-                        p, s_ = roundtrips[shape][:2]
-                    else:
-                        p, s_ = psnr(outs[m][0], hr[0]), ssim(outs[m][0], hr[0])
-                    sums[scale][m][0] += p
-                    sums[scale][m][1] += s_
-                if scale == max(scales) and i < 2:
-                    rt = roundtrips[shape][2]
-                    lr_up = F.interpolate(outs["lr"], size=hr.shape[-2:], mode="nearest")
-                    row = [lr_up, outs["latent_nearest"], outs["latent_bilinear"], outs["pixel_bicubic"],
-                           outs["uplift"], rt, hr]
-                    grid_rows.append(torch.cat([_centre_patch(x, 128) for x in row], dim=-1))
-            roundtrips.clear()
+                roundtrip, t_rt = _timed(lambda x: decode_latents(vae, encode_latents(vae, x)), hr)
+                rt_p, rt_s = _pair(psnr, ssim, roundtrip, hr)
+                for kernel in kernels:
+                    outs, secs, lr = super_resolve(pipes, vae, hr, scale, kernel)
+                    for m in methods:
+                        p, s_, t = (rt_p, rt_s, t_rt) if m == "taef2_roundtrip" else (*_pair(psnr, ssim, outs[m], hr),
+                                                                                      secs[m])
+                        acc = sums[kernel][scale][m]
+                        acc[0], acc[1], acc[2] = acc[0] + p, acc[1] + s_, acc[2] + t
+                    if scale == max(scales) and kernel == kernels[-1] and i < 2:
+                        lr_up = F.interpolate(lr, size=hr.shape[-2:], mode="nearest")
+                        row = [lr_up, outs["latent_bilinear"], outs["pixel_bicubic"], outs[next(iter(pipes))], hr]
+                        grid_rows.append(torch.cat([_centre_patch(x, 128) for x in row], dim=-1))
+        n = len(files)
         results["datasets"][folder.as_posix()] = {
-            "num_images": len(files),
-            "scales": {str(s): {m: {"psnr": v[0] / len(files), "ssim": v[1] / len(files)} for m, v in sums[s].items()}
-                       for s in scales},
+            "num_images": n,
+            "degradations": {k: {str(s): {m: {"psnr": v[0] / n, "ssim": v[1] / n, "seconds": v[2] / n}
+                                          for m, v in sums[k][s].items()} for s in scales} for k in kernels},
         }
     if grid_rows:
-        grid = torch.cat(grid_rows, dim=-2)[0].clamp(0, 1).permute(1, 2, 0).numpy()
-        Image.fromarray((grid * 255 + 0.5).astype(np.uint8)).save(grid_path)
+        save_labelled_grid(torch.cat(grid_rows, dim=-2)[0], GRID_COLUMNS, grid_path,
+                           title=f"{max(scales)}x, {kernels[-1]} low-res input (centre 128-px patches)")
     return results
+
+
+def _pair(psnr, ssim, out: torch.Tensor, hr: torch.Tensor) -> tuple[float, float]:
+    return psnr(out[0], hr[0]), ssim(out[0], hr[0])
+
+
+def save_labelled_grid(grid: torch.Tensor, labels: tuple[str, ...], path: Path, title: str = "") -> None:
+    """[3, H, W] grid of equal-width columns in [0, 1] -> PNG with a header naming each column."""
+    array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    header = 34 if title else 20
+    canvas = Image.new("RGB", (array.shape[1], array.shape[0] + header), "white")
+    canvas.paste(Image.fromarray(array), (0, header))
+    draw = ImageDraw.Draw(canvas)
+    width = array.shape[1] // len(labels)
+    if title:
+        draw.text((4, 2), title, fill="black")
+    for j, label in enumerate(labels):
+        draw.text((j * width + 4, header - 16), label, fill="black")
+    canvas.save(path)
 
 
 def _centre_patch(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -166,24 +198,35 @@ def _centre_patch(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(patch, size=(128, 128), mode="nearest") if size != 128 else patch
 
 
-def markdown_table(results: dict, scales: list[int]) -> str:
+def markdown_table(results: dict, labels: dict[str, str]) -> str:
     lines = []
     for folder, res in results["datasets"].items():
-        lines.append(f"\n**{folder}** ({res['num_images']} images)\n")
-        header = "| method | " + " | ".join(f"{s}x PSNR | {s}x SSIM" for s in scales) + " |"
-        lines += [header, "|" + " --- |" * (1 + 2 * len(scales))]
-        for m in METHODS:
-            cells = []
+        for kernel, by_scale in res["degradations"].items():
+            scales = list(by_scale)
+            lines.append(f"\n**{folder}** ({res['num_images']} images), low-res input: antialiased {kernel}\n")
+            lines.append("| method | " + " | ".join(f"{s}x PSNR | {s}x SSIM | {s}x s/img" for s in scales) + " |")
+            lines.append("|" + " --- |" * (1 + 3 * len(scales)))
+            for m, label in labels.items():
+                cells = []
+                for s in scales:
+                    v = by_scale[s][m]
+                    cells += [f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['seconds']:.3f}"]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            first = next(iter(labels))
             for s in scales:
-                v = res["scales"][str(s)][m]
-                cells += [f"{v['psnr']:.2f}", f"{v['ssim']:.4f}"]
-            lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
-        for s in scales:
-            v = res["scales"][str(s)]
-            gain = v["uplift"]["psnr"] - v["latent_bilinear"]["psnr"]
-            lines.append(f"\n{s}x: UPLiFT - latent bilinear = {gain:+.2f} dB PSNR; ceiling gap "
-                         f"{v['taef2_roundtrip']['psnr'] - v['uplift']['psnr']:.2f} dB")
+                v = by_scale[s]
+                lines.append(f"\n{s}x: {labels[first]} - latent bilinear = "
+                             f"{v[first]['psnr'] - v['latent_bilinear']['psnr']:+.2f} dB PSNR; - pixel bicubic = "
+                             f"{v[first]['psnr'] - v['pixel_bicubic']['psnr']:+.2f} dB PSNR, "
+                             f"{v[first]['ssim'] - v['pixel_bicubic']['ssim']:+.4f} SSIM")
     return "\n".join(lines)
+
+
+def _named_dir(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
+    return name, Path(folder)
 
 
 def main(argv=None) -> int:
@@ -194,12 +237,18 @@ def main(argv=None) -> int:
                         default=[SHARED / "data/bsds500/test50", SHARED / "data/photos"])
     parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget (caching included)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs/taef2_sr")
-    parser.add_argument("--config", type=Path, default=REPO / "configs/taef2_bsds.json",
+    parser.add_argument("--config", type=Path, default=REPO / "configs/taef2_builtin.json",
                         help="training config; its data sources, output_dir and time budget are replaced")
     parser.add_argument("--taef2", type=Path, default=SHARED / "weights/taef2")
     parser.add_argument("--scales", nargs="+", type=int, default=[2, 4])
-    parser.add_argument("--max-size", type=int, default=256, help="largest HR side evaluated (keeps eval quick)")
+    parser.add_argument("--degradations", nargs="+", choices=DOWNSCALE_KERNELS, default=list(DOWNSCALE_KERNELS),
+                        help="antialiased kernels that make the low-res inputs (each is a separate table)")
+    parser.add_argument("--max-size", type=int, default=256,
+                        help="largest HR side evaluated (centre crop; 0 = whole images)")
     parser.add_argument("--model", type=Path, default=None, help="evaluate this trained model; skip training")
+    parser.add_argument("--name", default="UPLiFT", help="row label of --model / the trained model")
+    parser.add_argument("--compare", nargs="*", type=_named_dir, default=[], metavar="NAME=DIR",
+                        help="more trained UPLiFT models to evaluate as rows (e.g. previous=outputs/old/model)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run in --out")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default, every core; 1 when other jobs share the cores)")
@@ -224,18 +273,30 @@ def main(argv=None) -> int:
                       "config": config.to_dict()}
     else:
         model_dir = args.model
-    model = UPLiFTModel.from_pretrained(model_dir).eval()
     vae = TAEF2.from_pretrained(args.taef2).eval()
-    train_info["parameters"] = sum(p.numel() for p in model.parameters())
+    pipes = {}
+    for name, folder in [(args.name, model_dir), *args.compare]:
+        pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=UPLiFTModel.from_pretrained(folder).eval())
+        pipe.set_progress_bar_config(disable=True)
+        pipes[name] = pipe
+    train_info["parameters"] = {name: sum(p.numel() for p in pipe.upsampler.parameters())
+                                for name, pipe in pipes.items()}
 
     t0 = time.monotonic()
-    results = evaluate(model, vae, args.eval_dir, args.scales, args.max_size, args.out / "sr_grid.png")
-    results.update(train=train_info, eval_minutes=(time.monotonic() - t0) / 60, model_dir=str(model_dir),
-                   command=" ".join(sys.argv), protocol={"max_size": args.max_size, "scales": args.scales})
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    table = markdown_table(results, args.scales)
-    summary = (f"UPLiFT {train_info['parameters']:,} params; trained {train_info.get('steps', '?')} steps in "
-               f"{train_info.get('train_minutes', float('nan')):.1f} min; metrics: {results['metric_source']}")
+    results = evaluate(pipes, vae, args.eval_dir, args.scales, args.degradations, args.max_size,
+                       args.out / "sr_grid.png")
+    results.update(train=train_info, eval_minutes=(time.monotonic() - t0) / 60,
+                   models={name: str(folder) for name, folder in [(args.name, model_dir), *args.compare]},
+                   command=" ".join(sys.argv), protocol={"max_size": args.max_size, "scales": args.scales,
+                                                        "degradations": args.degradations,
+                                                        "threads": torch.get_num_threads()})
+    write_json_atomic(args.out / "results.json", results)
+    labels = {**{name: f"UPLiFT ({name})" for name in pipes}, **BASELINES}
+    table = markdown_table(results, labels)
+    params = ", ".join(f"{name} {n:,}" for name, n in train_info["parameters"].items())
+    summary = (f"UPLiFT parameters: {params}; trained {train_info.get('steps', '-')} steps in "
+               f"{train_info.get('train_minutes', float('nan')):.1f} min; metrics: {results['metric_source']}; "
+               f"{torch.get_num_threads()} threads")
     (args.out / "results.md").write_text(f"# taef2 latent super-resolution\n\n{summary}\n{table}\n")
     print(summary)
     print(table)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
 
 from uplift_diffusion import ColorCorrection, UPLiFTModel
@@ -50,3 +51,48 @@ def test_sr_pipeline_output_keeps_the_input_colour_means(shared_dir):
     error_on = (on.mean(dim=(1, 2)) - reference).abs().max()
     error_off = (off.mean(dim=(1, 2)) - reference).abs().max()
     assert error_on < 0.01 and error_on < error_off
+
+
+# ---------------------------------------------------------------- "detail" mode: low frequencies from the input
+def test_detail_mode_takes_low_frequencies_from_the_input_and_detail_from_the_image():
+    torch.manual_seed(0)
+    reference = torch.rand(2, 3, 16, 16)
+    bicubic = F.interpolate(reference, size=(64, 64), mode="bicubic", align_corners=False)
+    cc = ColorCorrection(mode="detail", detail_sigma=0.5)
+    flat = torch.full((2, 3, 64, 64), 0.8)  # washed out, no detail: the result is the bicubic input
+    torch.testing.assert_close(cc(flat, reference), bicubic, atol=1e-5, rtol=0)
+    checker = (torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2 * 0.2 - 0.1  # finest detail, mean 0
+    out = cc(flat + checker, reference)
+    assert (out - bicubic - checker).abs().max() < 0.02  # passes through (the blur removes all but ~1 % of it)
+    assert ColorCorrection(mode="detail", clamp=(0, 1))(flat + checker, reference).max() <= 1
+
+
+def test_detail_mode_is_differentiable_and_validated():
+    image = torch.rand(1, 3, 32, 32, requires_grad=True)
+    ColorCorrection(mode="detail")(image, torch.rand(1, 3, 8, 8)).sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mode"):
+        ColorCorrection(mode="wavelet")
+    with pytest.raises(ValueError, match="detail_sigma"):
+        ColorCorrection(mode="detail", detail_sigma=0)
+
+
+def test_pipeline_colour_mode_is_configured_saved_and_overridable(tmp_path):
+    from uplift_diffusion import TAEF2
+
+    torch.manual_seed(0)
+    vae = TAEF2(latent_channels=4, channels=8, encoder_blocks=(1, 1, 1, 1), decoder_blocks=(1, 1, 1, 1)).eval()
+    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=UPLiFTModel.from_preset("tiny-vae", noise_channels=0),
+                                         color_correction_mode="detail")
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 32, 32)
+    raw = pipe(image, scale=2, output_type="pt", color_correction=False).images
+    detail = pipe(image, scale=2, output_type="pt").images
+    torch.testing.assert_close(detail, ColorCorrection(mode="detail", clamp=(0, 1))(raw, image))
+    mean = pipe(image, scale=2, output_type="pt", color_correction="mean").images
+    torch.testing.assert_close(mean, ColorCorrection(clamp=(0, 1))(raw, image))
+    pipe.save_pretrained(tmp_path / "pipe")
+    reloaded = UPLiFTSuperResolutionPipeline.from_pretrained(tmp_path / "pipe")
+    assert reloaded.config.color_correction_mode == "detail"
+    with pytest.raises(ValueError, match="mode"):
+        UPLiFTSuperResolutionPipeline(vae=vae, upsampler=pipe.upsampler, color_correction_mode="median")

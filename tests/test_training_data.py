@@ -76,3 +76,19 @@ def test_epoch_batches_partition_the_epoch_across_processes():
     assert len(seen) == len(set(seen)) == 8
     with pytest.raises(ValueError, match="fewer than one global batch"):
         epoch_batches(3, 2, epoch=0, seed=0, world_size=2)
+
+
+def test_each_view_draws_one_downscale_kernel_and_single_kernel_crops_are_unchanged(tmp_path):
+    write_images(tmp_path / "imgs", count=4)
+    source = FolderSource(tmp_path / "imgs")
+    bilinear = ViewDataset([source], 32, 2, views_per_image=4, min_crop_fraction=0.5, seed=1)
+    mixed = ViewDataset([source], 32, 2, views_per_image=4, min_crop_fraction=0.5, seed=1,
+                        kernels=["bilinear", "bicubic"])
+    drawn = [mixed.kernel(source.key(i // 4), i % 4) for i in range(16)]
+    assert set(drawn) == {"bilinear", "bicubic"}  # both kernels occur
+    assert drawn == [mixed.kernel(source.key(i // 4), i % 4) for i in range(16)]  # and are fixed per view
+    for i, kernel in enumerate(drawn):
+        a, b = bilinear[i]["images"], mixed[i]["images"]
+        assert torch.equal(a[0], b[0])  # the high-res crop never depends on the kernel
+        assert torch.equal(a[2], b[2]) == (kernel == "bilinear")
+        assert 0 <= b[2].min() and b[2].max() <= 1  # bicubic overshoot is clamped

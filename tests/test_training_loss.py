@@ -3,11 +3,17 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from training_helpers import TINY_MODEL, tiny_backbone
+from training_helpers import TINY_MODEL, tiny_backbone, tiny_config
 
 from uplift_diffusion import UPLiFTModel
 from uplift_diffusion.training.data import image_pyramid
-from uplift_diffusion.training.losses import augment_features, multi_depth_loss
+from uplift_diffusion.training.losses import (
+    PixelObjective,
+    augment_features,
+    edge_distance,
+    loss_term_names,
+    multi_depth_loss,
+)
 
 
 @pytest.fixture
@@ -84,3 +90,88 @@ def test_depths_deeper_than_the_pyramid_are_refused(batch):
     images, features = batch
     with pytest.raises(ValueError, match="pyramid levels"):
         multi_depth_loss(_model(), images[:2], features[:2], [1, 2, 3])
+
+
+# ---------------------------------------------------------------- the decoder-aware pixel term (beyond the paper)
+def _nearest_decode(patch: int):
+    """A stand-in 'decoder': the first 3 latent channels, nearest-upsampled ``patch`` times (exactly invertible)."""
+    return lambda z: z[:, :3].repeat_interleave(patch, -1).repeat_interleave(patch, -2)
+
+
+def test_pixel_term_compares_the_decoded_last_step_with_the_full_resolution_image(batch):
+    images, features = batch
+    model = _model()
+    pixel = PixelObjective(_nearest_decode(8), patch_size=8, weight=2.0, kind="l1", edge_weight=0.5)
+    loss, terms = multi_depth_loss(model, images, features, [1, 2], latent_weight=0.5, pixel=pixel,
+                                   generator=torch.Generator().manual_seed(3))
+    assert list(terms) == loss_term_names([1, 2], pixel) == ["d1_k1", "d1_px", "d1_edge", "d2_k1", "d2_k2", "d2_px",
+                                                            "d2_edge"]
+    generator = torch.Generator().manual_seed(3)
+    expected = 0.0
+    for d in (1, 2):
+        steps = model(images[d], features[d], iterations=d, return_all_steps=True, generator=generator)
+        for k, out in enumerate(steps, start=1):
+            expected = expected + 0.5 * ((out - features[d - k]) ** 2).mean()
+        pixels = _nearest_decode(8)(steps[-1])
+        px = 2.0 * (pixels - images[0]).abs().mean()
+        torch.testing.assert_close(terms[f"d{d}_px"], px.detach())
+        expected = expected + px + 0.5 * edge_distance(pixels, images[0])
+    torch.testing.assert_close(loss, expected)
+
+
+def test_pixel_window_decodes_one_window_and_skips_its_inner_margin():
+    seen = []
+
+    def decode(z):
+        seen.append(tuple(z.shape[-2:]))
+        return _nearest_decode(2)(z)
+
+    features = torch.zeros(1, 3, 16, 16, requires_grad=True)
+    target = torch.zeros(1, 3, 32, 32)
+    target[..., 24:28, 24:28] = 1.0  # differs from the zero prediction in a 4x4-pixel square near a corner only
+    pixel = PixelObjective(decode, patch_size=2, window=6, margin=1)
+    hits = set()
+    for seed in range(40):
+        value = pixel(features, target, torch.Generator().manual_seed(seed))["px"]
+        hits.add(round(value.item(), 6))
+    assert set(seen) == {(6, 6)}  # only the window is decoded
+    # the compared part is 4 to 5 latents a side (8 to 10 pixels): the square is inside it, partly, or not at all
+    assert 0.0 in hits and max(hits) <= 16 / 64 + 1e-6 and len(hits) > 2
+    whole = PixelObjective(decode, patch_size=2)(features, target)["px"]
+    torch.testing.assert_close(whole, torch.tensor(16 / 1024))
+
+
+def test_pixel_term_trains_the_model_through_a_frozen_decoder(batch):
+    images, features = batch
+    backbone = tiny_backbone()
+    model = _model()
+    pixel = PixelObjective(backbone.decode_differentiable, patch_size=8, window=4, margin=1)
+    loss, _ = multi_depth_loss(model, images, features, [1, 2], pixel=pixel, latent_weight=0.0,
+                               generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert all(p.grad is None for p in backbone.parameters())  # the decoder stays frozen
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("loss, match", [
+    ({"pixel_loss": "l3", "pixel_weight": 1.0}, "pixel_loss"),
+    ({"edge_weight": 1.0}, "edge_weight needs"),
+    ({"latent_weight": 0.0}, "nothing to train"),
+    ({"pixel_weight": 1.0, "pixel_depths": [3]}, "subset"),
+    ({"pixel_weight": 1.0, "pixel_window": 4, "pixel_margin": 2}, "twice"),
+    ({"pixel_weight": -1.0}, "pixel_weight must be >= 0"),
+])
+def test_pixel_loss_settings_are_validated(tmp_path, loss, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(tmp_path, tmp_path, loss={"depths": [1, 2], **loss})
+
+
+def test_detail_correction_in_the_loss_returns_the_bicubic_input_for_a_flat_decode(batch):
+    images, _ = batch
+    flat = torch.full((2, 3, 8, 8), 0.3)  # decodes to a constant image: no detail above the blur's band
+    pixel = PixelObjective(_nearest_decode(8), patch_size=8, color_correction="detail", detail_sigma=0.5)
+    value = pixel(flat, images[0], low_res=images[2])["px"]
+    bicubic = torch.nn.functional.interpolate(images[2], size=(64, 64), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(value, (bicubic - images[0]).abs().mean(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="low-res"):
+        pixel(flat, images[0])

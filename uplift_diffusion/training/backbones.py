@@ -6,14 +6,13 @@ decode features back to pixels (used for the before/after preview grids).
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import torch
 from torch import nn
 
 from ..backbones.vae import decode_latents, encode_latents, latent_channels, vae_scale_factor
 from ..model import imagenet_normalize
+from ..utils.errors import InputError
+from ..utils.fingerprint import weights_hash
 from .config import BackboneConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -44,16 +43,14 @@ class FeatureBackbone(nn.Module):
         """[B, C, h, w] features -> [B, 3, h * patch, w * patch] RGB in [0, 1] (VAE backbones only)."""
         raise TypeError(f"{type(self).__name__} cannot decode features to images")
 
+    def decode_differentiable(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` with gradients flowing to ``features`` (the weights stay frozen): the decoder-aware loss."""
+        raise TypeError(f"{type(self).__name__} cannot decode features to images (the pixel loss needs a VAE)")
+
 
 def _weights_fingerprint(module: nn.Module, extra: str = "") -> str:
-    """sha256 over parameter names, shapes and a sample of values: changes when the weights change."""
-    h = hashlib.sha256(extra.encode())
-    for name, p in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(json.dumps(list(p.shape)).encode())
-        flat = p.detach().float().flatten()
-        h.update(flat[:: max(1, flat.numel() // 64)].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """The name plus a sha256 over every weight (a sample of values missed small changes, e.g. a fine-tune)."""
+    return f"{extra}:{weights_hash(module)}" if extra else weights_hash(module)
 
 
 class VAEBackbone(FeatureBackbone):
@@ -81,6 +78,11 @@ class VAEBackbone(FeatureBackbone):
     @torch.no_grad()
     def decode(self, features: torch.Tensor) -> torch.Tensor:
         return decode_latents(self.vae, features)
+
+    def decode_differentiable(self, features: torch.Tensor) -> torch.Tensor:
+        param = next(self.vae.parameters())
+        sample = self.vae.decode(features.to(param.dtype)).sample  # [-1, 1]
+        return (sample.float() + 1) / 2
 
 
 class ViTFeatureBackbone(FeatureBackbone):
@@ -127,8 +129,14 @@ def load_backbone(config: BackboneConfig) -> FeatureBackbone:
         kwargs = {"subfolder": config.subfolder} if config.subfolder else {}
         try:
             vae = AutoencoderKL.from_pretrained(config.path, dtype=dtype, **kwargs)
-        except (OSError, ValueError, EnvironmentError):
-            vae = AutoencoderTiny.from_pretrained(config.path, dtype=dtype, **kwargs)
+        except (OSError, ValueError) as kl_error:  # not an AutoencoderKL: try the tiny autoencoder, keep both causes
+            try:
+                vae = AutoencoderTiny.from_pretrained(config.path, dtype=dtype, **kwargs)
+            except (OSError, ValueError) as tiny_error:
+                raise InputError(f"backbone.path {config.path!r} (subfolder {config.subfolder!r}) is neither an "
+                                 f"AutoencoderKL ({type(kl_error).__name__}: {str(kl_error).splitlines()[0][:200]}) "
+                                 f"nor an AutoencoderTiny ({type(tiny_error).__name__}: "
+                                 f"{str(tiny_error).splitlines()[0][:200]})") from kl_error
         return VAEBackbone(vae, name=f"vae:{config.path}/{config.subfolder or ''}")
     if config.type == "vit":
         from ..backbones.vit import ViTBackbone

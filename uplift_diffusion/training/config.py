@@ -14,6 +14,8 @@ from typing import Any
 
 BACKBONE_TYPES = ("taef2", "vae", "vit")
 SOURCE_TYPES = ("folder", "hf", "webdataset")
+DOWNSCALE_KERNELS = ("bilinear", "bicubic")
+PIXEL_LOSSES = ("l1", "l2", "charbonnier")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -90,6 +92,9 @@ class DataConfig:
             feature cache can serve it in every epoch.
         cache_dir: folder of the feature cache (safetensors shards); ``None`` disables caching.
         num_workers: DataLoader worker processes for decoding and cropping images.
+        downscale: antialiased kernels that make the lower pyramid levels (the low-resolution inputs); each view
+            draws one, fixed per view. Real low-resolution photos come from no single known kernel, so training on
+            several keeps any one from being a special case.
     """
 
     sources: list[DataSource] = field(default_factory=list)
@@ -99,6 +104,7 @@ class DataConfig:
     views_per_image: int = 4
     cache_dir: str | None = None
     num_workers: int = 0
+    downscale: list[str] = field(default_factory=lambda: ["bilinear"])
 
 
 @dataclass
@@ -109,10 +115,32 @@ class LossConfig:
         depths: training depths ``D``; depth d feeds features of the image at ``1/2**d`` and takes an L2 term after
             each of the d steps.
         noise_sigma: standard deviation of the Gaussian augmentation added to a copy of the input features.
+        latent_weight: weight of the latent MSE terms (1 = the paper).
+        pixel_weight: weight of the decoder-aware pixel term (VAE backbones): the frozen decoder turns the last
+            step of each depth into pixels, compared with the full-resolution crop. 0 = the paper's latent-only loss.
+        pixel_loss: distance of the pixel term: ``"l1"``, ``"l2"`` or ``"charbonnier"``.
+        edge_weight: weight of an L1 term on image gradients of the decoded pixels (needs ``pixel_weight > 0``).
+        pixel_depths: depths whose last step is decoded (``None``: all of ``depths``).
+        pixel_window: decode one random window of this many latents per side per batch instead of the whole crop
+            (``None``); the decoder's backward pass dominates the cost of a step otherwise.
+        pixel_margin: latents at each inner side of the window that are decoded but not compared.
+        pixel_color_correction: ``"none"`` or ``"detail"``: the pixel term compares the output of
+            ``ColorCorrection(mode="detail")`` (bicubic input below ``detail_sigma * scale``, decoded detail above),
+            i.e. what the pipeline returns with that mode; the model then learns only the missing detail.
+        detail_sigma: sigma of that correction, in units of the upscaling factor.
     """
 
     depths: list[int] = field(default_factory=lambda: [1, 2, 3])
     noise_sigma: float = 0.0
+    latent_weight: float = 1.0
+    pixel_weight: float = 0.0
+    pixel_loss: str = "l1"
+    edge_weight: float = 0.0
+    pixel_depths: list[int] | None = None
+    pixel_window: int | None = None
+    pixel_margin: int = 0
+    pixel_color_correction: str = "none"
+    detail_sigma: float = 0.5
 
 
 @dataclass
@@ -184,12 +212,44 @@ class TrainConfig:
             raise ValueError(f"loss.depths must be a non-empty list of integers >= 1, got {self.loss.depths!r}")
         if self.loss.noise_sigma < 0:
             raise ValueError(f"loss.noise_sigma must be >= 0, got {self.loss.noise_sigma}")
+        for name in ("latent_weight", "pixel_weight", "edge_weight"):
+            if getattr(self.loss, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self.loss, name)}")
+        if self.loss.latent_weight == 0 and self.loss.pixel_weight == 0:
+            raise ValueError("loss.latent_weight and loss.pixel_weight are both 0: nothing to train")
+        if self.loss.pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"loss.pixel_loss must be one of {PIXEL_LOSSES}, got {self.loss.pixel_loss!r}")
+        if self.loss.edge_weight > 0 and self.loss.pixel_weight == 0:
+            raise ValueError("loss.edge_weight needs loss.pixel_weight > 0 (the edge term is on decoded pixels)")
+        if self.loss.pixel_depths is not None and not set(self.loss.pixel_depths) <= set(self.loss.depths):
+            raise ValueError(f"loss.pixel_depths {self.loss.pixel_depths} must be a subset of loss.depths "
+                             f"{self.loss.depths}")
+        if self.loss.pixel_window is not None and self.loss.pixel_window <= 2 * self.loss.pixel_margin:
+            raise ValueError(f"loss.pixel_window ({self.loss.pixel_window}) must exceed twice loss.pixel_margin "
+                             f"({self.loss.pixel_margin})")
+        if self.loss.pixel_color_correction not in ("none", "detail"):
+            raise ValueError(f"loss.pixel_color_correction must be 'none' or 'detail', got "
+                             f"{self.loss.pixel_color_correction!r}")
+        if self.loss.detail_sigma <= 0:
+            raise ValueError(f"loss.detail_sigma must be > 0, got {self.loss.detail_sigma}")
+        if self.loss.pixel_margin < 0:
+            raise ValueError(f"loss.pixel_margin must be >= 0, got {self.loss.pixel_margin}")
+        bad = [k for k in self.data.downscale if k not in DOWNSCALE_KERNELS]
+        if not self.data.downscale or bad:
+            raise ValueError(f"data.downscale must be a non-empty list of {DOWNSCALE_KERNELS}, got "
+                             f"{self.data.downscale!r}")
         if self.optim.scheduler not in SCHEDULERS:
             raise ValueError(f"optim.scheduler must be one of {SCHEDULERS}, got {self.optim.scheduler!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("set max_steps, max_minutes or both: the run needs a stopping rule")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"max_steps must be an integer >= 1 (or null for a time budget only), got "
+                             f"{self.max_steps!r}: a run without a step would save the random initialisation")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 (or null for a step budget only), got {self.max_minutes!r}")
         for name in ("batch_size", "checkpoint_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import random
 import tarfile
 from collections.abc import Sequence
@@ -20,6 +19,8 @@ import torch
 from PIL import Image
 
 from ..model import bilinear_resize
+from ..utils.errors import InputError, InputNotFoundError
+from ..utils.images import load_image
 from .config import DataConfig, DataSource
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -29,7 +30,7 @@ def list_image_files(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (recursive), sorted by path."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise InputNotFoundError(f"image folder not found: {folder}")
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
@@ -47,8 +48,7 @@ class FolderSource:
         return f"{self.root.name}/{self.files[i].relative_to(self.root).as_posix()}"
 
     def load(self, i: int) -> Image.Image:
-        with Image.open(self.files[i]) as img:
-            return img.convert("RGB")
+        return load_image(self.files[i])
 
 
 class HFSource:
@@ -65,7 +65,7 @@ class HFSource:
         else:
             ds = datasets.load_dataset(path, split=split)
         if image_column not in ds.column_names:
-            raise ValueError(f"dataset {path!r} has no column {image_column!r}; columns: {ds.column_names}")
+            raise InputError(f"dataset {path!r} has no column {image_column!r}; columns: {ds.column_names}")
         self.dataset, self.column, self.name = ds, image_column, Path(path).name
 
     def __len__(self) -> int:
@@ -77,10 +77,10 @@ class HFSource:
     def load(self, i: int) -> Image.Image:
         value = self.dataset[i][self.column]
         if isinstance(value, dict) and value.get("bytes") is not None:
-            value = Image.open(io.BytesIO(value["bytes"]))
-        if not isinstance(value, Image.Image):
+            value = value["bytes"]
+        if not isinstance(value, (Image.Image, bytes)):
             raise TypeError(f"column {self.column!r} of item {i} is {type(value).__name__}, expected an image")
-        return value.convert("RGB")
+        return load_image(value, name=f"{self.name}[{i}]")
 
 
 class WebDatasetSource:
@@ -94,7 +94,7 @@ class WebDatasetSource:
         path = Path(pattern)
         shards = sorted(glob.glob(str(path / "*.tar"))) if path.is_dir() else sorted(glob.glob(pattern))
         if not shards:
-            raise FileNotFoundError(f"no WebDataset shards (.tar) match {pattern!r}")
+            raise InputNotFoundError(f"no WebDataset shards (.tar) match {pattern!r}")
         self.entries: list[tuple[str, str, str]] = []  # (shard, member, key)
         for shard in shards:
             seen = set()
@@ -118,7 +118,7 @@ class WebDatasetSource:
         if shard not in self._open:
             self._open[shard] = tarfile.open(shard)
         data = self._open[shard].extractfile(member).read()
-        return Image.open(io.BytesIO(data)).convert("RGB")
+        return load_image(data, name=f"{shard}:{member}")
 
     def __getstate__(self):  # DataLoader workers open their own file handles
         return {**self.__dict__, "_open": {}}
@@ -131,7 +131,7 @@ def build_source(source: DataSource):
         return HFSource(source.path, source.split, source.image_column)
     if source.type == "webdataset":
         return WebDatasetSource(source.path)
-    raise ValueError(f"unknown data source type {source.type!r}")
+    raise InputError(f"unknown data source type {source.type!r}")
 
 
 def view_rng(seed: int, key: str, view: int) -> random.Random:
@@ -145,12 +145,25 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def image_pyramid(image: torch.Tensor, levels: int) -> list[torch.Tensor]:
-    """``[I, I/2, ..., I/2**levels]`` of a [B, 3, H, W] or [3, H, W] image (antialiased bilinear)."""
+def downscale(image: torch.Tensor, size: tuple[int, int], kernel: str = "bilinear") -> torch.Tensor:
+    """Antialiased ``"bilinear"`` or ``"bicubic"`` (PIL-like, clamped to [0, 1]) resize of a [B, 3, H, W] image."""
+    if kernel == "bilinear":
+        return bilinear_resize(image, size)
+    if kernel == "bicubic":
+        if tuple(image.shape[-2:]) == tuple(size):
+            return image
+        return torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False,
+                                               antialias=True).clamp(0, 1)
+    raise InputError(f"downscale kernel must be 'bilinear' or 'bicubic', got {kernel!r}")
+
+
+def image_pyramid(image: torch.Tensor, levels: int, kernel: str = "bilinear") -> list[torch.Tensor]:
+    """``[I, I/2, ..., I/2**levels]`` of a [B, 3, H, W] or [3, H, W] image, each level downscaled from ``I`` with
+    the antialiased ``kernel``."""
     batched = image.ndim == 4
     x = image if batched else image[None]
     h, w = x.shape[-2:]
-    out = [bilinear_resize(x, (h >> j, w >> j)) for j in range(levels + 1)]
+    out = [downscale(x, (h >> j, w >> j), kernel) for j in range(levels + 1)]
     return out if batched else [o[0] for o in out]
 
 
@@ -168,24 +181,27 @@ class ViewDataset(torch.utils.data.Dataset):
         min_crop_fraction: smallest crop side as a fraction of the image's short side.
         hflip: mirror half of the views.
         seed: seed of the crops.
+        kernels: downscale kernels of the pyramid; each view draws one (fixed per view).
     """
 
     def __init__(self, sources: Sequence, crop_size: int, levels: int, views_per_image: int = 1,
-                 min_crop_fraction: float = 1.0, hflip: bool = False, seed: int = 0):
+                 min_crop_fraction: float = 1.0, hflip: bool = False, seed: int = 0,
+                 kernels: Sequence[str] = ("bilinear",)):
         if crop_size % (1 << levels):
-            raise ValueError(f"crop_size {crop_size} must be divisible by 2**{levels} (the deepest training depth)")
+            raise InputError(f"crop_size {crop_size} must be divisible by 2**{levels} (the deepest training depth)")
         self.index = [(s, i) for s in sources for i in range(len(s))]
         if not self.index:
-            raise ValueError("no training images found in the configured data sources")
+            raise InputError("no training images found in the configured data sources")
         self.crop_size, self.levels, self.views = crop_size, levels, views_per_image
         self.min_crop_fraction, self.hflip, self.seed = min_crop_fraction, hflip, seed
+        self.kernels = list(kernels)
 
     @classmethod
     def from_config(cls, config: DataConfig, levels: int, seed: int) -> ViewDataset:
         if not config.sources:
-            raise ValueError("data.sources is empty: add at least one image folder, dataset or shard pattern")
+            raise InputError("data.sources is empty: add at least one image folder, dataset or shard pattern")
         return cls([build_source(s) for s in config.sources], config.crop_size, levels, config.views_per_image,
-                   config.min_crop_fraction, config.hflip, seed)
+                   config.min_crop_fraction, config.hflip, seed, config.downscale)
 
     def __len__(self) -> int:
         return len(self.index) * self.views
@@ -193,6 +209,13 @@ class ViewDataset(torch.utils.data.Dataset):
     def key(self, item: int) -> str:
         source, i = self.index[item // self.views]
         return f"{source.key(i)}#v{item % self.views}"
+
+    def kernel(self, key: str, view: int) -> str:
+        """The downscale kernel of this view (drawn after the crop, so single-kernel crops never change)."""
+        if len(self.kernels) == 1:
+            return self.kernels[0]
+        rng = view_rng(self.seed, f"{key}|kernel", view)
+        return self.kernels[rng.randrange(len(self.kernels))]
 
     def crop(self, image: Image.Image, key: str, view: int) -> torch.Tensor:
         """The fixed random square crop of this view, resized to ``crop_size``: [3, S, S]."""
@@ -210,7 +233,8 @@ class ViewDataset(torch.utils.data.Dataset):
         source, i = self.index[item // self.views]
         view = item % self.views
         crop = self.crop(source.load(i), source.key(i), view)
-        return {"key": f"{source.key(i)}#v{view}", "images": image_pyramid(crop, self.levels)}
+        kernel = self.kernel(source.key(i), view)
+        return {"key": f"{source.key(i)}#v{view}", "images": image_pyramid(crop, self.levels, kernel)}
 
 
 def collate_views(items: list[dict]) -> dict:
@@ -228,7 +252,7 @@ def epoch_batches(num_items: int, batch_size: int, epoch: int, seed: int, rank: 
     order = torch.randperm(num_items, generator=generator).tolist()
     global_batch = batch_size * world_size
     if num_items < global_batch:
-        raise ValueError(f"{num_items} training views are fewer than one global batch ({global_batch}); lower "
+        raise InputError(f"{num_items} training views are fewer than one global batch ({global_batch}); lower "
                          f"batch_size or add images / views_per_image")
     batches = [order[b:b + global_batch] for b in range(0, num_items - global_batch + 1, global_batch)]
     return [b[rank * batch_size:(rank + 1) * batch_size] for b in batches]

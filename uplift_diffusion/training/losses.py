@@ -5,15 +5,23 @@ a *copy*), the model runs d shared-weight 2x steps guided by the image at ``1/2*
 squared error) with the backbone feature of the image at ``1/2**(d-k)``:
 
 ``L_d = sum_{k=1..d} MSE(step_k, F_{1/2**(d-k)})`` (eq. 4) and ``L = sum_{d in D} L_d`` (eq. 5).
+
+Beyond the paper, a *decoder-aware* term (:class:`PixelObjective`) can join it for VAE backbones: the frozen decoder
+turns the last step of a depth into pixels, which are compared with the full-resolution crop (L1 / L2 / Charbonnier,
+plus an optional edge term on image gradients). The decoder amplifies small high-frequency latent errors into a
+visible grid; the latent MSE cannot see that, the pixel term does. The paper's latent-only loss stays the default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..color import bicubic_upscale, detail_transfer
 
 
 def augment_features(features: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -26,6 +34,113 @@ def augment_features(features: torch.Tensor, sigma: float, generator: torch.Gene
     return features + sigma * noise.to(features.device, features.dtype)
 
 
+PIXEL_LOSSES = ("l1", "l2", "charbonnier")
+
+
+def pixel_distance(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Mean pixel distance of two [B, 3, H, W] images: ``"l1"``, ``"l2"`` (MSE) or ``"charbonnier"`` (smooth L1)."""
+    diff = pred.float() - target.float()
+    if kind == "l1":
+        return diff.abs().mean()
+    if kind == "l2":
+        return diff.square().mean()
+    if kind == "charbonnier":
+        return (diff.square() + 1e-6).sqrt().mean()
+    raise ValueError(f"pixel loss must be one of {PIXEL_LOSSES}, got {kind!r}")
+
+
+def edge_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 distance of the horizontal and vertical finite differences: penalises grids and blurred edges alike."""
+    p, t = pred.float(), target.float()
+    dx = (p.diff(dim=-1) - t.diff(dim=-1)).abs().mean()
+    dy = (p.diff(dim=-2) - t.diff(dim=-2)).abs().mean()
+    return dx + dy
+
+
+@dataclass
+class PixelObjective:
+    """The decoder-aware term: ``weight * dist(decode(step_d), I) + edge_weight * edge(decode(step_d), I)``.
+
+    Decoding (and back-propagating through) a whole crop costs several times the UPLiFT step itself, so the term
+    can be taken on one random window of ``window`` x ``window`` latents per batch; the outer ``margin`` latents of
+    the window are decoded but not compared, because the decoder sees zero padding there instead of neighbours.
+
+    Args:
+        decode: differentiable map from features [B, C, h, w] to RGB [B, 3, h * patch, w * patch] in [0, 1]
+            (a frozen VAE decoder; gradients flow to the features only).
+        patch_size: pixels per feature token of the decoder.
+        weight: weight of the pixel distance.
+        kind: ``"l1"``, ``"l2"`` or ``"charbonnier"``.
+        edge_weight: weight of :func:`edge_distance` (0 disables it).
+        depths: depths whose last step is decoded (``None``: every training depth).
+        window: side of the decoded latent window (``None``: the whole feature map).
+        margin: latents at each side of the window excluded from the comparison (where the window is not at the
+            border of the feature map).
+        color_correction: ``None`` or ``"detail"``: compare what the pipeline outputs with
+            ``ColorCorrection(mode="detail")`` (bicubic low-res input + the decoded image's high frequencies), so the
+            model learns exactly the detail the input lacks.
+        detail_sigma: sigma of that correction in units of the upscaling factor.
+    """
+
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    patch_size: int = 8
+    weight: float = 1.0
+    kind: str = "l1"
+    edge_weight: float = 0.0
+    depths: Sequence[int] | None = None
+    window: int | None = None
+    margin: int = 0
+    color_correction: str | None = None
+    detail_sigma: float = 0.5
+
+    def applies_to(self, depth: int) -> bool:
+        return self.depths is None or depth in self.depths
+
+    def _window(self, h: int, w: int, generator: torch.Generator | None) -> tuple[slice, slice, slice, slice]:
+        """Latent slices of the decoded window and pixel slices (inside the decoded window) that are compared."""
+        spans, compare = [], []
+        for size in (h, w):
+            side = size if self.window is None else min(self.window, size)
+            start = int(torch.randint(0, size - side + 1, (1,), generator=generator)) if side < size else 0
+            lo = 0 if start == 0 else self.margin  # no margin where the window touches the map's border
+            hi = side if start + side == size else side - self.margin
+            spans.append(slice(start, start + side))
+            compare.append(slice(lo * self.patch_size, hi * self.patch_size))
+        return spans[0], spans[1], compare[0], compare[1]
+
+    def __call__(self, features: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None,
+                 low_res: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Weighted terms ``{"px": ..., "edge": ...}`` of decoded ``features`` against ``target`` [B, 3, H, W]
+        (``low_res``: the model's low-res input image, needed by ``color_correction="detail"``)."""
+        ys, xs, cy, cx = self._window(*features.shape[-2:], generator)
+        p = self.patch_size
+        window = (..., slice(ys.start * p, ys.stop * p), slice(xs.start * p, xs.stop * p))
+        pixels = self.decode(features[..., ys, xs])  # [B, 3, h_win * p, w_win * p]
+        if self.color_correction == "detail":
+            if low_res is None:
+                raise ValueError("color_correction='detail' needs the low-res input image")
+            reference_up = bicubic_upscale(low_res.float(), tuple(target.shape[-2:]))[window]
+            scale = target.shape[-1] / low_res.shape[-1]
+            pixels = detail_transfer(pixels, reference_up, self.detail_sigma * scale)
+        pixels, target = pixels[..., cy, cx], target[window][..., cy, cx]  # the compared part
+        terms = {"px": self.weight * pixel_distance(pixels, target, self.kind)}
+        if self.edge_weight > 0:
+            terms["edge"] = self.edge_weight * edge_distance(pixels, target)
+        return terms
+
+
+def loss_term_names(depths: Sequence[int], pixel: PixelObjective | None = None) -> list[str]:
+    """Keys of the terms :func:`multi_depth_loss` returns, in order (the columns of the loss log)."""
+    names = []
+    for d in depths:
+        names += [f"d{d}_k{k}" for k in range(1, d + 1)]
+        if pixel is not None and pixel.applies_to(d):
+            names.append(f"d{d}_px")
+            if pixel.edge_weight > 0:
+                names.append(f"d{d}_edge")
+    return names
+
+
 def multi_depth_loss(
     model: nn.Module,
     images: Sequence[torch.Tensor],
@@ -33,8 +148,10 @@ def multi_depth_loss(
     depths: Sequence[int],
     noise_sigma: float = 0.0,
     generator: torch.Generator | None = None,
+    latent_weight: float = 1.0,
+    pixel: PixelObjective | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Paper eq. 4-5 for one batch.
+    """Paper eq. 4-5 for one batch, plus the optional decoder-aware pixel term.
 
     Args:
         model: an :class:`~uplift_diffusion.UPLiFTModel`.
@@ -44,9 +161,12 @@ def multi_depth_loss(
         depths: training depths D.
         noise_sigma: standard deviation of the input augmentation (added to a copy of ``features[d]``).
         generator: RNG of the augmentation and of the model's noise channels (``None``: global RNG).
+        latent_weight: weight of every latent MSE term (1 = the paper).
+        pixel: the decoder-aware term (``None`` = the paper's latent-only loss): the last step of each depth,
+            decoded, against the full-resolution image ``I``.
 
     Returns:
-        ``(loss, terms)``: the total loss and every term, keyed ``"d{d}_k{k}"`` (detached).
+        ``(loss, terms)``: the total loss and every weighted term, keyed as :func:`loss_term_names` (detached).
     """
     if max(depths) >= len(images) or max(depths) >= len(features):
         raise ValueError(f"depths {list(depths)} need {max(depths) + 1} pyramid levels, got {len(images)} images "
@@ -58,9 +178,14 @@ def multi_depth_loss(
         image = model.normalize_image(images[d])  # [B, 3, H/2**d, W/2**d]
         steps = model(image, x, iterations=d, return_all_steps=True, generator=generator)
         for k, out in enumerate(steps, start=1):
-            term = F.mse_loss(out.float(), features[d - k].float())  # step k vs F at 1/2**(d-k)
+            term = latent_weight * F.mse_loss(out.float(), features[d - k].float())  # step k vs F at 1/2**(d-k)
             terms[f"d{d}_k{k}"] = term.detach()
             total = total + term
+        if pixel is not None and pixel.applies_to(d):
+            # the last step is at full resolution: decoded, it is compared with I [B, 3, H, W]
+            for name, term in pixel(steps[-1], images[0], generator, images[d]).items():
+                terms[f"d{d}_{name}"] = term.detach()
+                total = total + term
     return total, terms
 
 
@@ -71,14 +196,20 @@ class UPLiFTTrainingObjective(nn.Module):
         model: the UPLiFT model being trained.
         depths: training depths D.
         noise_sigma: input augmentation strength.
+        latent_weight: weight of the latent terms.
+        pixel: the optional decoder-aware term (its decoder is not a submodule: it stays frozen and outside DDP).
     """
 
-    def __init__(self, model: nn.Module, depths: Sequence[int], noise_sigma: float = 0.0):
+    def __init__(self, model: nn.Module, depths: Sequence[int], noise_sigma: float = 0.0,
+                 latent_weight: float = 1.0, pixel: PixelObjective | None = None):
         super().__init__()
         self.model = model
         self.depths = list(depths)
         self.noise_sigma = noise_sigma
+        self.latent_weight = latent_weight
+        self.pixel = pixel
 
     def forward(self, images: Sequence[torch.Tensor], features: Sequence[torch.Tensor],
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return multi_depth_loss(self.model, images, features, self.depths, self.noise_sigma, generator)
+        return multi_depth_loss(self.model, images, features, self.depths, self.noise_sigma, generator,
+                                self.latent_weight, self.pixel)

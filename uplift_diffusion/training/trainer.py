@@ -29,13 +29,14 @@ from tqdm.auto import tqdm
 
 from ..color import ColorCorrection
 from ..model import UPLiFTModel
+from ..utils.errors import InputError
 from .backbones import FeatureBackbone, load_backbone
-from .cache import FeatureCache
-from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
+from .cache import FeatureCache, cache_fingerprint
+from .checkpoints import CheckpointManager, capture_rng_state, clear_run_folder, restore_rng_state
 from .config import TrainConfig
 from .data import ViewDataset, collate_views, epoch_batches
 from .init import identity_refiner_init
-from .losses import UPLiFTTrainingObjective
+from .losses import PixelObjective, UPLiFTTrainingObjective, loss_term_names
 
 StepCallback = Callable[[int, float], None]
 
@@ -44,16 +45,19 @@ def check_compatible(model: UPLiFTModel, backbone: FeatureBackbone, config: Trai
     """Raise ValueError when the model, the backbone and the crop size do not fit together."""
     cfg = model.config
     if cfg.in_channels != backbone.channels:
-        raise ValueError(f"the model upsamples {cfg.in_channels}-channel features but the backbone gives "
+        raise InputError(f"the model upsamples {cfg.in_channels}-channel features but the backbone gives "
                          f"{backbone.channels} channels: set model.overrides.in_channels = {backbone.channels}")
     if cfg.patch_size != backbone.patch_size:
-        raise ValueError(f"model patch_size {cfg.patch_size} != backbone patch size {backbone.patch_size}")
+        raise InputError(f"model patch_size {cfg.patch_size} != backbone patch size {backbone.patch_size}")
     if cfg.image_normalization != backbone.image_normalization:
-        raise ValueError(f"model image_normalization {cfg.image_normalization!r} does not match the backbone's "
+        raise InputError(f"model image_normalization {cfg.image_normalization!r} does not match the backbone's "
                          f"{backbone.image_normalization!r}")
+    if config.loss.pixel_weight > 0 and not backbone.can_decode:
+        raise InputError(f"loss.pixel_weight > 0 needs a backbone that decodes features to pixels (a VAE); "
+                         f"{config.backbone.type!r} cannot: set loss.pixel_weight to 0")
     unit = backbone.patch_size * 2 ** max(config.loss.depths)
     if config.data.crop_size % unit:
-        raise ValueError(f"data.crop_size {config.data.crop_size} must be a multiple of patch_size * 2**max(depths) "
+        raise InputError(f"data.crop_size {config.data.crop_size} must be a multiple of patch_size * 2**max(depths) "
                          f"= {unit}")
 
 
@@ -104,12 +108,14 @@ class Trainer:
         backbone: a ready :class:`FeatureBackbone` (default: built from ``config.backbone``).
         model: a ready model (default: built from ``config.model``).
         accelerator: an ``accelerate.Accelerator`` (default: one with ``config.mixed_precision``).
+        overwrite: replace an earlier run in ``output_dir`` (and a feature cache made with other settings) instead of
+            refusing it; see :func:`~uplift_diffusion.training.checkpoints.check_run_folder`.
     """
 
     def __init__(self, config: TrainConfig, backbone: FeatureBackbone | None = None,
-                 model: UPLiFTModel | None = None, accelerator: Accelerator | None = None):
+                 model: UPLiFTModel | None = None, accelerator: Accelerator | None = None, overwrite: bool = False):
         config.validate()
-        self.config = config
+        self.config, self.overwrite = config, overwrite
         self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
         self.output_dir = Path(config.output_dir)
         self.backbone = backbone if backbone is not None else load_backbone(config.backbone)
@@ -121,10 +127,9 @@ class Trainer:
         self.dataset = ViewDataset.from_config(config.data, self.levels, config.seed)
         self.cache = None
         if config.data.cache_dir:
-            d = config.data
-            fingerprint = (f"{self.backbone.fingerprint}|crop{d.crop_size}|frac{d.min_crop_fraction}|flip{d.hflip}"
-                           f"|seed{config.seed}|levels{self.levels}")
-            self.cache = FeatureCache(d.cache_dir, fingerprint, prefix=f"r{self.accelerator.process_index}")
+            fingerprint = cache_fingerprint(self.backbone, config, self.levels, [s for s, _ in self.dataset.index])
+            self.cache = FeatureCache(config.data.cache_dir, fingerprint, prefix=f"r{self.accelerator.process_index}",
+                                      overwrite=overwrite)
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.keep_last)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.elapsed = 0.0  # training seconds across resumes
@@ -171,8 +176,8 @@ class Trainer:
     # ------------------------------------------------------------------ logging
     def _open_log(self) -> None:
         self.log_path = self.output_dir / "loss_log.csv"
-        self.log_fields = ["step", "epoch", "loss", "lr", "elapsed_s"] + [
-            f"d{d}_k{k}" for d in self.config.loss.depths for k in range(1, d + 1)]
+        self.log_fields = ["step", "epoch", "loss", "lr", "elapsed_s"] + loss_term_names(
+            self.config.loss.depths, self.objective_pixel)
         rows = []
         if self.log_path.is_file():  # drop rows a killed run wrote after its last checkpoint
             with open(self.log_path, newline="") as f:
@@ -223,7 +228,9 @@ class Trainer:
         size = hr_image.shape[-2:]
         lr_big = F.interpolate(lr_image, size=size, mode="nearest")
         if self.backbone.can_decode:
-            cc = ColorCorrection()
+            loss = self.config.loss
+            mode = loss.pixel_color_correction if loss.pixel_color_correction != "none" else "mean"
+            cc = ColorCorrection(clamp=(0, 1), mode=mode, detail_sigma=loss.detail_sigma)
             columns = [lr_big, self.backbone.decode(bilinear), cc(self.backbone.decode(up), lr_image), hr_image]
         else:
             c = hr_feats.shape[1]
@@ -256,6 +263,9 @@ class Trainer:
             callback: called as ``callback(step, loss)`` after every optimizer step (on every process).
         """
         cfg, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            clear_run_folder(self.output_dir, resume, self.overwrite, keep=[cfg.data.cache_dir])
+        acc.wait_for_everyone()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if acc.is_main_process:
             (self.output_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -269,7 +279,16 @@ class Trainer:
             total = cfg.max_steps if cfg.max_steps is not None else 10**9
             self.scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
                                            num_training_steps=total)
-        objective = UPLiFTTrainingObjective(self.model, cfg.loss.depths, cfg.loss.noise_sigma)
+        loss = cfg.loss
+        self.objective_pixel = None
+        if loss.pixel_weight > 0:
+            self.objective_pixel = PixelObjective(self.backbone.decode_differentiable, self.backbone.patch_size,
+                                                  loss.pixel_weight, loss.pixel_loss, loss.edge_weight,
+                                                  loss.pixel_depths, loss.pixel_window, loss.pixel_margin,
+                                                  None if loss.pixel_color_correction == "none"
+                                                  else loss.pixel_color_correction, loss.detail_sigma)
+        objective = UPLiFTTrainingObjective(self.model, loss.depths, loss.noise_sigma, loss.latent_weight,
+                                            self.objective_pixel)
         self.objective, self.optimizer = acc.prepare(objective, optimizer)
         self.unwrapped = acc.unwrap_model(self.objective).model
         self.generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
