@@ -114,11 +114,10 @@ def run_case(script: Path, args: Sequence[str], timeout: float = 1800) -> dict:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Atomic JSON write (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    """Atomic JSON write (the project's one atomic writer)."""
+    from uplift_diffusion.utils.io import write_json_atomic
+
+    write_json_atomic(path, payload)
 
 
 def environment() -> dict:

@@ -17,6 +17,8 @@ import numpy as np
 from uplift_diffusion.eval.common import sample
 from uplift_diffusion.eval.text2img import Row, run_text2img_benchmark
 
+from uplift_diffusion.utils.errors import InputError, InputNotFoundError
+
 HEADERS = ("Model", "Steps", "Method", "Params (M)", "Resolution", "s/img ↓", "FID ↓")
 
 
@@ -26,9 +28,9 @@ def load_coco_pairs(annotations: str | os.PathLike, images: str | os.PathLike, n
     caption and a file in ``images``, each with one of its captions drawn with the same generator."""
     annotations, images = Path(annotations), Path(images)
     if not annotations.is_file():
-        raise FileNotFoundError(f"COCO annotations file not found: {annotations}")
+        raise InputNotFoundError(f"COCO annotations file not found: {annotations}")
     if not images.is_dir():
-        raise FileNotFoundError(f"COCO image folder not found: {images}")
+        raise InputNotFoundError(f"COCO image folder not found: {images}")
     try:
         data = json.loads(annotations.read_text())
         files = {img["id"]: img["file_name"] for img in data["images"]}
@@ -36,11 +38,11 @@ def load_coco_pairs(annotations: str | os.PathLike, images: str | os.PathLike, n
         for ann in data["annotations"]:
             captions.setdefault(ann["image_id"], []).append(ann["caption"].strip())
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{annotations} is not a COCO captions file (needs 'images' with id / file_name and "
+        raise InputError(f"{annotations} is not a COCO captions file (needs 'images' with id / file_name and "
                          f"'annotations' with image_id / caption): {err}") from None
     ids = sorted(i for i in captions if i in files and (images / files[i]).is_file())
     if not ids:
-        raise ValueError(f"none of the images of {annotations} are in {images}")
+        raise InputError(f"none of the images of {annotations} are in {images}")
     chosen = sample(ids, num_samples, seed)
     rng = np.random.default_rng(seed + 1)
     return [(captions[i][int(rng.integers(len(captions[i])))], str(images / files[i])) for i in chosen]

@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import random
-import tempfile
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,13 +19,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from uplift_diffusion.imageio import ensure_writable_dir, load_image, save_image_atomic
+from uplift_diffusion.utils.errors import InputError
+from uplift_diffusion.utils.fingerprint import check_fingerprint, write_fingerprint
+from uplift_diffusion.utils.images import load_image
+from uplift_diffusion.utils.io import ensure_writable_dir, save_image_atomic, write_json_atomic, write_text_atomic
 
 VERSIONED_PACKAGES = ("uplift-diffusion", "torch", "diffusers", "transformers", "torchmetrics", "torch-fidelity",
                       "clean-fid", "numpy", "scipy", "Pillow")
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
 GRID_FILE = "samples.png"
+FINGERPRINTS_FILE = "fingerprints.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -53,41 +57,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _to_json(value: Any) -> Any:
-    """JSON form of the non-JSON values that configs carry (paths, dtypes, devices, numpy and torch scalars)."""
-    if isinstance(value, (os.PathLike, torch.dtype, torch.device)):
-        return str(value)
-    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
-        return value.item()
-    raise TypeError(f"results.json cannot hold a {type(value).__name__} ({value!r})")
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON through a temporary file and ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True, default=_to_json)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def chunks(indices: Sequence[int], size: int) -> Iterator[list[int]]:
     """Fixed consecutive chunks of ``indices`` (the same on every run, so that batches are identical on reruns)."""
     if size < 1:
-        raise ValueError(f"batch size must be >= 1, got {size}")
+        raise InputError(f"batch size must be >= 1, got {size}")
     for start in range(0, len(indices), size):
         yield list(indices[start:start + size])
 
@@ -104,7 +77,7 @@ def sample(items: Sequence, num: int | None, seed: int) -> list:
 def apply_limit(items: Sequence, limit: int | None) -> list:
     """The first ``limit`` items (``--limit N`` for quick runs)."""
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+        raise InputError(f"--limit must be >= 1, got {limit}")
     return list(items if limit is None else items[:limit])
 
 
@@ -139,6 +112,24 @@ class ResultsFolder:
     def image_path(self, method: str, name: str) -> Path:
         return self.root / "images" / method / f"{name}.png"
 
+    def claim(self, method: str, fingerprint: dict, overwrite: bool = False) -> None:
+        """Make ``images/<method>/`` belong to ``fingerprint`` (everything that determines its images).
+
+        Saved images made with another fingerprint (or with none recorded) are refused with a
+        :class:`~uplift_diffusion.utils.errors.StaleResultsError` listing what differs, or deleted when
+        ``overwrite`` is set; then the fingerprint is recorded in ``fingerprints.json`` before any image is written.
+        """
+        saved = self.read_json(FINGERPRINTS_FILE) or {}
+        folder = self.root / "images" / method
+        if folder.is_dir() and any(folder.iterdir()):
+            if overwrite:
+                shutil.rmtree(folder)
+            else:
+                check_fingerprint(saved.get(method), fingerprint, f"{folder}",
+                                  "pass --overwrite to regenerate them, or use a new --output folder")
+        saved[method] = fingerprint
+        write_fingerprint(self.root / FINGERPRINTS_FILE, saved)
+
     def done(self, method: str, names: Sequence[str]) -> bool:
         return all(self.image_path(method, n).is_file() for n in names)
 
@@ -149,8 +140,7 @@ class ResultsFolder:
 
     def load(self, method: str, name: str) -> torch.Tensor:
         """uint8 [3, H, W] of a saved image."""
-        image, _ = load_image(self.image_path(method, name))
-        return to_tensor_uint8(image)
+        return to_tensor_uint8(load_image(self.image_path(method, name)))
 
     def write_json(self, name: str, obj: Any) -> Path:
         write_json_atomic(self.root / name, obj)

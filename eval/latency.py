@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from uplift_diffusion.utils.errors import InputError
+
 WARMUP_BATCHES = 3
 TIMED_BATCHES = 10
 
@@ -53,7 +55,7 @@ def measure_latency(
         "dtype", "compiled"}``.
     """
     if warmup < 0 or iterations < 1 or batch_size < 1:
-        raise ValueError(f"need warmup >= 0, iterations >= 1 and batch_size >= 1; got {warmup}, {iterations}, "
+        raise InputError(f"need warmup >= 0, iterations >= 1 and batch_size >= 1; got {warmup}, {iterations}, "
                          f"{batch_size}")
     device = torch.device(device)
     for _ in range(warmup):

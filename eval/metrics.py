@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uplift_diffusion.utils.errors import InputError, InputNotFoundError, UnavailableError
+from uplift_diffusion.utils.io import atomic_write
+
 FID_BACKENDS = ("torchmetrics", "clean-fid")
 CLEANFID_MODES = ("clean", "legacy_pytorch")
 SSIM_BORDER = 5  # (kernel_size 11 - 1) / 2: the border torchmetrics < 1.6 cropped from the SSIM map
@@ -48,8 +51,8 @@ CLIP_MODEL = "openai/clip-vit-base-patch32"
 
 
 def _missing_weights(what: str, filename: str, url: str, flag: str) -> OSError:
-    return OSError(f"{what} weights are not available offline: download {filename} from {url} and pass its path "
-                   f"with {flag}")
+    return UnavailableError(f"{what} weights are not available offline: download {filename} from {url} and pass "
+                            f"its path with {flag}")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -65,7 +68,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def _check_batch(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a [B, 3, H, W] tensor, got {got}")
+        raise InputError(f"{name} must be a [B, 3, H, W] tensor, got {got}")
     return images
 
 
@@ -82,7 +85,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"mismatched Gaussian statistics: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / "
+        raise InputError(f"mismatched Gaussian statistics: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / "
                          f"{sigma2.shape}")
     covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
@@ -112,7 +115,7 @@ class GaussianStats:
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         if self.n < 2:
-            raise ValueError(f"FID needs at least 2 images in each set, got {self.n}")
+            raise InputError(f"FID needs at least 2 images in each set, got {self.n}")
         mu = self.sum / self.n
         return mu, (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
 
@@ -132,13 +135,13 @@ def _torchmetrics_weights(weights: str | os.PathLike | None) -> str | None:
     if path.is_dir():
         path = path / filename
     if not path.is_file():
-        raise FileNotFoundError(f"Inception weights not found at {path}; the torchmetrics backend needs {filename} "
+        raise InputNotFoundError(f"Inception weights not found at {path}; the torchmetrics backend needs {filename} "
                                 f"({url})")
     # torch-fidelity reads the file with weights_only=False; refuse anything that is not a plain state dict first.
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a plain PyTorch state dict of {filename} ({type(err).__name__})") from None
+        raise InputError(f"{path} is not a plain PyTorch state dict of {filename} ({type(err).__name__})") from None
     return str(path)
 
 
@@ -167,7 +170,7 @@ class _CleanFIDFeatures(nn.Module):
             if not path.is_file():
                 raise _missing_weights(f"clean-fid ({mode}) Inception", filename, url, "--inception-weights FILE")
             if path.name != filename:
-                raise ValueError(f"clean-fid expects the TorchScript file to be named {filename}, got {path.name}")
+                raise InputError(f"clean-fid expects the TorchScript file to be named {filename}, got {path.name}")
             return InceptionV3W(str(path.parent), download=False).eval()
         from cleanfid.inception_pytorch import InceptionV3
 
@@ -178,7 +181,7 @@ class _CleanFIDFeatures(nn.Module):
                 raise _missing_weights(f"clean-fid ({mode}) Inception", filename, url,
                                        "--inception-weights FILE") from err
         if not path.is_file():
-            raise FileNotFoundError(f"Inception weights not found at {path}; clean-fid {mode} needs {filename}")
+            raise InputNotFoundError(f"Inception weights not found at {path}; clean-fid {mode} needs {filename}")
         # clean-fid fetches the file through torch.hub: point a private hub folder at the local copy.
         previous = torch.hub.get_dir()
         with tempfile.TemporaryDirectory() as hub:
@@ -220,9 +223,9 @@ class FID:
     def __init__(self, backend: str = "torchmetrics", mode: str = "clean", weights: str | None = None,
                  feature_extractor: nn.Module | None = None, device: str | torch.device = "cpu"):
         if backend not in FID_BACKENDS:
-            raise ValueError(f"FID backend must be one of {FID_BACKENDS}, got {backend!r}")
+            raise InputError(f"FID backend must be one of {FID_BACKENDS}, got {backend!r}")
         if backend == "clean-fid" and mode not in CLEANFID_MODES:
-            raise ValueError(f"clean-fid mode must be one of {CLEANFID_MODES}, got {mode!r}")
+            raise InputError(f"clean-fid mode must be one of {CLEANFID_MODES}, got {mode!r}")
         self.backend, self.mode, self.device = backend, mode, torch.device(device)
         self.custom = feature_extractor is not None
         if backend == "torchmetrics":
@@ -267,7 +270,7 @@ class FID:
 
     def compute(self) -> float:
         if min(self.num_real, self.num_fake) < 2:
-            raise ValueError(f"FID needs at least 2 real and 2 generated images, got {self.num_real} real and "
+            raise InputError(f"FID needs at least 2 real and 2 generated images, got {self.num_real} real and "
                              f"{self.num_fake} generated")
         if self.backend == "torchmetrics":
             return float(self.metric.compute())
@@ -293,12 +296,10 @@ class FID:
         the real set is: dataset, size, count)."""
         state = self._real_state()
         if state["sum"] is None or int(state["n"]) < 2:
-            raise ValueError("no real statistics to save (update the metric with real=True first)")
+            raise InputError("no real statistics to save (update the metric with real=True first)")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **state, metric=np.array(self.name), key=np.array(key))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.savez(tmp, **state, metric=np.array(self.name), key=np.array(key)))
 
     def load_reference(self, path: str | os.PathLike, key: str) -> bool:
         """Load real statistics saved by :meth:`save_reference`; False (nothing loaded) when the file is missing or
@@ -327,7 +328,7 @@ def crop_boxes(height: int, width: int, crop: int, num: int, seed: int, index: i
     """``num`` random (top, left) corners of ``crop``² windows in an image of ``height`` x ``width``; deterministic in
     (``seed``, ``index``) so that a real image and its generated counterpart, and reruns, get the same positions."""
     if crop > min(height, width):
-        raise ValueError(f"patch-FID crop {crop} is larger than the image ({height}x{width})")
+        raise InputError(f"patch-FID crop {crop} is larger than the image ({height}x{width})")
     rng = np.random.default_rng([seed, index])
     tops = rng.integers(0, height - crop + 1, size=num)
     lefts = rng.integers(0, width - crop + 1, size=num)
@@ -350,7 +351,7 @@ class PatchFID:
         """[B, 3, H, W] -> [B * num_crops, 3, crop, crop] at the positions of each image's index."""
         _check_batch(images)
         if len(indices) != images.shape[0]:
-            raise ValueError(f"{len(indices)} indices for {images.shape[0]} images")
+            raise InputError(f"{len(indices)} indices for {images.shape[0]} images")
         h, w, c = images.shape[-2], images.shape[-1], self.crop
         out = [img[:, top:top + c, left:left + c]
                for img, i in zip(images, indices, strict=True)
@@ -375,7 +376,7 @@ def ssim_per_image(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     preds, target = _paired(preds, target)
     b = SSIM_BORDER
     if min(preds.shape[-2:]) <= 2 * b:
-        raise ValueError(f"SSIM needs images larger than {2 * b}x{2 * b}, got {tuple(preds.shape[-2:])}")
+        raise InputError(f"SSIM needs images larger than {2 * b}x{2 * b}, got {tuple(preds.shape[-2:])}")
     _, ssim_map = structural_similarity_index_measure(
         preds, target, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, reduction="none",
         return_full_image=True,
@@ -394,7 +395,7 @@ def psnr_per_image(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _paired(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check_batch(preds, "preds"), _check_batch(target, "target")
     if preds.shape != target.shape:
-        raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must have the same shape")
+        raise InputError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must have the same shape")
 
     def unit(x):
         return x.float() / 255 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
@@ -415,7 +416,7 @@ class PairedMetrics:
 
     def compute(self) -> dict[str, float]:
         if not self.ssim:
-            raise ValueError("no image pairs were added")
+            raise InputError("no image pairs were added")
         return {"ssim": float(np.mean(self.ssim)), "psnr": float(np.mean(self.psnr))}
 
 
@@ -447,7 +448,7 @@ def load_clip(model: str = CLIP_MODEL) -> tuple[nn.Module, object]:
     try:
         return CLIPModel.from_pretrained(model).eval(), CLIPProcessor.from_pretrained(model)
     except OSError as err:
-        raise OSError(f"could not load CLIP {model!r} ({str(err).splitlines()[0][:120]}); offline, download "
+        raise UnavailableError(f"could not load CLIP {model!r} ({str(err).splitlines()[0][:120]}); offline, download "
                       f"{CLIP_MODEL} (config.json, model.safetensors, preprocessor_config.json, tokenizer.json / "
                       f"vocab.json + merges.txt) and pass the folder with --clip-model DIR") from None
 
@@ -473,7 +474,7 @@ class CLIPScorer:
         """uint8 [B, 3, H, W] images and their B captions."""
         images = to_uint8(_check_batch(images)).to(self.device)
         if len(captions) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
+            raise InputError(f"{images.shape[0]} images but {len(captions)} captions")
         self.metric.update(images, list(captions))
 
     def compute(self) -> float:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 from uplift_diffusion.eval.common import (
     ResultsFolder,
@@ -38,8 +37,10 @@ from uplift_diffusion.eval.metrics import FID, PairedMetrics, PatchFID
 
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents
 from uplift_diffusion.color import ColorCorrection
-from uplift_diffusion.imageio import expand_inputs, load_image
 from uplift_diffusion.model import UPLiFTModel
+from uplift_diffusion.utils.errors import InputError
+from uplift_diffusion.utils.fingerprint import module_identity
+from uplift_diffusion.utils.images import expand_inputs, image_size, load_image
 
 METHODS = ("uplift", "latent-bilinear", "latent-nearest")
 METHOD_LABELS = {"uplift": "UPLiFT", "latent-bilinear": "Bilinear", "latent-nearest": "Nearest"}
@@ -53,21 +54,17 @@ def select_images(folder: str | os.PathLike, size: int, num_samples: int | None,
     files = expand_inputs([str(folder)])
     keep, small = [], []
     for path in files:
-        try:
-            with Image.open(path) as image:
-                w, h = image.size
-        except OSError as err:
-            raise ValueError(f"cannot read image {path} ({err})") from None
+        w, h = image_size(path)
         (keep if min(w, h) >= size else small).append(path)
     if not keep:
-        raise ValueError(f"no image in {folder} has both sides >= {size} pixels (the protocol's centre crop); "
+        raise InputError(f"no image in {folder} has both sides >= {size} pixels (the protocol's centre crop); "
                          f"use a smaller --size")
     return apply_limit(sample(keep, num_samples, seed), limit), [p.name for p in small]
 
 
 def load_pair(path: Path, size: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The uint8 [3, size, size] centre crop and its float [3, size/scale, size/scale] low-res version in [0, 1]."""
-    image, _ = load_image(path)
+    image = load_image(path)
     w, h = image.size
     left, top = (w - size) // 2, (h - size) // 2
     hr = to_tensor_uint8(image.crop((left, top, left + size, top + size)))
@@ -88,7 +85,7 @@ def super_resolve(method: str, low_res: torch.Tensor, vae, upsampler: UPLiFTMode
     latents = encode_latents(vae, low_res)  # [B, C, h/8, w/8] raw
     if method == "uplift":
         if upsampler is None:
-            raise ValueError("method 'uplift' needs an upsampler")
+            raise InputError("method 'uplift' needs an upsampler")
         guide = upsampler.normalize_image(low_res.to(upsampler.device, upsampler.dtype))
         high = upsampler(guide, latents.to(upsampler.device), iterations=UPLiFTModel.iterations_for_scale(scale),
                          generator=generator)  # [B, C, scale*h/8, scale*w/8]
@@ -98,11 +95,23 @@ def super_resolve(method: str, low_res: torch.Tensor, vae, upsampler: UPLiFTMode
         high = F.interpolate(latents.float(), size=size, mode=mode,
                              **({"align_corners": False} if mode == "bilinear" else {})).to(latents.dtype)
     else:
-        raise ValueError(f"unknown super-resolution method {method!r}; choose from {METHODS}")
+        raise InputError(f"unknown super-resolution method {method!r}; choose from {METHODS}")
     image = decode_latents(vae, high)  # [B, 3, scale*h, scale*w] in [0, 1]
     if method == "uplift":
         image = ColorCorrection(enabled=color_correction, clamp=(0.0, 1.0))(image, low_res.to(image.device))
     return image
+
+
+def sr_fingerprint(method: str, images, size: int, scale: int, seed: int, batch_size: int, color_correction: bool,
+                   vae_identity: dict, upsampler_identity: dict | None, device_type: str) -> dict:
+    """Everything that determines the saved images of one method (the UPLiFT path adds the upsampler, the seed of its
+    noise and the colour correction; the latent baselines are deterministic)."""
+    fingerprint = dict(benchmark="sr", method=method, images=str(Path(images).resolve()), size=size, scale=scale,
+                       batch_size=batch_size, vae=vae_identity, device=device_type,
+                       downsample="bilinear antialias=False align_corners=False on [-1, 1]")
+    if method == "uplift":
+        fingerprint.update(upsampler=upsampler_identity, seed=seed, color_correction=color_correction)
+    return fingerprint
 
 
 def run_sr_benchmark(
@@ -127,6 +136,7 @@ def run_sr_benchmark(
     latency_iterations: int = 10,
     dataset_name: str | None = None,
     extra_config: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Run the super-resolution benchmark; returns the ``results.json`` content.
 
@@ -150,16 +160,18 @@ def run_sr_benchmark(
         latency: also time the ``"uplift"`` path end to end at batch 1 (appendix B.2 protocol).
         dataset_name: recorded name of the image set (default: the folder's name).
         extra_config: more entries for ``results.json``'s config (e.g. the model paths).
+        overwrite: regenerate a method's saved images when they were made with other settings (see
+            :func:`sr_fingerprint`); without it such a folder is refused.
     """
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+            raise InputError(f"unknown method {m!r}; choose from {METHODS}")
     if "uplift" in methods and upsampler is None:
-        raise ValueError("method 'uplift' needs an upsampler (or leave it out of methods)")
+        raise InputError("method 'uplift' needs an upsampler (or leave it out of methods)")
     iterations = UPLiFTModel.iterations_for_scale(scale)
     if size % (scale * 8):
-        raise ValueError(f"size must be a multiple of {scale * 8} (scale x the VAE's 8x factor), got {size}")
+        raise InputError(f"size must be a multiple of {scale * 8} (scale x the VAE's 8x factor), got {size}")
     seed_everything(seed)
     folder = ResultsFolder(output_dir)
     files, skipped = select_images(images, size, num_samples, seed, limit)
@@ -168,8 +180,14 @@ def run_sr_benchmark(
     timings = Timings()
     params = {"uplift": upsampler.num_parameters() / 1e6 if upsampler is not None else None}
 
-    # 1. Generate every missing image (fixed chunks: reruns form the same batches)
+    # 1. Generate every missing image (fixed chunks: reruns form the same batches); saved images are reused only
+    #    when they were made with the same settings
+    vae_identity = module_identity(vae)
+    upsampler_identity = module_identity(upsampler) if "uplift" in methods else None
     for method in methods:
+        folder.claim(method, sr_fingerprint(method, images, size, scale, seed, batch_size, color_correction,
+                                            vae_identity, upsampler_identity, next(vae.parameters()).device.type),
+                     overwrite)
         for idx in tqdm(list(chunks(range(len(files)), batch_size)), desc=f"sr {method}", unit="batch"):
             if folder.done(method, [names[i] for i in idx]):
                 continue

@@ -5,6 +5,7 @@ patch-FID, optionally CLIP score) and time each row with the latency protocol.""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,9 @@ from uplift_diffusion.eval.common import (
 from uplift_diffusion.eval.latency import compile_modules, measure_latency
 from uplift_diffusion.eval.metrics import FID, CLIPScorer, PatchFID
 
-from uplift_diffusion.imageio import load_image
+from uplift_diffusion.utils.errors import InputError, StaleResultsError, UnavailableError
+from uplift_diffusion.utils.fingerprint import module_identity
+from uplift_diffusion.utils.images import load_image
 
 PAIRS_FILE = "pairs.json"
 
@@ -43,6 +46,8 @@ class Row:
         model / steps / method / params_m / resolution: the table's columns.
         generate: ``(prompts, generators) -> [B, H, W, 3]`` float in [0, 1] (one generator per prompt).
         modules: the modules ``--compile`` compiles for the latency run.
+        fingerprint: everything besides the caption and the seed that determines this row's images (components with
+            their weights hash, steps, guidance, upscaling); saved images of another fingerprint are never reused.
     """
 
     key: str
@@ -53,21 +58,32 @@ class Row:
     resolution: str
     generate: Callable[[list[str], list[torch.Generator]], np.ndarray]
     modules: list[nn.Module] = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)
+
+
+def pipeline_identity(pipe, skip: Sequence[str] = ()) -> dict:
+    """:func:`~uplift_diffusion.utils.fingerprint.module_identity` of every component of a diffusers pipeline."""
+    return {name: module_identity(component) for name, component in sorted(pipe.components.items())
+            if name not in skip}
 
 
 def _pipeline_modules(pipe) -> list[nn.Module]:
     return [m for m in pipe.components.values() if isinstance(m, nn.Module)]
 
 
-def uplift_row(pipe, steps: int, upscale: int, guidance_scale: float = 7.5, model: str = "SD1.5") -> Row:
-    """A row of an :class:`~uplift_diffusion.pipelines.UPLiFTPipeline` (``upscale=1``: the plain SD 1.5 baseline)."""
+def uplift_row(pipe, steps: int, upscale: int, guidance_scale: float = 7.5, model: str = "SD1.5",
+               identity: dict | None = None) -> Row:
+    """A row of an :class:`~uplift_diffusion.pipelines.UPLiFTPipeline` (``upscale=1``: the plain SD 1.5 baseline).
+    ``identity``: :func:`pipeline_identity` of ``pipe`` when already computed (hashing the weights takes seconds)."""
     low = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    uplift = upscale > 1
+    identity = identity if identity is not None else pipeline_identity(pipe)
+    components = {k: v for k, v in identity.items() if uplift or k != "upsampler"}
 
     def generate(prompts, gens):
         return pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance_scale, upscale=upscale,
                     generator=gens, output_type="np").images
 
-    uplift = upscale > 1
     return Row(
         key=f"sd15-{steps}" + ("-uplift" if uplift else ""), model=model, steps=steps,
         method="UPLiFT" if uplift else "-",
@@ -75,16 +91,18 @@ def uplift_row(pipe, steps: int, upscale: int, guidance_scale: float = 7.5, mode
         resolution=f"{low}->{low * upscale}" if uplift else str(low), generate=generate,
         modules=_pipeline_modules(pipe) if uplift else [m for n, m in pipe.components.items()
                                                           if isinstance(m, nn.Module) and n != "upsampler"],
+        fingerprint=dict(pipeline=type(pipe).__name__, components=components, steps=steps,
+                         guidance_scale=guidance_scale, upscale=upscale, color_correction=True),
     )
 
 
 def default_rows(pipe, steps: Sequence[int], baseline: bool = True, guidance_scale: float = 7.5) -> list[Row]:
     """For each step count: SD 1.5 at 512 without upscaling (``baseline``) and SD 1.5 + UPLiFT 512 -> 1024."""
-    rows = []
+    rows, identity = [], pipeline_identity(pipe)
     for s in steps:
         if baseline:
-            rows.append(uplift_row(pipe, s, 1, guidance_scale))
-        rows.append(uplift_row(pipe, s, 2, guidance_scale))
+            rows.append(uplift_row(pipe, s, 1, guidance_scale, identity=identity))
+        rows.append(uplift_row(pipe, s, 2, guidance_scale, identity=identity))
     return rows
 
 
@@ -97,7 +115,8 @@ def pipeline_row(pipe, name: str, steps: int) -> Row:
         return pipe(prompt=prompts, num_inference_steps=steps, generator=gens, output_type="np").images
 
     return Row(key=name.replace("/", "--") + f"-{steps}", model=name, steps=steps, method="-", params_m=None,
-               resolution=str(size) if size else "native", generate=generate, modules=_pipeline_modules(pipe))
+               resolution=str(size) if size else "native", generate=generate, modules=_pipeline_modules(pipe),
+               fingerprint=dict(pipeline=type(pipe).__name__, components=pipeline_identity(pipe), steps=steps))
 
 
 def load_uplift_pipeline(source: str, upsampler, dtype: torch.dtype):
@@ -109,7 +128,8 @@ def load_uplift_pipeline(source: str, upsampler, dtype: torch.dtype):
         return UPLiFTPipeline.from_pretrained(source, upsampler=upsampler, safety_checker=None,
                                               requires_safety_checker=False, dtype=dtype)
     except (OSError, ValueError) as err:
-        raise OSError(f"could not load Stable Diffusion 1.5 from {source!r} ({str(err).splitlines()[0][:160]}); "
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UnavailableError(f"could not load Stable Diffusion 1.5 from {source!r} ({reason}); "
                       f"offline, download it (unet, vae, text_encoder, tokenizer, scheduler folders) and pass "
                       f"--pipeline DIR") from None
 
@@ -122,25 +142,30 @@ def load_extra_pipeline(spec: str, dtype: torch.dtype, device: str | torch.devic
     try:
         pipe = DiffusionPipeline.from_pretrained(name, dtype=dtype).to(device)
     except (OSError, ValueError) as err:
-        raise OSError(f"could not load the pipeline {name!r} ({str(err).splitlines()[0][:160]}); offline, pass a "
-                      f"local folder") from None
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UnavailableError(f"could not load the pipeline {name!r} ({reason}); offline, pass a local folder") from None
     pipe.set_progress_bar_config(disable=True)
     return pipeline_row(pipe, name, int(steps))
 
 
 def real_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     """A real image as uint8 [3, size, size]: the largest centred square, bicubic-resized to ``size``."""
-    image, _ = load_image(path)
+    image = load_image(path)
     return to_tensor_uint8(center_crop_square(image, size))
 
 
-def _check_pairs(folder: ResultsFolder, pairs: list[tuple[str, str]]) -> None:
-    """Record the sampled pairs; a folder made from other pairs is refused (its images would not match)."""
+def _check_pairs(folder: ResultsFolder, pairs: list[tuple[str, str]], overwrite: bool = False) -> None:
+    """Record the sampled pairs; a folder made from other pairs is refused (its images would not match), or emptied
+    with ``overwrite``. A longer list that starts with the saved one (a larger ``--limit``) extends it."""
     saved = folder.read_json(PAIRS_FILE)
     current = [[c, str(p)] for c, p in pairs]
     if saved is not None and saved[:len(current)] != current and current[:len(saved)] != saved:
-        raise ValueError(f"{folder.root} holds results for other caption-image pairs (see {PAIRS_FILE}); use a new "
-                         f"--output folder or the same data, seed and sample count")
+        if not overwrite:
+            raise StaleResultsError(f"{folder.root} holds results for other caption-image pairs (see {PAIRS_FILE}); "
+                                    f"pass --overwrite to regenerate them, or use a new --output folder, or the same "
+                                    f"data, seed and sample count")
+        shutil.rmtree(folder.root / "images", ignore_errors=True)
+        saved = None
     if saved is None or len(current) > len(saved):
         folder.write_json(PAIRS_FILE, current)
 
@@ -166,6 +191,7 @@ def run_text2img_benchmark(
     latency_iterations: int = 10,
     compile: bool = False,
     extra_config: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Generate, score and time every row; returns the ``results.json`` content.
 
@@ -186,22 +212,26 @@ def run_text2img_benchmark(
         reference_stats: folder for the real FID statistics (default ``output_dir``).
         latency / latency_batch / latency_warmup / latency_iterations / compile: the latency protocol per row.
         extra_config: more entries for the config in ``results.json``.
+        overwrite: regenerate saved images made with other settings or pairs instead of refusing the folder.
     """
     seed_everything(seed)
     folder = ResultsFolder(output_dir)
     pairs = apply_limit([(c, str(p)) for c, p in pairs], limit)
     if not pairs:
-        raise ValueError("no caption-image pairs to evaluate")
-    _check_pairs(folder, pairs)
+        raise InputError("no caption-image pairs to evaluate")
+    _check_pairs(folder, pairs, overwrite)
     keys = [r.key for r in rows]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"rows must have distinct keys, got {keys}")
+        raise InputError(f"rows must have distinct keys, got {keys}")
     names = [f"{i:05d}" for i in range(len(pairs))]
     captions = [c for c, _ in pairs]
     timings = Timings()
 
     # 1. Generate every missing image, fixed chunks (reruns form the same batches, each image its own generator)
     for row in rows:
+        device = next((p.device.type for m in row.modules for p in m.parameters()), "cpu")
+        folder.claim(row.key, dict(row.fingerprint, benchmark=benchmark, seed=seed, batch_size=batch_size,
+                                   device=device), overwrite)
         for idx in tqdm(list(chunks(range(len(pairs)), batch_size)), desc=f"{benchmark} {row.key}", unit="batch"):
             if folder.done(row.key, [names[i] for i in idx]):
                 continue

@@ -58,7 +58,7 @@ def test_sr_benchmark_end_to_end_and_resume(image_folder, tmp_path):
     assert set(first["metrics"]) == {"uplift", "latent-bilinear", "latent-nearest"}
     for m in first["metrics"].values():
         assert m["num_images"] == 5 and 0 < m["ssim"] <= 1 and m["psnr"] > 5
-        assert m["fid"] >= 0 and m["patch_fid"] >= 0
+        assert m["fid"] > 0 and m["patch_fid"] > 0  # generated images always differ from the real ones
     assert first["metrics"]["uplift"]["iterations"] == 2 and first["metrics"]["latent-nearest"]["iterations"] == 1
     assert first["config"]["skipped_too_small"] == ["small.png"]
     assert len(list((out / "images" / "uplift").glob("*.png"))) == 5
@@ -117,6 +117,17 @@ def test_sr_with_real_taef2_on_real_faces(shared_dir, tmp_path):
     bilinear = results["metrics"]["latent-bilinear"]
     assert bilinear["ssim"] > 0.3 and bilinear["psnr"] > 15  # a real autoencoder: a recognisable face
 
+    # a model whose output is noise scores clearly below latent bilinear (a wrong pipeline would not rank them)
+    def noise(image, features, iterations=1, generator=None, **_):  # latents of the right size and scale, no signal
+        b, c, h, w = features.shape
+        return torch.randn(b, c, h << iterations, w << iterations) * features.std() + features.mean()
+
+    upsampler.forward = noise
+    noisy = run_sr_benchmark(shared_dir / "data" / "faces" / "celeba_hq", vae, tmp_path / "noise",
+                             upsampler=upsampler, methods=["uplift"], size=128, limit=1, color_correction=False)
+    assert noisy["metrics"]["uplift"]["ssim"] < bilinear["ssim"] - 0.1
+    assert noisy["metrics"]["uplift"]["psnr"] < bilinear["psnr"] - 3
+
 
 def test_results_json_holds_paths_dtypes_and_scalars(tmp_path):
     from pathlib import Path
@@ -128,6 +139,26 @@ def test_results_json_holds_paths_dtypes_and_scalars(tmp_path):
                                             "ssim": np.float32(0.5), "psnr": torch.tensor(30.0)})
     assert json.loads((tmp_path / "r.json").read_text()) == {"dtype": "torch.float16", "path": "/models/x",
                                                              "psnr": 30.0, "ssim": 0.5}
-    with pytest.raises(TypeError, match="results.json cannot hold a object"):
+    with pytest.raises(TypeError, match="cannot write a object to JSON"):
         write_json_atomic(tmp_path / "bad.json", {"x": object()})
     assert not (tmp_path / "bad.json").exists() and not list(tmp_path.glob(".bad.*"))
+
+
+def test_identity_scores_perfect_ssim_and_fid_separates_sets(image_folder):
+    """Relations a wrong metric would break: SSIM of the identity is 1; FID of the real crops against themselves is
+    ~0 and clearly larger against brightened crops."""
+    from uplift_diffusion.eval.metrics import PairedMetrics
+
+    hr = torch.stack([load_pair(p, 64, 4)[0] for p in sorted(image_folder.glob("img*.png"))])
+    paired = PairedMetrics()
+    paired.update(hr, hr)
+    assert paired.compute()["ssim"] == pytest.approx(1.0)  # the identity scores a perfect SSIM
+
+    def fid(fake):
+        metric = FID("torchmetrics", feature_extractor=SmallFeatures())
+        metric.update(hr, real=True)
+        metric.update(fake, real=False)
+        return metric.compute()
+
+    same, shifted = fid(hr), fid((hr.int() + 60).clamp(0, 255).to(torch.uint8))
+    assert abs(same) < 1e-6 and shifted > 1e-2  # SmallFeatures is a weak extractor: small but clearly nonzero

@@ -90,14 +90,17 @@ def test_corrupt_and_missing_files(tmp_path):
 
 
 def test_pickled_objects_are_not_executed(tmp_path):
+    marker = tmp_path / "payload-ran"
+
     class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+        def __reduce__(self):  # unpickling would create the marker file: a visible side effect
+            return (open, (str(marker), "w"))
 
     path = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, path)
     with pytest.raises(CheckpointError):
         UPLiFTModel.from_reference_checkpoint(str(path), preset="sd15-vae")
+    assert not marker.exists(), "the checkpoint's pickled payload was executed"
 
 
 def test_hub_repo_id_offline_gives_clear_message(monkeypatch):

@@ -1,9 +1,11 @@
 """Feature cache: returns exactly what the backbone computes, persists in safetensors shards, never serves stale."""
 
+import pytest
 import torch
 from training_helpers import tiny_backbone
 
 from uplift_diffusion.training.cache import FeatureCache, cache_key
+from uplift_diffusion.utils.errors import StaleResultsError
 
 
 def test_cache_returns_what_the_backbone_computes(tmp_path):
@@ -40,8 +42,37 @@ def test_cache_returns_what_the_backbone_computes(tmp_path):
     assert len(reopened) == len(cache) == 7
     torch.testing.assert_close(reopened.get(cache_key("a#v0", (32, 32))), first[0], rtol=0, atol=0)
 
-    # another backbone / crop setting (fingerprint) never sees these features
-    assert len(FeatureCache(tmp_path, "fp-b")) == 0
+    # another backbone / crop setting (fingerprint) is refused, naming the difference; overwrite starts afresh
+    with pytest.raises(StaleResultsError, match="fp-a -> fp-b"):
+        FeatureCache(tmp_path, "fp-b")
+    assert len(FeatureCache(tmp_path, "fp-b", overwrite=True)) == 0
+    assert len(FeatureCache(tmp_path, "fp-b")) == 0 and not list(tmp_path.glob("*.safetensors"))
+
+
+def test_cache_fingerprint_covers_every_setting_that_changes_features(tmp_path):
+    """Any data setting (present or added later, e.g. the downscale kernels), the backbone dtype, the seed and the
+    files themselves change the fingerprint; worker count and cache location do not."""
+    import dataclasses
+
+    from training_helpers import tiny_config, write_images
+
+    from uplift_diffusion.training.cache import cache_fingerprint
+    from uplift_diffusion.training.data import FolderSource
+
+    write_images(tmp_path / "images", count=2)
+    backbone = tiny_backbone()
+    config = tiny_config(tmp_path, tmp_path / "images")
+    source = FolderSource(tmp_path / "images")
+    base = cache_fingerprint(backbone, config, 2, [source])
+    for change in (dict(min_crop_fraction=0.9), dict(crop_size=config.data.crop_size * 2), dict(hflip=False)):
+        other = dataclasses.replace(config, data=dataclasses.replace(config.data, **change))
+        assert cache_fingerprint(backbone, other, 2, [source]) != base, change
+    same = dataclasses.replace(config, data=dataclasses.replace(config.data, num_workers=3, cache_dir="elsewhere"))
+    assert cache_fingerprint(backbone, same, 2, [source]) == base
+    assert cache_fingerprint(backbone, dataclasses.replace(config, seed=1), 2, [source]) != base
+    first = sorted((tmp_path / "images").iterdir())[0]
+    first.write_bytes(first.read_bytes() + b"\0")  # the same file name with other content
+    assert cache_fingerprint(backbone, config, 2, [FolderSource(tmp_path / "images")]) != base
 
 
 def test_a_truncated_shard_is_ignored_and_recomputed(tmp_path):

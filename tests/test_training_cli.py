@@ -34,6 +34,38 @@ def test_cli_trains_resumes_and_exports(setup, capsys):
     assert (out / "checkpoints" / "checkpoint-00000003").is_dir()
 
 
+def test_an_earlier_run_is_never_silently_replaced(setup, capsys):
+    config = tiny_config(setup, setup / "images", max_steps=2, checkpoint_every=1).to_dict()
+    path = setup / "train.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", "--config", str(path)]) == 0
+    out = setup / "run"
+    log = (out / "loss_log.csv").read_text()
+    capsys.readouterr()
+
+    # a second run into the same folder is refused before anything is touched
+    assert main(["train", "--config", str(path), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "loss_log.csv").read_text() == log
+    assert main(["train", "--config", str(path), "--resume", "--overwrite"]) == 2
+    assert "pass only one" in capsys.readouterr().err
+
+    # --overwrite replaces it: no checkpoint of the old run is left for a later --resume to continue
+    assert main(["train", "--config", str(path), "--overwrite", "--max-steps", "1"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-00000001"]
+    assert (out / "loss_log.csv").read_text().count("\n") == 2  # header + 1 step
+    assert (setup / "cache").is_dir()  # the feature cache (same settings) is kept
+
+
+@pytest.mark.parametrize("flag, value", [("--max-steps", "0"), ("--max-steps", "-1"), ("--max-minutes", "0")])
+def test_cli_overrides_are_validated(setup, capsys, flag, value):
+    path = setup / "train.json"
+    path.write_text(json.dumps(tiny_config(setup, setup / "images").to_dict()))
+    assert main(["train", "--config", str(path), flag, value]) == 2
+    assert "must be" in capsys.readouterr().err and not (setup / "run" / "model").exists()
+
+
 def test_config_formats_agree(tmp_path):
     yaml = pytest.importorskip("yaml")
     data = {"output_dir": "x", "max_steps": 5, "loss": {"depths": [1, 2], "noise_sigma": 1.0},
@@ -52,6 +84,10 @@ def test_config_formats_agree(tmp_path):
     ({"loss": {"depths": [0]}}, "loss.depths must be"),
     ({"backbone": {"type": "clip"}}, "backbone.type must be one of"),
     ({"max_steps": None}, "stopping rule"),
+    ({"max_steps": 0}, "max_steps must be an integer >= 1"),
+    ({"max_steps": -3}, "max_steps must be an integer >= 1"),
+    ({"max_steps": None, "max_minutes": 0}, "max_minutes must be > 0"),
+    ({"max_minutes": -1.5}, "max_minutes must be > 0"),
 ])
 def test_bad_configs_are_one_line_errors(tmp_path, capsys, bad, message):
     import re
@@ -87,3 +123,13 @@ def test_shipped_configs_parse():
     for path in configs:
         config = TrainConfig.from_file(path)
         UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)  # the model config is valid
+
+
+def test_a_vae_backbone_that_loads_as_neither_kind_reports_both_causes(tmp_path):
+    from uplift_diffusion.training.backbones import load_backbone
+    from uplift_diffusion.training.config import BackboneConfig
+    from uplift_diffusion.utils.errors import InputError
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="neither an AutoencoderKL .* nor an AutoencoderTiny"):
+        load_backbone(BackboneConfig(type="vae", path=str(tmp_path)))

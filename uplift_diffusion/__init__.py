@@ -2,17 +2,18 @@
 
 from importlib import import_module
 
-from .attender import NEIGHBOURHOODS, LocalAttender
-from .backbones.taef2 import TAEF2
-from .color import ColorCorrection
-from .model import UPLiFTModel
-from .presets import PRESETS
-
 __version__ = "0.1.0"
 
-# The pipelines and the feature extractor sit above the model in the layering (they import it), so they are
-# exported lazily: `from uplift_diffusion import UPLiFTPipeline` imports them on first use, never at package import.
+# Every export is lazy: `from uplift_diffusion import UPLiFTModel` imports torch / diffusers on first use, never at
+# package import, so that `uplift-diffusion --help` (which imports the package) answers at once. The pipelines and
+# the feature extractor also sit above the model in the layering (they import it).
 _LAZY = {
+    "LocalAttender": "uplift_diffusion.attender",
+    "NEIGHBOURHOODS": "uplift_diffusion.attender",
+    "TAEF2": "uplift_diffusion.backbones.taef2",
+    "ColorCorrection": "uplift_diffusion.color",
+    "UPLiFTModel": "uplift_diffusion.model",
+    "PRESETS": "uplift_diffusion.presets",
     "UPLiFTPipeline": "uplift_diffusion.pipelines",
     "UPLiFTPipelineOutput": "uplift_diffusion.pipelines",
     "UPLiFTSuperResolutionPipeline": "uplift_diffusion.pipelines",
@@ -26,13 +27,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'uplift_diffusion' has no attribute {name!r}")
 
 
-__all__ = [
-    "ColorCorrection",
-    "LocalAttender",
-    "NEIGHBOURHOODS",
-    "PRESETS",
-    "TAEF2",
-    "UPLiFTModel",
-    "__version__",
-    *_LAZY,
-]
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["__version__", *_LAZY]

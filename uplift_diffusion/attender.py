@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import add_residual
+from .utils.errors import InputError
 
 # Which (di, dj) of the 5x5 square each neighbourhood keeps (paper Fig. 8). The offsets are listed row-major;
 # that order is the order of the attender's logit channels, so it is part of the checkpoint format.
@@ -27,7 +28,7 @@ NEIGHBOURHOODS: dict[int, tuple[tuple[int, int], ...]] = {
 def neighbourhood_offsets(n: int) -> tuple[tuple[int, int], ...]:
     """The (di, dj) offsets of the n-neighbourhood, in checkpoint channel order."""
     if n not in NEIGHBOURHOODS:
-        raise ValueError(
+        raise InputError(
             f"unknown Local Attender neighbourhood size n={n}; supported sizes are {sorted(NEIGHBOURHOODS)}"
         )
     return NEIGHBOURHOODS[n]
@@ -37,7 +38,7 @@ def upsample_factor(guide_size: Sequence[int], value_size: Sequence[int]) -> int
     """The integer c with guide = c x value in both dimensions, or a ValueError that says why not."""
     (gh, gw), (vh, vw) = guide_size, value_size
     if vh < 1 or vw < 1 or gh % vh or gw % vw or gh // vh != gw // vw:
-        raise ValueError(
+        raise InputError(
             f"the guide ({gh}x{gw}) must be the same integer multiple c of the value map ({vh}x{vw}) in height and "
             f"width (c = 1, 2, 3, ...)"
         )
@@ -199,10 +200,10 @@ class LocalAttender(nn.Module):
     def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """guide [B, Cg, cH, cW], value [B, C, H, W] -> [B, C, cH, cW]."""
         if guide.ndim != 4 or value.ndim != 4:
-            raise ValueError(
+            raise InputError(
                 f"guide and value must be 4-D [B, C, H, W]; got guide {tuple(guide.shape)}, value {tuple(value.shape)}"
             )
         if guide.shape[0] != value.shape[0]:
-            raise ValueError(f"guide batch {guide.shape[0]} != value batch {value.shape[0]}")
+            raise InputError(f"guide batch {guide.shape[0]} != value batch {value.shape[0]}")
         upsample_factor(guide.shape[-2:], value.shape[-2:])
         return local_attend(self.attention(guide), value.to(guide.dtype), self.offsets)

@@ -1,13 +1,23 @@
 """The ``uplift-diffusion`` command. Thin: each subcommand lives in ``uplift_diffusion/commands/<name>.py`` and
-exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches and turns user
-errors into one line and a non-zero exit code."""
+exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches.
+
+Error policy: a :class:`~uplift_diffusion.utils.errors.UserError` (something the user can fix: a bad argument, a
+missing input, an output that would be replaced, stale results, no network) and the file-system errors that name a
+path are printed as one line with exit code 2; anything else is a bug and shows its traceback. ``--debug`` shows the
+traceback of every error. Warnings (e.g. an image converted to RGB) are printed as one ``note:`` / ``warning:`` line.
+Command modules import torch only inside ``run``, so ``--help`` and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+import warnings
 from typing import Optional, Sequence
+
+from uplift_diffusion.utils.errors import ImageConversionWarning, UserError
 
 # subcommand -> module (imported lazily so that `uplift-diffusion --help` stays fast)
 COMMANDS = {
@@ -19,8 +29,19 @@ COMMANDS = {
 }
 
 
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line without a traceback."""
+# Errors from the file system that always name the path the user gave: one line too.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+_DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is the user's to fix (printed in one line) rather than a bug (shown with its traceback)."""
+    return isinstance(err, (UserError, *PATH_ERRORS)) or (isinstance(err, OSError) and err.errno in _DISK_ERRNOS)
+
+
+def _add_debug(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the full traceback of any error (default: one line for user errors)")
 
 
 def _available_commands():
@@ -34,6 +55,7 @@ def _available_commands():
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uplift-diffusion", description="UPLiFT latent and feature upsampling.")
+    _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in _available_commands():
         if isinstance(module, ModuleNotFoundError):
@@ -41,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(_missing=module)
             continue
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        _add_debug(p, argparse.SUPPRESS)  # also accepted after the command name
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -53,15 +76,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"uplift-diffusion {args.command}: error: missing package {args._missing.name!r}; "
               f"install it (e.g. pip install 'uplift-diffusion[all]')", file=sys.stderr)
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"uplift-diffusion {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except (UserError, ValueError, TypeError, OSError) as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"uplift-diffusion {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    prog = f"uplift-diffusion {args.command}"
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = lambda message, category, *_, **__: print(
+                f"{prog}: {'note' if issubclass(category, ImageConversionWarning) else 'warning'}: {message}",
+                file=sys.stderr)
+        try:
+            return int(args._run(args) or 0)
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if args.debug or not is_user_error(err):
+                raise
+            message = " ".join(str(err).split()) or type(err).__name__
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from torch import nn
 from .attender import LocalAttender, neighbourhood_offsets
 from .blocks import NORM_TYPES, BlockGroup, UpStep, nearest_resize
 from .presets import get_preset, preset_config
+from .utils.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,6 +30,7 @@ def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:
     std = image.new_tensor(IMAGENET_STD)[:, None, None]
     return (image - mean) / std
 GroupSpec = dict  # {"out_channels": int, "num_blocks": int, "num_convs": int}
+_SD15_REFINER = get_preset("sd15-vae").config["refiner_blocks"]
 
 
 def bilinear_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -46,9 +48,9 @@ def bilinear_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def _check_group(spec: Any, where: str) -> dict:
     keys = {"out_channels", "num_blocks", "num_convs"}
     if not isinstance(spec, dict) or set(spec) != keys:
-        raise ValueError(f"{where} must be a dict with keys {sorted(keys)}, got {spec!r}")
+        raise InputError(f"{where} must be a dict with keys {sorted(keys)}, got {spec!r}")
     if min(spec.values()) < 1:
-        raise ValueError(f"{where}: every entry must be >= 1, got {spec!r}")
+        raise InputError(f"{where}: every entry must be >= 1, got {spec!r}")
     return spec
 
 
@@ -95,20 +97,22 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
     ``x -> cat(x, e_{L-1}, noise) -> block_0 -> up_1 (2x) -> cat(., e_{L-2}, noise) -> block_1 = guide``,
     ``LocalAttender(guide, x)`` -> [``cat(., e_{L-1}, noise) -> refiner -> refiner_out``] -> next step's input.
 
+    The defaults build the ``"sd15-vae"`` preset (53.5M parameters); the saved config always holds concrete values.
+
     Args:
         in_channels (`int`, defaults to 4): channels C of the features being upsampled (4 for SD 1.5 latents, 384
             for DINO ViT-S).
         image_channels (`int`, defaults to 3): channels of the guiding image.
         patch_size (`int`, defaults to 8): pixels per feature token of the backbone. The image must be exactly
             ``patch_size`` times the feature map. Patch 14 images are resized to the 16-pixel grid first.
-        encoder_blocks (`list[dict]`): one spec per encoder group, ``{"out_channels", "num_blocks", "num_convs"}``;
-            at least two groups (the decoder uses the last two outputs).
-        decoder_blocks (`list[dict]`): exactly two specs: the block group before the 2x up-step and the one after
-            it. The second group's width is the guide width of the Local Attender.
-        refiner_blocks (`dict`, *optional*): spec of the refiner after the attender (VAE presets), followed by a
-            1x1 conv back to ``in_channels``; ``None`` for no refiner.
+        encoder_blocks (`list[dict]`, defaults to sd15-vae's): one spec per encoder group, ``{"out_channels",
+            "num_blocks", "num_convs"}``; at least two groups (the decoder uses the last two outputs).
+        decoder_blocks (`list[dict]`, defaults to sd15-vae's): exactly two specs: the block group before the 2x
+            up-step and the one after it. The second group's width is the guide width of the Local Attender.
+        refiner_blocks (`dict`, defaults to sd15-vae's): spec of the refiner after the attender (VAE presets),
+            followed by a 1x1 conv back to ``in_channels``; ``None`` for no refiner.
         norm_type (`str`, defaults to ``"layer"``): ``"layer"`` (channel LayerNorm, eps 1e-6) or ``"batch"``.
-        noise_channels (`int`, defaults to 0): Gaussian noise channels concatenated before each block group of a
+        noise_channels (`int`, defaults to 4): Gaussian noise channels concatenated before each block group of a
             step (0 disables them).
         noise_scale (`float`, defaults to 1.0): standard deviation of the noise channels.
         neighbourhood_size (`int`, defaults to 17): Local Attender neighbourhood n (5, 9, 13, 17 or 25).
@@ -127,9 +131,9 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         patch_size: int = 8,
         encoder_blocks: list[dict] | None = None,
         decoder_blocks: list[dict] | None = None,
-        refiner_blocks: dict | None = None,
+        refiner_blocks: dict | None = _SD15_REFINER,  # noqa: B006  (read, never mutated)
         norm_type: str = "layer",
-        noise_channels: int = 0,
+        noise_channels: int = 4,
         noise_scale: float = 1.0,
         neighbourhood_size: int = 17,
         image_normalization: str = "unit",
@@ -138,20 +142,22 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         defaults = get_preset("sd15-vae").config
         encoder_blocks = encoder_blocks if encoder_blocks is not None else defaults["encoder_blocks"]
         decoder_blocks = decoder_blocks if decoder_blocks is not None else defaults["decoder_blocks"]
+        # The saved config names the groups it was built with (never null), so that it alone rebuilds this model.
+        self.register_to_config(encoder_blocks=encoder_blocks, decoder_blocks=decoder_blocks)
         encoder_blocks = [_check_group(g, f"encoder_blocks[{i}]") for i, g in enumerate(encoder_blocks)]
         decoder_blocks = [_check_group(g, f"decoder_blocks[{i}]") for i, g in enumerate(decoder_blocks)]
         if len(encoder_blocks) < 2:
-            raise ValueError(f"encoder_blocks needs at least 2 groups, got {len(encoder_blocks)}")
+            raise InputError(f"encoder_blocks needs at least 2 groups, got {len(encoder_blocks)}")
         if len(decoder_blocks) != 2:
-            raise ValueError(
+            raise InputError(
                 f"decoder_blocks needs exactly 2 groups (before and after the 2x step), got {len(decoder_blocks)}"
             )
         if norm_type not in NORM_TYPES:
-            raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
+            raise InputError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
         if image_normalization not in IMAGE_NORMALIZATIONS:
-            raise ValueError(f"image_normalization must be one of {IMAGE_NORMALIZATIONS}, got {image_normalization!r}")
+            raise InputError(f"image_normalization must be one of {IMAGE_NORMALIZATIONS}, got {image_normalization!r}")
         if min(in_channels, image_channels, patch_size) < 1 or noise_channels < 0:
-            raise ValueError("in_channels, image_channels and patch_size must be >= 1 and noise_channels >= 0")
+            raise InputError("in_channels, image_channels and patch_size must be >= 1 and noise_channels >= 0")
         neighbourhood_offsets(neighbourhood_size)  # validates n
 
         guide_widths = [g["out_channels"] for g in encoder_blocks]
@@ -196,6 +202,8 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         if n == 0:
             return None
         b, _, h, w = like.shape
+        if isinstance(generator, (list, tuple)) and len(generator) != b:
+            raise InputError(f"got {len(generator)} generators for a batch of {b}: pass one per batch item, or one")
         # generator=None draws from the global RNG (torch.randn on like's device), as the reference does.
         noise = randn_tensor((b, n, h, w), generator=generator, device=like.device, dtype=like.dtype)
         return noise * self.config.noise_scale if self.config.noise_scale != 1.0 else noise
@@ -218,7 +226,30 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
 
     @apply_forward_hook
     def upscale_step(self, features: torch.Tensor, encoded: Sequence[torch.Tensor], generator=None) -> torch.Tensor:
-        """One 2x step: [B, C, h, w] -> [B, C, 2h, 2w], guided by the outputs of :meth:`encode_image`."""
+        """One 2x step: [B, C, h, w] -> [B, C, 2h, 2w], guided by the outputs of :meth:`encode_image`.
+
+        Checks its inputs as :meth:`forward` does (rank, channels, batch, NaN / inf), raising ``InputError`` (a
+        ValueError) naming the problem: a public entry point never turns bad features into an all-NaN output.
+        """
+        self.check_step_inputs(features, encoded)
+        return self._upscale_step(features, encoded, generator)
+
+    def check_step_inputs(self, features: torch.Tensor, encoded: Sequence[torch.Tensor]) -> None:
+        """The cheap checks of :meth:`upscale_step` (one pass over the features for NaN / inf)."""
+        if not isinstance(features, torch.Tensor) or features.ndim != 4:
+            got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise InputError(f"features must be a 4-D tensor [B, C, h, w], got {got}")
+        if features.shape[1] != self.config.in_channels:
+            raise InputError(f"features have {features.shape[1]} channels but this UPLiFT model upsamples "
+                             f"{self.config.in_channels}-channel features")
+        if not isinstance(encoded, (list, tuple)) or len(encoded) < 2 or any(
+                not isinstance(e, torch.Tensor) or e.ndim != 4 or e.shape[0] != features.shape[0] for e in encoded):
+            raise InputError("encoded must be the list returned by encode_image for the same batch (>= 2 tensors "
+                             "[B, C_i, H, W])")
+        if not torch.isfinite(features).all():
+            raise InputError("features contain NaN or inf values")
+
+    def _upscale_step(self, features: torch.Tensor, encoded: Sequence[torch.Tensor], generator=None) -> torch.Tensor:
         decoder = self.decoder
         x = decoder.block_0(self._concat(features, encoded[-1], generator))  # [B, D0, h, w]
         x = decoder.up_1(x)  # [B, D0, 2h, 2w]
@@ -235,32 +266,32 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
             if t.ndim != 4:
-                raise ValueError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(t.shape)}")
+                raise InputError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(t.shape)}")
         if features.shape[1] != cfg.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"features have {features.shape[1]} channels but this UPLiFT model upsamples {cfg.in_channels}-channel "
                 f"features (check that the model matches your backbone)"
             )
         if image.shape[1] != cfg.image_channels:
-            raise ValueError(f"image has {image.shape[1]} channels, expected {cfg.image_channels} (RGB)")
+            raise InputError(f"image has {image.shape[1]} channels, expected {cfg.image_channels} (RGB)")
         if image.shape[0] != features.shape[0]:
-            raise ValueError(f"image batch size {image.shape[0]} != features batch size {features.shape[0]}")
+            raise InputError(f"image batch size {image.shape[0]} != features batch size {features.shape[0]}")
         (h, w), (H, W), p = features.shape[-2:], image.shape[-2:], cfg.patch_size
         if (H, W) != (h * p, w * p):
-            raise ValueError(
+            raise InputError(
                 f"image size {H}x{W} does not match features {h}x{w} with patch size {p}: the image must be "
                 f"{h * p}x{w * p} (features x {p})"
             )
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+            raise InputError(f"iterations must be an integer >= 1, got {iterations!r}")
         if output_size is not None:
             size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
             if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-                raise ValueError(f"output_size must be None, a positive int or (height, width), got {output_size!r}")
+                raise InputError(f"output_size must be None, a positive int or (height, width), got {output_size!r}")
         if not torch.isfinite(features).all():
-            raise ValueError("features contain NaN or inf values")
+            raise InputError("features contain NaN or inf values")
         if not torch.isfinite(image).all():
-            raise ValueError("image contains NaN or inf values")
+            raise InputError("image contains NaN or inf values")
 
     def forward(
         self,
@@ -293,7 +324,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         steps = []
         x = features
         for _ in range(iterations):
-            x = self.upscale_step(x, encoded, generator)
+            x = self._upscale_step(x, encoded, generator)  # inputs checked once above
             if return_all_steps:
                 steps.append(x)
         if output_size is not None:
@@ -314,5 +345,5 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
     def iterations_for_scale(scale: int) -> int:
         """log2(scale) for a power-of-two scale >= 2, or a ValueError."""
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2 or scale & (scale - 1):
-            raise ValueError(f"scale must be a power of two >= 2 (2, 4, 8, ...), got {scale!r}")
+            raise InputError(f"scale must be a power of two >= 2 (2, 4, 8, ...), got {scale!r}")
         return int(math.log2(scale))

@@ -6,6 +6,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from .utils.errors import InputError
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -107,7 +109,7 @@ def resolve_preset_name(name: str) -> str:
     for preset in PRESETS.values():
         if name == preset.name or name in preset.aliases:
             return preset.name
-    raise ValueError(f"unknown UPLiFT preset {name!r}; available presets: {', '.join(PRESETS)}")
+    raise InputError(f"unknown UPLiFT preset {name!r}; available presets: {', '.join(PRESETS)}")
 
 
 def get_preset(name: str) -> Preset:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.errors import InputError
+
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
@@ -56,7 +58,7 @@ class ViTBackbone(nn.Module):
             try:
                 model = timm.create_model(name_or_module, pretrained=pretrained, **timm_kwargs)
             except RuntimeError as err:  # unknown model name
-                raise ValueError(f"cannot create timm model {name_or_module!r}: {err}") from None
+                raise InputError(f"cannot create timm model {name_or_module!r}: {err}") from None
             except Exception as err:
                 if not pretrained:
                     raise
@@ -76,7 +78,7 @@ class ViTBackbone(nn.Module):
             raise TypeError(f"{type(model).__name__} is not a timm Vision Transformer (it has no {', '.join(missing)})")
         patch = tuple(model.patch_embed.patch_size)
         if patch[0] != patch[1]:
-            raise ValueError(f"only square patches are supported, the model has patch size {patch}")
+            raise InputError(f"only square patches are supported, the model has patch size {patch}")
         self.model = model.eval().requires_grad_(False)
         self.patch_size = int(patch[0])
         self.embed_dim = int(model.embed_dim)
@@ -109,7 +111,7 @@ class ViTBackbone(nn.Module):
             config = json.loads(config_file.read_text())
             name = config.get("architecture")
             if not name:
-                raise ValueError(f"{config_file} has no 'architecture' entry (not a timm model folder)")
+                raise InputError(f"{config_file} has no 'architecture' entry (not a timm model folder)")
             weights = path if weights is None else weights
             timm_kwargs = {**config.get("model_args", {}), **timm_kwargs}  # as timm's push_to_hub records them
         else:
@@ -139,24 +141,24 @@ class ViTBackbone(nn.Module):
         result = self.model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith("head.")]
         if missing or result.unexpected_keys:
-            raise ValueError(f"weights {path} do not fit {type(self.model).__name__}: missing keys "
+            raise InputError(f"weights {path} do not fit {type(self.model).__name__}: missing keys "
                              f"{missing[:5]}, unexpected keys {result.unexpected_keys[:5]}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] images in the model's normalisation -> [B, embed_dim, H / patch, W / patch] features."""
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
-            raise ValueError(f"images must be a 4-D tensor [B, 3, H, W], got "
+            raise InputError(f"images must be a 4-D tensor [B, 3, H, W], got "
                              f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
         (height, width), p = images.shape[-2:], self.patch_size
         if height % p or width % p:
-            raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
+            raise InputError(f"image size {height}x{width} is not a multiple of the patch size {p}")
         if self.fixed_img_size is not None and (height, width) != self.fixed_img_size:
-            raise ValueError(f"this ViT was built for {self.fixed_img_size[0]}x{self.fixed_img_size[1]} images only, "
+            raise InputError(f"this ViT was built for {self.fixed_img_size[0]}x{self.fixed_img_size[1]} images only, "
                              f"got {height}x{width}; create it with timm's dynamic_img_size=True for other sizes")
         tokens = self.model.forward_features(images)  # [B, prefix + h * w, C]
         h, w = height // p, width // p
         if tokens.ndim != 3 or tokens.shape[1] != self.num_prefix_tokens + h * w:
-            raise ValueError(f"{type(self.model).__name__}.forward_features returned shape {tuple(tokens.shape)}, "
+            raise InputError(f"{type(self.model).__name__}.forward_features returned shape {tuple(tokens.shape)}, "
                              f"expected [B, {self.num_prefix_tokens} + {h}*{w}, C]")
         patches = tokens[:, self.num_prefix_tokens:]  # [B, h * w, C]
         return patches.transpose(1, 2).reshape(images.shape[0], -1, h, w)  # [B, C, h, w]

@@ -13,7 +13,10 @@ BENCHMARKS = ("sr", "coco", "relaion")
 
 def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="results folder (images, results.json, table.md, samples.png); "
-                                                   "rerunning with the same folder resumes")
+                                                   "rerunning with the same folder and settings resumes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate saved images that were made with other settings (model, VAE, flags, seed, "
+                        "steps ...) instead of refusing the folder")
     p.add_argument("--limit", type=int, default=None, help="only the first N selected samples (quick runs)")
     p.add_argument("--num-samples", type=int, default=5000, help="random samples drawn from the data (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling, the crops and the generators")
@@ -112,7 +115,7 @@ def _run_sr(args, device, dtype) -> dict:
         seed=args.seed, batch_size=args.batch_size or 1, color_correction=not args.no_color_correction,
         fid_factory=_fid_factory(args, device), patch_size=args.patch_size or args.size // 2,
         reference_stats=args.reference_stats, latency=args.latency, latency_warmup=args.latency_warmup,
-        latency_iterations=args.latency_iterations,
+        latency_iterations=args.latency_iterations, overwrite=args.overwrite,
         extra_config=dict(vae_source=args.vae, upsampler_source=upsampler_source, device=str(device),
                           dtype=str(dtype).replace("torch.", "")),
     )
@@ -130,6 +133,7 @@ def _run_text2img(args, device, dtype) -> dict:
         rows=rows, output_dir=args.output, num_samples=args.num_samples, limit=args.limit, seed=args.seed,
         fid_factory=_fid_factory(args, device), reference_stats=args.reference_stats, latency=args.latency,
         latency_warmup=args.latency_warmup, latency_iterations=args.latency_iterations, compile=args.compile,
+        overwrite=args.overwrite,
         extra_config=dict(pipeline_source=args.pipeline, upsampler_source=args.upsampler, device=str(device),
                           dtype=str(dtype).replace("torch.", "")),
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from uplift_diffusion.utils.device import add_device_arguments
+
 HELP = "Pixel-dense DINOv2 / DINOv3 features with UPLiFT: PCA strip (--pca) and / or features (--save)."
 
 
@@ -29,43 +31,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="resize the image so that its longer side is SIZE pixels first (default: as is)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_arguments(parser, dtype=False)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
     from PIL import Image
 
-    from uplift_diffusion.cli import UserError
+    from uplift_diffusion.utils.device import resolve_device_dtype
+    from uplift_diffusion.utils.errors import InputError, OutputExistsError
+    from uplift_diffusion.utils.images import load_image
 
     if not args.pca and not args.save:
-        raise UserError("nothing to do: pass --pca OUT.png and / or --save OUT.safetensors")
+        raise InputError("nothing to do: pass --pca OUT.png and / or --save OUT.safetensors")
+    if args.size is not None and args.size < 1:
+        raise InputError(f"--size must be >= 1 pixel, got {args.size}")
     if args.iterations < 1:
-        raise UserError(f"--iterations must be >= 1, got {args.iterations}")
+        raise InputError(f"--iterations must be >= 1, got {args.iterations}")
     if args.save and not args.save.endswith(".safetensors"):
-        raise UserError(f"--save must end with .safetensors, got {args.save}")
+        raise InputError(f"--save must end with .safetensors, got {args.save}")
     for out in (args.pca, args.save):
         if out and Path(out).exists() and not args.overwrite:
-            raise FileExistsError(f"output exists: {out} (pass --overwrite to replace)")
-    path = Path(args.image)
-    if not path.is_file():
-        raise FileNotFoundError(f"input image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {path} ({err})") from None
+            raise OutputExistsError(f"output exists: {out} (pass --overwrite to replace)")
+    device, _ = resolve_device_dtype(args.device)
+    image = load_image(args.image)
     if args.size:
         scale = args.size / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.BICUBIC)
 
     from uplift_diffusion.features import UPLiFTFeatureExtractor, pca_strip
-    from uplift_diffusion.features.atomic import atomic_write
+    from uplift_diffusion.utils.io import atomic_write
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     extractor = UPLiFTFeatureExtractor.from_pretrained(args.backbone, backbone=args.backbone_weights,
                                                        upsampler=args.upsampler, device=device)
     steps, backbone = extractor(image, iterations=args.iterations, output_size=None, return_all_steps=True,

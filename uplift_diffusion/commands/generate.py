@@ -38,42 +38,55 @@ def _has_upsampler(model: str) -> bool:
 
 
 def load_pipeline(model: str, upsampler: str | None, dtype):
-    from uplift_diffusion.commands.loading import is_repo_id, load_upsampler
+    from uplift_diffusion.commands.loading import check_model_source, load_upsampler
     from uplift_diffusion.pipelines import UPLiFTPipeline
+    from uplift_diffusion.utils.errors import UnavailableError
+    from uplift_diffusion.utils.hub import ensure_hub_reachable
 
+    check_model_source(model, "--model")  # before the upsampler's weights load
     kwargs = {}
     if upsampler is not None or not _has_upsampler(model):
         kwargs["upsampler"] = load_upsampler(upsampler or DEFAULT_UPSAMPLER, dtype)
     if Path(model).is_dir():
         return UPLiFTPipeline.from_pretrained(model, dtype=dtype, **kwargs)
-    if not is_repo_id(model):
-        raise FileNotFoundError(f"--model {model}: not a local folder nor a Hub repo id like {DEFAULT_SD_REPO!r}")
+    ensure_hub_reachable()
     try:
         return UPLiFTPipeline.from_pretrained(model, dtype=dtype, **kwargs)
-    except Exception as err:
-        raise OSError(f"could not load the Stable Diffusion pipeline {model!r} from the Hugging Face Hub "
-                      f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); if this machine "
-                      f"is offline, download it elsewhere (`hf download {model}`) and pass the local folder with "
-                      f"--model DIR") from None
+    except OSError as err:  # the Hub's errors (no network, missing repo / file) are OSErrors
+        raise UnavailableError(f"could not load the Stable Diffusion pipeline {model!r} from the Hugging Face Hub "
+                               f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); if "
+                               f"this machine is offline, download it elsewhere (`hf download {model}`) and pass the "
+                               f"local folder with --model DIR") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from uplift_diffusion.commands.loading import check_model_source
+    from uplift_diffusion.utils.device import resolve_device_dtype
+    from uplift_diffusion.utils.errors import InputError, OutputExistsError
+    from uplift_diffusion.utils.images import IMAGE_SUFFIXES
+    from uplift_diffusion.utils.io import ensure_writable_dir, save_image_atomic
 
-    from uplift_diffusion.commands.loading import resolve_device
-    from uplift_diffusion.imageio import IMAGE_SUFFIXES, ensure_writable_dir, save_image_atomic
-
+    # Cheap checks first (arguments, paths, device), then the weights.
     out = Path(args.output)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"-o {args.output}: expected an image file name ending in one of {', '.join(IMAGE_SUFFIXES)}")
+        raise InputError(f"-o {args.output}: expected an image file name ending in one of {', '.join(IMAGE_SUFFIXES)}")
     targets = [out] + ([out.with_name(f"{out.stem}_lowres{out.suffix}")] if args.save_low_res else [])
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.overwrite:
-        raise FileExistsError(f"output exists: {', '.join(existing)} (pass --overwrite to replace)")
+        raise OutputExistsError(f"output exists: {', '.join(existing)} (pass --overwrite to replace)")
     if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and (value < 8 or value % 8):
+            raise InputError(f"--{name} must be a positive multiple of 8 (the VAE's factor), got {value}")
+    check_model_source(args.model, "--model")
+    if args.upsampler is not None:
+        check_model_source(args.upsampler, "--upsampler")
     ensure_writable_dir(out.parent)
-    device, dtype = resolve_device(args.device, args.dtype)
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+
+    import torch
 
     pipe = load_pipeline(args.model, args.upsampler, dtype).to(device)
     generator = torch.Generator(device).manual_seed(args.seed)

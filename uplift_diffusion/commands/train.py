@@ -11,19 +11,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="training config file (.json, .yaml, .yml or .toml)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest valid checkpoint in the config's output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an earlier run in output_dir (and a feature cache made with other settings) "
+                             "first; without it (or --resume) a non-empty output_dir is refused")
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
     parser.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps")
     parser.add_argument("--max-minutes", type=float, default=None, help="override the config's max_minutes")
 
 
 def run(args: argparse.Namespace) -> int:
+    from uplift_diffusion.training.checkpoints import clear_run_folder
     from uplift_diffusion.training.config import TrainConfig
+    from uplift_diffusion.utils.errors import InputError
+
+    try:  # everything in a config (and its overrides) is the user's input: its errors are one-line messages
+        config = TrainConfig.from_file(args.config)
+        for name in ("output_dir", "max_steps", "max_minutes"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+        config.validate()  # the overrides too, before any weights load
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if args.resume or not args.overwrite:  # refuse an earlier run (or --resume with --overwrite) before loading
+        clear_run_folder(config.output_dir, args.resume, args.overwrite, keep=[config.data.cache_dir])
+
     from uplift_diffusion.training.trainer import Trainer
 
-    config = TrainConfig.from_file(args.config)
-    for name in ("output_dir", "max_steps", "max_minutes"):
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
-    path = Trainer(config).train(resume=args.resume)
+    path = Trainer(config, overwrite=args.overwrite).train(resume=args.resume)
     print(f"trained model saved to {path} (load it with UPLiFTModel.from_pretrained({str(path)!r}))")
     return 0

@@ -21,6 +21,8 @@ from torch import nn
 from ..backbones.vit import ViTBackbone
 from ..model import UPLiFTModel, bilinear_resize
 from ..presets import get_preset
+from ..utils.errors import InputError
+from ..utils.images import load_image
 
 ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]
 
@@ -43,27 +45,27 @@ _ALIASES = {"dinov2": "dinov2-s14", "dinov3": "dinov3-splus16"}
 def resolve_feature_preset(name: str) -> str:
     name = _ALIASES.get(name, name)
     if name not in FEATURE_PRESETS:
-        raise ValueError(f"unknown feature backbone {name!r}; available: {', '.join(FEATURE_PRESETS)}")
+        raise InputError(f"unknown feature backbone {name!r}; available: {', '.join(FEATURE_PRESETS)}")
     return name
 
 
 def _to_float_chw(image: ImageInput) -> torch.Tensor:
     """One image or a batch -> float [B, 3, H, W] in [0, 1]."""
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.asarray(load_image(image))
     if isinstance(image, np.ndarray):
         array = image
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=-1)
         if array.ndim not in (3, 4) or array.shape[-1] != 3:
-            raise ValueError(f"numpy images must be [H, W, 3] or [B, H, W, 3] (RGB, channels last), got "
+            raise InputError(f"numpy images must be [H, W, 3] or [B, H, W, 3] (RGB, channels last), got "
                              f"{array.shape}")
         tensor = torch.from_numpy(np.array(array, copy=True))
         tensor = tensor.movedim(-1, -3)  # [..., 3, H, W]
     elif isinstance(image, torch.Tensor):
         tensor = image.detach()
         if tensor.ndim not in (3, 4) or tensor.shape[-3] != 3:
-            raise ValueError(f"tensor images must be [3, H, W] or [B, 3, H, W] (RGB, channels first), got "
+            raise InputError(f"tensor images must be [3, H, W] or [B, 3, H, W] (RGB, channels first), got "
                              f"{tuple(tensor.shape)}")
     else:
         raise TypeError(f"images must be PIL images, numpy arrays or tensors (or a list of them), got "
@@ -76,7 +78,7 @@ def _to_float_chw(image: ImageInput) -> torch.Tensor:
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.numel() and (tensor.min() < -1e-3 or tensor.max() > 1 + 1e-3):
-        raise ValueError(f"float images must be RGB in [0, 1] (not ImageNet-normalised; the extractor normalises), "
+        raise InputError(f"float images must be RGB in [0, 1] (not ImageNet-normalised; the extractor normalises), "
                          f"got values in [{tensor.min().item():.3g}, {tensor.max().item():.3g}]")
     return tensor.clamp(0, 1)
 
@@ -86,11 +88,11 @@ def images_to_tensor(images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
     batched or a list -> float [B, 3, H, W] in [0, 1]. Images in one call must share their size."""
     if isinstance(images, (list, tuple)):
         if not images:
-            raise ValueError("images is an empty list")
+            raise InputError("images is an empty list")
         parts = [_to_float_chw(image) for image in images]
         sizes = sorted({tuple(p.shape[-2:]) for p in parts})
         if len(sizes) > 1:
-            raise ValueError(f"images in one batch must share their size, got sizes {sizes}; call the extractor "
+            raise InputError(f"images in one batch must share their size, got sizes {sizes}; call the extractor "
                              f"once per size or resize them first")
         return torch.cat(parts)
     return _to_float_chw(images)
@@ -118,12 +120,12 @@ class UPLiFTFeatureExtractor(nn.Module):
             raise TypeError(f"upsampler must be a UPLiFTModel, got {type(upsampler).__name__}")
         cfg = upsampler.config
         if cfg.in_channels != backbone.embed_dim or cfg.patch_size != backbone.patch_size:
-            raise ValueError(
+            raise InputError(
                 f"the upsampler (in_channels={cfg.in_channels}, patch_size={cfg.patch_size}) does not fit the backbone "
                 f"(embed_dim={backbone.embed_dim}, patch_size={backbone.patch_size})"
             )
         if cfg.image_normalization != "imagenet":
-            raise ValueError(f"a DINO upsampler takes ImageNet-normalised images, but this one has "
+            raise InputError(f"a DINO upsampler takes ImageNet-normalised images, but this one has "
                              f"image_normalization={cfg.image_normalization!r} (a VAE preset?)")
         self.backbone = backbone.eval().requires_grad_(False)
         self.upsampler = upsampler.eval().requires_grad_(False)
@@ -193,7 +195,7 @@ class UPLiFTFeatureExtractor(nn.Module):
         p = self.patch_size
         size = (height // p * p, width // p * p)
         if min(size) == 0:
-            raise ValueError(f"image size {height}x{width} is smaller than one {p}x{p} patch")
+            raise InputError(f"image size {height}x{width} is smaller than one {p}x{p} patch")
         if size != (height, width):
             if not self._warned_resize:
                 warnings.warn(f"image size {height}x{width} is not a multiple of the backbone patch {p}: resizing to "
@@ -234,7 +236,7 @@ class UPLiFTFeatureExtractor(nn.Module):
         elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
             size = tuple(output_size)
         else:
-            raise ValueError(f"output_size must be 'image', None, an int or (height, width), got {output_size!r}")
+            raise InputError(f"output_size must be 'image', None, an int or (height, width), got {output_size!r}")
         normalised, image_size = self.prepare_images(images)
         if output_size == "image":
             size = image_size
@@ -246,7 +248,7 @@ class UPLiFTFeatureExtractor(nn.Module):
     def upsample_baseline(self, backbone_features: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
         """Nearest or bilinear upsampling of backbone features to ``size`` (the paper's baselines)."""
         if mode not in ("nearest", "bilinear"):
-            raise ValueError(f"baseline mode must be 'nearest' or 'bilinear', got {mode!r}")
+            raise InputError(f"baseline mode must be 'nearest' or 'bilinear', got {mode!r}")
         kwargs = {"align_corners": False} if mode == "bilinear" else {}
         return torch.nn.functional.interpolate(backbone_features, size=tuple(size), mode=mode, **kwargs)
 

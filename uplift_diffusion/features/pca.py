@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .atomic import atomic_write
+from ..utils.errors import InputError
+from ..utils.io import atomic_write
 
 
 @dataclass
@@ -50,12 +51,12 @@ def _as_maps(feature_maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     maps = []
     for i, f in enumerate(feature_maps):
         if not isinstance(f, torch.Tensor) or f.ndim not in (3, 4):
-            raise ValueError(f"feature map {i} must be a [C, H, W] or [B, C, H, W] tensor, got "
+            raise InputError(f"feature map {i} must be a [C, H, W] or [B, C, H, W] tensor, got "
                              f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}")
         maps.append(f.detach().float().cpu().reshape(-1, *f.shape[-3:]))
     channels = {m.shape[1] for m in maps}
     if len(channels) != 1:
-        raise ValueError(f"all feature maps must have the same channels for a joint PCA, got {sorted(channels)}")
+        raise InputError(f"all feature maps must have the same channels for a joint PCA, got {sorted(channels)}")
     return maps
 
 
@@ -72,7 +73,7 @@ def fit_joint_pca(feature_maps: Sequence[torch.Tensor], num_components: int = 3,
     maps = _as_maps(feature_maps)
     channels = maps[0].shape[1]
     if not 1 <= num_components <= channels:
-        raise ValueError(f"num_components must be in [1, {channels}], got {num_components}")
+        raise InputError(f"num_components must be in [1, {channels}], got {num_components}")
     total = torch.zeros(channels, dtype=torch.float64)
     gram = torch.zeros(channels, channels, dtype=torch.float64)
     count = 0
@@ -103,7 +104,7 @@ def _image_panel(image) -> torch.Tensor:
 
     pixels = images_to_tensor(image)
     if pixels.shape[0] != 1:
-        raise ValueError(f"the PCA strip shows one image, got a batch of {pixels.shape[0]}")
+        raise InputError(f"the PCA strip shows one image, got a batch of {pixels.shape[0]}")
     return pixels[0]  # [3, H, W]
 
 
@@ -122,7 +123,7 @@ def pca_strip(image, backbone_features: torch.Tensor, steps: Sequence[torch.Tens
     height, width = pixels.shape[-2:]
     maps = _as_maps([backbone_features, *steps])
     if any(m.shape[0] != 1 for m in maps):
-        raise ValueError("the PCA strip shows one image: pass single-image feature maps ([C, H, W] or [1, C, H, W])")
+        raise InputError("the PCA strip shows one image: pass single-image feature maps ([C, H, W] or [1, C, H, W])")
     pca = fit_joint_pca(maps)
     panels = [pixels] + [F.interpolate(pca.to_rgb(m), size=(height, width), mode="nearest")[0] for m in maps]
     strip = torch.cat(panels, dim=-1)  # [3, H, (n + 2) * W]

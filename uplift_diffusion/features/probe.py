@@ -31,7 +31,8 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, atomic_write_text
+from ..utils.images import load_image
+from ..utils.io import atomic_write, write_text_atomic
 
 IGNORE_INDEX = 255
 METHODS = ("nearest", "bilinear", "uplift")
@@ -153,8 +154,7 @@ class DenseLabelDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, target_path = self.pairs[index]
-        with Image.open(image_path) as image:
-            image = _resize_crop(image.convert("RGB"), self.size, Image.BILINEAR)
+        image = _resize_crop(load_image(image_path), self.size, Image.BILINEAR)
         target = _resize_crop(self._target(target_path), self.size, Image.NEAREST)
         pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0  # [3, S, S]
         array = np.asarray(target).copy()
@@ -594,8 +594,8 @@ def run_probe_evaluation(extractor, train_set: DenseLabelDataset, val_set: Dense
             "num_parameters": features.num_parameters, "num_train": len(train_set), "num_val": len(val_set),
             "size": val_set.size, "config": asdict(config), "scores": scores,
         }
-        atomic_write_text(results_path, json.dumps(results, indent=2) + "\n")
-        atomic_write_text(table_path, markdown_table(results))
+        write_text_atomic(results_path, json.dumps(results, indent=2) + "\n")
+        write_text_atomic(table_path, markdown_table(results))
     return ProbeRun(results_path, table_path, results)
 
 

@@ -1,12 +1,18 @@
 """Feature cache: backbone features of each (image view, scale) in safetensors shards, so the backbone runs once.
 
-Entries are keyed ``"<view key>@<height>x<width>"``. A cache folder belongs to one *fingerprint* (backbone weights +
-crop settings), stored in every shard's metadata; shards with another fingerprint are ignored, so that changing
-the backbone or the crops can never serve stale features. Shards are written atomically (temp file + rename).
+Entries are keyed ``"<view key>@<height>x<width>"``. A cache folder belongs to one *fingerprint*
+(:func:`cache_fingerprint`: backbone weights hash and dtype, data sources and their files' sizes / dates, crop and
+pyramid settings, seed, image-reading policy), recorded in ``fingerprint.json`` and in every shard's metadata. Opening
+a cache folder made with another fingerprint is refused with the list of what differs (``overwrite=True`` deletes its
+shards instead), and shards with another fingerprint are never read, so changed settings can never serve stale
+features. Shards are written atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -16,7 +22,38 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..utils.fingerprint import FINGERPRINT_FILE, canonical, check_fingerprint, read_fingerprint, write_fingerprint
+from ..utils.io import atomic_write
+
 logger = logging.getLogger(__name__)
+
+
+IMAGE_POLICY = "uplift_diffusion.utils.images.load_image v1"  # bump when the image-reading policy changes pixels
+_NOT_FEATURE_SETTINGS = ("num_workers", "cache_dir")
+
+
+def _source_signature(source) -> str:
+    """What a data source holds: its files' names, sizes and modification times (datasets: their fingerprint)."""
+    if hasattr(source, "files"):
+        files = [Path(f) for f in source.files]
+    elif hasattr(source, "entries"):
+        files = sorted({Path(shard) for shard, _, _ in source.entries})
+    else:
+        return str(getattr(getattr(source, "dataset", None), "_fingerprint", type(source).__name__))
+    digest = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_fingerprint(backbone, config, levels: int, sources: Sequence = ()) -> dict:
+    """Everything that determines the cached features of a training run (see the module docstring)."""
+    data = {k: v for k, v in dataclasses.asdict(config.data).items() if k not in _NOT_FEATURE_SETTINGS}
+    unique = list({id(s): s for s in sources}.values())
+    return {"backbone": backbone.fingerprint, "backbone_dtype": config.backbone.dtype, "data": data,
+            "source_files": [_source_signature(s) for s in unique], "seed": config.seed, "levels": levels,
+            "image_reader": IMAGE_POLICY}
 
 
 def cache_key(view_key: str, size: Sequence[int]) -> str:
@@ -28,14 +65,26 @@ class FeatureCache:
 
     Args:
         folder: cache folder (created if missing).
-        fingerprint: identifies what produced the features; shards with another fingerprint are ignored.
+        fingerprint: what produces the features (:func:`cache_fingerprint`, or any JSON-able value).
         shard_size: pending entries that trigger writing a shard.
         prefix: shard file-name prefix (one per process in multi-process runs, e.g. ``"r0"``).
+        overwrite: delete the shards of a folder made with another fingerprint instead of refusing it.
     """
 
-    def __init__(self, folder: str | os.PathLike, fingerprint: str, shard_size: int = 512, prefix: str = "r0"):
+    def __init__(self, folder: str | os.PathLike, fingerprint: dict | str, shard_size: int = 512, prefix: str = "r0",
+                 overwrite: bool = False):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        record, saved = self.folder / FINGERPRINT_FILE, read_fingerprint(self.folder / FINGERPRINT_FILE)
+        if saved is not None and saved != canonical(fingerprint):
+            if not overwrite:
+                check_fingerprint(saved, fingerprint, f"feature cache {self.folder}",
+                                  "point data.cache_dir at a new folder, delete this one, or pass --overwrite")
+            for shard in self.folder.glob("*.safetensors"):
+                shard.unlink()
+        if saved != canonical(fingerprint):
+            write_fingerprint(record, fingerprint)
+        fingerprint = hashlib.sha256(json.dumps(canonical(fingerprint), sort_keys=True).encode()).hexdigest()[:32]
         self.fingerprint, self.shard_size, self.prefix = fingerprint, shard_size, prefix
         self.pending: dict[str, torch.Tensor] = {}
         self.index: dict[str, Path] = {}
@@ -79,9 +128,8 @@ class FeatureCache:
         n = len(list(self.folder.glob(f"{self.prefix}-*.safetensors")))
         while (path := self.folder / f"{self.prefix}-{n:06d}.safetensors").exists():
             n += 1
-        tmp = path.with_suffix(".tmp")
-        save_file(self.pending, str(tmp), metadata={"fingerprint": self.fingerprint})
-        os.replace(tmp, path)
+        pending, metadata = self.pending, {"fingerprint": self.fingerprint}
+        atomic_write(path, lambda tmp: save_file(pending, tmp, metadata=metadata))
         for key in self.pending:
             self.index[key] = path
         self.pending = {}

@@ -1,0 +1,104 @@
+"""One error policy for the CLI: user errors in one line (exit 2), bugs with their traceback, --debug for full
+tracebacks, one device / dtype policy, cheap checks before weights load, and a --help that never imports torch."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from uplift_diffusion.cli import COMMANDS, main
+from uplift_diffusion.utils.device import resolve_device_dtype
+from uplift_diffusion.utils.errors import InputError, UnavailableError
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_help_and_argument_errors_never_import_torch():
+    code = ("import sys\nfrom uplift_diffusion.cli import main\n"
+            "for argv in (['--help'], ['upscale', '--help'], ['eval', 'sr', '--help'], ['upscale']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'numpy', 'PIL') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    proc = _run_python(code)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_help_answers_fast():
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "uplift_diffusion.cli", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0 and "upscale" in proc.stdout
+    assert elapsed < 5, f"--help took {elapsed:.1f} s"  # ~0.2 s idle; generous for a shared CI machine
+
+
+def test_every_command_module_is_light_at_import():
+    names = ", ".join(repr(m) for m in COMMANDS.values())
+    proc = _run_python(f"import importlib, sys\nfor m in ({names},):\n    importlib.import_module(m)\n"
+                       f"print('TORCH', 'torch' in sys.modules)")
+    assert "TORCH False" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    from uplift_diffusion.commands import train
+
+    def user_error(args):
+        raise InputError("a problem the user can fix")
+
+    monkeypatch.setattr(train, "run", user_error)
+    assert main(["train", "--config", "x.json"]) == 2
+    assert capsys.readouterr().err == "uplift-diffusion train: error: a problem the user can fix\n"
+    with pytest.raises(InputError):  # --debug: the full traceback, before or after the command name
+        main(["train", "--config", "x.json", "--debug"])
+    with pytest.raises(InputError):
+        main(["--debug", "train", "--config", "x.json"])
+
+    def bug(args):
+        raise ValueError("an internal invariant broke")  # not a UserError: a bug, never hidden
+
+    monkeypatch.setattr(train, "run", bug)
+    with pytest.raises(ValueError, match="invariant"):
+        main(["train", "--config", "x.json"])
+
+
+def test_device_and_dtype_policy():
+    import torch
+
+    assert resolve_device_dtype("cpu", None) == (torch.device("cpu"), torch.float32)
+    assert resolve_device_dtype("cpu", "bfloat16")[1] == torch.bfloat16
+    with pytest.raises(InputError, match="float16 on the CPU is refused"):
+        resolve_device_dtype("cpu", "float16")
+    with pytest.raises(InputError, match="unknown device"):
+        resolve_device_dtype("gpu0", None)
+    if not torch.cuda.is_available():
+        with pytest.raises(UnavailableError, match="CUDA is not available"):
+            resolve_device_dtype("cuda", None)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["features", "IMG", "--pca", "o.png", "--device", "cuda"], "CUDA is not available"),
+    (["features", "IMG", "--pca", "o.png", "--device", "tpu9"], "unknown device"),
+    (["upscale", "IMG", "-o", "OUT", "--dtype", "float16", "--device", "cpu"], "float16 on the CPU is refused"),
+    (["upscale", "IMG", "-o", "OUT", "--tile-overlap", "16"], "--tile-overlap needs --tile-size"),
+    (["generate", "a cat", "-o", "OUT/x.png", "--model", "OUT/no-such-model", "--device", "cpu"],
+     "no such file or folder"),
+    (["generate", "a cat", "-o", "OUT/x.png", "--height", "100", "--device", "cpu"], "multiple of 8"),
+])
+def test_cheap_checks_are_one_line_errors_before_any_weights(tmp_path, capsys, monkeypatch, argv, message):
+    import torch
+
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "img.png")
+    argv = [a.replace("IMG", str(tmp_path / "img.png")).replace("OUT", str(tmp_path / "out")) for a in argv]
+    loaded = []
+    monkeypatch.setattr("uplift_diffusion.commands.loading.load_upsampler", lambda *a, **k: loaded.append(a))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not loaded

@@ -1,0 +1,36 @@
+"""Errors the user can fix: a bad argument, a missing input, an output that would be replaced, stale results.
+
+The CLI prints an :class:`UserError` as one line (exit code 2); every other exception is a bug and keeps its
+traceback. Each concrete type also derives from the matching built-in exception, so ``except ValueError`` /
+``except FileNotFoundError`` in library code keep working.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, described in the message (printed without a traceback)."""
+
+
+class InputError(UserError, ValueError):
+    """An argument, file content or configuration value that cannot be used."""
+
+
+class InputNotFoundError(UserError, FileNotFoundError):
+    """A file, folder or model that the user named does not exist."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output would replace existing files; the message says which flag allows it."""
+
+
+class StaleResultsError(UserError, ValueError):
+    """An output folder holds results made by other settings (see :mod:`uplift_diffusion.utils.fingerprint`)."""
+
+
+class UnavailableError(UserError, OSError):
+    """Something outside the program is unavailable: the network, a Hub repo, a device, a writable folder."""
+
+
+class ImageConversionWarning(UserWarning):
+    """An image was converted to 8-bit RGB (high bit depth, alpha, palette, greyscale, CMYK, EXIF rotation)."""

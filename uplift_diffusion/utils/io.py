@@ -1,0 +1,112 @@
+"""The one way to write a file: to a temporary file beside the target, then ``os.replace`` (a reader never sees a
+half-written file, a crash never leaves one). The result gets the permissions a plain ``open(path, "w")`` would give:
+an existing file keeps its mode, a new one gets ``0o666`` minus the process umask (``tempfile.mkstemp`` alone would
+leave ``0o600``: outputs unreadable to the group and others)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import UnavailableError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so under a lock and restored at once)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp_path)`` (any function that writes a file at the path it is given: ``image.save``,
+    ``np.savez``, ``safetensors.torch.save_file`` ...) and move the result to ``path`` in one step.
+
+    The temporary file has the same suffix as ``path`` (writers that pick the format from it keep working) and is
+    removed if ``write`` fails. Missing parent folders are created. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, _final_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def save_image_atomic(image, path: str | os.PathLike) -> Path:
+    """Save a PIL image (format from ``path``'s suffix)."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+
+
+def to_json(value: Any) -> Any:
+    """JSON form of the non-JSON values that configs carry: paths, dtypes, devices, numpy and torch scalars.
+    Anything else raises TypeError naming it (``json.dump``'s ``default``)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if isinstance(value, (torch.dtype, torch.device)):
+            return str(value)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return value.item()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"cannot write a {type(value).__name__} to JSON ({value!r})")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """``obj`` as indented, key-sorted JSON (see :func:`to_json` for the extra types it accepts)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=True, default=to_json) + "\n"
+    return write_text_atomic(path, text)
+
+
+def ensure_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and check that files can be written there (:class:`UnavailableError` naming
+    the reason otherwise)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UnavailableError(f"output folder {folder} is not writable ({reason})") from None
+    return folder
