@@ -18,8 +18,9 @@ import uplift_diffusion.backbones.taef2  # noqa: F401  (saved pipelines name thi
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents, vae_scale_factor
 from uplift_diffusion.color import ColorCorrection
-from uplift_diffusion.imageio import to_rgb
+from uplift_diffusion.utils.images import to_rgb
 from uplift_diffusion.model import UPLiFTModel
+from uplift_diffusion.utils.errors import InputError
 
 logger = logging.get_logger(__name__)
 
@@ -151,15 +152,17 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         """Validate the call arguments and the components; ValueError naming the problem."""
         UPLiFTModel.iterations_for_scale(scale)
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         check_upsampler_fits(self.upsampler, self.vae)
         factor = self.vae_scale_factor
+        if tile_overlap is not None and tile_size is None:
+            raise InputError("tile_overlap needs tile_size (without tiles there is nothing to overlap)")
         if tile_size is not None:
             if tile_size < 4 * factor or tile_size % factor:
-                raise ValueError(f"tile_size must be a multiple of {factor} and >= {4 * factor} pixels, "
+                raise InputError(f"tile_size must be a multiple of {factor} and >= {4 * factor} pixels, "
                                  f"got {tile_size}")
             if tile_overlap is not None and (tile_overlap < 0 or tile_overlap % factor or tile_overlap >= tile_size):
-                raise ValueError(f"tile_overlap must be a multiple of {factor} in [0, tile_size), got {tile_overlap}")
+                raise InputError(f"tile_overlap must be a multiple of {factor} in [0, tile_size), got {tile_overlap}")
 
     @torch.inference_mode()
     def __call__(
@@ -182,8 +185,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                 multiples of 8 are padded and the output is cropped back to exactly ``scale`` times the input.
             scale (`int`, defaults to 4):
                 Upscaling factor, a power of two (``log2(scale)`` UPLiFT steps).
-            generator (`torch.Generator`, *optional*):
-                Generator for the upsampler's noise channels (reproducible outputs).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Generator for the upsampler's noise channels (reproducible outputs); a list holds one per image, and
+                image ``i`` with ``generator[i]`` gives the same output as image ``i`` alone with that generator.
             output_type (`str`, defaults to ``"pil"``):
                 ``"pil"``, ``"np"`` ([B, H, W, 3] in [0, 1]), ``"pt"`` ([B, 3, H, W] in [0, 1]) or ``"latent"`` (the
                 upscaled *raw* latents of the padded input, before decoding).
@@ -210,14 +214,24 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             tile_overlap = tile_size // 4 // self.vae_scale_factor * self.vae_scale_factor
         color_correct = ColorCorrection(enabled=color_correction, clamp=(0.0, 1.0))
 
-        # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch
+        # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch. A list of generators
+        #    has one per image (diffusers' convention): image i draws its noise from generator[i] only, so it comes
+        #    out as it would alone with that generator, whatever the images before it.
         images = images_to_tensors(image)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != len(images):
+                raise InputError(f"got {len(generator)} generators for {len(images)} images: pass one generator per "
+                                 f"image, or a single generator")
+            generator = list(generator)
         same_size = len({tuple(t.shape[-2:]) for t in images}) == 1
-        batches = [torch.cat(images)] if same_size else images
+        if same_size:
+            batches = [(torch.cat(images), generator)]
+        else:
+            batches = [(t, generator[i] if isinstance(generator, list) else generator) for i, t in enumerate(images)]
 
         # 3. Upscale each batch
-        outputs = [self._upscale(batch, iterations, generator, tile_size, tile_overlap, output_type, color_correct)
-                   for batch in batches]
+        outputs = [self._upscale(batch, iterations, gen, tile_size, tile_overlap, output_type, color_correct)
+                   for batch, gen in batches]
 
         # 4. Postprocess
         if output_type == "latent":

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from uplift_diffusion.utils.device import add_device_arguments, resolve_device_dtype
+from uplift_diffusion.utils.errors import InputError, InputNotFoundError, UnavailableError
+from uplift_diffusion.utils.hub import ensure_hub_reachable, offline_hint
 
 DEFAULT_SD_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_UPSAMPLER = "UPLiFT-upsampler/uplift_sd1.5vae"
@@ -15,28 +18,25 @@ DEFAULT_UPSAMPLER = "UPLiFT-upsampler/uplift_sd1.5vae"
 # shipped inside the package under that name (uplift_diffusion.builtin, offline); else Hub ids / local folders.
 PRESET_PAIRS = {"taef2": None, "sd15": (DEFAULT_SD_REPO, DEFAULT_UPSAMPLER)}
 DEFAULT_PRESET = "taef2"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def add_device_arguments(parser) -> None:
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                        help="weights dtype (default: float16 on cuda, float32 otherwise)")
-
-
-def resolve_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
-    try:
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1, mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
-    return dev, DTYPES[dtype] if dtype else (torch.float16 if dev.type == "cuda" else torch.float32)
+resolve_device = resolve_device_dtype  # the one device / dtype policy (uplift_diffusion.utils.device)
+__all__ = ["add_device_arguments", "resolve_device", "resolve_device_dtype"]
 
 
 def is_repo_id(text: str) -> bool:
-    return bool(_REPO_ID.match(text)) and not Path(text).exists()
+    """``owner/name`` that is not a local path: neither the path nor its parent folder (``outputs/model``) exists."""
+    path = Path(text)
+    return bool(_REPO_ID.match(text)) and not path.exists() and not path.parent.exists()
+
+
+def check_model_source(spec: str, flag: str) -> None:
+    """A cheap check before any weights load: ``spec`` is an existing file / folder or a Hub repo id."""
+    if not Path(spec).exists() and not is_repo_id(spec):
+        raise InputNotFoundError(f"{flag} {spec}: no such file or folder (and not a Hub repo id like "
+                                 f"{DEFAULT_SD_REPO!r})")
 
 
 def _vae_classes() -> dict:
@@ -51,7 +51,7 @@ def _vae_class(config_file: Path, where: str):
     name = json.loads(config_file.read_text()).get("_class_name")
     classes = _vae_classes()
     if name not in classes:
-        raise ValueError(f"{where}: unsupported VAE class {name!r}; supported: {', '.join(classes)}")
+        raise InputError(f"{where}: unsupported VAE class {name!r}; supported: {', '.join(classes)}")
     return classes[name]
 
 
@@ -69,35 +69,52 @@ def load_vae(spec: str, dtype: torch.dtype):
         if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
             path = path / "vae"
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"--vae {spec}: no config.json, vae/config.json, taef2.safetensors or "
+            raise InputNotFoundError(f"--vae {spec}: no config.json, vae/config.json, taef2.safetensors or "
                                     f"taef2_encoder.pth / taef2_decoder.pth in this folder")
         return _vae_class(path / "config.json", f"--vae {spec}").from_pretrained(path, dtype=dtype)
     if not is_repo_id(spec):
-        raise FileNotFoundError(f"--vae {spec}: not a local folder nor a Hub repo id like {DEFAULT_SD_REPO!r}")
+        raise InputNotFoundError(f"--vae {spec}: not a local folder nor a Hub repo id like {DEFAULT_SD_REPO!r}")
 
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    ensure_hub_reachable()
     how = (f"download it elsewhere (e.g. `hf download {spec} --include 'vae/*'`) and pass the local folder with "
            f"--vae DIR (a diffusers VAE folder, a pipeline folder with vae/, or a folder with taef2.safetensors or "
            f"taef2_*.pth files)")
+    config, first_error = None, None
     for subfolder in ("vae", None):
         try:
             config = Path(hf_hub_download(spec, "config.json", subfolder=subfolder))
             break
-        except Exception:  # offline, missing file or repo: try the next layout, then report
-            continue
-    else:  # no diffusers config: the single-file taef2 layout (madebyollin/taef2), else report
-        try:
+        except Exception as err:  # noqa: BLE001  (kept and reported below)
+            first_error = first_error or err
+            if isinstance(err, LocalEntryNotFoundError) or not isinstance(err, (EntryNotFoundError,
+                                                                               RepositoryNotFoundError)):
+                break  # no connection / offline mode: every other layout would fail the same way
+    if config is None and not isinstance(first_error, LocalEntryNotFoundError):
+        try:  # no diffusers config: the single-file taef2 layout (madebyollin/taef2)
             return TAEF2.from_pretrained(spec, dtype=dtype)
-        except Exception:
-            raise OSError(f"could not fetch the VAE from the Hugging Face Hub repo {spec!r} (vae/config.json and "
-                          f"vae/diffusion_pytorch_model.safetensors, or taef2.safetensors); if this machine is "
-                          f"offline, {how}") from None
+        except Exception as err:  # noqa: BLE001
+            first_error = first_error or err
+    if config is None:
+        raise UnavailableError(f"could not fetch the VAE from the Hugging Face Hub repo {spec!r} (vae/config.json and "
+                               f"vae/diffusion_pytorch_model.safetensors, or taef2.safetensors): "
+                               f"{_reason(first_error)}; {offline_hint()}: {how}") from None
     cls = _vae_class(config, f"--vae {spec}")
     try:
         return cls.from_pretrained(spec, subfolder=subfolder, dtype=dtype)
-    except Exception as err:
-        raise OSError(f"could not load the VAE weights of {spec!r} ({type(err).__name__}); {how}") from None
+    except OSError as err:
+        raise UnavailableError(f"could not load the VAE weights of {spec!r} ({_reason(err)}); {how}") from None
+
+
+def _reason(err: BaseException) -> str:
+    """The cause of a Hub error in one line: the error's own first line and the underlying exception's."""
+    text = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+    cause = err.__cause__ or err.__context__
+    if cause is not None and str(cause):
+        text += f" (caused by {type(cause).__name__}: {str(cause).splitlines()[0][:120]})"
+    return text
 
 
 def load_upsampler(spec: str, dtype: torch.dtype):
@@ -109,12 +126,14 @@ def load_upsampler(spec: str, dtype: torch.dtype):
         return UPLiFTModel.from_pretrained(path, dtype=dtype).eval()
     if path.is_dir() and (path / "upsampler" / "config.json").is_file():
         return UPLiFTModel.from_pretrained(path, subfolder="upsampler", dtype=dtype).eval()
+    if not path.exists() and is_repo_id(spec):
+        ensure_hub_reachable()
     try:
         return UPLiFTModel.from_reference_checkpoint(spec, dtype=dtype)
     except OSError as err:
         if path.exists():
             raise
-        raise OSError(f"{err} (--upsampler FILE or DIR: a .safetensors checkpoint, or a folder saved with "
+        raise UnavailableError(f"{err} (--upsampler FILE or DIR: a .safetensors checkpoint, or a folder saved with "
                       f"UPLiFTModel.save_pretrained)") from None
 
 
@@ -123,7 +142,7 @@ def load_pair(preset: str, vae: str | None, upsampler: str | None, dtype: torch.
     from uplift_diffusion import builtin
 
     if preset not in PRESET_PAIRS:
-        raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESET_PAIRS)}")
+        raise InputError(f"unknown preset {preset!r}; available: {', '.join(PRESET_PAIRS)}")
     hub_pair = PRESET_PAIRS[preset]
     if hub_pair is not None:
         vae, upsampler = vae or hub_pair[0], upsampler or hub_pair[1]

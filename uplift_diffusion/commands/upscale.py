@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import warnings
 from pathlib import Path
 
 from uplift_diffusion.commands.loading import (
@@ -44,19 +44,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def plan_outputs(inputs: list[Path], output: str, scale: int) -> list[Path]:
     """Output path per input; a single input may go to an explicit image file."""
-    from uplift_diffusion.imageio import IMAGE_SUFFIXES, ensure_writable_dir
+    from uplift_diffusion.utils.errors import InputError
+    from uplift_diffusion.utils.images import IMAGE_SUFFIXES
+    from uplift_diffusion.utils.io import ensure_writable_dir
 
     out = Path(output)
     if out.suffix.lower() in IMAGE_SUFFIXES:
         if len(inputs) != 1:
-            raise ValueError(f"-o {output} is a single file but {len(inputs)} images were given; pass a folder")
+            raise InputError(f"-o {output} is a single file but {len(inputs)} images were given; pass a folder")
         ensure_writable_dir(out.parent)
         return [out]
     ensure_writable_dir(out)
     targets = [out / f"{path.stem}_x{scale}.png" for path in inputs]
     clashes = sorted({t.name for t in targets if targets.count(t) > 1})
     if clashes:
-        raise ValueError(f"several inputs would be written to the same output name(s): {', '.join(clashes)}")
+        raise InputError(f"several inputs would be written to the same output name(s): {', '.join(clashes)}")
     return targets
 
 
@@ -64,23 +66,26 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from uplift_diffusion.commands.loading import load_pair, resolve_device
-    from uplift_diffusion.imageio import expand_inputs, load_image, save_image_atomic
+    from uplift_diffusion.commands.loading import load_pair
     from uplift_diffusion.model import UPLiFTModel
+    from uplift_diffusion.utils.device import resolve_device_dtype
+    from uplift_diffusion.utils.errors import ImageConversionWarning, InputError, OutputExistsError
+    from uplift_diffusion.utils.images import expand_inputs, load_image
+    from uplift_diffusion.utils.io import save_image_atomic
 
     # Cheap checks first: arguments, inputs, outputs; then the weights.
     UPLiFTModel.iterations_for_scale(args.scale)
-    device, dtype = resolve_device(args.device, args.dtype)
+    if args.tile_overlap is not None and args.tile_size is None:
+        raise InputError("--tile-overlap needs --tile-size (without tiles there is nothing to overlap)")
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
     inputs = expand_inputs(args.inputs)
     targets = plan_outputs(inputs, args.output, args.scale)
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.overwrite:
-        raise FileExistsError(f"output exists: {', '.join(existing[:3])}{' ...' if len(existing) > 3 else ''} "
-                              f"(pass --overwrite to replace)")
-    for path in inputs:  # fail on an unreadable image before loading any weights
-        _, note = load_image(path)
-        if note:
-            print(f"note: {path}: {note}", file=sys.stderr)
+        raise OutputExistsError(f"output exists: {', '.join(existing[:3])}{' ...' if len(existing) > 3 else ''} "
+                                f"(pass --overwrite to replace)")
+    for path in inputs:  # fail on an unreadable image before loading any weights (conversion notes shown here)
+        load_image(path)
 
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
 
@@ -90,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     pipe.check_inputs(args.scale, args.tile_size, args.tile_overlap, "pil")
     pipe.set_progress_bar_config(leave=False)
     for path, target in tqdm(list(zip(inputs, targets, strict=True)), desc="images", disable=len(inputs) < 2):
-        image, _ = load_image(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImageConversionWarning)  # already noted above
+            image = load_image(path)
         generator = torch.Generator(device).manual_seed(args.seed)
         result = pipe(image, scale=args.scale, generator=generator, tile_size=args.tile_size,
                       tile_overlap=args.tile_overlap, color_correction=not args.no_color_correction).images[0]
