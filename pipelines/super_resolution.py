@@ -18,14 +18,14 @@ import uplift_diffusion.backbones.taef2  # noqa: F401  (saved pipelines name thi
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents, vae_scale_factor
 from uplift_diffusion.color import ColorCorrection
-from uplift_diffusion.utils.images import to_rgb
+from uplift_diffusion.imageio import to_rgb
 from uplift_diffusion.model import UPLiFTModel
-from uplift_diffusion.utils.errors import InputError
 
 logger = logging.get_logger(__name__)
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[PIL.Image.Image | np.ndarray | torch.Tensor]
 DECODE_TILE_MIN = 128  # latents (1024 pixels): the smallest tile the VAE decoder sees when tiling
+LOCAL_DECODE_OVERLAP = 8  # latents: covers the receptive field of a decoder's local part (TAEF2.decode_local: ~8)
 
 
 def _array_to_unit(array: np.ndarray) -> torch.Tensor:
@@ -152,17 +152,15 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         """Validate the call arguments and the components; ValueError naming the problem."""
         UPLiFTModel.iterations_for_scale(scale)
         if output_type not in OUTPUT_TYPES:
-            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         check_upsampler_fits(self.upsampler, self.vae)
         factor = self.vae_scale_factor
-        if tile_overlap is not None and tile_size is None:
-            raise InputError("tile_overlap needs tile_size (without tiles there is nothing to overlap)")
         if tile_size is not None:
             if tile_size < 4 * factor or tile_size % factor:
-                raise InputError(f"tile_size must be a multiple of {factor} and >= {4 * factor} pixels, "
+                raise ValueError(f"tile_size must be a multiple of {factor} and >= {4 * factor} pixels, "
                                  f"got {tile_size}")
             if tile_overlap is not None and (tile_overlap < 0 or tile_overlap % factor or tile_overlap >= tile_size):
-                raise InputError(f"tile_overlap must be a multiple of {factor} in [0, tile_size), got {tile_overlap}")
+                raise ValueError(f"tile_overlap must be a multiple of {factor} in [0, tile_size), got {tile_overlap}")
 
     @torch.inference_mode()
     def __call__(
@@ -185,9 +183,8 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                 multiples of 8 are padded and the output is cropped back to exactly ``scale`` times the input.
             scale (`int`, defaults to 4):
                 Upscaling factor, a power of two (``log2(scale)`` UPLiFT steps).
-            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
-                Generator for the upsampler's noise channels (reproducible outputs); a list holds one per image, and
-                image ``i`` with ``generator[i]`` gives the same output as image ``i`` alone with that generator.
+            generator (`torch.Generator`, *optional*):
+                Generator for the upsampler's noise channels (reproducible outputs).
             output_type (`str`, defaults to ``"pil"``):
                 ``"pil"``, ``"np"`` ([B, H, W, 3] in [0, 1]), ``"pt"`` ([B, 3, H, W] in [0, 1]) or ``"latent"`` (the
                 upscaled *raw* latents of the padded input, before decoding).
@@ -214,24 +211,14 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             tile_overlap = tile_size // 4 // self.vae_scale_factor * self.vae_scale_factor
         color_correct = ColorCorrection(enabled=color_correction, clamp=(0.0, 1.0))
 
-        # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch. A list of generators
-        #    has one per image (diffusers' convention): image i draws its noise from generator[i] only, so it comes
-        #    out as it would alone with that generator, whatever the images before it.
+        # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch
         images = images_to_tensors(image)
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != len(images):
-                raise InputError(f"got {len(generator)} generators for {len(images)} images: pass one generator per "
-                                 f"image, or a single generator")
-            generator = list(generator)
         same_size = len({tuple(t.shape[-2:]) for t in images}) == 1
-        if same_size:
-            batches = [(torch.cat(images), generator)]
-        else:
-            batches = [(t, generator[i] if isinstance(generator, list) else generator) for i, t in enumerate(images)]
+        batches = [torch.cat(images)] if same_size else images
 
         # 3. Upscale each batch
-        outputs = [self._upscale(batch, iterations, gen, tile_size, tile_overlap, output_type, color_correct)
-                   for batch, gen in batches]
+        outputs = [self._upscale(batch, iterations, generator, tile_size, tile_overlap, output_type, color_correct)
+                   for batch in batches]
 
         # 4. Postprocess
         if output_type == "latent":
@@ -246,6 +233,18 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             return (result,)
         return UPLiFTPipelineOutput(images=result)
 
+    def _decode_tiling(self, tile_size: int | None, tile_overlap: int | None) -> tuple[int | None, int | None]:
+        """(tile, overlap) of the decode in latents. A VAE whose decoder splits into a whole-map head and a local
+        tail (``decode_global`` / ``decode_local``, e.g. TAEF2) decodes in tiles as small as the upsampler's; other
+        decoders normalise over whole feature maps (GroupNorm), so they get large tiles to keep tone shifts small."""
+        if tile_size is None:
+            return None, None
+        tile, overlap = tile_size // self.vae_scale_factor, tile_overlap // self.vae_scale_factor
+        if hasattr(self.vae, "decode_local"):
+            return max(tile, 4 * LOCAL_DECODE_OVERLAP), max(overlap, LOCAL_DECODE_OVERLAP)
+        tile = max(tile, DECODE_TILE_MIN)
+        return tile, tile // 4
+
     def _upscale(self, image01: torch.Tensor, iterations: int, generator, tile_size, tile_overlap, output_type,
                  color_correct: ColorCorrection):
         """[B, 3, H, W] in [0, 1] -> [B, 3, H * s, W * s] in [0, 1] (or the upscaled raw latents)."""
@@ -255,15 +254,14 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         padded = pad_to_multiple(image01, p)  # [B, 3, Hp, Wp]
         latent_size = (padded.shape[-2] // p, padded.shape[-1] // p)
         upscaled_size = (latent_size[0] * s, latent_size[1] * s)
-        # The decoders normalise over whole feature maps (GroupNorm): decode in large tiles to keep seams invisible.
-        decode_tile = max(tile_size // p, DECODE_TILE_MIN) if tile_size is not None else None
+        decode_tile, decode_overlap = self._decode_tiling(tile_size, tile_overlap)
 
         # One progress bar over every unit of work: the encode, each UPLiFT step (or tile), the decode (or its tiles).
         if tile_size is None:
             upsample_units, decode_units = iterations, 1
         else:
             upsample_units = count_tiles(latent_size, tile_size // p, tile_overlap // p)
-            decode_units = count_tiles(upscaled_size, decode_tile, decode_tile // 4)
+            decode_units = count_tiles(upscaled_size, decode_tile, decode_overlap)
         decode_units *= output_type != "latent"
         bar = self.progress_bar(total=1 + upsample_units + decode_units)
         advance = _advancing(bar)
@@ -291,11 +289,19 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         if tile_size is None:
             decoded = decode_latents(self.vae, upscaled)  # [B, 3, s*Hp, s*Wp]
             bar.update()
+        elif hasattr(self.vae, "decode_local"):  # TAEF2: only its cheap latent-resolution head needs whole latents
+            param = next(self.vae.parameters())
+            features = self.vae.decode_global(upscaled.to(param.device, param.dtype))
+
+            def decode_feature_tile(y0, y1, x0, x1):
+                return self.vae.decode_local(features[..., y0:y1, x0:x1]).float().add(1).div(2).clamp(0, 1)
+
+            decoded = tiled_map(decode_feature_tile, upscaled_size, decode_tile, decode_overlap, p, progress=advance)
         else:
             def decode_latent_tile(y0, y1, x0, x1):
                 return decode_latents(self.vae, upscaled[..., y0:y1, x0:x1])
 
-            decoded = tiled_map(decode_latent_tile, upscaled_size, decode_tile, decode_tile // 4, p, progress=advance)
+            decoded = tiled_map(decode_latent_tile, upscaled_size, decode_tile, decode_overlap, p, progress=advance)
         bar.close()
         decoded = decoded[..., : height * s, : width * s].float()  # crop the padding back
         return color_correct(decoded, image01.float())

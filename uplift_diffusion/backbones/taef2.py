@@ -118,6 +118,10 @@ class TAEF2(ModelMixin, ConfigMixin):
                 dec += [nn.Upsample(scale_factor=2), _conv(c, c, bias=False)]
         dec.append(_conv(c, 3))
         self.decoder = nn.Sequential(*dec)
+        # The pool branches' GroupNorm sees the whole feature map: the decoder layers up to the last pooled block
+        # must run on whole latents; the layers after it are local (convolutions, ReLU, nearest upsampling).
+        pooled = [i for i, layer in enumerate(dec) if isinstance(layer, TAEBlock) and layer.pool is not None]
+        self.decoder_local_from = pooled[-1] + 1
 
     @classmethod
     def from_taesd_files(cls, folder: str | os.PathLike, prefix: str = "taef2", **config) -> "TAEF2":
@@ -199,8 +203,18 @@ class TAEF2(ModelMixin, ConfigMixin):
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
         """Raw latents -> RGB in [-1, 1]."""
-        sample = self.decoder(z).clamp(0, 1).mul(2).sub(1)
+        sample = self.decode_local(self.decode_global(z))
         return DecoderOutput(sample=sample) if return_dict else (sample,)
+
+    def decode_global(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder layers that need whole latents (their GroupNorm statistics): raw latents [B, C, h, w] ->
+        features [B, 64, h, w], still at latent resolution. Cheap; :meth:`decode_local` finishes the decode."""
+        return self.decoder[: self.decoder_local_from](z)
+
+    def decode_local(self, features: torch.Tensor) -> torch.Tensor:
+        """The rest of the decoder, local operations only, so it can run tile by tile (with an overlap for its
+        receptive field): features from :meth:`decode_global` (or a crop of them) -> RGB in [-1, 1], 8x larger."""
+        return self.decoder[self.decoder_local_from:](features).clamp(0, 1).mul(2).sub(1)
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True):
         decoded = self.decode(self.encode(sample).latents).sample
