@@ -26,6 +26,7 @@ COMMANDS = {
     "train": "uplift_diffusion.commands.train",
     "eval": "uplift_diffusion.commands.eval",
     "features": "uplift_diffusion.commands.features",
+    "demo": "uplift_diffusion.commands.demo",
 }
 
 
