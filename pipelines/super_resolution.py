@@ -18,8 +18,9 @@ import uplift_diffusion.backbones.taef2  # noqa: F401  (saved pipelines name thi
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents, vae_scale_factor
 from uplift_diffusion.color import ColorCorrection
-from uplift_diffusion.imageio import to_rgb
+from uplift_diffusion.utils.images import to_rgb
 from uplift_diffusion.model import UPLiFTModel
+from uplift_diffusion.utils.errors import InputError
 
 logger = logging.get_logger(__name__)
 
@@ -120,13 +121,19 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         upsampler ([`~uplift_diffusion.UPLiFTModel`]):
             A VAE-preset UPLiFT model with ``in_channels`` equal to the VAE's latent channels and ``patch_size`` equal
             to its spatial factor (8).
+        color_correction_mode (`str`, defaults to ``"mean"``):
+            What ``color_correction=True`` does: ``"mean"`` (paper B.1: per-channel colour means) or ``"detail"``
+            (low frequencies from the input, detail from UPLiFT; for models trained with it, such as the built-in
+            taef2 pair). See [`~uplift_diffusion.ColorCorrection`].
     """
 
     model_cpu_offload_seq = "vae->upsampler"
 
-    def __init__(self, vae, upsampler: UPLiFTModel):
+    def __init__(self, vae, upsampler: UPLiFTModel, color_correction_mode: str = "mean"):
         super().__init__()
+        ColorCorrection(mode=color_correction_mode)  # validates the mode
         self.register_modules(vae=vae, upsampler=upsampler)
+        self.register_to_config(color_correction_mode=color_correction_mode)
         self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False)
 
@@ -144,23 +151,26 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             device (`str` or `torch.device`, *optional*):
                 Where to put the pipeline (default cpu).
         """
-        from uplift_diffusion.builtin import load_builtin_upsampler, load_builtin_vae
+        from uplift_diffusion.builtin import builtin_pair, load_builtin_upsampler, load_builtin_vae
 
-        return cls(vae=load_builtin_vae(name, dtype, device), upsampler=load_builtin_upsampler(name, dtype, device))
+        return cls(vae=load_builtin_vae(name, dtype, device), upsampler=load_builtin_upsampler(name, dtype, device),
+                   color_correction_mode=builtin_pair(name).color_correction_mode)
 
     def check_inputs(self, scale: int, tile_size: int | None, tile_overlap: int | None, output_type: str) -> None:
         """Validate the call arguments and the components; ValueError naming the problem."""
         UPLiFTModel.iterations_for_scale(scale)
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         check_upsampler_fits(self.upsampler, self.vae)
         factor = self.vae_scale_factor
+        if tile_overlap is not None and tile_size is None:
+            raise InputError("tile_overlap needs tile_size (without tiles there is nothing to overlap)")
         if tile_size is not None:
             if tile_size < 4 * factor or tile_size % factor:
-                raise ValueError(f"tile_size must be a multiple of {factor} and >= {4 * factor} pixels, "
+                raise InputError(f"tile_size must be a multiple of {factor} and >= {4 * factor} pixels, "
                                  f"got {tile_size}")
             if tile_overlap is not None and (tile_overlap < 0 or tile_overlap % factor or tile_overlap >= tile_size):
-                raise ValueError(f"tile_overlap must be a multiple of {factor} in [0, tile_size), got {tile_overlap}")
+                raise InputError(f"tile_overlap must be a multiple of {factor} in [0, tile_size), got {tile_overlap}")
 
     @torch.inference_mode()
     def __call__(
@@ -171,7 +181,7 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         output_type: str = "pil",
         tile_size: int | None = None,
         tile_overlap: int | None = None,
-        color_correction: bool = True,
+        color_correction: bool | str = True,
         return_dict: bool = True,
     ):
         r"""Upscale images by ``scale``.
@@ -183,8 +193,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                 multiples of 8 are padded and the output is cropped back to exactly ``scale`` times the input.
             scale (`int`, defaults to 4):
                 Upscaling factor, a power of two (``log2(scale)`` UPLiFT steps).
-            generator (`torch.Generator`, *optional*):
-                Generator for the upsampler's noise channels (reproducible outputs).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Generator for the upsampler's noise channels (reproducible outputs); a list holds one per image, and
+                image ``i`` with ``generator[i]`` gives the same output as image ``i`` alone with that generator.
             output_type (`str`, defaults to ``"pil"``):
                 ``"pil"``, ``"np"`` ([B, H, W, 3] in [0, 1]), ``"pt"`` ([B, 3, H, W] in [0, 1]) or ``"latent"`` (the
                 upscaled *raw* latents of the padded input, before decoding).
@@ -195,8 +206,10 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                 outputs (e.g. 4096x4096). ``None`` processes whole images.
             tile_overlap (`int`, *optional*):
                 Overlap of neighbouring tiles in input pixels (multiple of 8); defaults to a quarter of the tile.
-            color_correction (`bool`, defaults to True):
-                Realign the per-channel colour means of the output with the input (paper B.1).
+            color_correction (`bool` or `str`, defaults to True):
+                ``True``: the pipeline's ``color_correction_mode`` (``"mean"``: realign the per-channel colour means
+                with the input, paper B.1; ``"detail"``: low frequencies from the input); a mode name picks one;
+                ``False`` returns the decoded image as it is.
             return_dict (`bool`, defaults to True):
                 Return an [`UPLiFTPipelineOutput`] instead of a tuple.
 
@@ -209,16 +222,27 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         iterations = UPLiFTModel.iterations_for_scale(scale)
         if tile_size is not None and tile_overlap is None:
             tile_overlap = tile_size // 4 // self.vae_scale_factor * self.vae_scale_factor
-        color_correct = ColorCorrection(enabled=color_correction, clamp=(0.0, 1.0))
+        mode = color_correction if isinstance(color_correction, str) else self.config.color_correction_mode
+        color_correct = ColorCorrection(enabled=bool(color_correction), clamp=(0.0, 1.0), mode=mode)
 
-        # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch
+        # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch. A list of generators
+        #    has one per image (diffusers' convention): image i draws its noise from generator[i] only, so it comes
+        #    out as it would alone with that generator, whatever the images before it.
         images = images_to_tensors(image)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != len(images):
+                raise InputError(f"got {len(generator)} generators for {len(images)} images: pass one generator per "
+                                 f"image, or a single generator")
+            generator = list(generator)
         same_size = len({tuple(t.shape[-2:]) for t in images}) == 1
-        batches = [torch.cat(images)] if same_size else images
+        if same_size:
+            batches = [(torch.cat(images), generator)]
+        else:
+            batches = [(t, generator[i] if isinstance(generator, list) else generator) for i, t in enumerate(images)]
 
         # 3. Upscale each batch
-        outputs = [self._upscale(batch, iterations, generator, tile_size, tile_overlap, output_type, color_correct)
-                   for batch in batches]
+        outputs = [self._upscale(batch, iterations, gen, tile_size, tile_overlap, output_type, color_correct)
+                   for batch, gen in batches]
 
         # 4. Postprocess
         if output_type == "latent":

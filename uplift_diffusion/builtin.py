@@ -29,14 +29,17 @@ class BuiltinPair:
         vae: folder of the autoencoder (loaded with ``vae_class.from_pretrained``).
         upsampler: ``UPLiFTModel.save_pretrained`` folder of the upsampler trained on that autoencoder's latents.
         vae_class: the autoencoder's class.
+        color_correction_mode: the pipeline's colour correction (the one the upsampler was trained with).
     """
 
     vae: str
     upsampler: str
     vae_class: type = TAEF2
+    color_correction_mode: str = "mean"
 
 
-BUILTIN_PAIRS = {"taef2": BuiltinPair(vae="taef2", upsampler="uplift-taef2")}
+# The taef2 upsampler was trained with the "detail" colour correction in its loss (configs/taef2_builtin.json).
+BUILTIN_PAIRS = {"taef2": BuiltinPair(vae="taef2", upsampler="uplift-taef2", color_correction_mode="detail")}
 
 
 def builtin_names() -> list[str]:
@@ -44,7 +47,7 @@ def builtin_names() -> list[str]:
     return sorted(BUILTIN_PAIRS)
 
 
-def _pair(name: str) -> BuiltinPair:
+def builtin_pair(name: str) -> BuiltinPair:
     if name not in BUILTIN_PAIRS:
         raise ValueError(f"unknown built-in model {name!r}; available: {', '.join(builtin_names())}")
     return BUILTIN_PAIRS[name]
@@ -61,13 +64,13 @@ def weights_folder(folder: str) -> Path:
 
 def builtin_vae_path(name: str = "taef2") -> Path:
     """Folder of the built-in pair's autoencoder."""
-    return weights_folder(_pair(name).vae)
+    return weights_folder(builtin_pair(name).vae)
 
 
 def builtin_upsampler_path(name: str = "taef2") -> Path:
     """Folder of the built-in pair's UPLiFT model (``config.json``, ``diffusion_pytorch_model.safetensors``,
     ``README.md`` model card)."""
-    return weights_folder(_pair(name).upsampler)
+    return weights_folder(builtin_pair(name).upsampler)
 
 
 def _place(model: torch.nn.Module, device: str | torch.device | None):
@@ -83,7 +86,7 @@ def load_builtin_vae(name: str = "taef2", dtype: torch.dtype | None = None,
         dtype: weights dtype (default float32).
         device: where to put the model (default cpu).
     """
-    return _place(_pair(name).vae_class.from_pretrained(builtin_vae_path(name), dtype=dtype), device)
+    return _place(builtin_pair(name).vae_class.from_pretrained(builtin_vae_path(name), dtype=dtype), device)
 
 
 def load_builtin_upsampler(name: str = "taef2", dtype: torch.dtype | None = None,
