@@ -27,6 +27,7 @@ COMMANDS = {
     "eval": "uplift_diffusion.commands.eval",
     "features": "uplift_diffusion.commands.features",
     "demo": "uplift_diffusion.commands.demo",
+    "serve": "uplift_diffusion.commands.serve",
 }
 
 

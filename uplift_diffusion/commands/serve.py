@@ -1,0 +1,80 @@
+"""``uplift-diffusion serve``: the upscaler (and the DINO feature viewer) as a web page, with Gradio."""
+
+from __future__ import annotations
+
+import argparse
+
+from uplift_diffusion.commands.loading import DEFAULT_PRESET, PRESET_PAIRS, add_device_arguments
+
+HELP = "Serve a web page (Gradio) to upscale photos and view UPLiFT features; binds 127.0.0.1 unless told."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for everyone)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESET_PAIRS),
+                        help=f"as in `upscale`: the VAE + upsampler pair (default {DEFAULT_PRESET}: the pair shipped "
+                             f"inside the package, offline); --vae / --upsampler replace either part")
+    parser.add_argument("--vae", default=None, help="as in `upscale`: Hub repo id or local folder of the VAE")
+    parser.add_argument("--upsampler", default=None,
+                        help="as in `upscale`: UPLiFT weights for that VAE (Hub repo id, file or folder)")
+    parser.add_argument("--backbone", default=None, metavar="PRESET",
+                        help="DINO feature preset for the Features tab (dinov2-s14 or dinov3-splus16); default: no "
+                             "Features tab content")
+    parser.add_argument("--backbone-weights", default=None, metavar="PATH",
+                        help="local backbone weights (model.safetensors of Hub repo timm/<backbone>); "
+                             "default: download")
+    parser.add_argument("--features-upsampler", default=None, metavar="PATH",
+                        help="local UPLiFT checkpoint for the backbone; default: download the published one")
+    parser.add_argument("--max-pixels", type=int, default=2048 * 2048,
+                        help="largest photo accepted, in pixels (default 2048*2048)")
+    parser.add_argument("--max-output-pixels", type=int, default=4096 * 4096,
+                        help="largest result, in pixels (default 4096*4096)")
+    parser.add_argument("--queue-size", type=int, default=16,
+                        help="requests that may wait in the queue before new ones are turned away (default 16)")
+    add_device_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page phones nobody
+
+    from uplift_diffusion.commands.loading import load_pair
+    from uplift_diffusion.utils.device import resolve_device_dtype
+    from uplift_diffusion.utils.errors import InputError, UnavailableError
+
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port must be in 1..65535, got {args.port}")
+    for flag, value in (("--max-pixels", args.max_pixels), ("--max-output-pixels", args.max_output_pixels),
+                        ("--queue-size", args.queue_size)):
+        if value < 1:
+            raise InputError(f"{flag} must be positive, got {value}")
+    try:
+        from uplift_diffusion import app
+    except ModuleNotFoundError as err:
+        raise UnavailableError(f"the web page needs the 'app' extra (missing package {err.name!r}): "
+                               f"pip install 'uplift-diffusion[app]'") from None
+
+    from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
+
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)  # as `upscale` loads them
+    pipeline = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler).to(device)
+    try:  # a VAE / upsampler mismatch fails now, not on the first request
+        pipeline.check_inputs(2, None, None, "pil")
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    pipeline.set_progress_bar_config(leave=False)
+    untiled = min(args.max_output_pixels, app.PageLimits.max_untiled_output_pixels)
+    limits = app.PageLimits(max_input_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels,
+                            max_untiled_output_pixels=untiled, queue_size=args.queue_size)
+    features = app.FeatureStrips.load(args.backbone, args.backbone_weights, args.features_upsampler, device=device)
+    demo = app.build_demo(app.PageUpscaler(pipeline, limits), features)
+    try:
+        app.launch(demo, limits, host=args.host, port=args.port)
+    except OSError:  # Gradio's message speaks of launch() arguments: say it in the command's words
+        raise UnavailableError(f"cannot serve on {args.host}:{args.port}: the port is taken or the address is not "
+                               f"this machine's; pick another --port / --host") from None
+    return 0
