@@ -43,8 +43,10 @@ from tqdm.auto import tqdm  # noqa: E402
 from uplift_diffusion import UPLiFTModel, UPLiFTSuperResolutionPipeline  # noqa: E402
 from uplift_diffusion.backbones.taef2 import TAEF2  # noqa: E402
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents  # noqa: E402
+from uplift_diffusion.color import MODES as COLOR_MODES  # noqa: E402
 from uplift_diffusion.training.config import DOWNSCALE_KERNELS, DataSource, TrainConfig  # noqa: E402
-from uplift_diffusion.training.data import downscale, list_image_files, pil_to_tensor  # noqa: E402
+from uplift_diffusion.training.data import downscale, list_image_files  # noqa: E402
+from uplift_diffusion.utils.image_ops import pil_to_tensor  # noqa: E402
 from uplift_diffusion.training.trainer import Trainer  # noqa: E402
 from uplift_diffusion.utils.images import load_image  # noqa: E402
 from uplift_diffusion.utils.io import write_json_atomic  # noqa: E402
@@ -92,7 +94,7 @@ def metric_functions():
 def centre_crop(image: torch.Tensor, multiple: int, max_size: int) -> torch.Tensor:
     """Centre crop [3, H, W] to sides that are multiples of ``multiple`` and at most ``max_size``."""
     h, w = image.shape[-2:]
-    th, tw = (min(s, max_size) // multiple * multiple for s in (h, w))
+    th, tw = (min(s, max_size or s) // multiple * multiple for s in (h, w))  # max_size 0: whole image
     if th == 0 or tw == 0:
         raise ValueError(f"image {w}x{h} is smaller than one {multiple}-pixel block")
     top, left = (h - th) // 2, (w - tw) // 2
@@ -222,11 +224,13 @@ def markdown_table(results: dict, labels: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _named_dir(text: str) -> tuple[str, Path]:
-    name, sep, folder = text.partition("=")
-    if not sep or not name or not folder:
-        raise argparse.ArgumentTypeError(f"expected NAME=DIR, got {text!r}")
-    return name, Path(folder)
+def _named_dir(text: str) -> tuple[str, Path, str | None]:
+    """``NAME=DIR`` or ``NAME=DIR@MODE`` (MODE: the pipeline's colour correction, ``mean`` or ``detail``)."""
+    name, sep, rest = text.partition("=")
+    folder, _, mode = rest.partition("@")
+    if not sep or not name or not folder or mode not in ("", *COLOR_MODES):
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR or NAME=DIR@MODE with MODE in {COLOR_MODES}, got {text!r}")
+    return name, Path(folder), mode or None
 
 
 def main(argv=None) -> int:
@@ -247,8 +251,11 @@ def main(argv=None) -> int:
                         help="largest HR side evaluated (centre crop; 0 = whole images)")
     parser.add_argument("--model", type=Path, default=None, help="evaluate this trained model; skip training")
     parser.add_argument("--name", default="UPLiFT", help="row label of --model / the trained model")
-    parser.add_argument("--compare", nargs="*", type=_named_dir, default=[], metavar="NAME=DIR",
-                        help="more trained UPLiFT models to evaluate as rows (e.g. previous=outputs/old/model)")
+    parser.add_argument("--color-correction", choices=COLOR_MODES, default=None,
+                        help="colour correction of --model / the trained model (default: 'detail' when its training "
+                             "config compared 'detail'-corrected pixels, else the paper's 'mean')")
+    parser.add_argument("--compare", nargs="*", type=_named_dir, default=[], metavar="NAME=DIR[@MODE]",
+                        help="more trained UPLiFT models to evaluate as rows (e.g. previous=outputs/old/model@mean)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run in --out")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default, every core; 1 when other jobs share the cores)")
@@ -258,6 +265,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     train_info: dict = {}
+    mode = args.color_correction
     if args.model is None:
         config = TrainConfig.from_file(args.config)
         config.output_dir = str(args.out)
@@ -265,6 +273,8 @@ def main(argv=None) -> int:
         config.backbone.path = str(args.taef2)
         config.data.sources = [DataSource(type="folder", path=str(p)) for p in args.train_dir]
         config.data.cache_dir = str(args.out / "feature_cache")
+        if mode is None:
+            mode = "detail" if config.loss.pixel_color_correction == "detail" else "mean"
         trainer = Trainer(config)
         t0 = time.monotonic()
         model_dir = trainer.train(resume=args.resume)
@@ -274,9 +284,10 @@ def main(argv=None) -> int:
     else:
         model_dir = args.model
     vae = TAEF2.from_pretrained(args.taef2).eval()
-    pipes = {}
-    for name, folder in [(args.name, model_dir), *args.compare]:
-        pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=UPLiFTModel.from_pretrained(folder).eval())
+    pipes, models = {}, [(args.name, model_dir, mode or "mean"), *args.compare]
+    for name, folder, color_mode in models:
+        pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=UPLiFTModel.from_pretrained(folder).eval(),
+                                             color_correction_mode=color_mode or "mean")
         pipe.set_progress_bar_config(disable=True)
         pipes[name] = pipe
     train_info["parameters"] = {name: sum(p.numel() for p in pipe.upsampler.parameters())
@@ -286,12 +297,14 @@ def main(argv=None) -> int:
     results = evaluate(pipes, vae, args.eval_dir, args.scales, args.degradations, args.max_size,
                        args.out / "sr_grid.png")
     results.update(train=train_info, eval_minutes=(time.monotonic() - t0) / 60,
-                   models={name: str(folder) for name, folder in [(args.name, model_dir), *args.compare]},
+                   models={name: {"path": str(folder), "color_correction": pipes[name].config.color_correction_mode}
+                           for name, folder, _ in models},
                    command=" ".join(sys.argv), protocol={"max_size": args.max_size, "scales": args.scales,
                                                         "degradations": args.degradations,
                                                         "threads": torch.get_num_threads()})
     write_json_atomic(args.out / "results.json", results)
-    labels = {**{name: f"UPLiFT ({name})" for name in pipes}, **BASELINES}
+    labels = {**{name: f"UPLiFT ({name}, {pipe.config.color_correction_mode} colour correction)"
+                 for name, pipe in pipes.items()}, **BASELINES}
     table = markdown_table(results, labels)
     params = ", ".join(f"{name} {n:,}" for name, n in train_info["parameters"].items())
     summary = (f"UPLiFT parameters: {params}; trained {train_info.get('steps', '-')} steps in "
