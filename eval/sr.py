@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from tqdm.auto import tqdm
 from uplift_diffusion.eval.common import (
     ResultsFolder,
@@ -137,8 +138,10 @@ def run_sr_benchmark(
     dataset_name: str | None = None,
     extra_config: dict | None = None,
     overwrite: bool = False,
-) -> dict:
-    """Run the super-resolution benchmark; returns the ``results.json`` content.
+) -> dict | None:
+    """Run the super-resolution benchmark; returns the ``results.json`` content (``None`` on the processes other
+    than the main one when launched with ``accelerate launch``: each generates its share of the images, the main
+    process waits for them and computes the metrics once).
 
     Args:
         images: folder of high-resolution images (FacesHQ, LHQ, CelebA-HQ, ...).
@@ -182,20 +185,31 @@ def run_sr_benchmark(
 
     # 1. Generate every missing image (fixed chunks: reruns form the same batches); saved images are reused only
     #    when they were made with the same settings
+    #    Under `accelerate launch` every process generates its share of the batches (what exists is skipped, whoever
+    #    made it); the main process alone records the fingerprints first and scores the images afterwards.
+    state = PartialState()
     vae_identity = module_identity(vae)
     upsampler_identity = module_identity(upsampler) if "uplift" in methods else None
+    if state.is_main_process:
+        for method in methods:
+            folder.claim(method, sr_fingerprint(method, images, size, scale, seed, batch_size, color_correction,
+                                                vae_identity, upsampler_identity, next(vae.parameters()).device.type),
+                         overwrite)
+    state.wait_for_everyone()
     for method in methods:
-        folder.claim(method, sr_fingerprint(method, images, size, scale, seed, batch_size, color_correction,
-                                            vae_identity, upsampler_identity, next(vae.parameters()).device.type),
-                     overwrite)
-        for idx in tqdm(list(chunks(range(len(files)), batch_size)), desc=f"sr {method}", unit="batch"):
-            if folder.done(method, [names[i] for i in idx]):
-                continue
-            low_res = torch.stack([load_pair(files[i], size, scale)[1] for i in idx])
-            with timings(f"generate/{method}"):
-                out = super_resolve(method, low_res, vae, upsampler, scale, generators(seed, idx), color_correction)
-            for i, image in zip(idx, float_to_uint8(out), strict=True):
-                folder.save(method, names[i], image)
+        with state.split_between_processes(list(chunks(range(len(files)), batch_size))) as share:
+            for idx in tqdm(share, desc=f"sr {method}", unit="batch", disable=not state.is_local_main_process):
+                if folder.done(method, [names[i] for i in idx]):
+                    continue
+                low_res = torch.stack([load_pair(files[i], size, scale)[1] for i in idx])
+                with timings(f"generate/{method}"):
+                    out = super_resolve(method, low_res, vae, upsampler, scale, generators(seed, idx),
+                                        color_correction)
+                for i, image in zip(idx, float_to_uint8(out), strict=True):
+                    folder.save(method, names[i], image)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
 
     # 2. Metrics from the saved images (a rerun scores exactly the same files)
     metrics: dict[str, dict] = {}

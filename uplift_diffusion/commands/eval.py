@@ -151,7 +151,14 @@ def _run_text2img(args, device, dtype) -> dict:
 
 def run(args) -> int:
     device, dtype = resolve_device(args.device, args.dtype)
+    from accelerate import PartialState
+
+    state = PartialState()  # one process, or one of `accelerate launch`'s: each then takes its share of the images
+    if state.num_processes > 1 and device.type == state.device.type and device.index is None:
+        device = state.device  # one accelerator per process
     results = (_run_sr if args.benchmark == "sr" else _run_text2img)(args, device, dtype)
+    if results is None:  # a helper process of `accelerate launch`: the main process scores and reports
+        return 0
     from pathlib import Path
 
     print((Path(args.output) / "table.md").read_text(), end="")
