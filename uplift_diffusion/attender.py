@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import add_residual
+from .blocks import Conv2d, add_residual
 from .utils.errors import InputError
 
 # Which (di, dj) of the 5x5 square each neighbourhood keeps (paper Fig. 8). The offsets are listed row-major;
@@ -186,7 +186,7 @@ class LocalAttender(nn.Module):
     def __init__(self, guide_channels: int, neighbourhood_size: int = 17):
         super().__init__()
         self.offsets = neighbourhood_offsets(neighbourhood_size)
-        self.conv1 = nn.Conv2d(guide_channels, neighbourhood_size, kernel_size=1)
+        self.conv1 = Conv2d(guide_channels, neighbourhood_size, kernel_size=1)
 
     @property
     def neighbourhood_size(self) -> int:
@@ -195,7 +195,8 @@ class LocalAttender(nn.Module):
     def attention(self, guide: torch.Tensor) -> torch.Tensor:
         """Softmax attention weights [B, n, cH, cW] (computed in float32, returned in the guide's dtype)."""
         logits = add_residual(self.conv1(guide), guide)
-        return torch.softmax(logits.float(), dim=1).to(guide.dtype)
+        # Contiguous [B, n, cH, cW] (also for a channels-last guide): the attend loop reads one weight plane at a time.
+        return torch.softmax(logits.float(), dim=1).to(guide.dtype).contiguous()
 
     def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """guide [B, Cg, cH, cW], value [B, C, H, W] -> [B, C, cH, cW]."""
@@ -206,4 +207,4 @@ class LocalAttender(nn.Module):
         if guide.shape[0] != value.shape[0]:
             raise InputError(f"guide batch {guide.shape[0]} != value batch {value.shape[0]}")
         upsample_factor(guide.shape[-2:], value.shape[-2:])
-        return local_attend(self.attention(guide), value.to(guide.dtype), self.offsets)
+        return local_attend(self.attention(guide), value.to(guide.dtype).contiguous(), self.offsets)

@@ -10,19 +10,85 @@ from torch import nn
 
 NORM_TYPES = ("batch", "layer")
 
+# dtypes whose convolutions oneDNN runs on the CPU (the channels-last inference path below).
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+_ONEDNN = torch.backends.mkldnn.is_available()
 
-def add_residual(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+
+def channels_last_inference(x: torch.Tensor) -> bool:
+    """Whether ``x`` takes the channels-last inference path: a CPU tensor of a oneDNN dtype, autograd off.
+
+    On that path every conv block runs on channels-last maps ([B, C, H, W] with C innermost in memory): oneDNN's
+    convolutions need no layout conversion, 1x1 convs run on oneDNN too (PyTorch sends single-threaded 1x1 convs
+    to a GEMM that is 2-10x slower on CPUs where MKL takes its generic code path), the channel LayerNorm is one
+    ``F.layer_norm`` over the innermost axis, and residuals are added in place. The results equal the default
+    layout's up to float rounding (summation order), well inside the 1e-5 parity tolerance. With autograd on
+    (training) the contiguous layout and the reference's exact sequence of operations are kept, and under
+    ``torch.compile`` inductor chooses layouts and kernels itself.
+    """
+    return (
+        _ONEDNN
+        and x.device.type == "cpu"
+        and x.dtype in _ONEDNN_DTYPES
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def add_residual(out: torch.Tensor, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Add ``x`` to ``out`` with UPLiFT's residual rule, which lets blocks change their width.
 
     Equal channels: plain sum. ``x`` wider: its first ``C_out`` channels are added. ``x`` narrower: it is
     zero-padded up to ``C_out`` channels (so only the first ``C_in`` channels of ``out`` receive it).
+    ``inplace=True`` adds into ``out`` (same values, no new tensor); only for an ``out`` nothing else holds.
     """
     c_out, c_in = out.shape[1], x.shape[1]
+    if inplace:
+        if c_in >= c_out:
+            return out.add_(x[:, :c_out])
+        out[:, :c_in].add_(x)
+        return out
     if c_in == c_out:
         return out + x
     if c_in > c_out:
         return out + x[:, :c_out]
     return torch.cat([out[:, :c_in] + x, out[:, c_in:]], dim=1)
+
+
+def concat_channels(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts, dim=1)``, written straight into a channels-last map on the channels-last inference path
+    (a plain cat of mixed layouts gives a contiguous map that the next conv block would copy again)."""
+    if not channels_last_inference(parts[0]):
+        return torch.cat(list(parts), dim=1)
+    b, _, h, w = parts[0].shape
+    out = torch.empty(b, sum(p.shape[1] for p in parts), h, w, dtype=parts[0].dtype, device=parts[0].device,
+                      memory_format=torch.channels_last)
+    return torch.cat(list(parts), dim=1, out=out)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose 1x1 convolutions of channels-last inference maps run on oneDNN, like its 3x3 ones.
+
+    Same parameters and state-dict keys as ``nn.Conv2d``; every other case is ``nn.Conv2d`` unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.kernel_size == (1, 1)
+            and self.stride == (1, 1)
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and channels_last_inference(x)
+            and x.dtype == self.weight.dtype
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            weight = self.weight.contiguous(memory_format=torch.channels_last)
+            return torch.mkldnn_convolution(x, weight, self.bias, [0, 0], [1, 1], [1, 1], 1)
+        return super().forward(x)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -43,6 +109,11 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels_channels = x.permute(0, 2, 3, 1)  # [B, H, W, C]: contiguous for a channels-last map
+        if pixels_channels.is_contiguous() and channels_last_inference(x):
+            # One fused pass over the channel axis, already innermost in memory (same statistics, float32).
+            y = F.layer_norm(pixels_channels.float(), (x.shape[1],), self.weight.float(), self.bias.float(), self.eps)
+            return y.to(x.dtype).permute(0, 3, 1, 2)
         x32 = x.float()
         mean = x32.mean(dim=1, keepdim=True)
         var = (x32 - mean).pow(2).mean(dim=1, keepdim=True)
@@ -78,16 +149,48 @@ class ConvBlock(nn.Module):
         channels = in_channels
         for _ in range(num_convs):
             layers += [
-                nn.Conv2d(channels, out_channels, 3, padding=1, bias=False),
+                Conv2d(channels, out_channels, 3, padding=1, bias=False),
                 make_norm(norm_type, out_channels),
                 nn.ReLU(inplace=True),
             ]
             channels = out_channels
-        layers.append(nn.Conv2d(out_channels, out_channels, 1))
+        layers.append(Conv2d(out_channels, out_channels, 1))
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if channels_last_inference(x):
+            return self._forward_channels_last(to_channels_last(x))
         return add_residual(self.conv(x), x)
+
+    def _forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The channels-last inference path (see :func:`channels_last_inference`): same values, fewer passes.
+
+        An eval-mode BatchNorm is folded into its conv and the ReLU runs inside oneDNN's convolution, so a
+        conv / norm / ReLU triple is one kernel and one write of its output.
+        """
+        y = x
+        for i in range(0, len(self.conv) - 1, 3):  # (3x3 conv, norm, ReLU) triples, then the 1x1 conv
+            conv, norm, relu = self.conv[i : i + 3]
+            if _foldable(norm) and y.dtype == conv.weight.dtype:
+                y = _conv_bn_relu(y, conv, norm)
+            else:
+                y = relu(norm(conv(y)))
+        return add_residual(self.conv[-1](y), x, inplace=True)  # the conv output is ours to add into
+
+
+def _foldable(norm: nn.Module) -> bool:
+    return isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_var is not None
+
+
+def _conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> torch.Tensor:
+    """``relu(norm(conv(x)))`` for a bias-free conv and an eval-mode BatchNorm, as one oneDNN conv + ReLU."""
+    scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)  # per output channel, float32
+    weight = (conv.weight.float() * scale[:, None, None, None]).to(x.dtype)
+    bias = (norm.bias.float() - norm.running_mean.float() * scale).to(x.dtype)
+    weight = weight.contiguous(memory_format=torch.channels_last)
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "relu", [], ""
+    )
 
 
 class BlockGroup(nn.Module):
@@ -135,7 +238,14 @@ class UpStep(nn.Module):
 
 
 def nearest_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resize to an exact size (source index = floor(dst * in / out))."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    """Nearest-neighbour resize to an exact size (source index = floor(dst * in / out)).
+
+    An integer downscale s is the strided view ``x[..., ::s, ::s]`` (the same pixels, no copy; ``F.interpolate``
+    copies its whole input first).
+    """
+    (h, w), (oh, ow) = x.shape[-2:], tuple(size)
+    if (h, w) == (oh, ow):
         return x
-    return F.interpolate(x, size=tuple(size), mode="nearest")
+    if h % oh == 0 and w % ow == 0:
+        return x[..., :: h // oh, :: w // ow]
+    return F.interpolate(x, size=(oh, ow), mode="nearest")

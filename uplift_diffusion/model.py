@@ -15,7 +15,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from .attender import LocalAttender, neighbourhood_offsets
-from .blocks import NORM_TYPES, BlockGroup, UpStep, nearest_resize
+from .blocks import NORM_TYPES, BlockGroup, Conv2d, UpStep, concat_channels, nearest_resize
 from .presets import get_preset, preset_config
 from .utils.errors import InputError
 
@@ -170,7 +170,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             spec = _check_group(refiner_blocks, "refiner_blocks")
             self.refiner = BlockGroup(in_channels + guide_widths[-1] + noise_channels, spec["out_channels"],
                                       spec["num_blocks"], spec["num_convs"], norm_type)
-            self.refiner_out = nn.Conv2d(spec["out_channels"], in_channels, kernel_size=1)
+            self.refiner_out = Conv2d(spec["out_channels"], in_channels, kernel_size=1)
         else:
             self.refiner = None
             self.refiner_out = None
@@ -213,7 +213,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         noise = self._noise(x, generator)
         if noise is not None:
             parts.append(noise)
-        return torch.cat(parts, dim=1)
+        return concat_channels(parts)
 
     @apply_forward_hook  # model CPU offload moves the weights in for these entry points too, not only forward
     def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -257,7 +257,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         out = self.attender(guide, features)  # [B, C, 2h, 2w]
         if self.refiner is not None:
             out = self.refiner_out(self.refiner(self._concat(out, encoded[-1], generator)))
-        return out
+        return out.contiguous()  # the blocks may run channels-last (blocks.channels_last_inference)
 
     def check_inputs(self, image: torch.Tensor, features: torch.Tensor, iterations: int, output_size) -> None:
         """Validate the forward arguments; raises ValueError / TypeError naming the problem."""
