@@ -2,7 +2,7 @@
 
 Paths (each case runs in a fresh process, see _common.py for how peak memory is measured):
 - ``direct``: stack the n shifted, nearest-upsampled value maps into [B, C, n, cH, cW], multiply by the attention,
-  sum over n (tests/attender_direct.py; filled slot by slot and multiplied in place, its most frugal form).
+  sum over n (uplift_diffusion/testing.py; filled slot by slot and multiplied in place, its most frugal form).
 - ``default``: ``local_attend`` as the model runs it eagerly (cache-sized tiles).
 - ``compiled``: ``torch.compile(local_attend, fullgraph=True, dynamic=False)``, what ``model.compile()`` or
   ``torch.compile(model.attender)`` runs: the tiled kernel as the custom op ``uplift_diffusion::local_attend``.
@@ -34,9 +34,8 @@ def _ratio(value: float | None) -> str:
 
 
 def worker(args: argparse.Namespace) -> dict:
-    from attender_direct import direct_local_attend
-
     from uplift_diffusion.attender import NEIGHBOURHOODS, local_attend, local_attend_fused
+    from uplift_diffusion.testing import direct_local_attend
 
     if args.threads:
         torch.set_num_threads(args.threads)

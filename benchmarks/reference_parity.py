@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_weights import reference_weights
-
 from uplift_diffusion import UPLiFTModel
+from uplift_diffusion.testing import reference_weights
 
 
 def main() -> int:
@@ -35,7 +32,7 @@ def main() -> int:
         for case in cases:
             path = Path(tmp) / case["weights"].replace(".tsv", ".safetensors")
             if not path.exists():
-                save_file(reference_weights(case["weights"]), str(path))
+                save_file(reference_weights(case["weights"], args.shared / "spec"), str(path))
             model = UPLiFTModel.from_reference_checkpoint(str(path), preset=case["preset"])
             data = load_file(str(fixtures / case["file"]))
             torch.manual_seed(case["global_seed_before_forward"])

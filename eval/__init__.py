@@ -7,5 +7,5 @@
 - :mod:`uplift_diffusion.eval.latency`: 3 warm-up + 10 timed batches, optional torch.compile.
 - :mod:`uplift_diffusion.eval.common`: the resumable results folder, tables, grids, seeds.
 
-Command line: ``uplift-diffusion eval {sr,coco,relaion} ...`` or ``python -m uplift_diffusion.eval.<name> ...``.
+Command line: ``uplift-diffusion eval {sr,coco,relaion} ...`` or ``python -m uplift_diffusion eval <name> ...``.
 """

@@ -2,14 +2,13 @@
 UPLiFT 512 -> 1024, FID against the real images, seconds per image at batch 4.
 
 Run it with ``uplift-diffusion eval coco --annotations captions_val2014.json --images val2014/ --output OUT`` or
-``python -m uplift_diffusion.eval.coco ...`` (same arguments).
+``python -m uplift_diffusion eval coco ...`` (same arguments).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,8 +59,3 @@ def run_coco_benchmark(annotations: str | os.PathLike, images: str | os.PathLike
     return run_text2img_benchmark("coco", pairs, rows, output_dir, HEADERS, seed=seed, batch_size=batch_size,
                                   extra_config=extra, **kwargs)
 
-
-if __name__ == "__main__":
-    from uplift_diffusion.commands.eval import main_for
-
-    sys.exit(main_for("coco"))

@@ -9,7 +9,8 @@
 - :class:`PairedMetrics`: per-image PSNR (clamped [0, 1], ``dim=(1, 2, 3)``) and SSIM (Gaussian SSIM map with its
   5-pixel border cropped, as torchmetrics computed it before PR #2721 and as scikit-image does), each averaged over
   images.
-- :class:`CLIPScorer`: CLIP score (ViT-B/32) through torchmetrics ``CLIPScore`` with a wrapper for transformers 5.
+- :class:`CLIPScorer`: CLIP score through torchmetrics ``CLIPScore``: transformers' ViT-B/32 (the paper's protocol,
+  default) or any open_clip model (``open_clip:ARCH/PRETRAINED``).
 - :func:`frechet_distance`: the distance between two Gaussians (SciPy ``sqrtm``), used by the clean-fid backend.
 
 Every network weight file can be given as a local path; when it is missing and cannot be downloaded, the error names
@@ -453,11 +454,73 @@ def load_clip(model: str = CLIP_MODEL) -> tuple[nn.Module, object]:
                       f"vocab.json + merges.txt) and pass the folder with --clip-model DIR") from None
 
 
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+class _OpenCLIPFeatures(nn.Module):
+    """An open_clip model with the ``get_image_features`` / ``get_text_features`` that torchmetrics' CLIPScore calls."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = None  # no ``text_config``: the tokenizer already truncates to the model's context length
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixel_values)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.encode_text(input_ids)
+
+
+class _OpenCLIPProcessor:
+    """open_clip's image transform and tokenizer behind the processor call that torchmetrics' CLIPScore makes."""
+
+    def __init__(self, preprocess, tokenizer):
+        self.preprocess, self.tokenizer = preprocess, tokenizer
+
+    def __call__(self, text=None, images=None, return_tensors: str = "pt", padding: bool = True) -> dict:
+        from PIL import Image
+
+        if images is not None:  # uint8 [3, H, W] tensors
+            pils = [Image.fromarray(image.permute(1, 2, 0).cpu().numpy()) for image in images]
+            return {"pixel_values": torch.stack([self.preprocess(pil) for pil in pils])}
+        tokens = self.tokenizer(list(text))
+        return {"input_ids": tokens, "attention_mask": (tokens != 0).long()}
+
+
+def load_open_clip(spec: str) -> tuple[nn.Module, object]:
+    """A torchmetrics-ready CLIP model and processor from open_clip.
+
+    Args:
+        spec (`str`): ``"open_clip:ARCH/PRETRAINED"``: an open_clip architecture and its pretrained tag, e.g.
+            ``open_clip:ViT-B-32/openai`` or ``open_clip:ViT-g-14/laion2b_s34b_b88k`` (downloaded by open_clip), or
+            a local weights file in place of the tag (``open_clip:ViT-B-32//models/open_clip_model.safetensors``).
+    """
+    import open_clip
+
+    arch, _, pretrained = spec.removeprefix(OPEN_CLIP_PREFIX).partition("/")
+    if not arch or not pretrained:
+        raise ValueError(f"open_clip models are named open_clip:ARCH/PRETRAINED (e.g. open_clip:ViT-B-32/openai), "
+                         f"got {spec!r}")
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {arch!r} in {spec!r}; e.g. ViT-B-32, ViT-L-14, ViT-g-14")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+    except RuntimeError as err:  # unknown tag, or a file that does not fit the architecture
+        raise ValueError(f"could not load open_clip {spec!r}: {str(err).splitlines()[0][:200]}") from None
+    except OSError as err:  # offline / not on the Hub
+        raise OSError(f"could not fetch open_clip weights {spec!r} ({str(err).splitlines()[0][:120]}); offline, "
+                      f"download them and pass open_clip:{arch}/PATH_TO_WEIGHTS") from None
+    processor = _OpenCLIPProcessor(preprocess, open_clip.get_tokenizer(arch))
+    return _OpenCLIPFeatures(model.eval()), processor
+
+
 class CLIPScorer:
     """CLIP score (``100 * cos(image, caption)``, averaged, floored at 0) with torchmetrics ``CLIPScore``.
 
     Args:
-        model (`str` or `tuple`, defaults to ``"openai/clip-vit-base-patch32"``): a Hub id or local folder, or a
+        model (`str` or `tuple`, defaults to ``"openai/clip-vit-base-patch32"``): a transformers CLIP Hub id or local
+            folder, an open_clip model ``"open_clip:ARCH/PRETRAINED"`` (see :func:`load_open_clip`), or a
             ``(CLIPModel, CLIPProcessor)`` pair built elsewhere.
         device (`str` or `torch.device`, defaults to ``"cpu"``).
     """
@@ -465,8 +528,12 @@ class CLIPScorer:
     def __init__(self, model: str | tuple = CLIP_MODEL, device: str | torch.device = "cpu"):
         from torchmetrics.multimodal.clip_score import CLIPScore
 
-        clip, processor = model if isinstance(model, tuple) else load_clip(model)
-        self.metric = CLIPScore(model_name_or_path=lambda: (_CLIPFeatures(clip), processor)).to(device)
+        if isinstance(model, str) and model.startswith(OPEN_CLIP_PREFIX):
+            clip, processor = load_open_clip(model)
+        else:
+            clip, processor = model if isinstance(model, tuple) else load_clip(model)
+            clip = _CLIPFeatures(clip)
+        self.metric = CLIPScore(model_name_or_path=lambda: (clip, processor)).to(device)
         self.device = torch.device(device)
 
     @torch.no_grad()

@@ -4,13 +4,12 @@ at 25 and 40 steps, with and without UPLiFT 512 -> 1024; CLIP score (ViT-B/32), 
 The data is a parquet / CSV table with an image path column (``image_path``, ``path``, ``file``, ``file_name`` or
 ``image``) and a caption column (``caption``, ``text``, ``TEXT`` or ``prompt``), or a folder of images with a
 same-name ``.txt`` caption next to each. Run it with ``uplift-diffusion eval relaion --data DATA --output OUT`` or
-``python -m uplift_diffusion.eval.relaion ...``.
+``python -m uplift_diffusion eval relaion ...``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -100,8 +99,3 @@ def run_relaion_benchmark(data: str | os.PathLike, rows: Sequence[Row], output_d
     return run_text2img_benchmark("relaion", pairs, rows, output_dir, HEADERS, seed=seed, batch_size=batch_size,
                                   clip_factory=clip_factory, extra_config=extra, **kwargs)
 
-
-if __name__ == "__main__":
-    from uplift_diffusion.commands.eval import main_for
-
-    sys.exit(main_for("relaion"))

@@ -6,13 +6,12 @@ correction against the low-res input. Baselines: the same latents upsampled bili
 decoded. Metrics against the high-res crop: SSIM, PSNR (per image, then the mean), FID and patch-FID.
 
 Run it with ``uplift-diffusion eval sr --images DIR --vae VAE --upsampler CKPT --output OUT`` or
-``python -m uplift_diffusion.eval.sr ...`` (same arguments).
+``python -m uplift_diffusion eval sr ...`` (same arguments).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -283,8 +282,3 @@ def run_sr_benchmark(
     folder.write_results("sr", metrics, config, timings.as_dict(), table)
     return folder.read_json("results.json")
 
-
-if __name__ == "__main__":
-    from uplift_diffusion.commands.eval import main_for
-
-    sys.exit(main_for("sr"))

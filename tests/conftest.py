@@ -7,7 +7,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest
 import torch
-from reference_weights import SHARED
+
+from uplift_diffusion.testing import SHARED
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 import torch
-from attender_direct import direct_local_attend
 
 from uplift_diffusion import NEIGHBOURHOODS, LocalAttender
 from uplift_diffusion import attender as attender_module
 from uplift_diffusion.attender import local_attend, local_attend_fused
+from uplift_diffusion.testing import direct_local_attend
 
 
 def _inputs(b, channels, h, w, c, n, seed=0, dtype=torch.float32):

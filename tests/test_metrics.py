@@ -2,6 +2,7 @@
 SSIM / PSNR against scikit-image on real photos, CLIP score with a tiny CLIP, the latency protocol."""
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from PIL import Image
@@ -212,6 +213,53 @@ def test_clip_score_with_tiny_clip(tmp_path):
     assert scorer.compute() == pytest.approx(expected, abs=1e-3)
     with pytest.raises(ValueError, match="captions"):
         scorer.update(images, captions[:2])
+
+
+def _tiny_open_clip(tmp_path):
+    """A tiny randomly initialised open_clip model registered as architecture ``tiny-test-clip``, its weights saved to
+    a local file (no download: open_clip builds it from a config; its BPE tokenizer ships with the package)."""
+    import json
+
+    import open_clip
+
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                                              "head_width": 16},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny-test-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "configs")
+    torch.manual_seed(0)
+    state = open_clip.create_model("tiny-test-clip").state_dict()
+    state["text_projection"] = -state["text_projection"]  # random towers happen to disagree: make the score positive
+    torch.save(state, tmp_path / "tiny.bin")
+    return tmp_path / "tiny.bin"
+
+
+def test_clip_score_with_open_clip_backend(tmp_path):
+    import open_clip
+
+    weights = _tiny_open_clip(tmp_path)
+    scorer = CLIPScorer(f"open_clip:tiny-test-clip/{weights}")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 40, 48), generator=g, dtype=torch.uint8)
+    captions = ["a cat", "a dog", "cat dog"]
+    scorer.update(images[:2], captions[:2])
+    scorer.update(images[2:], captions[2:])
+    # Direct: open_clip's own preprocessing, tokenizer and encoders on the same weights.
+    model, _, preprocess = open_clip.create_model_and_transforms("tiny-test-clip", pretrained=str(weights))
+    pixels = torch.stack([preprocess(PIL.Image.fromarray(i.permute(1, 2, 0).numpy())) for i in images])
+    with torch.no_grad():
+        img = model.eval().encode_image(pixels)
+        txt = model.encode_text(open_clip.get_tokenizer("tiny-test-clip")(captions))
+    per_image = 100 * torch.nn.functional.cosine_similarity(img, txt)
+    assert per_image.mean() > 0  # the floor at 0 does not hide the comparison
+    assert scorer.compute() == pytest.approx(per_image.mean().item(), abs=1e-3)
+    with pytest.raises(ValueError, match="ARCH/PRETRAINED"):
+        CLIPScorer("open_clip:ViT-B-32")
+    with pytest.raises(ValueError, match="unknown open_clip architecture"):
+        CLIPScorer("open_clip:no-such-arch/openai")
+    with pytest.raises(ValueError, match="could not load open_clip"):
+        CLIPScorer(f"open_clip:tiny-test-clip/{tmp_path / 'missing.bin'}")
 
 
 def test_missing_weights_errors_name_the_file(tmp_path, monkeypatch):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from reference_weights import FIXTURES, reference_weights
 from safetensors.torch import load_file, save_file
 
 from uplift_diffusion import UPLiFTModel
+from uplift_diffusion.testing import FIXTURES, reference_weights
 
 CASES = json.loads((FIXTURES / "cases.json").read_text()) if (FIXTURES / "cases.json").is_file() else []
 

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from reference_weights import KEY_FILES, read_key_file, reference_weights
 from safetensors.torch import save_file
 
 from uplift_diffusion import UPLiFTModel
 from uplift_diffusion.reference import CheckpointError, to_reference_state_dict
+from uplift_diffusion.testing import KEY_FILES, read_key_file, reference_weights
 
 
 @pytest.mark.parametrize("preset", sorted(KEY_FILES))

@@ -17,6 +17,7 @@ from torch import nn
 from .attender import LocalAttender, neighbourhood_offsets
 from .blocks import NORM_TYPES, BlockGroup, Conv2d, UpStep, concat_channels, nearest_resize
 from .presets import get_preset, preset_config
+from .reference import read_reference_checkpoint
 from .utils.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -183,13 +184,31 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         return cls(**preset_config(name, **overrides))
 
     @classmethod
-    def from_reference_checkpoint(cls, path_or_repo_id: str, preset: str | None = None, **kwargs: Any) -> UPLiFTModel:
-        """Load a published UPLiFT checkpoint (reference key layout).
+    def from_reference_checkpoint(cls, path_or_repo_id: str, preset: str | None = None,
+                                  dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                                  **overrides: Any) -> UPLiFTModel:
+        """Load a published UPLiFT checkpoint (reference key layout), in eval mode.
 
-        See :func:`uplift_diffusion.reference.load_reference_checkpoint` for the arguments."""
-        from .reference import load_reference_checkpoint
+        Args:
+            path_or_repo_id (`str`): a ``.safetensors`` / ``.pth`` file, a folder with one, or a Hub repo id
+                (e.g. ``"UPLiFT-upsampler/uplift_sd1.5vae"``).
+            preset (`str`, *optional*): the checkpoint's preset; inferred from its key layout when ``None``.
+            dtype (`torch.dtype`, *optional*), device (*optional*): where to put the loaded model.
+            **overrides: config overrides for checkpoints of a customised preset.
 
-        return load_reference_checkpoint(path_or_repo_id, preset=preset, model_cls=cls, **kwargs)
+        Raises:
+            CheckpointError: see :func:`uplift_diffusion.reference.read_reference_checkpoint`.
+        """
+        state, preset = read_reference_checkpoint(path_or_repo_id, cls, preset, **overrides)
+        with torch.device("meta"):
+            model = cls.from_preset(preset, **overrides)
+        # num_batches_tracked may be stored as float; every tensor takes the dtype of our parameter / buffer.
+        ours = model.state_dict()
+        model.load_state_dict({k: v.to(ours[k].dtype) for k, v in state.items()}, strict=True, assign=True)
+        model.eval()
+        if dtype is not None or device is not None:
+            model.to(device=device, dtype=dtype)
+        return model
 
     # ------------------------------------------------------------------ image conventions
     def normalize_image(self, image: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""Reading the published UPLiFT checkpoints (reference key layout) into :class:`UPLiFTModel`."""
+"""Reading the published UPLiFT checkpoints (reference key layout): find the file, read it safely, map the keys to our
+names, tell which preset it belongs to and check every key and shape against the model class it is meant for (passed
+in, so that this module never imports the model; :meth:`UPLiFTModel.from_reference_checkpoint` builds the model)."""
 
 from __future__ import annotations
 
@@ -68,11 +70,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _expected_shapes(preset: str, **overrides: Any) -> dict[str, tuple[int, ...]]:
-    from .model import UPLiFTModel
-
+def _expected_shapes(model_cls, preset: str, **overrides: Any) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        model = UPLiFTModel.from_preset(preset, **overrides)
+        model = model_cls.from_preset(preset, **overrides)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -101,9 +101,11 @@ def _describe(missing, unexpected, misshaped, limit: int = 8) -> str:
     return "; ".join(parts)
 
 
-def matching_presets(state: dict[str, torch.Tensor]) -> list:
-    """Names of the published presets whose key layout and shapes the (our-named) ``state`` matches exactly."""
-    return [name for name, p in PRESETS.items() if p.repo_id and not any(compare_keys(state, _expected_shapes(name)))]
+def matching_presets(state: dict[str, torch.Tensor], model_cls) -> list:
+    """Names of the published presets whose key layout and shapes (as ``model_cls.from_preset`` builds them) the
+    (our-named) ``state`` matches exactly."""
+    return [name for name, p in PRESETS.items()
+            if p.repo_id and not any(compare_keys(state, _expected_shapes(model_cls, name)))]
 
 
 def download_reference_checkpoint(repo_id: str, filename: str | None = None) -> str:
@@ -141,30 +143,31 @@ def resolve_checkpoint_path(path_or_repo_id: str | os.PathLike) -> str:
                             f"like 'UPLiFT-upsampler/uplift_sd1.5vae'")
 
 
-def load_reference_checkpoint(path_or_repo_id, preset: str | None = None, model_cls=None,
-                              dtype: torch.dtype | None = None, device=None, **overrides: Any):
-    """Build a :class:`UPLiFTModel` from a published checkpoint.
+def read_reference_checkpoint(path_or_repo_id, model_cls, preset: str | None = None,
+                              **overrides: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """Read a published checkpoint and check it against the model it is meant for.
 
     Args:
         path_or_repo_id: a ``.safetensors`` / ``.pth`` file, a folder with one, or a Hub repo id
             (e.g. ``"UPLiFT-upsampler/uplift_sd1.5vae"``).
+        model_cls: the model class (with ``from_preset``) whose parameter names and shapes the checkpoint must fill.
         preset: the preset the checkpoint belongs to. When ``None`` it is inferred from the key layout; the two DINO
             presets share one layout and are told apart by the file / repo name.
-        dtype, device: where to put the loaded model.
         **overrides: config overrides for checkpoints of a customised preset.
+
+    Returns:
+        ``(state_dict, preset)``: the tensors under our parameter names (every key present, every shape right) and
+        the resolved preset name.
 
     Raises:
         CheckpointError: unreadable file, a checkpoint of another preset, or missing / unexpected / mis-shaped keys.
     """
-    from .model import UPLiFTModel
-
-    model_cls = model_cls or UPLiFTModel
     file = resolve_checkpoint_path(path_or_repo_id)
     raw = read_state_dict(file)
     state = {reference_to_ours(k): v for k, v in raw.items()}
     hint = preset_for_repo(f"{path_or_repo_id} {Path(file).name}")
     if preset is None:
-        matches = matching_presets(state) if not overrides else []
+        matches = matching_presets(state, model_cls) if not overrides else []
         if len(matches) > 1:
             matches = [m for m in matches if m == hint] or matches
         if len(matches) != 1:
@@ -176,20 +179,10 @@ def load_reference_checkpoint(path_or_repo_id, preset: str | None = None, model_
                                   f"pass preset=... to choose")
         preset = matches[0]
     preset = resolve_preset_name(preset)
-    expected = _expected_shapes(preset, **overrides)
-    problems = compare_keys(state, expected)
+    problems = compare_keys(state, _expected_shapes(model_cls, preset, **overrides))
     if any(problems):
-        others = [m for m in matching_presets(state) if m != preset] if not overrides else []
+        others = [m for m in matching_presets(state, model_cls) if m != preset] if not overrides else []
         if others:
             raise CheckpointError(f"{file} is a checkpoint for preset {others[0]!r}, not {preset!r}")
         raise CheckpointError(f"{file} does not fit preset {preset!r}: {_describe(*problems)}")
-    with torch.device("meta"):
-        model = model_cls.from_preset(preset, **overrides)
-    # num_batches_tracked may be stored as float; every tensor takes the dtype of our parameter / buffer.
-    ours = model.state_dict()
-    state = {k: v.to(ours[k].dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    model.eval()
-    if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
-    return model
+    return state, preset

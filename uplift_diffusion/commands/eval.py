@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from uplift_diffusion.commands.loading import DEFAULT_SD_REPO, DEFAULT_UPSAMPLER, add_device_arguments, resolve_device
 
@@ -69,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--images-root", default=None, help="folder that relative image paths start from")
             p.add_argument("--min-side", type=int, default=1024, help="keep images with both sides >= this")
             p.add_argument("--clip-model", default="openai/clip-vit-base-patch32",
-                           help="CLIP ViT-B/32 folder or Hub id for the CLIP score")
+                           help="CLIP score model: a transformers CLIP folder or Hub id (default: the paper's "
+                                "ViT-B/32) or an open_clip model open_clip:ARCH/PRETRAINED (e.g. "
+                                "open_clip:ViT-B-32/openai, open_clip:ViT-g-14/laion2b_s34b_b88k)")
         p.add_argument("--pipeline", default=DEFAULT_SD_REPO, help="Stable Diffusion 1.5 folder or Hub id")
         p.add_argument("--upsampler", default=DEFAULT_UPSAMPLER, help="UPLiFT checkpoint (sd15-vae preset)")
         p.add_argument("--steps", default="25" if name == "coco" else "25,40",
@@ -165,10 +166,3 @@ def run(args) -> int:
     print(f"results: {Path(args.output) / 'results.json'}")
     return 0 if results else 1
 
-
-def main_for(benchmark: str, argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m uplift_diffusion.eval.<benchmark>``: the same as ``uplift-diffusion eval
-    <benchmark>``."""
-    from uplift_diffusion.cli import main
-
-    return main(["eval", benchmark, *(sys.argv[1:] if argv is None else argv)])
