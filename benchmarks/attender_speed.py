@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 from _common import ROOT, environment, loglog_plot, measure, run_case, write_json
 
+from uplift_diffusion.utils.dtypes import DTYPE_NAMES, to_dtype
+
 PATHS = ("direct", "default", "compiled", "compiled_fused")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _ratio(value: float | None) -> str:
@@ -39,7 +40,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device, dtype, offsets = torch.device(args.device), DTYPES[args.dtype], NEIGHBOURHOODS[args.n]
+    device, dtype, offsets = torch.device(args.device), to_dtype(args.dtype), NEIGHBOURHOODS[args.n]
     g = torch.Generator().manual_seed(0)
     value = torch.randn(1, args.channels, args.size, args.size, generator=g).to(device, dtype)
     logits = torch.randn(1, args.n, args.c * args.size, args.c * args.size, generator=g)
@@ -68,7 +69,7 @@ def main() -> int:
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--c", type=int, default=2, help="upsampling factor c")
     parser.add_argument("--n", type=int, default=17, help="neighbourhood size n")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (after one warm-up)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per case (0: torch's default)")

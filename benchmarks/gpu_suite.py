@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from _common import ROOT, PeakMemory, environment, run_case, write_json
 
+from uplift_diffusion.utils.dtypes import DTYPE_NAMES, to_dtype
+
 # name -> (preset, image side, UPLiFT steps, output size or None); --quick shrinks the image side
 CASES = {
     "sd15-vae 512->1024": ("sd15-vae", 512, 1, None),
@@ -42,7 +44,6 @@ CASES = {
 }
 QUICK_IMAGE = {"sd15-vae": 64, "dinov2-s14": 56}
 QUICK_PRESET = {"sd15-vae": "tiny-vae"}  # --quick: the same structure, a few hundred thousand parameters
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # SD 1.5's VAE (runwayml/stable-diffusion-v1-5, vae/config.json)
 SD15_VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=512,
@@ -93,7 +94,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     preset, side, iterations, output_size = CASES[args.case]
     side = QUICK_IMAGE[preset] if args.quick else side
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), to_dtype(args.dtype)
     torch.manual_seed(0)
     model_preset = QUICK_PRESET.get(preset, preset) if args.quick else preset
     model = UPLiFTModel.from_preset(model_preset).to(device, dtype).eval()
@@ -165,9 +166,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", choices=list(DTYPES), help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None,
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPE_NAMES, default=None,
                         help="default: float32 bfloat16 float16 on CUDA, float32 bfloat16 elsewhere")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 1 + 2 calls (a smoke run, any device)")
@@ -191,7 +192,7 @@ def main() -> int:
         return 0
 
     name = device_name(args.device)
-    dtypes = args.dtypes or (list(DTYPES) if torch.device(args.device).type == "cuda" else ["float32", "bfloat16"])
+    dtypes = args.dtypes or (list(DTYPE_NAMES) if torch.device(args.device).type == "cuda" else ["float32", "bfloat16"])
     print(f"gpu suite on {name}", flush=True)
     start, cases = time.perf_counter(), []
     common = ["--device", args.device, "--warmup", args.warmup, "--iterations", args.iterations,

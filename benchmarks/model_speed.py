@@ -20,13 +20,15 @@ import torch
 import torch.nn.functional as F
 from _common import ROOT, environment, measure, run_case, write_json
 
+from uplift_diffusion.utils.dtypes import to_dtype
+
 # name -> (preset, feature channels, token grid, iterations, output size or None)
 CASES = {
     "sd15-vae 64->128": ("sd15-vae", 4, 64, 1, None),
     "sd15-vae 64->256": ("sd15-vae", 4, 64, 2, None),
     "dinov2-s14 32->448 (pixel-dense)": ("dinov2-s14", 384, 32, 4, 448),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPE_CHOICES = ("bfloat16", "float32")  # float16 has no fast CPU kernels
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -35,7 +37,7 @@ def worker(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     preset, channels, tokens, iterations, output_size = CASES[args.case]
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), to_dtype(args.dtype)
     torch.manual_seed(0)
     model = UPLiFTModel.from_preset(preset).to(device, dtype).eval()
     patch = model.config.patch_size
@@ -62,9 +64,9 @@ def main() -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=["uplift", "bilinear"], help=argparse.SUPPRESS)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help=argparse.SUPPRESS)
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPE_CHOICES, default=["float32", "bfloat16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (after one warm-up)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per case (0: torch's default)")

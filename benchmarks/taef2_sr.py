@@ -48,6 +48,8 @@ from uplift_diffusion.training.config import DOWNSCALE_KERNELS, DataSource, Trai
 from uplift_diffusion.training.data import downscale, list_image_files  # noqa: E402
 from uplift_diffusion.utils.image_ops import pil_to_tensor  # noqa: E402
 from uplift_diffusion.training.trainer import Trainer  # noqa: E402
+from uplift_diffusion.utils import tables  # noqa: E402
+from uplift_diffusion.utils.image_ops import pil_to_tensor  # noqa: E402
 from uplift_diffusion.utils.images import load_image  # noqa: E402
 from uplift_diffusion.utils.io import write_json_atomic  # noqa: E402
 
@@ -206,14 +208,11 @@ def markdown_table(results: dict, labels: dict[str, str]) -> str:
         for kernel, by_scale in res["degradations"].items():
             scales = list(by_scale)
             lines.append(f"\n**{folder}** ({res['num_images']} images), low-res input: antialiased {kernel}\n")
-            lines.append("| method | " + " | ".join(f"{s}x PSNR | {s}x SSIM | {s}x s/img" for s in scales) + " |")
-            lines.append("|" + " --- |" * (1 + 3 * len(scales)))
-            for m, label in labels.items():
-                cells = []
-                for s in scales:
-                    v = by_scale[s][m]
-                    cells += [f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['seconds']:.3f}"]
-                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            header = ["method"] + [f"{s}x {what}" for s in scales for what in ("PSNR", "SSIM", "s/img")]
+            rows = [[label] + [f"{by_scale[s][m][key]:{spec}}" for s in scales
+                               for key, spec in (("psnr", ".2f"), ("ssim", ".4f"), ("seconds", ".3f"))]
+                    for m, label in labels.items()]
+            lines.append(tables.markdown_table(header, rows).rstrip("\n"))
             first = next(iter(labels))
             for s in scales:
                 v = by_scale[s]

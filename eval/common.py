@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from uplift_diffusion.utils import tables
 from uplift_diffusion.utils.errors import InputError
 from uplift_diffusion.utils.fingerprint import check_fingerprint, write_fingerprint
 from uplift_diffusion.utils.images import load_image
@@ -157,18 +158,18 @@ class ResultsFolder:
                                               "versions": versions(), "timings": timings})
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table; floats with two decimals (SSIM three), ``None`` as ``-``."""
-    def cell(header: str, value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.3f}" if header.startswith("SSIM") else f"{value:.2f}"
-        return str(value)
+def benchmark_cell(header: str, value: Any) -> str:
+    """A benchmark table cell: floats with two decimals (SSIM three), ``None`` as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if header.startswith("SSIM") else f"{value:.2f}"
+    return str(value)
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(h, v) for h, v in zip(headers, row, strict=True)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A benchmark table (:func:`uplift_diffusion.utils.tables.markdown_table` with :func:`benchmark_cell`)."""
+    return tables.markdown_table(headers, rows, cell=benchmark_cell)
 
 
 def save_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | os.PathLike, tile: int = 256) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from uplift_diffusion.utils.dtypes import dtype_name
 from uplift_diffusion.utils.errors import InputError
 
 WARMUP_BATCHES = 3
@@ -72,5 +73,5 @@ def measure_latency(
         "mean_s": mean, "std_s": statistics.pstdev(times), "min_s": min(times), "seconds_per_image": mean / batch_size,
         "batch_size": batch_size, "warmup": warmup, "iterations": iterations,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None, "compiled": compiled,
+        "dtype": dtype_name(dtype) if dtype is not None else None, "compiled": compiled,
     }

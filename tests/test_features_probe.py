@@ -16,7 +16,6 @@ from uplift_diffusion.features.probe import (
     build_dataset,
     confusion_matrix,
     depth_scores,
-    main,
     run_probe_evaluation,
     segmentation_scores,
 )
@@ -221,5 +220,16 @@ def test_depth_probe_from_folder(tmp_path):
 
 
 def test_command_line_errors(tmp_path, capsys):
-    assert main(["--dataset", "voc", "--root", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+    from uplift_diffusion.cli import main
+
+    assert main(["probe", "--dataset", "voc", "--root", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
     assert "ImageSets" in capsys.readouterr().err
+
+
+def test_probe_command_choices_match_the_library():
+    # The command lists its choices without importing torch (fast --help); they must stay the library's.
+    from uplift_diffusion.commands import probe as command
+    from uplift_diffusion.features.probe import METHODS, SEGMENTATION_DATASETS, TASKS
+
+    assert command.DATASETS == (*SEGMENTATION_DATASETS, "folder")
+    assert command.METHODS == METHODS and command.TASKS == TASKS

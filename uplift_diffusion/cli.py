@@ -26,6 +26,7 @@ COMMANDS = {
     "train": "uplift_diffusion.commands.train",
     "eval": "uplift_diffusion.commands.eval",
     "features": "uplift_diffusion.commands.features",
+    "probe": "uplift_diffusion.commands.probe",
     "demo": "uplift_diffusion.commands.demo",
     "serve": "uplift_diffusion.commands.serve",
 }

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
@@ -19,31 +18,11 @@ from .blocks import NORM_TYPES, BlockGroup, Conv2d, UpStep, concat_channels, nea
 from .presets import get_preset, preset_config
 from .reference import read_reference_checkpoint
 from .utils.errors import InputError
+from .utils.image_ops import bilinear_resize, imagenet_normalize
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_NORMALIZATIONS = ("unit", "imagenet")
-
-
-def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] RGB in [0, 1] -> ImageNet mean/std normalised (the DINO backbones' and presets' convention)."""
-    mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
-    std = image.new_tensor(IMAGENET_STD)[:, None, None]
-    return (image - mean) / std
 GroupSpec = dict  # {"out_channels": int, "num_blocks": int, "num_convs": int}
 _SD15_REFINER = get_preset("sd15-vae").config["refiner_blocks"]
-
-
-def bilinear_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Antialiased bilinear resize (align_corners=False), as the reference uses for images and outputs.
-
-    The antialiased kernel has no fp16 / bf16 CPU implementation, so those run in float32 and are cast back.
-    """
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
-        return bilinear_resize(x.float(), size).to(x.dtype)
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def _check_group(spec: Any, where: str) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from uplift_diffusion.commands.loading import DEFAULT_SD_REPO, DEFAULT_UPSAMPLER, add_device_arguments, resolve_device
+from uplift_diffusion.utils.dtypes import dtype_name
 
 HELP = "reproduce the paper's benchmarks: super-resolution (Table 4), COCO (Table 2), reLAION (Table 3)"
 BENCHMARKS = ("sr", "coco", "relaion")
@@ -118,7 +119,7 @@ def _run_sr(args, device, dtype) -> dict:
         reference_stats=args.reference_stats, latency=args.latency, latency_warmup=args.latency_warmup,
         latency_iterations=args.latency_iterations, overwrite=args.overwrite,
         extra_config=dict(vae_source=args.vae, upsampler_source=upsampler_source, device=str(device),
-                          dtype=str(dtype).replace("torch.", "")),
+                          dtype=dtype_name(dtype)),
     )
 
 
@@ -136,7 +137,7 @@ def _run_text2img(args, device, dtype) -> dict:
         latency_warmup=args.latency_warmup, latency_iterations=args.latency_iterations, compile=args.compile,
         overwrite=args.overwrite,
         extra_config=dict(pipeline_source=args.pipeline, upsampler_source=args.upsampler, device=str(device),
-                          dtype=str(dtype).replace("torch.", "")),
+                          dtype=dtype_name(dtype)),
     )
     if args.benchmark == "coco":
         from uplift_diffusion.eval.coco import run_coco_benchmark

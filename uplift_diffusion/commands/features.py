@@ -1,6 +1,6 @@
 """``uplift-diffusion features IMG --backbone dinov2-s14 --pca out.png``: pixel-dense DINO features of an image
-with UPLiFT, as a joint-PCA strip and / or a safetensors file. Linear probes: ``python -m
-uplift_diffusion.features.probe``."""
+with UPLiFT, as a joint-PCA strip and / or a safetensors file. Linear probes: ``uplift-diffusion
+probe``."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save:
         from safetensors.torch import save_file
 
-        from uplift_diffusion.model import bilinear_resize
+        from uplift_diffusion.utils.image_ops import bilinear_resize
 
         dense = bilinear_resize(steps[-1], (image.height, image.width))  # pixel-dense: one vector per pixel
         tensors = {"features": dense.float().cpu().contiguous(), "backbone": backbone.float().cpu().contiguous()}

@@ -2,7 +2,7 @@
 
 - :class:`UPLiFTFeatureExtractor`: backbone + UPLiFT, ``extractor(images) -> [B, C, H, W]``.
 - :func:`save_pca_strip` / :func:`extractor_pca_strip`: the paper's joint-PCA strip (App. D.3).
-- :mod:`uplift_diffusion.features.probe`: linear probes (``python -m uplift_diffusion.features.probe``).
+- :mod:`uplift_diffusion.features.probe`: linear probes (``uplift-diffusion probe``).
 """
 
 from .extractor import FEATURE_PRESETS, UPLiFTFeatureExtractor, images_to_tensor

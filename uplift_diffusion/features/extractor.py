@@ -19,9 +19,10 @@ from PIL import Image
 from torch import nn
 
 from ..backbones.vit import ViTBackbone
-from ..model import UPLiFTModel, bilinear_resize
+from ..model import UPLiFTModel
 from ..presets import get_preset
 from ..utils.errors import InputError
+from ..utils.image_ops import bilinear_resize
 from ..utils.images import load_image
 
 ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]

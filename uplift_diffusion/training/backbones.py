@@ -10,12 +10,11 @@ import torch
 from torch import nn
 
 from ..backbones.vae import decode_latents, encode_latents, latent_channels, vae_scale_factor
-from ..model import imagenet_normalize
+from ..utils.dtypes import DTYPE_NAMES, to_dtype
 from ..utils.errors import InputError
 from ..utils.fingerprint import weights_hash
+from ..utils.image_ops import imagenet_normalize
 from .config import BackboneConfig
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class FeatureBackbone(nn.Module):
@@ -113,9 +112,9 @@ class ViTFeatureBackbone(FeatureBackbone):
 
 def load_backbone(config: BackboneConfig) -> FeatureBackbone:
     """Build the frozen backbone a :class:`BackboneConfig` describes."""
-    dtype = DTYPES.get(config.dtype)
-    if dtype is None:
-        raise ValueError(f"backbone.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    if config.dtype not in DTYPE_NAMES:
+        raise ValueError(f"backbone.dtype must be one of {sorted(DTYPE_NAMES)}, got {config.dtype!r}")
+    dtype = to_dtype(config.dtype)
     if not config.path:
         raise ValueError(f"backbone.path is empty: give the {config.type} weights (folder or Hub id)")
     if config.type == "taef2":

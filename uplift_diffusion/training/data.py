@@ -14,16 +14,13 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from ..model import bilinear_resize
 from ..utils.errors import InputError, InputNotFoundError
-from ..utils.images import load_image
+from ..utils.image_ops import bilinear_resize, pil_to_tensor
+from ..utils.images import IMAGE_SUFFIXES, load_image
 from .config import DataConfig, DataSource
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def list_image_files(folder: str | Path) -> list[Path]:
@@ -31,7 +28,7 @@ def list_image_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputNotFoundError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 class FolderSource:
@@ -102,7 +99,7 @@ class WebDatasetSource:
                 for member in tar.getmembers():
                     name = Path(member.name)
                     key = (name.parent / name.name.split(".", 1)[0]).as_posix()
-                    if member.isfile() and name.suffix.lower() in IMAGE_EXTENSIONS and key not in seen:
+                    if member.isfile() and name.suffix.lower() in IMAGE_SUFFIXES and key not in seen:
                         seen.add(key)
                         self.entries.append((shard, member.name, f"{Path(shard).stem}/{key}"))
         self._open: dict[str, tarfile.TarFile] = {}
@@ -138,11 +135,6 @@ def view_rng(seed: int, key: str, view: int) -> random.Random:
     """A random generator fixed by (seed, key, view), identical in every process and run."""
     digest = hashlib.sha256(f"{seed}|{key}|{view}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> [3, H, W] float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 def downscale(image: torch.Tensor, size: tuple[int, int], kernel: str = "bilinear") -> torch.Tensor:

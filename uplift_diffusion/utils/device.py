@@ -3,9 +3,8 @@ command runs, never for ``--help``)."""
 
 from __future__ import annotations
 
+from .dtypes import DTYPE_NAMES
 from .errors import InputError, UnavailableError
-
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 
 def add_device_arguments(parser, dtype: bool = True) -> None:

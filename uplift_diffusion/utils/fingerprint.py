@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .dtypes import dtype_name
 from .errors import StaleResultsError
 from .io import to_json, write_json_atomic
 
@@ -39,7 +40,7 @@ def module_identity(module) -> dict[str, Any] | None:
         identity["config"] = canonical({k: v for k, v in config.items() if not str(k).startswith("_")})
     if hasattr(module, "state_dict") and hasattr(module, "parameters"):
         param = next(module.parameters(), None)
-        identity["dtype"] = str(param.dtype).replace("torch.", "") if param is not None else None
+        identity["dtype"] = dtype_name(param.dtype) if param is not None else None
         identity["weights_sha256"] = weights_hash(module)
     elif getattr(module, "name_or_path", None) is not None:  # tokenizers
         identity["name_or_path"] = str(module.name_or_path)

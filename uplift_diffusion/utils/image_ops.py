@@ -1,0 +1,38 @@
+"""Image tensor helpers used across the package: ImageNet normalisation, the antialiased bilinear resize of the
+reference implementation, and PIL -> tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] RGB in [0, 1] -> ImageNet mean/std normalised (the DINO backbones' and presets' convention)."""
+    mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
+    std = image.new_tensor(IMAGENET_STD)[:, None, None]
+    return (image - mean) / std
+
+
+def bilinear_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Antialiased bilinear resize (align_corners=False), as the reference uses for images and outputs.
+
+    The antialiased kernel has no fp16 / bf16 CPU implementation, so those run in float32 and are cast back.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
+        return bilinear_resize(x.float(), size).to(x.dtype)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> [3, H, W] float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
