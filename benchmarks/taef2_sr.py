@@ -46,7 +46,6 @@ from uplift_diffusion.backbones.vae import decode_latents, encode_latents  # noq
 from uplift_diffusion.color import MODES as COLOR_MODES  # noqa: E402
 from uplift_diffusion.training.config import DOWNSCALE_KERNELS, DataSource, TrainConfig  # noqa: E402
 from uplift_diffusion.training.data import downscale, list_image_files  # noqa: E402
-from uplift_diffusion.utils.image_ops import pil_to_tensor  # noqa: E402
 from uplift_diffusion.training.trainer import Trainer  # noqa: E402
 from uplift_diffusion.utils import tables  # noqa: E402
 from uplift_diffusion.utils.image_ops import pil_to_tensor  # noqa: E402
