@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..color import bicubic_upscale, detail_transfer
+from .config import PIXEL_LOSSES
 
 
 def augment_features(features: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -34,7 +35,6 @@ def augment_features(features: torch.Tensor, sigma: float, generator: torch.Gene
     return features + sigma * noise.to(features.device, features.dtype)
 
 
-PIXEL_LOSSES = ("l1", "l2", "charbonnier")
 
 
 def pixel_distance(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
