@@ -3,24 +3,15 @@ images across the processes; the images are bit-identical to a one-process run, 
 tolerance, and a run stopped midway resumes under the other process count without recomputing what exists."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from launch_helpers import launch_two as _launch_two
 from PIL import Image
 from test_eval_sr import _tiny_vae, image_folder  # noqa: F401  (fixture)
 
 from uplift_diffusion.cli import main
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -39,16 +30,6 @@ def sr_args(image_folder, tmp_path, one_thread):  # noqa: F811
     return lambda out, *extra: ["eval", "sr", "--images", str(image_folder), "--vae", str(tmp_path / "vae"),
                                 "--random-upsampler", "tiny-vae", "--output", str(out), "--size", "64",
                                 "--fid-backend", "none", "--batch-size", "1", "--device", "cpu", *extra]
-
-
-def _launch_two(args):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "uplift_diffusion.cli", *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def _images(out):
