@@ -90,7 +90,7 @@ def uplift_steps(
     """
     upsampler.check_inputs(guide, latents, iterations, None)
     dtype = upsampler.dtype
-    encoded = upsampler.encode_image(guide.to(dtype))
+    encoded = upsampler.encode_image(guide.to(dtype), iterations)  # only what `iterations` steps read
     x = latents.to(dtype)
     steps = range(iterations)
     for _ in progress(steps) if progress is not None else steps:

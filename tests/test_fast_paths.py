@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from uplift_diffusion import UPLiFTModel
 from uplift_diffusion.blocks import Conv2d, ConvBlock, channels_last_inference, concat_channels, nearest_resize
+from uplift_diffusion.utils.errors import InputError
 
 # The channels-last path changes only the summation order of the convs and norms (float rounding).
 EXACT = dict(rtol=1e-5, atol=1e-5)
@@ -53,8 +54,8 @@ def test_conv_block_channels_last_matches_reference(norm_type, c_in, c_out, num_
 def test_pointwise_conv_and_concat_match_torch():
     torch.manual_seed(0)
     conv = Conv2d(12, 5, kernel_size=1)
-    x = torch.randn(1, 12, 9, 7).contiguous(memory_format=torch.channels_last)
-    parts = [torch.randn(1, 3, 9, 7), x[:, :4], torch.randn(1, 2, 9, 7)]
+    x = torch.randn(2, 12, 9, 7).contiguous(memory_format=torch.channels_last)
+    parts = [torch.randn(2, 3, 9, 7), x[:, :4], torch.randn(2, 2, 9, 7), torch.randn(2, 1, 9, 7)]
     with torch.no_grad():
         torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias), **EXACT)
         joined = concat_channels(parts)
@@ -99,3 +100,85 @@ def test_bfloat16_path_within_stated_tolerance():
         fast = model.to(torch.bfloat16)(image.bfloat16(), features.bfloat16(), iterations=2)
     assert fast.dtype == torch.bfloat16
     assert _relative(fast, exact) < BF16_RELATIVE
+
+
+# --- computing only what the output needs (exact: same values up to float rounding) -------------------------------
+
+
+@pytest.mark.parametrize("norm_type", ["batch", "layer"])
+def test_strided_conv_block_equals_subsampled_block(norm_type):
+    torch.manual_seed(0)
+    block = ConvBlock(6, 10, 1, norm_type).eval()
+    with torch.no_grad():
+        _randomise_batch_norms(block)
+    x = torch.randn(2, 6, 16, 12)
+    for grad in (True, False):  # the reference sequence and the channels-last path
+        with torch.set_grad_enabled(grad):
+            full, strided = block(x)[..., ::4, ::4], block(x, stride=4)
+        torch.testing.assert_close(strided, full, **EXACT)
+    with pytest.raises(ValueError, match="num_convs=1"):
+        ConvBlock(6, 10, 2, norm_type).eval()(x, stride=2)  # a second 3x3 conv reads the skipped pixels
+    with pytest.raises(ValueError, match="training"):
+        ConvBlock(6, 10, 1, norm_type).train()(x, stride=2)  # batch statistics over every pixel
+
+
+@pytest.mark.parametrize("preset, tokens, iterations, stride", [
+    ("dinov2-s14", 4, 4, 2),  # no refiner: the last step reads the deepest map at half resolution
+    ("tiny-vae", 8, 1, 4),  # refiner: read at the step's output size, 16x16 of the 64x64 image
+    ("tiny-vae", 4, 4, 1),  # a step reads it beyond the image's resolution: nothing to skip
+])
+def test_encoder_computes_only_what_the_steps_read(preset, tokens, iterations, stride):
+    torch.manual_seed(0)
+    model = UPLiFTModel.from_preset(preset).eval()
+    p, c = model.config.patch_size, model.config.in_channels
+    image = model.normalize_image(torch.rand(1, 3, p * tokens, p * tokens))
+    features = torch.randn(1, c, tokens, tokens)
+    with torch.inference_mode():
+        full, reduced = model.encode_image(image), model.encode_image(image, iterations)
+        assert full[-1].shape[-1] == stride * reduced[-1].shape[-1]
+        torch.testing.assert_close(reduced[-1], full[-1][..., ::stride, ::stride], **EXACT)
+        x_full = x_reduced = features
+        for _ in range(iterations):
+            x_full = model.upscale_step(x_full, full, torch.Generator().manual_seed(1))
+            x_reduced = model.upscale_step(x_reduced, reduced, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(x_reduced, x_full, **EXACT)
+
+
+def test_steps_refuse_an_encoding_made_for_fewer_steps():
+    torch.manual_seed(0)
+    model = UPLiFTModel.from_preset("dinov2-s14").eval()
+    image, features = torch.rand(1, 3, 56, 56), torch.randn(1, 384, 4, 4)
+    with torch.inference_mode():
+        encoded = model.encode_image(image, iterations=2)  # deepest map at 8x8: enough for steps on 4x4 and 8x8
+        x = model.upscale_step(model.upscale_step(features, encoded), encoded)
+        with pytest.raises(InputError, match="fewer steps"):
+            model.upscale_step(x, encoded)  # a third step reads it at 16x16
+
+
+def test_attender_resizes_inside_its_tiles_exactly():
+    from uplift_diffusion.attender import NEIGHBOURHOODS, local_attend
+    from uplift_diffusion.utils.image_ops import bilinear_resize
+
+    torch.manual_seed(0)
+    value, attention = torch.randn(2, 40, 16, 12), torch.softmax(torch.randn(2, 17, 32, 24), dim=1)
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            a, v = attention.to(dtype), value.to(dtype)
+            fused = local_attend(a, v, NEIGHBOURHOODS[17], output_size=(28, 21))
+            assert fused.shape == (2, 40, 28, 21) and fused.dtype == dtype
+            assert torch.equal(fused, bilinear_resize(local_attend(a, v, NEIGHBOURHOODS[17]), (28, 21)))
+
+
+def test_folded_batch_norm_follows_weight_changes():
+    torch.manual_seed(0)
+    block = ConvBlock(4, 8, 1, "batch").eval()
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        block(x)  # folds and caches
+        _randomise_batch_norms(block)  # in-place updates: new tensor versions
+        torch.testing.assert_close(block(x), block.conv(x) + torch.cat([x, x.new_zeros(1, 4, 6, 6)], 1), **EXACT)
+        before = block(x)
+        block.to(torch.bfloat16).to(torch.float32)  # new storages, weights rounded to bf16
+        rounded = block.conv(x) + torch.cat([x, x.new_zeros(1, 4, 6, 6)], 1)
+        torch.testing.assert_close(block(x), rounded, **EXACT)
+        assert not torch.equal(block(x), before)

@@ -10,6 +10,7 @@ from torch import nn
 
 from .blocks import Conv2d, add_residual
 from .utils.errors import InputError
+from .utils.image_ops import bilinear_resize
 
 # Which (di, dj) of the 5x5 square each neighbourhood keeps (paper Fig. 8). The offsets are listed row-major;
 # that order is the order of the attender's logit channels, so it is part of the checkpoint format.
@@ -64,15 +65,19 @@ def _nearest_up(x: torch.Tensor, c: int) -> torch.Tensor:
 
 
 def local_attend(
-    attention: torch.Tensor, value: torch.Tensor, offsets: Sequence[tuple[int, int]]
+    attention: torch.Tensor,
+    value: torch.Tensor,
+    offsets: Sequence[tuple[int, int]],
+    output_size: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Convex combination of value tokens: ``out[:, y, x] = sum_k A[k, y, x] * V[:, y//c + di_k, x//c + dj_k]``.
 
     Eager path: the output is built tile by tile (a chunk of channels x a stripe of rows, ~1 MB), so the n
-    multiply-adds of a tile run in cache instead of streaming the whole output n times. Inside a tile the value
-    rows are nearest-upsampled once; a shift by (di, dj) value tokens is then a shift by (c*di, c*dj) pixels of that
-    upsampled tile, so every multiply-add is a contiguous, vectorised ``addcmul_``. Peak extra memory is the output
-    plus one tile: no [B, C, n, cH, cW] neighbourhood tensor is ever built. Under ``torch.compile`` this runs as the
+    multiply-adds of a tile run in cache instead of streaming the whole output n times. Each tile reads its value
+    rows with the replicate padding applied to that tile alone and nearest-upsamples them once; a shift by (di, dj)
+    value tokens is then a shift by (c*di, c*dj) pixels of that upsampled tile, so every multiply-add is a
+    contiguous, vectorised ``addcmul_``. Peak extra memory is the output plus one tile: no padded copy of the value
+    map and no [B, C, n, cH, cW] neighbourhood tensor is ever built. Under ``torch.compile`` this runs as the
     custom op ``torch.ops.uplift_diffusion.local_attend`` (no graph break, no traced tile loop); when gradients are
     needed there, the single-expression :func:`local_attend_fused` is traced instead.
 
@@ -80,32 +85,42 @@ def local_attend(
         attention: [B, n, cH, cW] weights (softmax over n already applied).
         value: [B, C, H, W] value map; indices outside it are clamped (replicate padding).
         offsets: the n (di, dj) offsets, in the order of ``attention``'s channels.
+        output_size: optional (H', W'): the result resized with :func:`~uplift_diffusion.utils.image_ops.
+            bilinear_resize` (antialiased, per channel). Eagerly each finished tile of whole channels is resized
+            while it is in cache, so the [B, C, cH, cW] map is never stored: same values as resizing afterwards.
 
     Returns:
-        [B, C, cH, cW] in the value's dtype, contiguous.
+        [B, C, cH, cW] (or [B, C, H', W']) in the value's dtype, contiguous.
     """
-    if torch.compiler.is_compiling():
-        if torch.is_grad_enabled() and (attention.requires_grad or value.requires_grad):
-            return local_attend_fused(attention, value, offsets)  # differentiable, fused by inductor
-        # The tiled kernel below as one opaque op: no graph break, and faster on CPU than inductor's fusion.
-        return torch.ops.uplift_diffusion.local_attend(attention, value, [i for pair in offsets for i in pair])
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (attention.requires_grad or value.requires_grad)):
+        out = _attend_traced(attention, value, offsets)
+        return out if output_size is None else bilinear_resize(out, output_size)
     b, channels, h, w = value.shape
     c = upsample_factor(attention.shape[-2:], (h, w))
     r = _radius(offsets)
-    padded = F.pad(value, (r, r, r, r), mode="replicate") if r else value  # [B, C, H+2r, W+2r]
-    if torch.is_grad_enabled() and (attention.requires_grad or value.requires_grad):
-        return _attend_differentiable(attention, padded, offsets, c, r)
-    out = value.new_empty(b, channels, h * c, w * c)
-    # Tile: `rows` value rows (c * rows output rows) x `chunk` channels, about _TILE_ELEMENTS output elements.
-    rows = max(1, min(h, _TILE_ROW_ELEMENTS // (c * c * w)))
+    if output_size is not None and tuple(output_size) == (h * c, w * c):
+        output_size = None
+    # Tile: `rows` value rows (c * rows output rows) x `chunk` channels, about _TILE_ELEMENTS output elements; whole
+    # channels when the tiles are resized.
+    rows = h if output_size is not None else max(1, min(h, _TILE_ROW_ELEMENTS // (c * c * w)))
     chunk = max(1, min(channels, _TILE_ELEMENTS // (rows * c * c * w)))
+    if output_size is None:
+        out = value.new_empty(b, channels, h * c, w * c)
+    else:
+        out = value.new_empty(b, channels, *output_size)
+        scratch = value.new_empty(b, chunk, h * c, w * c)  # one tile, reused
     for y0 in range(0, h, rows):
         y1 = min(y0 + rows, h)
         attn = attention[:, :, y0 * c : y1 * c]  # [B, n, c*rows, cW]
+        top, bottom = max(y0 - r, 0), min(y1 + r, h)
+        pad = (r, r, r - (y0 - top), r - (bottom - y1))  # replicate padding of this stripe only
         for c0 in range(0, channels, chunk):
-            src = padded[:, c0 : c0 + chunk, y0 : y1 + 2 * r]  # [B, chunk, rows+2r, W+2r]
+            c1 = min(c0 + chunk, channels)
+            src = value[:, c0:c1, top:bottom]
+            src = F.pad(src, pad, mode="replicate") if r else src  # [B, chunk, rows+2r, W+2r]
             up = _nearest_up(src, c)  # [B, chunk, c*(rows+2r), c*(W+2r)]
-            tile = out[:, c0 : c0 + chunk, y0 * c : y1 * c]  # [B, chunk, c*rows, cW]
+            tile = (out[:, c0:c1, y0 * c : y1 * c] if output_size is None
+                    else scratch[:, : c1 - c0])  # [B, chunk, c*rows, cW]
             for k, (di, dj) in enumerate(offsets):
                 y, x = c * (r + di), c * (r + dj)
                 shifted = up[:, :, y : y + tile.shape[2], x : x + w * c]
@@ -113,7 +128,22 @@ def local_attend(
                     torch.mul(shifted, attn[:, :1], out=tile)
                 else:
                     tile.addcmul_(shifted, attn[:, k : k + 1])
+            if output_size is not None:
+                bilinear_resize(tile, output_size, out=out[:, c0:c1])
     return out
+
+
+def _attend_traced(attention: torch.Tensor, value: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """The autograd / ``torch.compile`` forms of :func:`local_attend` (no output size)."""
+    if torch.compiler.is_compiling():
+        if torch.is_grad_enabled() and (attention.requires_grad or value.requires_grad):
+            return local_attend_fused(attention, value, offsets)  # differentiable, fused by inductor
+        # The tiled kernel as one opaque op: no graph break, and faster on CPU than inductor's fusion.
+        return torch.ops.uplift_diffusion.local_attend(attention, value, [i for pair in offsets for i in pair])
+    c = upsample_factor(attention.shape[-2:], value.shape[-2:])
+    r = _radius(offsets)
+    padded = F.pad(value, (r, r, r, r), mode="replicate") if r else value  # [B, C, H+2r, W+2r]
+    return _attend_differentiable(attention, padded, offsets, c, r)
 
 
 @torch.library.custom_op("uplift_diffusion::local_attend", mutates_args=())
@@ -198,8 +228,10 @@ class LocalAttender(nn.Module):
         # Contiguous [B, n, cH, cW] (also for a channels-last guide): the attend loop reads one weight plane at a time.
         return torch.softmax(logits.float(), dim=1).to(guide.dtype).contiguous()
 
-    def forward(self, guide: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """guide [B, Cg, cH, cW], value [B, C, H, W] -> [B, C, cH, cW]."""
+    def forward(self, guide: torch.Tensor, value: torch.Tensor, output_size: Sequence[int] | None = None
+                ) -> torch.Tensor:
+        """guide [B, Cg, cH, cW], value [B, C, H, W] -> [B, C, cH, cW], or resized to ``output_size`` (antialiased
+        bilinear, fused into the attention loop: see :func:`local_attend`)."""
         if guide.ndim != 4 or value.ndim != 4:
             raise InputError(
                 f"guide and value must be 4-D [B, C, H, W]; got guide {tuple(guide.shape)}, value {tuple(value.shape)}"
@@ -207,4 +239,4 @@ class LocalAttender(nn.Module):
         if guide.shape[0] != value.shape[0]:
             raise InputError(f"guide batch {guide.shape[0]} != value batch {value.shape[0]}")
         upsample_factor(guide.shape[-2:], value.shape[-2:])
-        return local_attend(self.attention(guide), value.to(guide.dtype).contiguous(), self.offsets)
+        return local_attend(self.attention(guide), value.to(guide.dtype).contiguous(), self.offsets, output_size)

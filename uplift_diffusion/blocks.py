@@ -67,7 +67,19 @@ def concat_channels(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     b, _, h, w = parts[0].shape
     out = torch.empty(b, sum(p.shape[1] for p in parts), h, w, dtype=parts[0].dtype, device=parts[0].device,
                       memory_format=torch.channels_last)
-    return torch.cat(list(parts), dim=1, out=out)
+    pixels = out.permute(0, 2, 3, 1).view(b, h * w, out.shape[1])  # [B, HW, C_total]: the same memory
+    c0 = 0
+    for part in parts:
+        c1 = c0 + part.shape[1]
+        if part.is_contiguous() and part.shape[1] > 1:
+            # A contiguous (channels-first) part is a [C, HW] matrix per image: PyTorch's blocked 2-D transpose
+            # into a contiguous [HW, C] is several times faster than a strided copy into the interleaved slice.
+            for i in range(b):
+                pixels[i, :, c0:c1] = part[i].view(part.shape[1], h * w).t().contiguous()
+        else:
+            out[:, c0:c1].copy_(part)  # channels innermost on both sides
+        c0 = c1
+    return out
 
 
 class Conv2d(nn.Conv2d):
@@ -157,12 +169,29 @@ class ConvBlock(nn.Module):
         layers.append(Conv2d(out_channels, out_channels, 1))
         self.conv = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if channels_last_inference(x):
-            return self._forward_channels_last(to_channels_last(x))
-        return add_residual(self.conv(x), x)
+    @property
+    def num_convs(self) -> int:
+        return len(self.conv) // 3
 
-    def _forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """[B, C_in, H, W] -> [B, C_out, H, W]; with ``stride`` s > 1 only the output pixels ``[::s, ::s]``.
+
+        A strided block equals the full block subsampled (``block(x)[..., ::s, ::s]``, up to float rounding): its
+        3x3 conv runs with stride s and everything after it is per pixel. Only single-conv blocks can do this (a
+        second 3x3 conv would read the skipped pixels), and only outside training (a training-mode BatchNorm
+        takes statistics over every pixel).
+        """
+        if stride != 1 and (self.num_convs != 1 or self.training):
+            raise ValueError(f"a strided ConvBlock needs num_convs=1 and eval mode (got num_convs={self.num_convs}, "
+                             f"training={self.training})")
+        if channels_last_inference(x):
+            return self._forward_channels_last(to_channels_last(x), stride)
+        y = x
+        for i, layer in enumerate(self.conv):
+            y = _strided_conv(layer, y, stride) if i == 0 and stride != 1 else layer(y)
+        return add_residual(y, x[..., ::stride, ::stride])
+
+    def _forward_channels_last(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         """The channels-last inference path (see :func:`channels_last_inference`): same values, fewer passes.
 
         An eval-mode BatchNorm is folded into its conv and the ReLU runs inside oneDNN's convolution, so a
@@ -171,25 +200,50 @@ class ConvBlock(nn.Module):
         y = x
         for i in range(0, len(self.conv) - 1, 3):  # (3x3 conv, norm, ReLU) triples, then the 1x1 conv
             conv, norm, relu = self.conv[i : i + 3]
+            s = stride if i == 0 else 1
             if _foldable(norm) and y.dtype == conv.weight.dtype:
-                y = _conv_bn_relu(y, conv, norm)
+                y = _conv_bn_relu(y, conv, norm, s)
             else:
-                y = relu(norm(conv(y)))
-        return add_residual(self.conv[-1](y), x, inplace=True)  # the conv output is ours to add into
+                y = relu(norm(_strided_conv(conv, y, s) if s != 1 else conv(y)))
+        return add_residual(self.conv[-1](y), x[..., ::stride, ::stride], inplace=True)  # the conv output is ours
+
+
+def _strided_conv(conv: nn.Conv2d, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """``conv(x)[..., ::stride, ::stride]`` without computing the skipped pixels (a 3x3 conv with padding 1)."""
+    return F.conv2d(x, conv.weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
 
 
 def _foldable(norm: nn.Module) -> bool:
     return isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_var is not None
 
 
-def _conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> torch.Tensor:
-    """``relu(norm(conv(x)))`` for a bias-free conv and an eval-mode BatchNorm, as one oneDNN conv + ReLU."""
+def _folded_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv's weight with the eval BatchNorm folded in (channels-last) and the bias it leaves, in ``dtype``.
+
+    Folded once and kept on the conv until a parameter or buffer changes: an in-place update (load_state_dict, an
+    optimiser step) bumps the tensor's version, and ``.to()`` / assignment gives it new storage. The cache holds
+    the storages it was folded from, so none of them can be freed and its address reused by a new tensor while
+    the cached fold exists.
+    """
+    sources = tuple(t.detach() for t in (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var))
+    key = (dtype, norm.eps, *((t.data_ptr(), t._version) for t in sources))
+    cached = getattr(conv, "_folded_bn", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)  # per output channel, float32
-    weight = (conv.weight.float() * scale[:, None, None, None]).to(x.dtype)
-    bias = (norm.bias.float() - norm.running_mean.float() * scale).to(x.dtype)
-    weight = weight.contiguous(memory_format=torch.channels_last)
+    weight = (conv.weight.float() * scale[:, None, None, None]).to(dtype)
+    bias = (norm.bias.float() - norm.running_mean.float() * scale).to(dtype)
+    folded = (weight.contiguous(memory_format=torch.channels_last), bias)
+    conv._folded_bn = (key, folded, sources)  # a plain attribute: not a parameter, buffer or state-dict entry
+    return folded
+
+
+def _conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d, stride: int = 1) -> torch.Tensor:
+    """``relu(norm(conv(x)))`` for a bias-free conv and an eval-mode BatchNorm, as one oneDNN conv + ReLU."""
+    weight, bias = _folded_conv_bn(conv, norm, x.dtype)
+    strides = [stride, stride] if stride != 1 else list(conv.stride)
     return torch.ops.mkldnn._convolution_pointwise(
-        x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "relu", [], ""
+        x, weight, bias, list(conv.padding), strides, list(conv.dilation), conv.groups, "relu", [], ""
     )
 
 
@@ -213,10 +267,16 @@ class BlockGroup(nn.Module):
             ConvBlock(c_in, c_out, num_convs, norm_type) for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
+    def forward(self, x: torch.Tensor, last_stride: int = 1) -> torch.Tensor:
+        """``last_stride`` s > 1: the last block computes only the output pixels ``[::s, ::s]`` (see
+        :meth:`ConvBlock.forward`); the group's output is then [B, C_out, H/s, W/s]."""
+        for i, block in enumerate(self.blocks):
+            x = block(x, last_stride) if i == len(self.blocks) - 1 and last_stride != 1 else block(x)
         return x
+
+    @property
+    def can_stride_last(self) -> bool:
+        return self.blocks[-1].num_convs == 1
 
 
 class UpStep(nn.Module):
@@ -234,7 +294,7 @@ class UpStep(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [B, C, h, w] -> [B, C, 2h, 2w]
         skip = F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=True)
-        return add_residual(self.up(x), skip)
+        return add_residual(self.up(x), skip, inplace=channels_last_inference(x))  # up(x) is ours to add into
 
 
 def nearest_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -45,13 +45,25 @@ class UPLiFTEncoder(nn.Module):
             self.add_module(f"block_{i}", group)
         self.num_groups = len(groups)
 
-    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, image: torch.Tensor, deepest_stride: int = 1) -> list[torch.Tensor]:
+        """``deepest_stride`` s > 1: the deepest output only at the pixels ``[::s, ::s]`` ([B, C, H/s, W/s]), the
+        only ones that steps sampling it at H/s or coarser read (see :meth:`UPLiFTModel.encode_image`)."""
         outputs = []
         x = image
         for i in range(self.num_groups):
-            x = getattr(self, f"block_{i}")(x)  # [B, C_i, H, W]
+            group = getattr(self, f"block_{i}")
+            x = group(x, deepest_stride) if i == self.num_groups - 1 else group(x)  # [B, C_i, H, W]
             outputs.append(x)
         return outputs
+
+    def deepest_stride(self, size: Sequence[int], finest: Sequence[int]) -> int:
+        """The stride s at which the deepest output can be computed when it is read at ``finest`` (H/s, W/s) or
+        coarser: the largest exact one, or 1 (no shortcut: uneven sizes, a two-conv last block, training)."""
+        (h, w), (fh, fw) = size, finest
+        last = getattr(self, f"block_{self.num_groups - 1}")
+        if self.training or not last.can_stride_last or fh < 1 or h % fh or w % fw or h // fh != w // fw:
+            return 1
+        return h // fh
 
 
 class UPLiFTDecoder(nn.Module):
@@ -214,13 +226,27 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         return concat_channels(parts)
 
     @apply_forward_hook  # model CPU offload moves the weights in for these entry points too, not only forward
-    def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Run the dense encoder once; the result can be passed to :meth:`upscale_step` for every step."""
+    def encode_image(self, image: torch.Tensor, iterations: int | None = None) -> list[torch.Tensor]:
+        """Run the dense encoder once; the result can be passed to :meth:`upscale_step` for every step.
+
+        Args:
+            image: [B, 3, H, W] guiding image in the model's convention.
+            iterations: the number of steps the result will serve, when known. Steps read the deepest encoder map
+                only at their own sizes (nearest sampling), so in eval mode its last block then computes only the
+                pixels the finest of those steps reads; the result is the same up to float rounding, several times
+                cheaper for that block. ``None``: every map at full resolution.
+        """
         if self.config.patch_size == 14:
             # Patch-14 backbones: move the image to the 16-pixel token grid so that four 2x steps give 16x.
             h, w = image.shape[-2:]
             image = bilinear_resize(image, (h * 16 // 14, w * 16 // 14))
-        return self.encoder(image)
+        stride = 1
+        if iterations is not None:
+            tokens = [s // (16 if self.config.patch_size == 14 else self.config.patch_size) for s in image.shape[-2:]]
+            # block_0 reads the deepest map at each step's input size, the refiner at its output size.
+            finest = [t * 2 ** (iterations if self.refiner is not None else iterations - 1) for t in tokens]
+            stride = self.encoder.deepest_stride(image.shape[-2:], finest)
+        return self.encoder(image, stride)
 
     @apply_forward_hook
     def upscale_step(self, features: torch.Tensor, encoded: Sequence[torch.Tensor], generator=None) -> torch.Tensor:
@@ -244,18 +270,29 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
                 not isinstance(e, torch.Tensor) or e.ndim != 4 or e.shape[0] != features.shape[0] for e in encoded):
             raise InputError("encoded must be the list returned by encode_image for the same batch (>= 2 tensors "
                              "[B, C_i, H, W])")
+        deepest, full = encoded[-1].shape[-2:], encoded[-2].shape[-2:]
+        finest = [2 * s for s in features.shape[-2:]] if self.refiner is not None else features.shape[-2:]
+        if deepest != full and any(d < f or d % f for d, f in zip(deepest, finest, strict=True)):
+            raise InputError(f"encoded was made by encode_image(..., iterations=N) for fewer steps: its deepest map "
+                             f"({deepest[0]}x{deepest[1]}) cannot serve a step on {tuple(features.shape[-2:])} "
+                             f"features; encode again with the right iterations (or None)")
         if not torch.isfinite(features).all():
             raise InputError("features contain NaN or inf values")
 
-    def _upscale_step(self, features: torch.Tensor, encoded: Sequence[torch.Tensor], generator=None) -> torch.Tensor:
+    def _upscale_step(self, features: torch.Tensor, encoded: Sequence[torch.Tensor], generator=None,
+                      output_size: Sequence[int] | None = None) -> torch.Tensor:
+        """One 2x step; ``output_size``: then resized (antialiased bilinear), fused into the attender when the
+        attender's output is the step's output (no refiner)."""
         decoder = self.decoder
         x = decoder.block_0(self._concat(features, encoded[-1], generator))  # [B, D0, h, w]
         x = decoder.up_1(x)  # [B, D0, 2h, 2w]
         guide = decoder.block_1(self._concat(x, encoded[-2], generator))  # [B, D1, 2h, 2w]
+        if self.refiner is None:
+            return self.attender(guide, features, output_size)  # [B, C, 2h, 2w] or output_size
         out = self.attender(guide, features)  # [B, C, 2h, 2w]
-        if self.refiner is not None:
-            out = self.refiner_out(self.refiner(self._concat(out, encoded[-1], generator)))
-        return out.contiguous()  # the blocks may run channels-last (blocks.channels_last_inference)
+        out = self.refiner_out(self.refiner(self._concat(out, encoded[-1], generator)))
+        out = out.contiguous()  # the blocks may run channels-last (blocks.channels_last_inference)
+        return out if output_size is None else bilinear_resize(out, output_size)
 
     def check_inputs(self, image: torch.Tensor, features: torch.Tensor, iterations: int, output_size) -> None:
         """Validate the forward arguments; raises ValueError / TypeError naming the problem."""
@@ -318,18 +355,16 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         self.check_inputs(image, features, iterations, output_size)
         dtype = self.dtype
         image, features = image.to(dtype), features.to(dtype)
-        encoded = self.encode_image(image)
+        encoded = self.encode_image(image, iterations)
+        if output_size is not None:
+            output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
         steps = []
         x = features
-        for _ in range(iterations):
-            x = self._upscale_step(x, encoded, generator)  # inputs checked once above
+        for i in range(iterations):
+            last = i == iterations - 1
+            x = self._upscale_step(x, encoded, generator, output_size if last else None)  # inputs checked above
             if return_all_steps:
                 steps.append(x)
-        if output_size is not None:
-            size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-            x = bilinear_resize(x, size)
-            if return_all_steps:
-                steps[-1] = x
         return steps if return_all_steps else x
 
     @property

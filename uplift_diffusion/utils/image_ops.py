@@ -21,11 +21,17 @@ def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:
     return (image - mean) / std
 
 
-def bilinear_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def bilinear_resize(x: torch.Tensor, size: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
     """Antialiased bilinear resize (align_corners=False), as the reference uses for images and outputs.
 
     The antialiased kernel has no fp16 / bf16 CPU implementation, so those run in float32 and are cast back.
+    ``out``: a tensor of the result's shape to write into (a contiguous float32 one takes the result directly).
     """
+    if out is not None:
+        if out.is_contiguous() and out.dtype == x.dtype == torch.float32 and tuple(x.shape[-2:]) != tuple(size):
+            # The kernel F.interpolate(..., antialias=True) calls, writing into `out` (no result copy).
+            return torch.ops.aten._upsample_bilinear2d_aa.out(x, list(size), False, None, None, out=out)
+        return out.copy_(bilinear_resize(x, size))
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu":
