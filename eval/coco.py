@@ -49,9 +49,10 @@ def load_coco_pairs(annotations: str | os.PathLike, images: str | os.PathLike, n
 
 def run_coco_benchmark(annotations: str | os.PathLike, images: str | os.PathLike, rows: Sequence[Row],
                        output_dir: str | os.PathLike, num_samples: int | None = 5000, seed: int = 0,
-                       batch_size: int = 4, **kwargs) -> dict:
+                       batch_size: int = 4, **kwargs) -> dict | None:
     """Sample the pairs (:func:`load_coco_pairs`) and run :func:`~uplift_diffusion.eval.text2img.run_text2img_benchmark`
-    with latency at batch 4 and no CLIP score; ``kwargs`` go to it (``limit``, ``fid_factory``, ``latency``, ...)."""
+    with latency at batch 4 and no CLIP score; ``kwargs`` go to it (``limit``, ``fid_factory``, ``latency``, ...).
+    ``None`` on the processes other than the main one under ``accelerate launch``."""
     pairs = load_coco_pairs(annotations, images, num_samples, seed)
     extra = dict(kwargs.pop("extra_config", None) or {}, annotations=str(annotations), images=str(images),
                  num_samples=num_samples, caption_choice="one random caption per sampled image")

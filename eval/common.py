@@ -9,7 +9,7 @@ import platform
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
 from PIL import Image
+from tqdm.auto import tqdm
 
 from uplift_diffusion.utils import tables
 from uplift_diffusion.utils.errors import InputError
@@ -103,6 +106,25 @@ def float_to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
+def on_main_process(setup: Callable[[], None]) -> None:
+    """Run ``setup`` (checks and records of the results folder) on the main process alone, while the other processes
+    of an ``accelerate launch`` wait; an error it raises (a refused folder) is raised on every process, so that all
+    stop with the same message instead of the others failing at the next barrier."""
+    state = PartialState()
+    error = None
+    if state.is_main_process:
+        try:
+            setup()
+        except Exception as err:
+            if state.num_processes == 1:
+                raise
+            error = err
+    if state.num_processes > 1:
+        [error] = broadcast_object_list([error])  # also the barrier: nothing is generated before the claims
+        if error is not None:
+            raise error
+
+
 class ResultsFolder:
     """A benchmark's output folder: ``images/<method>/<name>.png`` (written as they are made), ``results.json``,
     ``table.md`` and ``samples.png``."""
@@ -138,6 +160,29 @@ class ResultsFolder:
         path = self.image_path(method, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image_atomic(image if isinstance(image, Image.Image) else Image.fromarray(image), path)
+
+    def generate_missing(self, method: str, names: Sequence[str], batch_size: int,
+                         make: Callable[[list[int]], torch.Tensor | np.ndarray], timings: Timings,
+                         desc: str) -> None:
+        """Make every missing image of ``images/<method>/`` (``names[i]`` is image ``i``), in fixed chunks of
+        ``batch_size`` indices (reruns form the same batches, so a regenerated image is bit-identical);
+        ``make(indices)`` returns their [B, 3, H, W] tensor or [B, H, W, 3] array in [0, 1], saved as they come.
+
+        Under ``accelerate launch`` each process takes its share of the chunks
+        (``PartialState.split_between_processes``); a chunk whose images all exist is skipped, whoever made them, so
+        a stopped run resumes with any number of processes. A chunk with some images missing (a run stopped inside
+        it) is made again whole. Call it on every process, after the main process claimed the folder
+        (:func:`on_main_process`).
+        """
+        state = PartialState()
+        with state.split_between_processes(list(chunks(range(len(names)), batch_size))) as share:
+            for idx in tqdm(share, desc=desc, unit="batch", disable=not state.is_local_main_process):
+                if self.done(method, [names[i] for i in idx]):
+                    continue
+                with timings(f"generate/{method}"):
+                    images = make(idx)
+                for i, image in zip(idx, float_to_uint8(images), strict=True):
+                    self.save(method, names[i], image)
 
     def load(self, method: str, name: str) -> torch.Tensor:
         """uint8 [3, H, W] of a saved image."""
@@ -201,3 +246,14 @@ class Timings:
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 4) for k, v in self.seconds.items()}
+
+    def gather(self) -> None:
+        """Under ``accelerate launch``: every process's seconds summed per phase (a collective: call it on every
+        process); ``generate/*`` then counts the work of all processes, not the wall clock."""
+        state = PartialState()
+        if state.num_processes > 1:
+            total: dict[str, float] = {}
+            for seconds in gather_object([self.seconds]):
+                for name, value in seconds.items():
+                    total[name] = total.get(name, 0.0) + value
+            self.seconds = total

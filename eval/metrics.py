@@ -237,6 +237,7 @@ class FID:
                 self.metric = FrechetInceptionDistance(
                     feature=feature_extractor if self.custom else 2048, normalize=False, antialias=False,
                     reset_real_features=False, feature_extractor_weights_path=path,
+                    sync_on_compute=False,  # under `accelerate launch` the main process alone scores the images
                 ).to(self.device)
             except (OSError, RuntimeError) as err:
                 if self.custom or weights is not None:
@@ -533,7 +534,8 @@ class CLIPScorer:
         else:
             clip, processor = model if isinstance(model, tuple) else load_clip(model)
             clip = _CLIPFeatures(clip)
-        self.metric = CLIPScore(model_name_or_path=lambda: (clip, processor)).to(device)
+        self.metric = CLIPScore(model_name_or_path=lambda: (clip, processor),
+                                sync_on_compute=False).to(device)  # the main process alone scores
         self.device = torch.device(device)
 
     @torch.no_grad()

@@ -86,10 +86,11 @@ def load_relaion_pairs(data: str | os.PathLike, images_root: str | os.PathLike |
 def run_relaion_benchmark(data: str | os.PathLike, rows: Sequence[Row], output_dir: str | os.PathLike,
                           images_root: str | os.PathLike | None = None, min_side: int = 1024,
                           num_samples: int | None = 5000, seed: int = 0, batch_size: int = 1,
-                          clip_factory: Callable[[], CLIPScorer] | None = None, **kwargs) -> dict:
+                          clip_factory: Callable[[], CLIPScorer] | None = None, **kwargs) -> dict | None:
     """Sample the pairs (:func:`load_relaion_pairs`) and run
     :func:`~uplift_diffusion.eval.text2img.run_text2img_benchmark` with CLIP score and latency at batch 1;
-    ``kwargs`` go to it (``limit``, ``fid_factory``, ``latency``, ...)."""
+    ``kwargs`` go to it (``limit``, ``fid_factory``, ``latency``, ...). ``None`` on the processes other than the main
+    one under ``accelerate launch``."""
     skipped: dict[str, list[str]] = {}
     pairs = load_relaion_pairs(data, images_root, min_side, num_samples, seed, skipped=skipped)
     extra = dict(kwargs.pop("extra_config", None) or {}, data=str(data), min_side=min_side, num_samples=num_samples,

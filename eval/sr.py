@@ -27,6 +27,7 @@ from uplift_diffusion.eval.common import (
     float_to_uint8,
     generators,
     markdown_table,
+    on_main_process,
     sample,
     save_grid,
     seed_everything,
@@ -186,27 +187,25 @@ def run_sr_benchmark(
     #    when they were made with the same settings
     #    Under `accelerate launch` every process generates its share of the batches (what exists is skipped, whoever
     #    made it); the main process alone records the fingerprints first and scores the images afterwards.
-    state = PartialState()
     vae_identity = module_identity(vae)
     upsampler_identity = module_identity(upsampler) if "uplift" in methods else None
-    if state.is_main_process:
+
+    def claim():
         for method in methods:
             folder.claim(method, sr_fingerprint(method, images, size, scale, seed, batch_size, color_correction,
                                                 vae_identity, upsampler_identity, next(vae.parameters()).device.type),
                          overwrite)
-    state.wait_for_everyone()
+
+    on_main_process(claim)
+    state = PartialState()
     for method in methods:
-        with state.split_between_processes(list(chunks(range(len(files)), batch_size))) as share:
-            for idx in tqdm(share, desc=f"sr {method}", unit="batch", disable=not state.is_local_main_process):
-                if folder.done(method, [names[i] for i in idx]):
-                    continue
-                low_res = torch.stack([load_pair(files[i], size, scale)[1] for i in idx])
-                with timings(f"generate/{method}"):
-                    out = super_resolve(method, low_res, vae, upsampler, scale, generators(seed, idx),
-                                        color_correction)
-                for i, image in zip(idx, float_to_uint8(out), strict=True):
-                    folder.save(method, names[i], image)
+        def make(idx, method=method):
+            low_res = torch.stack([load_pair(files[i], size, scale)[1] for i in idx])
+            return super_resolve(method, low_res, vae, upsampler, scale, generators(seed, idx), color_correction)
+
+        folder.generate_missing(method, names, batch_size, make, timings, desc=f"sr {method}")
     state.wait_for_everyone()
+    timings.gather()
     if not state.is_main_process:
         return None
 
@@ -277,7 +276,7 @@ def run_sr_benchmark(
         ssim="gaussian 11/1.5, 5-px border of the SSIM map cropped, per image then mean",
         psnr="per image on [0, 1], then mean", grid_columns=["low-res (nearest)", "high-res"] + methods,
         vae=type(vae).__name__, upsampler_config=dict(upsampler.config) if upsampler is not None else None,
-        **(extra_config or {}),
+        num_processes=state.num_processes, **(extra_config or {}),
     )
     folder.write_results("sr", metrics, config, timings.as_dict(), table)
     return folder.read_json("results.json")

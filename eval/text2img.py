@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from torch import nn
 from tqdm.auto import tqdm
 from uplift_diffusion.eval.common import (
@@ -20,9 +21,9 @@ from uplift_diffusion.eval.common import (
     apply_limit,
     center_crop_square,
     chunks,
-    float_to_uint8,
     generators,
     markdown_table,
+    on_main_process,
     save_grid,
     seed_everything,
     to_tensor_uint8,
@@ -143,7 +144,8 @@ def load_extra_pipeline(spec: str, dtype: torch.dtype, device: str | torch.devic
         pipe = DiffusionPipeline.from_pretrained(name, dtype=dtype).to(device)
     except (OSError, ValueError) as err:
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-        raise UnavailableError(f"could not load the pipeline {name!r} ({reason}); offline, pass a local folder") from None
+        raise UnavailableError(f"could not load the pipeline {name!r} ({reason}); offline, pass a local "
+                               f"folder") from None
     pipe.set_progress_bar_config(disable=True)
     return pipeline_row(pipe, name, int(steps))
 
@@ -192,8 +194,10 @@ def run_text2img_benchmark(
     compile: bool = False,
     extra_config: dict | None = None,
     overwrite: bool = False,
-) -> dict:
-    """Generate, score and time every row; returns the ``results.json`` content.
+) -> dict | None:
+    """Generate, score and time every row; returns the ``results.json`` content (``None`` on the processes other
+    than the main one when launched with ``accelerate launch``: each generates its share of the images, the main
+    process waits for them, then alone computes the metrics, runs the latency protocol and writes the results).
 
     Args:
         benchmark: ``"coco"`` or ``"relaion"`` (recorded; names the table).
@@ -210,7 +214,8 @@ def run_text2img_benchmark(
         real_size: real images are centre-cropped and resized to this square (the generated resolution).
         patch_size / num_crops: patch-FID crops (rows whose images are not ``real_size`` get no patch-FID).
         reference_stats: folder for the real FID statistics (default ``output_dir``).
-        latency / latency_batch / latency_warmup / latency_iterations / compile: the latency protocol per row.
+        latency / latency_batch / latency_warmup / latency_iterations / compile: the latency protocol per row (on the
+            main process only, after the others finished generating: its device is not shared while it is timed).
         extra_config: more entries for the config in ``results.json``.
         overwrite: regenerate saved images made with other settings or pairs instead of refusing the folder.
     """
@@ -219,7 +224,6 @@ def run_text2img_benchmark(
     pairs = apply_limit([(c, str(p)) for c, p in pairs], limit)
     if not pairs:
         raise InputError("no caption-image pairs to evaluate")
-    _check_pairs(folder, pairs, overwrite)
     keys = [r.key for r in rows]
     if len(set(keys)) != len(keys):
         raise InputError(f"rows must have distinct keys, got {keys}")
@@ -227,18 +231,26 @@ def run_text2img_benchmark(
     captions = [c for c, _ in pairs]
     timings = Timings()
 
-    # 1. Generate every missing image, fixed chunks (reruns form the same batches, each image its own generator)
+    # 1. Generate every missing image, fixed chunks (reruns form the same batches, each image its own generator).
+    #    Under `accelerate launch` the main process alone checks and records the pairs and the rows' fingerprints
+    #    (a refused folder stops every process before anything is written), then each generates its share
+    def claim():
+        _check_pairs(folder, pairs, overwrite)
+        for row in rows:
+            device = next((p.device.type for m in row.modules for p in m.parameters()), "cpu")
+            folder.claim(row.key, dict(row.fingerprint, benchmark=benchmark, seed=seed, batch_size=batch_size,
+                                       device=device), overwrite)
+
+    on_main_process(claim)
+    state = PartialState()
     for row in rows:
-        device = next((p.device.type for m in row.modules for p in m.parameters()), "cpu")
-        folder.claim(row.key, dict(row.fingerprint, benchmark=benchmark, seed=seed, batch_size=batch_size,
-                                   device=device), overwrite)
-        for idx in tqdm(list(chunks(range(len(pairs)), batch_size)), desc=f"{benchmark} {row.key}", unit="batch"):
-            if folder.done(row.key, [names[i] for i in idx]):
-                continue
-            with timings(f"generate/{row.key}"):
-                images = row.generate([captions[i] for i in idx], generators(seed, idx))
-            for i, image in zip(idx, float_to_uint8(images), strict=True):
-                folder.save(row.key, names[i], image)
+        folder.generate_missing(row.key, names, batch_size,
+                                lambda idx, row=row: row.generate([captions[i] for i in idx], generators(seed, idx)),
+                                timings, desc=f"{benchmark} {row.key}")
+    state.wait_for_everyone()
+    timings.gather()
+    if not state.is_main_process:
+        return None
 
     # 2. Real statistics (once per data set, reusable) and per-row metrics from the saved images
     metrics: dict[str, dict] = {}
@@ -311,6 +323,7 @@ def run_text2img_benchmark(
                   patch_size=patch_size, num_crops=num_crops, rows=[r.key for r in rows],
                   fid=full_fid.name if full_fid is not None else None, clip=clip is not None,
                   latency_batch=latency_batch, compile=compile, grid_columns=["real"] + [r.key for r in rows],
-                  real_images="largest centred square, bicubic resize to real_size", **(extra_config or {}))
+                  real_images="largest centred square, bicubic resize to real_size",
+                  num_processes=state.num_processes, **(extra_config or {}))
     folder.write_results(benchmark, metrics, config, timings.as_dict(), table)
     return folder.read_json("results.json")

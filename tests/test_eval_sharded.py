@@ -1,17 +1,29 @@
-"""Sharded evaluation: ``accelerate launch --cpu --num_processes 2 -m uplift_diffusion.cli eval sr ...`` splits the
-images across the processes; the images are bit-identical to a one-process run, the metrics equal within float
-tolerance, and a run stopped midway resumes under the other process count without recomputing what exists."""
+"""Sharded evaluation: ``accelerate launch --cpu --num_processes 2 -m uplift_diffusion.cli eval sr|coco|relaion ...``
+splits the images across the processes; the images are bit-identical to a one-process run, the metrics equal within
+float tolerance, and a run stopped midway resumes under the other process count without recomputing what exists.
+
+Run as a script (``accelerate launch ... tests/test_eval_sharded.py eval coco ...``) this file is the CLI with the FID
+Inception replaced by the small feature net of the other text2img tests (the 2048-d Inception and its 2048² matrix
+square root take minutes on this CPU); everything else is ``uplift_diffusion.cli.main``.
+"""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from launch_helpers import accelerate_launch
 from launch_helpers import launch_two as _launch_two
 from PIL import Image
 from test_eval_sr import _tiny_vae, image_folder  # noqa: F401  (fixture)
+from test_metrics import SmallFeatures, _tiny_clip
+from tiny_sd import build_pipeline
+from uplift_diffusion.eval.metrics import FID
 
 from uplift_diffusion.cli import main
+from uplift_diffusion.commands import eval as eval_command
 
 
 @pytest.fixture
@@ -32,6 +44,15 @@ def sr_args(image_folder, tmp_path, one_thread):  # noqa: F811
                                 "--fid-backend", "none", "--batch-size", "1", "--device", "cpu", *extra]
 
 
+def _small_fid_factory(args, device):
+    return None if args.fid_backend == "none" else lambda: FID("torchmetrics", feature_extractor=SmallFeatures())
+
+
+def _launch_two_small_fid(args):
+    """This file under ``accelerate launch`` on two CPU processes: the CLI with the small FID net."""
+    return accelerate_launch(str(Path(__file__)), *args)
+
+
 def _images(out):
     return {p.relative_to(out).as_posix(): np.array(Image.open(p)) for p in sorted((out / "images").rglob("*.png"))}
 
@@ -40,10 +61,15 @@ def _mtimes(out):
     return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
 
 
+def _num_processes(out):
+    return json.loads((out / "results.json").read_text())["config"]["num_processes"]
+
+
 def _assert_same_results(a, b):
     ra, rb = (json.loads((o / "results.json").read_text()) for o in (a, b))
     assert ra["metrics"].keys() == rb["metrics"].keys()
     for method, ma in ra["metrics"].items():
+        assert ma.keys() == rb["metrics"][method].keys(), method
         for key, value in ma.items():
             if isinstance(value, float):
                 assert rb["metrics"][method][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (method, key)
@@ -74,8 +100,96 @@ def test_two_processes_equal_one_and_resume_across_process_counts(sr_args, tmp_p
     assert main(sr_args(other, "--limit", "2")) == 0
     before = _mtimes(other)
     proc = _launch_two(sr_args(other))
-    assert proc.stdout.count("results:") == 1  # the main process alone scores and reports
+    assert proc.stdout.count("results:") == 1 and _num_processes(other) == 2  # the main process alone reports
     assert {k: v for k, v in _mtimes(other).items() if k in before} == before
     final = _images(other)
     assert final.keys() == reference.keys() and all(np.array_equal(final[k], reference[k]) for k in reference)
     _assert_same_results(one, other)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A saved tiny UPLiFTPipeline (64² SD, 128² with UPLiFT), six 128²-ish real images with captions, a COCO
+    captions file over them and a saved tiny CLIP."""
+    root = tmp_path_factory.mktemp("tiny_sd")
+    build_pipeline(root)
+    real = root / "real"
+    real.mkdir()
+    rng = np.random.default_rng(0)
+    captions = ["a cat", "a dog", "cat dog", "dog", "cat", "a cat dog"]
+    for i, caption in enumerate(captions):
+        Image.fromarray(rng.integers(0, 256, (128 + 4 * i, 136, 3), dtype=np.uint8)).save(real / f"im{i}.png")
+        (real / f"im{i}.txt").write_text(caption)
+    (root / "captions.json").write_text(json.dumps({
+        "images": [{"id": i, "file_name": f"im{i}.png"} for i in range(len(captions))],
+        "annotations": [{"image_id": i, "caption": c} for i, c in enumerate(captions)]}))
+    model, processor = _tiny_clip(root)
+    with torch.no_grad():  # its mean cosine is negative: flipped, the score (floored at 0) is not a constant 0
+        model.visual_projection.weight.neg_()
+    model.save_pretrained(root / "clip")
+    processor.save_pretrained(root / "clip")
+    return root
+
+
+def _text2img_args(benchmark, root, out, *extra):
+    data = (["--annotations", str(root / "captions.json"), "--images", str(root / "real")] if benchmark == "coco"
+            else ["--data", str(root / "real"), "--min-side", "128", "--clip-model", str(root / "clip")])
+    return ["eval", benchmark, *data, "--pipeline", str(root / "pipeline"),
+            "--upsampler", str(root / "pipeline" / "upsampler"), "--steps", "2", "--num-samples", "6",
+            "--batch-size", "2", "--output", str(out), "--device", "cpu", *extra]
+
+
+def test_coco_two_processes_equal_one_and_resume_across_process_counts(tiny_sd, tmp_path, one_thread, monkeypatch):
+    monkeypatch.setattr(eval_command, "_fid_factory", _small_fid_factory)
+    one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
+    assert main(_text2img_args("coco", tiny_sd, one)) == 0
+    reference = _images(one)
+    assert len(reference) == 12  # 6 captions x (SD at 64², SD + UPLiFT at 128²)
+    results = json.loads((one / "results.json").read_text())["metrics"]
+    assert {k: v["patch_fid"] is None for k, v in results.items()} == {"sd15-2": True, "sd15-2-uplift": False}
+
+    # 2 processes stopped after 2 of the 3 batches of 2 captions (one batch each), then 1 process finishes
+    _launch_two_small_fid(_text2img_args("coco", tiny_sd, two, "--limit", "4"))
+    partial, before = _images(two), _mtimes(two)
+    assert len(partial) == 8 and all(np.array_equal(img, reference[k]) for k, img in partial.items())
+    assert main(_text2img_args("coco", tiny_sd, two)) == 0
+    assert {k: v for k, v in _mtimes(two).items() if k in before} == before  # nothing recomputed
+    final = _images(two)
+    assert final.keys() == reference.keys() and all(np.array_equal(final[k], reference[k]) for k in reference)
+    _assert_same_results(one, two)
+
+    # the other way round: 1 process stopped after one batch, 2 processes finish and score (FID, patch-FID)
+    assert main(_text2img_args("coco", tiny_sd, other, "--limit", "2")) == 0
+    before = _mtimes(other)
+    proc = _launch_two_small_fid(_text2img_args("coco", tiny_sd, other))
+    assert proc.stdout.count("results:") == 1 and _num_processes(other) == 2  # the main process alone reports
+    assert {k: v for k, v in _mtimes(other).items() if k in before} == before
+    final = _images(other)
+    assert final.keys() == reference.keys() and all(np.array_equal(final[k], reference[k]) for k in reference)
+    _assert_same_results(one, other)
+
+
+def test_relaion_two_processes_equal_one_and_refuse_stale_folder(tiny_sd, tmp_path, one_thread, monkeypatch):
+    monkeypatch.setattr(eval_command, "_fid_factory", _small_fid_factory)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_text2img_args("relaion", tiny_sd, one, "--no-baseline")) == 0
+    proc = _launch_two_small_fid(_text2img_args("relaion", tiny_sd, two, "--no-baseline"))
+    assert proc.stdout.count("results:") == 1 and _num_processes(two) == 2
+    reference, final = _images(one), _images(two)
+    assert len(reference) == 6 and final.keys() == reference.keys()
+    assert all(np.array_equal(final[k], reference[k]) for k in reference)
+    _assert_same_results(one, two)  # CLIP score, FID, patch-FID of the saved images
+    scores = json.loads((two / "results.json").read_text())["metrics"]["sd15-2-uplift"]
+    assert min(scores["clip_score"], scores["fid"], scores["patch_fid"]) > 0
+
+    # another seed into the same folder: the main process refuses it before anything is written, and the launch
+    # ends (the launcher stops the process waiting at the barrier) with the refusal as its message
+    before = _mtimes(two)
+    with pytest.raises(AssertionError, match="pass --overwrite"):
+        _launch_two(_text2img_args("relaion", tiny_sd, two, "--no-baseline", "--seed", "1", "--fid-backend", "none"))
+    assert _mtimes(two) == before
+
+
+if __name__ == "__main__":  # `accelerate launch ... tests/test_eval_sharded.py eval coco ...`: the CLI, small FID net
+    eval_command._fid_factory = _small_fid_factory
+    sys.exit(main(sys.argv[1:]))

@@ -94,7 +94,7 @@ def _fid_factory(args, device):
     return lambda: FID(args.fid_backend, args.fid_mode, args.inception_weights, device=device)
 
 
-def _run_sr(args, device, dtype) -> dict:
+def _run_sr(args, device, dtype) -> dict | None:
     from uplift_diffusion.backbones.vae import latent_channels
     from uplift_diffusion.commands.loading import load_upsampler, load_vae
     from uplift_diffusion.eval.sr import run_sr_benchmark
@@ -123,16 +123,21 @@ def _run_sr(args, device, dtype) -> dict:
     )
 
 
-def _run_text2img(args, device, dtype) -> dict:
+def _run_text2img(args, device, dtype) -> dict | None:
+    from accelerate import PartialState
+
     from uplift_diffusion.commands.loading import load_upsampler
     from uplift_diffusion.eval import text2img
 
     steps = [int(s) for s in args.steps.split(",") if s.strip()]
     pipe = text2img.load_uplift_pipeline(args.pipeline, load_upsampler(args.upsampler, dtype), dtype).to(device)
+    pipe.set_progress_bar_config(disable=not PartialState().is_local_main_process)  # one bar per node
     rows = text2img.default_rows(pipe, steps, baseline=not args.no_baseline, guidance_scale=args.guidance_scale)
     rows += [text2img.load_extra_pipeline(spec, dtype, device) for spec in args.extra_pipeline]
+    real_size = 2 * pipe.unet.config.sample_size * pipe.vae_scale_factor  # the UPLiFT rows' 2x output (SD 1.5: 1024)
     common = dict(
         rows=rows, output_dir=args.output, num_samples=args.num_samples, limit=args.limit, seed=args.seed,
+        real_size=real_size, patch_size=real_size // 2,
         fid_factory=_fid_factory(args, device), reference_stats=args.reference_stats, latency=args.latency,
         latency_warmup=args.latency_warmup, latency_iterations=args.latency_iterations, compile=args.compile,
         overwrite=args.overwrite,
@@ -155,7 +160,9 @@ def run(args) -> int:
     device, dtype = resolve_device(args.device, args.dtype)
     from accelerate import PartialState
 
-    state = PartialState()  # one process, or one of `accelerate launch`'s: each then takes its share of the images
+    # One process, or one of `accelerate launch`'s / torchrun's: each then takes its share of the images. `cpu=True`
+    # for CPU runs: without it accelerate finds no accelerator and treats every launched process as a lone one
+    state = PartialState(cpu=device.type == "cpu")
     if state.num_processes > 1 and device.type == state.device.type and device.index is None:
         device = state.device  # one accelerator per process
     results = (_run_sr if args.benchmark == "sr" else _run_text2img)(args, device, dtype)
