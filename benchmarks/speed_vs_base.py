@@ -20,7 +20,7 @@ Variants of the new tree (``--variants``, each reported against the base's defau
 - ``compile``: ``model.compile()`` (``torch.compile`` of the whole model; compile time excluded, one warm-up).
 
     python benchmarks/speed_vs_base.py --base HEAD~1 [--cases dino-8 dino-16 ...] [--variants default bf16]
-        [--rounds 3] [--repeats 3] [--warmup 1] [--threads 1] [--out DIR]
+        [--rounds 3] [--repeats 3] [--warmup 1] [--threads 1] [--env KEY=VALUE ...] [--out DIR]
 
 Prints one row per case and variant: best seconds base / new, the speed-up base / new, peak MiB base / new.
 """
@@ -110,7 +110,8 @@ def export_tree(commit: str, out: Path) -> Path:
 
 def run_worker(tree: Path, case: str, variant: str, args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+           "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           **dict(item.split("=", 1) for item in args.env)}
     cmd = [sys.executable, str(Path(__file__)), "--worker", "--tree", str(tree), "--case", case, "--variant", variant,
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
@@ -134,9 +135,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks")
     parser.add_argument("--tag", default="", help="suffix of the JSON file name (speed_vs_base_TAG.json)")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="environment of every worker, base and new alike (e.g. glibc's "
+                             "MALLOC_TRIM_THRESHOLD_=17179869184: freed memory stays in the process)")
     args = parser.parse_args()
     if args.worker:
-        for key in ("worker", "base", "cases", "variants", "rounds", "out", "tag"):
+        for key in ("worker", "base", "cases", "variants", "rounds", "out", "tag", "env"):
             delattr(args, key)
         print(json.dumps(worker(args)))
         return 0
@@ -177,7 +181,7 @@ def main() -> int:
             print(f"{case:>9} {variant:>8} {base_s:9.4f} {new_s:9.4f} {base_s / new_s:8.2f}x {base_mib:9.1f} "
                   f"{new_mib:9.1f}  {note}", flush=True)
     path = args.out / f"speed_vs_base{'_' + args.tag if args.tag else ''}.json"
-    write_json(path, {"environment": environment(), "base": args.base, "threads": args.threads,
+    write_json(path, {"environment": environment(), "base": args.base, "threads": args.threads, "env": args.env,
                                                   "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                                                   "rows": rows})
     print(f"wrote {path}")

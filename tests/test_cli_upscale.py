@@ -89,3 +89,12 @@ def test_generate_with_a_local_pipeline(tmp_path, capsys):
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert main(["generate", "a cat", "-o", str(tmp_path / "x.png"), "--model", str(tmp_path / "nothing")]) == 2
     assert main(["generate", "a cat", "-o", str(tmp_path / "x.txt")]) == 2
+
+
+def test_compile_flag_gives_the_same_picture(assets, tmp_path):
+    root, models = assets
+    args = ["upscale", str(root / "in" / "rgb.png"), "--scale", "2", *models]
+    assert main([*args, "-o", str(tmp_path / "eager.png")]) == 0
+    assert main([*args, "-o", str(tmp_path / "compiled.png"), "--compile"]) == 0
+    eager, compiled = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=np.int16) for n in ("eager", "compiled"))
+    assert np.abs(eager - compiled).max() <= 1  # float rounding of the compiled kernels, at most one grey level

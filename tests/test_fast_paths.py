@@ -1,6 +1,8 @@
 """Inference fast paths: the channels-last CPU path equals the reference sequence of operations; bf16 within its
 stated tolerance; outputs keep the usual layout."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -182,3 +184,20 @@ def test_folded_batch_norm_follows_weight_changes():
         rounded = block.conv(x) + torch.cat([x, x.new_zeros(1, 4, 6, 6)], 1)
         torch.testing.assert_close(block(x), rounded, **EXACT)
         assert not torch.equal(block(x), before)
+
+
+@pytest.mark.skipif(not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")), reason="torch.compile needs a C++ "
+                    "compiler on CPU")
+def test_compile_flag_compiles_every_entry_point():
+    torch.manual_seed(0)
+    model = UPLiFTModel.from_preset("tiny-vae", noise_channels=0).eval()
+    image, features = torch.rand(1, 3, 32, 32), torch.randn(1, 4, 4, 4)
+    with torch.inference_mode():
+        eager = model(image, features, iterations=1)
+        model.compile(dynamic=False)
+        compiled = model(image, features, iterations=1)
+        step = model.upscale_step(features, model.encode_image(image, iterations=1))  # the pipelines' path
+    for part in (model.encoder, model.decoder.block_0, model.decoder.block_1, model.attender, model.refiner):
+        assert part._compiled_call_impl is not None
+    torch.testing.assert_close(compiled, eager, **EXACT)
+    torch.testing.assert_close(step, eager, **EXACT)

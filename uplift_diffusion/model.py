@@ -367,6 +367,18 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
                 steps.append(x)
         return steps if return_all_steps else x
 
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``torch.compile`` every part in place (encoder, decoder groups, up-step, attender, refiner), so that
+        :meth:`forward`, :meth:`encode_image` and :meth:`upscale_step` (what the pipelines call) all run compiled.
+
+        Arguments as ``torch.nn.Module.compile``. The default path needs none of this: on CPU the eager
+        channels-last path is as fast (see the README's Speed section); the flag is for GPUs and experiments.
+        """
+        parts = [self.encoder, self.decoder.block_0, self.decoder.up_1, self.decoder.block_1, self.attender]
+        parts += [m for m in (self.refiner, self.refiner_out) if m is not None]
+        for part in parts:
+            part.compile(*args, **kwargs)
+
     @property
     def num_parameters_by_part(self) -> dict:
         parts = {"encoder": self.encoder, "decoder": self.decoder, "attender": self.attender}

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the upsampler's noise channels (default 0)")
     parser.add_argument("--no-color-correction", action="store_true", help="skip the colour-mean correction")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the upsampler (UPLiFTModel.compile: every part); pays off on GPUs and "
+                             "for many images, not on CPU (see the README's Speed section)")
     add_device_arguments(parser)
 
 
@@ -92,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler)
     pipe.to(device)
+    if args.compile:
+        pipe.upsampler.compile()
     pipe.check_inputs(args.scale, args.tile_size, args.tile_overlap, "pil")
     pipe.set_progress_bar_config(leave=False)
     for path, target in tqdm(list(zip(inputs, targets, strict=True)), desc="images", disable=len(inputs) < 2):
