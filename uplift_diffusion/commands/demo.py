@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from uplift_diffusion.builtin import builtin_names
     from uplift_diffusion.model import UPLiFTModel
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
+    from uplift_diffusion.utils.allocator import retain_freed_memory
     from uplift_diffusion.utils.errors import InputError
     from uplift_diffusion.utils.io import ensure_writable_dir, save_image_atomic, write_json_atomic
 
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"unknown built-in pair {args.builtin!r}; available: {', '.join(builtin_names())}")
     out = ensure_writable_dir(Path(args.output))
 
+    retain_freed_memory()  # our own short-lived process: no page faults for maps freed and allocated again
     pipe = UPLiFTSuperResolutionPipeline.from_builtin(args.builtin)
     pipe.set_progress_bar_config(leave=False)
     results = demo.run_demo(pipe, names, scale=args.scale, seed=args.seed,

@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
                              Image.BICUBIC)
 
     from uplift_diffusion.features import UPLiFTFeatureExtractor, pca_strip
+    from uplift_diffusion.utils.allocator import retain_freed_memory
     from uplift_diffusion.utils.io import atomic_write
+
+    retain_freed_memory()  # our own short-lived process: no page faults for maps freed and allocated again
 
     extractor = UPLiFTFeatureExtractor.from_pretrained(args.backbone, backbone=args.backbone_weights,
                                                        upsampler=args.upsampler, device=device)

@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         load_image(path)
 
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
+    from uplift_diffusion.utils.allocator import retain_freed_memory
 
+    retain_freed_memory()  # our own short-lived process: no page faults for maps freed and allocated again
     vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler)
     pipe.to(device)
