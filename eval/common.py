@@ -106,6 +106,15 @@ def float_to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
+def process_share(batches: Sequence[list[int]], desc: str) -> Iterator[list[int]]:
+    """This process's share of ``batches`` (all of them in a single process; under ``accelerate launch`` the
+    consecutive slice ``PartialState.split_between_processes`` gives it), with a progress bar on each node's first
+    process."""
+    state = PartialState()
+    with state.split_between_processes(list(batches)) as share:
+        yield from tqdm(share, desc=desc, unit="batch", disable=not state.is_local_main_process)
+
+
 def on_main_process(setup: Callable[[], None]) -> None:
     """Run ``setup`` (checks and records of the results folder) on the main process alone, while the other processes
     of an ``accelerate launch`` wait; an error it raises (a refused folder) is raised on every process, so that all
@@ -168,21 +177,18 @@ class ResultsFolder:
         ``batch_size`` indices (reruns form the same batches, so a regenerated image is bit-identical);
         ``make(indices)`` returns their [B, 3, H, W] tensor or [B, H, W, 3] array in [0, 1], saved as they come.
 
-        Under ``accelerate launch`` each process takes its share of the chunks
-        (``PartialState.split_between_processes``); a chunk whose images all exist is skipped, whoever made them, so
-        a stopped run resumes with any number of processes. A chunk with some images missing (a run stopped inside
-        it) is made again whole. Call it on every process, after the main process claimed the folder
-        (:func:`on_main_process`).
+        Under ``accelerate launch`` each process takes its share of the chunks (:func:`process_share`); a chunk whose
+        images all exist is skipped, whoever made them, so a stopped run resumes with any number of processes. A chunk
+        with some images missing (a run stopped inside it) is made again whole. Call it on every process, after the
+        main process claimed the folder (:func:`on_main_process`).
         """
-        state = PartialState()
-        with state.split_between_processes(list(chunks(range(len(names)), batch_size))) as share:
-            for idx in tqdm(share, desc=desc, unit="batch", disable=not state.is_local_main_process):
-                if self.done(method, [names[i] for i in idx]):
-                    continue
-                with timings(f"generate/{method}"):
-                    images = make(idx)
-                for i, image in zip(idx, float_to_uint8(images), strict=True):
-                    self.save(method, names[i], image)
+        for idx in process_share(list(chunks(range(len(names)), batch_size)), desc):
+            if self.done(method, [names[i] for i in idx]):
+                continue
+            with timings(f"generate/{method}"):
+                images = make(idx)
+            for i, image in zip(idx, float_to_uint8(images), strict=True):
+                self.save(method, names[i], image)
 
     def load(self, method: str, name: str) -> torch.Tensor:
         """uint8 [3, H, W] of a saved image."""

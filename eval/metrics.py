@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object, reduce
 from torch import nn
 
 from uplift_diffusion.utils.errors import InputError, InputNotFoundError, UnavailableError
@@ -113,6 +114,13 @@ class GaussianStats:
         self.sum += features.sum(0)
         self.outer += features.T @ features
         self.n += len(features)
+
+    def merge(self, other: GaussianStats) -> None:
+        """Add the features that ``other`` saw (another process's share of the same set)."""
+        if other.n:
+            self.sum = other.sum.copy() if self.sum is None else self.sum + other.sum
+            self.outer = other.outer.copy() if self.outer is None else self.outer + other.outer
+            self.n += other.n
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         if self.n < 2:
@@ -237,7 +245,7 @@ class FID:
                 self.metric = FrechetInceptionDistance(
                     feature=feature_extractor if self.custom else 2048, normalize=False, antialias=False,
                     reset_real_features=False, feature_extractor_weights_path=path,
-                    sync_on_compute=False,  # under `accelerate launch` the main process alone scores the images
+                    sync_on_compute=False,  # processes combine their shares in gather(), never behind our back
                 ).to(self.device)
             except (OSError, RuntimeError) as err:
                 if self.custom or weights is not None:
@@ -277,6 +285,20 @@ class FID:
         if self.backend == "torchmetrics":
             return float(self.metric.compute())
         return frechet_distance(*self.real.mean_cov(), *self.fake.mean_cov())
+
+    def gather(self, real: bool) -> None:
+        """Under ``accelerate launch``, where each process added its share of the images: every process's real (or
+        generated) statistics summed into each one's (a collective: every process calls it; one process: no-op)."""
+        if self.backend == "torchmetrics":
+            names = [f"{'real' if real else 'fake'}_features_{n}" for n in ("sum", "cov_sum", "num_samples")]
+            total = reduce({n: getattr(self.metric, n) for n in names}, reduction="sum")
+            for name in names:
+                setattr(self.metric, name, total[name])
+        else:
+            merged = GaussianStats()
+            for part in gather_object([self.real if real else self.fake]):
+                merged.merge(part)
+            setattr(self, "real" if real else "fake", merged)
 
     def reset_fake(self) -> None:
         """Forget the generated images (keep the real statistics) to score another method against the same set."""
@@ -416,6 +438,10 @@ class PairedMetrics:
         self.ssim += ssim_per_image(preds, target).tolist()
         self.psnr += psnr_per_image(preds, target).tolist()
 
+    def gather(self) -> None:
+        """Under ``accelerate launch``: every process's per-image scores (a collective; one process: no-op)."""
+        self.ssim, self.psnr = gather_object(self.ssim), gather_object(self.psnr)
+
     def compute(self) -> dict[str, float]:
         if not self.ssim:
             raise InputError("no image pairs were added")
@@ -535,7 +561,7 @@ class CLIPScorer:
             clip, processor = model if isinstance(model, tuple) else load_clip(model)
             clip = _CLIPFeatures(clip)
         self.metric = CLIPScore(model_name_or_path=lambda: (clip, processor),
-                                sync_on_compute=False).to(device)  # the main process alone scores
+                                sync_on_compute=False).to(device)  # processes combine their shares in gather()
         self.device = torch.device(device)
 
     @torch.no_grad()
@@ -545,6 +571,12 @@ class CLIPScorer:
         if len(captions) != images.shape[0]:
             raise InputError(f"{images.shape[0]} images but {len(captions)} captions")
         self.metric.update(images, list(captions))
+
+    def gather(self) -> None:
+        """Under ``accelerate launch``: every process's score sum and count added up (a collective; one process:
+        no-op)."""
+        total = reduce({"score": self.metric.score, "n_samples": self.metric.n_samples}, reduction="sum")
+        self.metric.score, self.metric.n_samples = total["score"], total["n_samples"]
 
     def compute(self) -> float:
         return float(self.metric.compute())

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
-from tqdm.auto import tqdm
 from uplift_diffusion.eval.common import (
     ResultsFolder,
     Timings,
@@ -28,6 +27,7 @@ from uplift_diffusion.eval.common import (
     generators,
     markdown_table,
     on_main_process,
+    process_share,
     sample,
     save_grid,
     seed_everything,
@@ -140,8 +140,8 @@ def run_sr_benchmark(
     overwrite: bool = False,
 ) -> dict | None:
     """Run the super-resolution benchmark; returns the ``results.json`` content (``None`` on the processes other
-    than the main one when launched with ``accelerate launch``: each generates its share of the images, the main
-    process waits for them and computes the metrics once).
+    than the main one when launched with ``accelerate launch``: each generates and scores its share of the images,
+    the scores are gathered, the main process alone times the model and writes the results).
 
     Args:
         images: folder of high-resolution images (FacesHQ, LHQ, CelebA-HQ, ...).
@@ -205,12 +205,11 @@ def run_sr_benchmark(
 
         folder.generate_missing(method, names, batch_size, make, timings, desc=f"sr {method}")
     state.wait_for_everyone()
-    timings.gather()
-    if not state.is_main_process:
-        return None
 
-    # 2. Metrics from the saved images (a rerun scores exactly the same files)
+    # 2. Metrics from the saved images (a rerun scores exactly the same files). Under `accelerate launch` each process
+    #    scores its share of the batches; the per-image scores and the FID sums are gathered onto every process
     metrics: dict[str, dict] = {}
+    batches = list(chunks(range(len(files)), batch_size))
     full_fid = fid_factory() if fid_factory is not None else None
     patch_fid = PatchFID(fid_factory(), patch_size, num_crops, seed) if fid_factory is not None else None
     stats_dir = Path(reference_stats) if reference_stats is not None else folder.root
@@ -222,29 +221,37 @@ def run_sr_benchmark(
         if not have_real:
             full_fid, patch_fid = fid_factory(), PatchFID(fid_factory(), patch_size, num_crops, seed)
             with timings("metrics/real"):
-                for idx in tqdm(list(chunks(range(len(files)), batch_size)), desc="sr real stats", unit="batch"):
+                for idx in process_share(batches, "sr real stats"):
                     hr = torch.stack([load_pair(files[i], size, scale)[0] for i in idx])
                     full_fid.update(hr, real=True)
                     patch_fid.update(hr, idx, real=True)
-            full_fid.save_reference(stats_dir / f"fid_real_{full_fid.name}.npz", key)
-            patch_fid.fid.save_reference(stats_dir / f"pfid_real_{full_fid.name}.npz",
-                                         f"{key}:{patch_size}x{num_crops}")
+                full_fid.gather(real=True), patch_fid.fid.gather(real=True)
+            if state.is_main_process:
+                full_fid.save_reference(stats_dir / f"fid_real_{full_fid.name}.npz", key)
+                patch_fid.fid.save_reference(stats_dir / f"pfid_real_{full_fid.name}.npz",
+                                             f"{key}:{patch_size}x{num_crops}")
     for method in methods:
         paired = PairedMetrics()
         if full_fid is not None:
             full_fid.reset_fake(), patch_fid.fid.reset_fake()
         with timings(f"metrics/{method}"):
-            for idx in tqdm(list(chunks(range(len(files)), batch_size)), desc=f"sr metrics {method}", unit="batch"):
+            for idx in process_share(batches, f"sr metrics {method}"):
                 hr = torch.stack([load_pair(files[i], size, scale)[0] for i in idx])
                 sr = torch.stack([folder.load(method, names[i]) for i in idx])
                 paired.update(sr, hr)
                 if full_fid is not None:
                     full_fid.update(sr, real=False)
                     patch_fid.update(sr, idx, real=False)
+            paired.gather()
+            if full_fid is not None:
+                full_fid.gather(real=False), patch_fid.fid.gather(real=False)
         metrics[method] = dict(paired.compute(), iterations=iterations if method == "uplift" else 1,
                                params_m=params.get(method), num_images=len(files))
         if full_fid is not None:
             metrics[method].update(fid=full_fid.compute(), patch_fid=patch_fid.compute())
+    timings.gather()
+    if not state.is_main_process:
+        return None
 
     # 3. Latency of the UPLiFT path (batch 1, appendix B.2 protocol)
     if latency and "uplift" in methods:

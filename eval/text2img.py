@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from torch import nn
-from tqdm.auto import tqdm
 from uplift_diffusion.eval.common import (
     ResultsFolder,
     Timings,
@@ -24,6 +23,7 @@ from uplift_diffusion.eval.common import (
     generators,
     markdown_table,
     on_main_process,
+    process_share,
     save_grid,
     seed_everything,
     to_tensor_uint8,
@@ -196,8 +196,8 @@ def run_text2img_benchmark(
     overwrite: bool = False,
 ) -> dict | None:
     """Generate, score and time every row; returns the ``results.json`` content (``None`` on the processes other
-    than the main one when launched with ``accelerate launch``: each generates its share of the images, the main
-    process waits for them, then alone computes the metrics, runs the latency protocol and writes the results).
+    than the main one when launched with ``accelerate launch``: each generates its share of the images and extracts
+    the metric features of its share, then the main process alone runs the latency protocol and writes the results).
 
     Args:
         benchmark: ``"coco"`` or ``"relaion"`` (recorded; names the table).
@@ -248,12 +248,12 @@ def run_text2img_benchmark(
                                 lambda idx, row=row: row.generate([captions[i] for i in idx], generators(seed, idx)),
                                 timings, desc=f"{benchmark} {row.key}")
     state.wait_for_everyone()
-    timings.gather()
-    if not state.is_main_process:
-        return None
 
-    # 2. Real statistics (once per data set, reusable) and per-row metrics from the saved images
+    # 2. Real statistics (once per data set, reusable) and per-row metrics from the saved images. Under `accelerate
+    #    launch` each process extracts the features of its share of the batches; their sums are added up (gather),
+    #    so every process holds the statistics of the whole set
     metrics: dict[str, dict] = {}
+    batches = list(chunks(range(len(pairs)), batch_size))
     full_fid = patch_fid = None
     if fid_factory is not None:
         full_fid, patch_fid = fid_factory(), PatchFID(fid_factory(), patch_size, num_crops, seed)
@@ -264,12 +264,14 @@ def run_text2img_benchmark(
         if not (full_fid.load_reference(files[0], key) and patch_fid.fid.load_reference(files[1], pkey)):
             full_fid, patch_fid = fid_factory(), PatchFID(fid_factory(), patch_size, num_crops, seed)
             with timings("metrics/real"):
-                for idx in tqdm(list(chunks(range(len(pairs)), batch_size)), desc=f"{benchmark} real", unit="batch"):
+                for idx in process_share(batches, f"{benchmark} real"):
                     real = torch.stack([real_image(pairs[i][1], real_size) for i in idx])
                     full_fid.update(real, real=True)
                     patch_fid.update(real, idx, real=True)
-            full_fid.save_reference(files[0], key)
-            patch_fid.fid.save_reference(files[1], pkey)
+                full_fid.gather(real=True), patch_fid.fid.gather(real=True)
+            if state.is_main_process:
+                full_fid.save_reference(files[0], key)
+                patch_fid.fid.save_reference(files[1], pkey)
     clip = clip_factory() if clip_factory is not None else None
     for row in rows:
         entry: dict = dict(model=row.model, steps=row.steps, method=row.method, params_m=row.params_m,
@@ -279,8 +281,7 @@ def run_text2img_benchmark(
         if full_fid is not None:
             full_fid.reset_fake(), patch_fid.fid.reset_fake()
         with timings(f"metrics/{row.key}"):
-            for idx in tqdm(list(chunks(range(len(pairs)), batch_size)), desc=f"{benchmark} metrics {row.key}",
-                            unit="batch"):
+            for idx in process_share(batches, f"{benchmark} metrics {row.key}"):
                 fake = torch.stack([folder.load(row.key, names[i]) for i in idx])
                 if clip is not None:
                     clip.update(fake, [captions[i] for i in idx])
@@ -288,12 +289,19 @@ def run_text2img_benchmark(
                     full_fid.update(fake, real=False)
                     if fake.shape[-1] == real_size and fake.shape[-2] == real_size:
                         patch_fid.update(fake, idx, real=False)
+            if clip is not None:
+                clip.gather()
+            if full_fid is not None:
+                full_fid.gather(real=False), patch_fid.fid.gather(real=False)
         if clip is not None:
             entry["clip_score"] = clip.compute()
         if full_fid is not None:
             entry["fid"] = full_fid.compute()
             entry["patch_fid"] = patch_fid.compute() if patch_fid.fid.num_fake else None
         metrics[row.key] = entry
+    timings.gather()
+    if not state.is_main_process:
+        return None
 
     # 3. Latency per row (appendix B.2: optional torch.compile, 3 warm-up + 10 timed batches)
     if latency:

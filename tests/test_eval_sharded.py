@@ -190,6 +190,22 @@ def test_relaion_two_processes_equal_one_and_refuse_stale_folder(tiny_sd, tmp_pa
     assert _mtimes(two) == before
 
 
+def test_fid_statistics_of_shares_merge_to_the_whole():
+    """What ``FID.gather`` adds up across processes: the clean-fid backend's statistics of two shares of a set, merged,
+    give the FID of the whole set (the torchmetrics backend sums its states with accelerate's reduce)."""
+    g = torch.Generator().manual_seed(0)
+    real, fake = (torch.randint(0, 256, (6, 3, 48, 48), generator=g, dtype=torch.uint8) for _ in range(2))
+    whole, shares, other = (FID("clean-fid", feature_extractor=SmallFeatures()) for _ in range(3))
+    whole.update(real, real=True), whole.update(fake, real=False)
+    shares.update(real[:2], real=True), other.update(real[2:], real=True)
+    shares.update(fake[:5], real=False), other.update(fake[5:], real=False)
+    shares.real.merge(other.real), shares.fake.merge(other.fake)
+    assert shares.num_real == shares.num_fake == 6
+    assert shares.compute() == pytest.approx(whole.compute(), rel=1e-9)
+    shares.gather(real=False)  # one process: nothing to add
+    assert shares.compute() == pytest.approx(whole.compute(), rel=1e-9)
+
+
 if __name__ == "__main__":  # `accelerate launch ... tests/test_eval_sharded.py eval coco ...`: the CLI, small FID net
     eval_command._fid_factory = _small_fid_factory
     sys.exit(main(sys.argv[1:]))
