@@ -8,11 +8,13 @@ so that ``Accelerator()`` joins them into one gloo group on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
+
+import psutil
 
 
 def free_port() -> int:
@@ -30,12 +32,15 @@ def accelerate_launch(*target: str, num_processes: int = 2, timeout: float = 600
            "--num_machines", "1", "--num_cpu_threads_per_process", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(free_port()), *target]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          start_new_session=True) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the launcher's session: the workers too
+            # torch's launcher starts each worker in a session of its own: kill the whole tree, workers first
+            launcher = psutil.Process(proc.pid)
+            for process in [*launcher.children(recursive=True), launcher]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
             stdout, stderr = proc.communicate()
             raise AssertionError(f"accelerate launch hung for {timeout} s: {stdout[-3000:]}{stderr[-3000:]}") from None
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]

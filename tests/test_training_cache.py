@@ -86,3 +86,15 @@ def test_a_truncated_shard_is_ignored_and_recomputed(tmp_path):
     reopened = FeatureCache(tmp_path, "fp")
     assert len(reopened) == 0
     torch.testing.assert_close(reopened.features(["a", "b"], images, backbone.encode), backbone.encode(images))
+
+
+def test_processes_see_each_others_shards_after_a_refresh(tmp_path):
+    """Each process writes shards under its own prefix; a refresh indexes the others' (never a shard being written)."""
+    rank0, rank1 = (FeatureCache(tmp_path, "fp-a", prefix=f"r{r}") for r in range(2))
+    rank0.put("a#v0@4x4", torch.ones(2, 4, 4))
+    rank0.flush()
+    (shard,) = tmp_path.glob("r0-*.safetensors")
+    (tmp_path / ".r0-000001.tmpXYZ.safetensors").write_bytes(shard.read_bytes())  # as atomic_write names it
+    assert "a#v0@4x4" not in rank1
+    rank1.refresh()
+    assert torch.equal(rank1.get("a#v0@4x4"), torch.ones(2, 4, 4)) and rank1.index["a#v0@4x4"] == shard

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     from uplift_diffusion.training.trainer import Trainer
 
-    path = Trainer(config, overwrite=args.overwrite).train(resume=args.resume)
-    print(f"trained model saved to {path} (load it with UPLiFTModel.from_pretrained({str(path)!r}))")
+    trainer = Trainer(config, overwrite=args.overwrite)
+    path = trainer.train(resume=args.resume)
+    trainer.accelerator.print(f"trained model saved to {path} (load it with UPLiFTModel.from_pretrained("
+                              f"{str(path)!r}))")  # once, by the main process
     return 0

@@ -90,13 +90,21 @@ class FeatureCache:
         self.index: dict[str, Path] = {}
         self._handles: dict[Path, object] = {}
         self.hits = self.misses = 0
-        for shard in sorted(self.folder.glob("*.safetensors")):
+        self._seen: set[Path] = set()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Index the shards written since the last look (by other processes of a multi-process run, say)."""
+        # names starting with "." are shards being written (atomic_write's temporary files)
+        shards = {p for p in self.folder.glob("*.safetensors") if not p.name.startswith(".")}
+        for shard in sorted(shards - self._seen):
+            self._seen.add(shard)
             try:
                 with safe_open(str(shard), framework="pt") as f:
-                    if (f.metadata() or {}).get("fingerprint") != fingerprint:
+                    if (f.metadata() or {}).get("fingerprint") != self.fingerprint:
                         continue
                     for key in f.keys():
-                        self.index[key] = shard
+                        self.index.setdefault(key, shard)
             except Exception as err:  # a truncated shard from a crash: skip it, its features are recomputed
                 logger.warning("feature cache: ignoring unreadable shard %s (%s)", shard, err)
 
@@ -130,6 +138,7 @@ class FeatureCache:
             n += 1
         pending, metadata = self.pending, {"fingerprint": self.fingerprint}
         atomic_write(path, lambda tmp: save_file(pending, tmp, metadata=metadata))
+        self._seen.add(path)
         for key in self.pending:
             self.index[key] = path
         self.pending = {}

@@ -173,8 +173,12 @@ class TrainConfig:
         output_dir: where checkpoints, logs, preview grids and the final model go.
         max_steps: stop after this many optimizer steps (``None``: only ``max_minutes`` limits the run).
         max_minutes: stop after this much wall-clock time, feature caching included (``None``: no limit).
-        batch_size: images per optimizer step and process.
-        seed: seed of crops, the epoch order and the augmentation noise.
+        batch_size: the *global* batch: views per optimizer step, all processes together. On N processes (``accelerate
+            launch --num_processes N``) each takes ``batch_size / N`` of them (N must divide it) and the gradients are
+            averaged, so a config trains the same model (within float tolerance) on any number of processes and a run
+            resumes under another number; scale ``batch_size`` (and ``optim.lr``) yourself for a bigger batch.
+        seed: seed of the crops, the epoch order and the noise (augmentation, noise channels: drawn per step and
+            position in the global batch, so they do not depend on the number of processes).
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (passed to accelerate).
         checkpoint_every: write a checkpoint every this many steps (and at the end).
         keep_last: how many checkpoints to keep.

@@ -19,22 +19,23 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..color import bicubic_upscale, detail_transfer
 from .config import PIXEL_LOSSES
 
+Generators = torch.Generator | list[torch.Generator] | None
 
-def augment_features(features: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+
+def augment_features(features: torch.Tensor, sigma: float, generator: Generators = None) -> torch.Tensor:
     """``features + sigma * N(0, 1)`` as a NEW tensor (the input at one depth is the target at another, so the
-    original must never change). ``sigma == 0`` returns a copy."""
+    original must never change). ``sigma == 0`` returns a copy. ``generator``: one, one per batch item (each item's
+    noise then depends on its own generator only, not on the batch it shares) or ``None`` (the global RNG)."""
     if sigma == 0:
         return features.clone()
-    device = generator.device if generator is not None else features.device
-    noise = torch.randn(features.shape, generator=generator, device=device, dtype=torch.float32)
-    return features + sigma * noise.to(features.device, features.dtype)
-
-
+    noise = randn_tensor(tuple(features.shape), generator=generator, device=features.device, dtype=torch.float32)
+    return features + sigma * noise.to(features.dtype)
 
 
 def pixel_distance(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
@@ -147,9 +148,10 @@ def multi_depth_loss(
     features: Sequence[torch.Tensor],
     depths: Sequence[int],
     noise_sigma: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     latent_weight: float = 1.0,
     pixel: PixelObjective | None = None,
+    batch_generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Paper eq. 4-5 for one batch, plus the optional decoder-aware pixel term.
 
@@ -160,10 +162,14 @@ def multi_depth_loss(
         features: backbone features of those images, ``[F_1, F_1/2, ...]``, each [B, C, h/2**j, w/2**j].
         depths: training depths D.
         noise_sigma: standard deviation of the input augmentation (added to a copy of ``features[d]``).
-        generator: RNG of the augmentation and of the model's noise channels (``None``: global RNG).
+        generator: RNG of the augmentation and of the model's noise channels: one ``torch.Generator``, one per batch
+            item, or ``None`` (the global RNG). One per item makes an item's draws independent of how the batch is
+            split across processes.
         latent_weight: weight of every latent MSE term (1 = the paper).
         pixel: the decoder-aware term (``None`` = the paper's latent-only loss): the last step of each depth,
             decoded, against the full-resolution image ``I``.
+        batch_generator: RNG of the draws shared by the whole batch (the pixel term's window); ``None``: ``generator``
+            when that is a single one, else the global RNG.
 
     Returns:
         ``(loss, terms)``: the total loss and every weighted term, keyed as :func:`loss_term_names` (detached).
@@ -171,6 +177,8 @@ def multi_depth_loss(
     if max(depths) >= len(images) or max(depths) >= len(features):
         raise ValueError(f"depths {list(depths)} need {max(depths) + 1} pyramid levels, got {len(images)} images "
                          f"and {len(features)} feature maps")
+    if batch_generator is None and isinstance(generator, torch.Generator):
+        batch_generator = generator
     total = 0.0
     terms: dict[str, torch.Tensor] = {}
     for d in depths:
@@ -183,7 +191,7 @@ def multi_depth_loss(
             total = total + term
         if pixel is not None and pixel.applies_to(d):
             # the last step is at full resolution: decoded, it is compared with I [B, 3, H, W]
-            for name, term in pixel(steps[-1], images[0], generator, images[d]).items():
+            for name, term in pixel(steps[-1], images[0], batch_generator, images[d]).items():
                 terms[f"d{d}_{name}"] = term.detach()
                 total = total + term
     return total, terms
@@ -209,7 +217,7 @@ class UPLiFTTrainingObjective(nn.Module):
         self.latent_weight = latent_weight
         self.pixel = pixel
 
-    def forward(self, images: Sequence[torch.Tensor], features: Sequence[torch.Tensor],
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, images: Sequence[torch.Tensor], features: Sequence[torch.Tensor], generator: Generators = None,
+                batch_generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return multi_depth_loss(self.model, images, features, self.depths, self.noise_sigma, generator,
-                                self.latent_weight, self.pixel)
+                                self.latent_weight, self.pixel, batch_generator)

@@ -4,6 +4,13 @@ One code path runs on one CPU, one GPU, or many GPUs / nodes under ``accelerate 
 accelerate. Each step draws a batch of fixed random crops (views), gets the backbone features of every pyramid level
 (from the feature cache when possible), and minimises the multi-depth, multi-step loss (paper eq. 1-5).
 
+On N processes ``batch_size`` stays the *global* batch: step s trains on the same views with the same random noise
+whatever N is (the epoch order is seeded by (seed, epoch); every item's noise by (seed, step, position in the global
+batch)); each process takes its contiguous 1/N of the batch and DDP averages the gradients, so N processes reproduce
+one process within float tolerance, and a run resumes under another process count. The main process alone writes
+checkpoints, logs and previews; every process stops at the same step (they share the elapsed time and the loss after
+every step).
+
 Outputs in ``config.output_dir``: ``checkpoints/checkpoint-<step>/`` (atomic, last K kept), ``loss_log.csv``
 (TensorBoard events too when ``tensorboard`` is installed), ``previews/step-<step>.png`` (before/after grids) and
 ``model/`` (the final ``save_pretrained`` export, loadable with ``UPLiFTModel.from_pretrained``).
@@ -12,8 +19,10 @@ Outputs in ``config.output_dir``: ``checkpoints/checkpoint-<step>/`` (atomic, la
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +34,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from PIL import Image
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..color import ColorCorrection
@@ -83,6 +93,41 @@ def _pca_rgb(features: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor) ->
     return flat.reshape(b, h, w, 3).permute(0, 3, 1, 2)
 
 
+def item_generator(seed: int, step: int, position: int | str) -> torch.Generator:
+    """The RNG of one item (its position in the global batch) or of the whole batch (``"batch"``) at one step: a
+    function of (seed, step, position) only, so that the noise does not depend on how many processes share a batch."""
+    digest = hashlib.sha256(f"{seed}|{step}|{position}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (``accelerate launch``, ``torchrun``, ``mpirun``) started: its world size."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
+    """An ``Accelerator`` joining every launched process, on CPU machines too.
+
+    Without a GPU accelerate joins the processes of ``accelerate launch --multi_gpu`` / ``torchrun`` only when asked
+    for the CPU (``cpu=True`` or ``ACCELERATE_USE_CPU=1``); otherwise each process would train alone on the whole
+    data and write into the same folder. A launch that accelerate still does not join is refused.
+    """
+    launched = launched_processes()
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=launched > 1 and not torch.cuda.is_available())
+    if accelerator.num_processes != launched:
+        raise InputError(f"{launched} processes were launched but accelerate set up {accelerator.num_processes} "
+                         f"({accelerator.distributed_type}); start them with `accelerate launch` or `torchrun`")
+    if launched == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") \
+            and "MASTER_ADDR" in os.environ:
+        accelerator.print("warning: `accelerate launch --cpu --num_processes N` starts one process (accelerate's CPU "
+                          "launcher needs mpirun for more); for N CPU processes use `ACCELERATE_USE_CPU=1 accelerate "
+                          "launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`")
+    return accelerator
+
+
 TIME_SCHEDULES = ("cosine", "linear")
 
 
@@ -107,16 +152,23 @@ class Trainer:
         config: the run's configuration.
         backbone: a ready :class:`FeatureBackbone` (default: built from ``config.backbone``).
         model: a ready model (default: built from ``config.model``).
-        accelerator: an ``accelerate.Accelerator`` (default: one with ``config.mixed_precision``).
+        accelerator: an ``accelerate.Accelerator`` (default: :func:`make_accelerator` with ``config.mixed_precision``).
         overwrite: replace an earlier run in ``output_dir`` (and a feature cache made with other settings) instead of
             refusing it; see :func:`~uplift_diffusion.training.checkpoints.check_run_folder`.
     """
+
+    clock: Callable[[], float] = staticmethod(time.monotonic)  # seconds; the max_minutes budget reads it
 
     def __init__(self, config: TrainConfig, backbone: FeatureBackbone | None = None,
                  model: UPLiFTModel | None = None, accelerator: Accelerator | None = None, overwrite: bool = False):
         config.validate()
         self.config, self.overwrite = config, overwrite
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(config.mixed_precision)
+        processes = self.accelerator.num_processes
+        if config.batch_size % processes:
+            raise InputError(f"batch_size {config.batch_size} is the global batch of a step (all processes together) "
+                             f"and must be divisible by the number of processes ({processes})")
+        self.local_batch = config.batch_size // processes
         self.output_dir = Path(config.output_dir)
         self.backbone = backbone if backbone is not None else load_backbone(config.backbone)
         set_seed(config.seed)
@@ -128,8 +180,9 @@ class Trainer:
         self.cache = None
         if config.data.cache_dir:
             fingerprint = cache_fingerprint(self.backbone, config, self.levels, [s for s, _ in self.dataset.index])
-            self.cache = FeatureCache(config.data.cache_dir, fingerprint, prefix=f"r{self.accelerator.process_index}",
-                                      overwrite=overwrite)
+            with self.accelerator.main_process_first():  # one process checks (or replaces) the folder's fingerprint
+                self.cache = FeatureCache(config.data.cache_dir, fingerprint,
+                                          prefix=f"r{self.accelerator.process_index}", overwrite=overwrite)
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.keep_last)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.elapsed = 0.0  # training seconds across resumes
@@ -145,16 +198,18 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         acc = self.accelerator
         acc.wait_for_everyone()
+        weights = acc.get_state_dict(self.objective)  # on every process: sharded (FSDP / DeepSpeed) states gather
         if acc.is_main_process:
             state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "rng": capture_rng_state(self.generator), "epoch": self.epoch,
+                     "rng": capture_rng_state(), "epoch": self.epoch,
                      "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed}
-            weights = {k.removeprefix("model."): v for k, v in acc.get_state_dict(self.objective).items()}
-            self.checkpoints.save(self.step, weights, state)
+            self.checkpoints.save(self.step, {k.removeprefix("model."): v for k, v in weights.items()}, state)
             self._preview()
         if self.cache is not None:
             self.cache.flush()
         acc.wait_for_everyone()
+        if self.cache is not None:  # serve the views the other processes encoded too (they move between ranks)
+            self.cache.refresh()
 
     def _resume(self) -> bool:
         found = self.checkpoints.load_latest()
@@ -167,7 +222,7 @@ class Trainer:
         self.unwrapped.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"], self.generator)
+        restore_rng_state(state["rng"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch, self.elapsed = int(state["batch_in_epoch"]), float(state["elapsed"])
         self.accelerator.print(f"resumed from {path} (step {self.step}, epoch {self.epoch})")
@@ -194,7 +249,13 @@ class Trainer:
         except ImportError:
             pass
 
-    def _log(self, loss: float, terms: dict[str, torch.Tensor]) -> None:
+    def _log(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Append the step's row: the loss and terms of the global batch (averaged over the processes, so that the log
+        does not depend on their number). Called on every process (the average is a collective); the main one writes."""
+        values = self.accelerator.reduce(torch.stack([loss.detach().float(), *terms.values()]), reduction="mean")
+        if not self.accelerator.is_main_process:
+            return
+        loss, terms = values[0].item(), dict(zip(terms, values[1:], strict=True))
         row = {"step": self.step, "epoch": self.epoch, "loss": f"{loss:.6g}",
                "lr": f"{self.scheduler.get_last_lr()[0]:.6g}", "elapsed_s": f"{self.elapsed:.1f}",
                **{k: f"{v.item():.6g}" for k, v in terms.items()}}
@@ -247,20 +308,50 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _should_stop(self) -> bool:
+        """The same answer on every process: the step and the (agreed) elapsed time are the same everywhere."""
         cfg = self.config
-        stop = (cfg.max_steps is not None and self.step >= cfg.max_steps) or (
+        return (cfg.max_steps is not None and self.step >= cfg.max_steps) or (
             cfg.max_minutes is not None and self.elapsed >= cfg.max_minutes * 60)
-        if self.accelerator.num_processes > 1:  # every process stops at the same step
-            flag = torch.tensor(float(stop), device=self.accelerator.device)
-            stop = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
-        return stop
+
+    def _agree(self, start: float, loss: torch.Tensor) -> None:
+        """Share every process's elapsed time and loss after a step (one small collective), so that all take the same
+        decisions: the elapsed time becomes the slowest process's (the stop at ``max_minutes`` and a time-budget
+        learning rate must not differ, or the weights would part or one process would wait forever), and a non-finite
+        loss on any process stops all of them."""
+        mine = torch.tensor([[self.clock() - start, loss.item()]], dtype=torch.float64, device=self.accelerator.device)
+        every = self.accelerator.gather(mine) if self.accelerator.num_processes > 1 else mine  # [processes, 2]
+        self.elapsed = float(every[:, 0].max())
+        bad = every[~torch.isfinite(every[:, 1]), 1]
+        if len(bad):
+            raise FloatingPointError(f"loss became {bad[0].item()} at step {self.step}; lower optim.lr or use "
+                                     f"mixed_precision 'no' / 'bf16'")
+
+    def _generators(self) -> tuple[list[torch.Generator], torch.Generator]:
+        """This process's per-item RNGs of the coming step (its slice of the global batch) and the batch-wide one."""
+        seed, step, first = self.config.seed, self.step + 1, self.accelerator.process_index * self.local_batch
+        items = [item_generator(seed, step, first + i) for i in range(self.local_batch)]
+        return items, item_generator(seed, step, "batch")
+
+    def _sync_batch_norm(self) -> None:
+        """Batch statistics of the global batch on N processes (SyncBatchNorm); CPU processes cannot share them."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                             for m in self.model.modules()):
+            return
+        if acc.device.type == "cpu":
+            acc.print(f"warning: the model has BatchNorm layers and SyncBatchNorm needs GPUs: on {acc.num_processes} "
+                      f"CPU processes each normalises with the statistics of its own {self.local_batch} images, so "
+                      f"the run differs from one process")
+            return
+        nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # in place: the model's root is not a norm layer
 
     def train(self, resume: bool = False, callback: StepCallback | None = None) -> Path:
         """Run (or continue, with ``resume=True``) training; returns the folder of the exported model.
 
         Args:
             resume: continue from the newest valid checkpoint in ``output_dir/checkpoints``.
-            callback: called as ``callback(step, loss)`` after every optimizer step (on every process).
+            callback: called as ``callback(step, loss)`` after every optimizer step (on every process; ``loss`` is
+                that process's share of the batch).
         """
         cfg, acc = self.config, self.accelerator
         if acc.is_main_process:
@@ -289,9 +380,9 @@ class Trainer:
                                                   else loss.pixel_color_correction, loss.detail_sigma)
         objective = UPLiFTTrainingObjective(self.model, loss.depths, loss.noise_sigma, loss.latent_weight,
                                             self.objective_pixel)
+        self._sync_batch_norm()
         self.objective, self.optimizer = acc.prepare(objective, optimizer)
         self.unwrapped = acc.unwrap_model(self.objective).model
-        self.generator = torch.Generator().manual_seed(cfg.seed * 7919 + acc.process_index)
         if resume:
             self._resume()
         if acc.is_main_process:
@@ -300,10 +391,10 @@ class Trainer:
 
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not acc.is_local_main_process,
                    desc="training", dynamic_ncols=True)
-        start = time.monotonic() - self.elapsed
+        start = self.clock() - self.elapsed
         last_saved = self.step if resume else -1
         while not self._should_stop():
-            batches = epoch_batches(len(self.dataset), cfg.batch_size, self.epoch, cfg.seed, acc.process_index,
+            batches = epoch_batches(len(self.dataset), self.local_batch, self.epoch, cfg.seed, acc.process_index,
                                     acc.num_processes)
             loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches[self.batch_in_epoch:],
                                                  collate_fn=collate_views, num_workers=cfg.data.num_workers)
@@ -311,10 +402,7 @@ class Trainer:
                 images = [x.to(acc.device) for x in batch["images"]]
                 features = self.features(batch["keys"], images)
                 with acc.autocast():
-                    loss, terms = self.objective(images, features, self.generator)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}; lower optim.lr or "
-                                             f"use mixed_precision 'no' / 'bf16'")
+                    loss, terms = self.objective(images, features, *self._generators())
                 acc.backward(loss)
                 if cfg.optim.max_grad_norm is not None:
                     acc.clip_grad_norm_(self.objective.parameters(), cfg.optim.max_grad_norm)
@@ -323,12 +411,12 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 self.batch_in_epoch += 1
-                self.elapsed = time.monotonic() - start
+                self._agree(start, loss)
                 value = loss.item()
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4g}", epoch=self.epoch)
-                if acc.is_main_process and self.step % cfg.log_every == 0:
-                    self._log(value, terms)
+                if self.step % cfg.log_every == 0:
+                    self._log(loss, terms)
                 if self.step % cfg.checkpoint_every == 0:
                     self._save_checkpoint()
                     last_saved = self.step
@@ -352,6 +440,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.unwrapped.save_pretrained(path)
-            if self.cache is not None:
-                self.cache.flush()
+        if self.cache is not None:
+            self.cache.flush()
+        self.accelerator.wait_for_everyone()  # the model is on disk before any process returns its path
         return path
