@@ -93,10 +93,16 @@ def test_model_inference_path_matches_autograd_path(preset, overrides):
     torch.testing.assert_close(fast, reference, **EXACT)
 
 
-def test_bfloat16_path_within_stated_tolerance():
+@pytest.fixture
+def noiseless_tiny():
+    """A noise-free tiny-vae model in eval mode, an image and its 4x4 latents."""
     torch.manual_seed(0)
     model = UPLiFTModel.from_preset("tiny-vae", noise_channels=0).eval()
-    image, features = torch.rand(1, 3, 32, 32), torch.randn(1, 4, 4, 4)
+    return model, torch.rand(1, 3, 32, 32), torch.randn(1, 4, 4, 4)
+
+
+def test_bfloat16_path_within_stated_tolerance(noiseless_tiny):
+    model, image, features = noiseless_tiny
     with torch.inference_mode():
         exact = model(image, features, iterations=2)
         fast = model.to(torch.bfloat16)(image.bfloat16(), features.bfloat16(), iterations=2)
@@ -188,10 +194,8 @@ def test_folded_batch_norm_follows_weight_changes():
 
 @pytest.mark.skipif(not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")), reason="torch.compile needs a C++ "
                     "compiler on CPU")
-def test_compile_flag_compiles_every_entry_point():
-    torch.manual_seed(0)
-    model = UPLiFTModel.from_preset("tiny-vae", noise_channels=0).eval()
-    image, features = torch.rand(1, 3, 32, 32), torch.randn(1, 4, 4, 4)
+def test_compile_flag_compiles_every_entry_point(noiseless_tiny):
+    model, image, features = noiseless_tiny
     with torch.inference_mode():
         eager = model(image, features, iterations=1)
         model.compile(dynamic=False)
