@@ -17,10 +17,15 @@ def setup(tmp_path):
     return tmp_path
 
 
-def test_cli_trains_resumes_and_exports(setup, capsys):
-    config = tiny_config(setup, setup / "images", max_steps=2, checkpoint_every=1).to_dict()
+def _two_step_config(setup):
+    """A 2-step run (a checkpoint after each step) written as train.json; returns its path."""
     path = setup / "train.json"
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps(tiny_config(setup, setup / "images", max_steps=2, checkpoint_every=1).to_dict()))
+    return path
+
+
+def test_cli_trains_resumes_and_exports(setup, capsys):
+    path = _two_step_config(setup)
     assert main(["train", "--config", str(path)]) == 0
     out = setup / "run"
     model = UPLiFTModel.from_pretrained(out / "model")
@@ -35,9 +40,7 @@ def test_cli_trains_resumes_and_exports(setup, capsys):
 
 
 def test_an_earlier_run_is_never_silently_replaced(setup, capsys):
-    config = tiny_config(setup, setup / "images", max_steps=2, checkpoint_every=1).to_dict()
-    path = setup / "train.json"
-    path.write_text(json.dumps(config))
+    path = _two_step_config(setup)
     assert main(["train", "--config", str(path)]) == 0
     out = setup / "run"
     log = (out / "loss_log.csv").read_text()

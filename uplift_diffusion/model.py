@@ -236,17 +236,21 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
                 pixels the finest of those steps reads; the result is the same up to float rounding, several times
                 cheaper for that block. ``None``: every map at full resolution.
         """
+        tokens = [s // self.config.patch_size for s in image.shape[-2:]]
         if self.config.patch_size == 14:
             # Patch-14 backbones: move the image to the 16-pixel token grid so that four 2x steps give 16x.
             h, w = image.shape[-2:]
             image = bilinear_resize(image, (h * 16 // 14, w * 16 // 14))
         stride = 1
-        if iterations is not None:
-            tokens = [s // (16 if self.config.patch_size == 14 else self.config.patch_size) for s in image.shape[-2:]]
-            # block_0 reads the deepest map at each step's input size, the refiner at its output size.
-            finest = [t * 2 ** (iterations if self.refiner is not None else iterations - 1) for t in tokens]
-            stride = self.encoder.deepest_stride(image.shape[-2:], finest)
+        if iterations is not None:  # the last step, on features of tokens * 2**(iterations-1), reads the finest
+            last_input = [t * 2 ** (iterations - 1) for t in tokens]
+            stride = self.encoder.deepest_stride(image.shape[-2:], self._deepest_read_size(last_input))
         return self.encoder(image, stride)
+
+    def _deepest_read_size(self, size: Sequence[int]) -> list[int]:
+        """The size at which a step on ``size`` features reads the deepest encoder map: block_0 reads it at the
+        step's input size, the refiner (when there is one) at its output size."""
+        return [2 * s for s in size] if self.refiner is not None else list(size)
 
     @apply_forward_hook
     def upscale_step(self, features: torch.Tensor, encoded: Sequence[torch.Tensor], generator=None) -> torch.Tensor:
@@ -271,7 +275,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             raise InputError("encoded must be the list returned by encode_image for the same batch (>= 2 tensors "
                              "[B, C_i, H, W])")
         deepest, full = encoded[-1].shape[-2:], encoded[-2].shape[-2:]
-        finest = [2 * s for s in features.shape[-2:]] if self.refiner is not None else features.shape[-2:]
+        finest = self._deepest_read_size(features.shape[-2:])
         if deepest != full and any(d < f or d % f for d, f in zip(deepest, finest, strict=True)):
             raise InputError(f"encoded was made by encode_image(..., iterations=N) for fewer steps: its deepest map "
                              f"({deepest[0]}x{deepest[1]}) cannot serve a step on {tuple(features.shape[-2:])} "

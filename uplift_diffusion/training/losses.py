@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..color import bicubic_upscale, detail_transfer
-from .config import PIXEL_LOSSES
+from .config import PIXEL_LOSSES, LossConfig
 
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -93,6 +93,15 @@ class PixelObjective:
     margin: int = 0
     color_correction: str | None = None
     detail_sigma: float = 0.5
+
+    @classmethod
+    def from_config(cls, decode: Callable[[torch.Tensor], torch.Tensor], patch_size: int,
+                    loss: LossConfig) -> PixelObjective:
+        """The term the ``pixel_*`` fields of ``loss`` describe."""
+        return cls(decode, patch_size, weight=loss.pixel_weight, kind=loss.pixel_loss, edge_weight=loss.edge_weight,
+                   depths=loss.pixel_depths, window=loss.pixel_window, margin=loss.pixel_margin,
+                   color_correction=None if loss.pixel_color_correction == "none" else loss.pixel_color_correction,
+                   detail_sigma=loss.detail_sigma)
 
     def applies_to(self, depth: int) -> bool:
         return self.depths is None or depth in self.depths

@@ -373,11 +373,8 @@ class Trainer:
         loss = cfg.loss
         self.objective_pixel = None
         if loss.pixel_weight > 0:
-            self.objective_pixel = PixelObjective(self.backbone.decode_differentiable, self.backbone.patch_size,
-                                                  loss.pixel_weight, loss.pixel_loss, loss.edge_weight,
-                                                  loss.pixel_depths, loss.pixel_window, loss.pixel_margin,
-                                                  None if loss.pixel_color_correction == "none"
-                                                  else loss.pixel_color_correction, loss.detail_sigma)
+            self.objective_pixel = PixelObjective.from_config(self.backbone.decode_differentiable,
+                                                              self.backbone.patch_size, loss)
         objective = UPLiFTTrainingObjective(self.model, loss.depths, loss.noise_sigma, loss.latent_weight,
                                             self.objective_pixel)
         self._sync_batch_norm()
