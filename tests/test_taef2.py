@@ -99,3 +99,27 @@ def test_builtin_copy_is_the_published_taef2(taef2):
     builtin = load_builtin_vae("taef2")
     for (name, a), b in zip(taef2.state_dict().items(), builtin.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_entry_points_carry_the_offload_hook():
+    # enable_model_cpu_offload moves a model to the GPU in its _hf_hook's pre_forward; the pipeline calls encode,
+    # decode_global / decode_local (tiles) and decode, never forward, so each must fire the hook (as AutoencoderTiny's).
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    class Recorder(ModelHook):
+        calls = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            Recorder.calls += 1
+            return args, kwargs
+
+    model = TAEF2(latent_channels=4, channels=8, encoder_blocks=(1, 1), decoder_blocks=(1, 1)).eval()
+    add_hook_to_module(model, Recorder())
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        for call in (lambda: model.encode(x), lambda: model.decode(torch.zeros(1, 4, 8, 8)),
+                     lambda: model.decode_global(torch.zeros(1, 4, 8, 8)),
+                     lambda: model.decode_local(torch.zeros(1, 8, 8, 8))):
+            before = Recorder.calls
+            call()
+            assert Recorder.calls > before

@@ -16,6 +16,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTinyOutput
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 
@@ -196,21 +197,27 @@ class TAEF2(ModelMixin, ConfigMixin):
                               f"(taef2.safetensors or taef2_encoder.pth / taef2_decoder.pth)") from None
         return _cast(cls.from_hub_file(hub_file), dtype)
 
+    # The entry points carry diffusers' offload hook (as AutoencoderTiny's do): under enable_model_cpu_offload the
+    # pipeline calls encode / decode_global / decode_local, never forward, so without it the weights stay on the CPU.
+    @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         """RGB in [-1, 1] [B, 3, H, W] (H, W multiples of 8) -> raw latents [B, C, H/8, W/8]."""
         latents = self.encoder(x.add(1).div(2))
         return AutoencoderTinyOutput(latents=latents) if return_dict else (latents,)
 
+    @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
         """Raw latents -> RGB in [-1, 1]."""
         sample = self.decode_local(self.decode_global(z))
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
+    @apply_forward_hook
     def decode_global(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder layers that need whole latents (their GroupNorm statistics): raw latents [B, C, h, w] ->
         features [B, 64, h, w], still at latent resolution. Cheap; :meth:`decode_local` finishes the decode."""
         return self.decoder[: self.decoder_local_from](z)
 
+    @apply_forward_hook
     def decode_local(self, features: torch.Tensor) -> torch.Tensor:
         """The rest of the decoder, local operations only, so it can run tile by tile (with an overlap for its
         receptive field): features from :meth:`decode_global` (or a crop of them) -> RGB in [-1, 1], 8x larger."""
