@@ -62,6 +62,23 @@ def check_upscale_arguments(upsampler: UPLiFTModel, vae, upscale: int, output_ty
     check_upsampler_fits(upsampler, vae, hint)
 
 
+def color_correction_for(upsampler: UPLiFTModel, color_correction: bool | str = True,
+                         mode: str | None = None) -> ColorCorrection:
+    """The colour correction to apply to images decoded from ``upsampler``'s output.
+
+    ``color_correction``: ``False`` (none), a mode name (that mode), or ``True``: ``mode`` when given (a pipeline's
+    explicit override), else the correction recorded in the upsampler's config (``color_correction``, what it was
+    trained with; ``"mean"`` for checkpoints that predate the record). Its ``detail_sigma`` comes from the config too.
+    """
+    usage = upsampler.config
+    if not isinstance(color_correction, str):
+        mode = mode or usage.get("color_correction", "mean")
+    else:
+        mode = color_correction
+    return ColorCorrection(enabled=bool(color_correction), clamp=(0.0, 1.0), mode=mode,
+                           detail_sigma=usage.get("detail_sigma", 0.5))
+
+
 def to_raw_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """A pipeline's (scaled, shifted) latents -> the VAE's raw latents, what UPLiFT's VAE presets were trained on."""
     shift = getattr(vae.config, "shift_factor", None) or 0.0
@@ -106,7 +123,7 @@ def upscale_latents(
     upscale: int = 2,
     generator: torch.Generator | list[torch.Generator] | None = None,
     output_type: str = "pil",
-    color_correction: bool = True,
+    color_correction: bool | str = True,
 ) -> UPLiFTPipelineOutput:
     r"""UPLiFT's part of text-to-image, for any diffusers pipeline that returns latents (``output_type="latent"``).
 
@@ -123,7 +140,9 @@ def upscale_latents(
         generator (`torch.Generator` or a list, *optional*): for UPLiFT's noise channels (reproducible outputs).
         output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` ([B, H, W, 3] in [0, 1]), ``"pt"``
             ([B, 3, H, W] in [0, 1]) or ``"latent"`` (the upscaled latents, scaled like the input).
-        color_correction (`bool`, defaults to True): realign the high-res colour means with the low-res image.
+        color_correction (`bool` or `str`, defaults to True): correct the high-res image against the low-res one
+            with the upsampler's own correction (its config's ``color_correction``), or a mode name
+            (``"mean"`` / ``"detail"``); ``False`` for none.
 
     Returns:
         [`UPLiFTPipelineOutput`] with ``images`` (upscaled) and ``low_res_images`` (the decoded input, or the input
@@ -141,7 +160,8 @@ def upscale_latents(
         return UPLiFTPipelineOutput(images=from_raw_latents(pipe.vae, raw_high), low_res_images=latents)
 
     image = decode_latents(pipe.vae, raw_high) if upscale > 1 else low_res  # [B, 3, s*p*h, s*p*w] in [0, 1]
-    image = ColorCorrection(enabled=color_correction and upscale > 1, clamp=(0.0, 1.0))(image, low_res)
+    if upscale > 1:
+        image = color_correction_for(upsampler, color_correction)(image, low_res)
     return UPLiFTPipelineOutput(images=images_from_unit(image, output_type),
                                 low_res_images=images_from_unit(low_res, output_type))
 

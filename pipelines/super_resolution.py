@@ -11,16 +11,22 @@ import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging
-from uplift_diffusion.pipelines.common import OUTPUT_TYPES, UPLiFTPipelineOutput, check_upsampler_fits, uplift_steps
+from uplift_diffusion.pipelines.common import (
+    OUTPUT_TYPES,
+    UPLiFTPipelineOutput,
+    check_upsampler_fits,
+    color_correction_for,
+    uplift_steps,
+)
 from uplift_diffusion.pipelines.tiling import count_tiles, tiled_map
 
 import uplift_diffusion.backbones.taef2  # noqa: F401  (saved pipelines name this module for a TAEF2 vae)
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents, vae_scale_factor
 from uplift_diffusion.color import ColorCorrection
-from uplift_diffusion.utils.images import to_rgb
 from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.utils.errors import InputError
+from uplift_diffusion.utils.images import to_rgb
 
 logger = logging.get_logger(__name__)
 
@@ -121,17 +127,20 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         upsampler ([`~uplift_diffusion.UPLiFTModel`]):
             A VAE-preset UPLiFT model with ``in_channels`` equal to the VAE's latent channels and ``patch_size`` equal
             to its spatial factor (8).
-        color_correction_mode (`str`, defaults to ``"mean"``):
-            What ``color_correction=True`` does: ``"mean"`` (paper B.1: per-channel colour means) or ``"detail"``
-            (low frequencies from the input, detail from UPLiFT; for models trained with it, such as the built-in
-            taef2 pair). See [`~uplift_diffusion.ColorCorrection`].
+        color_correction_mode (`str`, *optional*):
+            Overrides what ``color_correction=True`` does: ``"mean"`` (paper B.1: per-channel colour means) or
+            ``"detail"`` (low frequencies from the input, detail from UPLiFT). ``None`` (the default) uses the
+            correction the upsampler was trained with, recorded in its config (``upsampler.config.color_correction``:
+            ``"mean"`` for the published checkpoints, ``"detail"`` for the built-in taef2 model). See
+            [`~uplift_diffusion.ColorCorrection`].
     """
 
     model_cpu_offload_seq = "vae->upsampler"
 
-    def __init__(self, vae, upsampler: UPLiFTModel, color_correction_mode: str = "mean"):
+    def __init__(self, vae, upsampler: UPLiFTModel, color_correction_mode: str | None = None):
         super().__init__()
-        ColorCorrection(mode=color_correction_mode)  # validates the mode
+        if color_correction_mode is not None:
+            ColorCorrection(mode=color_correction_mode)  # validates the mode
         self.register_modules(vae=vae, upsampler=upsampler)
         self.register_to_config(color_correction_mode=color_correction_mode)
         self.vae_scale_factor = vae_scale_factor(vae)
@@ -151,10 +160,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             device (`str` or `torch.device`, *optional*):
                 Where to put the pipeline (default cpu).
         """
-        from uplift_diffusion.builtin import builtin_pair, load_builtin_upsampler, load_builtin_vae
+        from uplift_diffusion.builtin import load_builtin_upsampler, load_builtin_vae
 
-        return cls(vae=load_builtin_vae(name, dtype, device), upsampler=load_builtin_upsampler(name, dtype, device),
-                   color_correction_mode=builtin_pair(name).color_correction_mode)
+        return cls(vae=load_builtin_vae(name, dtype, device), upsampler=load_builtin_upsampler(name, dtype, device))
 
     def check_inputs(self, scale: int, tile_size: int | None, tile_overlap: int | None, output_type: str) -> None:
         """Validate the call arguments and the components; ValueError naming the problem."""
@@ -207,8 +215,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             tile_overlap (`int`, *optional*):
                 Overlap of neighbouring tiles in input pixels (multiple of 8); defaults to a quarter of the tile.
             color_correction (`bool` or `str`, defaults to True):
-                ``True``: the pipeline's ``color_correction_mode`` (``"mean"``: realign the per-channel colour means
-                with the input, paper B.1; ``"detail"``: low frequencies from the input); a mode name picks one;
+                ``True``: the upsampler's own correction (its config's ``color_correction``, unless the pipeline's
+                ``color_correction_mode`` overrides it: ``"mean"`` realigns the per-channel colour means with the
+                input, paper B.1; ``"detail"`` takes the low frequencies from the input); a mode name picks one;
                 ``False`` returns the decoded image as it is.
             return_dict (`bool`, defaults to True):
                 Return an [`UPLiFTPipelineOutput`] instead of a tuple.
@@ -222,8 +231,7 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         iterations = UPLiFTModel.iterations_for_scale(scale)
         if tile_size is not None and tile_overlap is None:
             tile_overlap = tile_size // 4 // self.vae_scale_factor * self.vae_scale_factor
-        mode = color_correction if isinstance(color_correction, str) else self.config.color_correction_mode
-        color_correct = ColorCorrection(enabled=bool(color_correction), clamp=(0.0, 1.0), mode=mode)
+        color_correct = color_correction_for(self.upsampler, color_correction, self.config.color_correction_mode)
 
         # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch. A list of generators
         #    has one per image (diffusers' convention): image i draws its noise from generator[i] only, so it comes

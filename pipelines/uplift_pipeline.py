@@ -75,7 +75,7 @@ class UPLiFTPipeline(StableDiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         return_low_res: bool = False,
-        color_correction: bool = True,
+        color_correction: bool | str = True,
         **kwargs: Any,
     ):
         r"""Generate images at ``upscale`` times the denoising resolution.
@@ -98,7 +98,9 @@ class UPLiFTPipeline(StableDiffusionPipeline):
                 with ``vae.decode(latents / vae.config.scaling_factor)``).
             return_dict (`bool`, defaults to True): return an [`UPLiFTPipelineOutput`] instead of a tuple.
             return_low_res (`bool`, defaults to False): also return the low-resolution images (or latents).
-            color_correction (`bool`, defaults to True): realign the high-res colour means with the low-res image.
+            color_correction (`bool` or `str`, defaults to True): correct the high-res colours against the low-res
+                image with the upsampler's own correction (its config's ``color_correction``: ``"mean"``, paper B.1,
+                for the published checkpoints), or a mode name; ``False`` for none.
             **kwargs: any other keyword argument of [`StableDiffusionPipeline.__call__`] (see above).
 
         Returns:

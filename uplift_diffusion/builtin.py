@@ -29,17 +29,16 @@ class BuiltinPair:
         vae: folder of the autoencoder (loaded with ``vae_class.from_pretrained``).
         upsampler: ``UPLiFTModel.save_pretrained`` folder of the upsampler trained on that autoencoder's latents.
         vae_class: the autoencoder's class.
-        color_correction_mode: the pipeline's colour correction (the one the upsampler was trained with).
+
+    How the upsampler must be used (its colour correction) is recorded in its own config, not here.
     """
 
     vae: str
     upsampler: str
     vae_class: type = TAEF2
-    color_correction_mode: str = "mean"
 
 
-# The taef2 upsampler was trained with the "detail" colour correction in its loss (configs/taef2_builtin.json).
-BUILTIN_PAIRS = {"taef2": BuiltinPair(vae="taef2", upsampler="uplift-taef2", color_correction_mode="detail")}
+BUILTIN_PAIRS = {"taef2": BuiltinPair(vae="taef2", upsampler="uplift-taef2")}
 
 
 def builtin_names() -> list[str]:

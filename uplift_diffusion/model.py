@@ -15,6 +15,7 @@ from torch import nn
 
 from .attender import LocalAttender, neighbourhood_offsets
 from .blocks import NORM_TYPES, BlockGroup, Conv2d, UpStep, concat_channels, nearest_resize
+from .color import ColorCorrection
 from .presets import get_preset, preset_config
 from .reference import read_reference_checkpoint
 from .utils.errors import InputError
@@ -111,6 +112,13 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         image_normalization (`str`, defaults to ``"unit"``): convention of the ``image`` argument; ``"unit"`` is RGB
             in [0, 1] (VAE presets), ``"imagenet"`` is ImageNet mean/std normalised (DINO presets). See
             :meth:`normalize_image`.
+        color_correction (`str`, defaults to ``"mean"``): how images decoded from this model's output must be
+            colour-corrected (VAE presets): ``"mean"`` (paper B.1, the published checkpoints) or ``"detail"`` (for
+            models trained with it in their loss, such as the built-in taef2 model). Not used by the model itself:
+            it is part of the checkpoint so that every pipeline built with it applies the correction its measured
+            quality depends on (see [`~uplift_diffusion.ColorCorrection`]).
+        detail_sigma (`float`, defaults to 0.5): the ``"detail"`` correction's Gaussian sigma in units of the
+            upscaling factor (the value the model was trained with).
     """
 
     _supports_gradient_checkpointing = False
@@ -129,6 +137,8 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         noise_scale: float = 1.0,
         neighbourhood_size: int = 17,
         image_normalization: str = "unit",
+        color_correction: str = "mean",
+        detail_sigma: float = 0.5,
     ):
         super().__init__()
         defaults = get_preset("sd15-vae").config
@@ -151,6 +161,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         if min(in_channels, image_channels, patch_size) < 1 or noise_channels < 0:
             raise InputError("in_channels, image_channels and patch_size must be >= 1 and noise_channels >= 0")
         neighbourhood_offsets(neighbourhood_size)  # validates n
+        ColorCorrection(mode=color_correction, detail_sigma=detail_sigma)  # validates the usage record
 
         guide_widths = [g["out_channels"] for g in encoder_blocks]
         self.encoder = UPLiFTEncoder(image_channels, encoder_blocks, norm_type)

@@ -73,10 +73,15 @@ def check_compatible(model: UPLiFTModel, backbone: FeatureBackbone, config: Trai
 
 def build_model(config: TrainConfig) -> UPLiFTModel:
     if config.model.init_from:
-        return UPLiFTModel.from_pretrained(config.model.init_from)
-    model = UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)
-    if config.model.identity_refiner_init:
-        identity_refiner_init(model)
+        model = UPLiFTModel.from_pretrained(config.model.init_from)
+    else:
+        model = UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)
+        if config.model.identity_refiner_init:
+            identity_refiner_init(model)
+    # The checkpoint records the colour correction its pixel loss was computed with, so that every pipeline built
+    # with the exported model applies the one its measured quality depends on.
+    detail = config.loss.pixel_color_correction == "detail"
+    model.register_to_config(color_correction="detail" if detail else "mean", detail_sigma=config.loss.detail_sigma)
     return model
 
 
