@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,50 +275,120 @@ class TrainConfig:
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         suffix = path.suffix.lower()
-        text = path.read_text(encoding="utf-8")
+        if suffix not in (".json", ".yaml", ".yml", ".toml"):
+            raise ValueError(f"config file {path} must end in .json, .yaml, .yml or .toml, got {suffix!r}")
         try:
+            text = path.read_text(encoding="utf-8")
             if suffix == ".json":
                 data = json.loads(text)
             elif suffix in (".yaml", ".yml"):
                 import yaml
 
                 data = yaml.safe_load(text)
-            elif suffix == ".toml":
+            else:
                 try:
                     import tomllib
                 except ModuleNotFoundError:  # Python 3.10
                     import tomli as tomllib
                 data = tomllib.loads(text)
-            else:
-                raise ValueError(f"config file {path} must end in .json, .yaml, .yml or .toml, got {suffix!r}")
-        except ValueError:
-            raise
-        except Exception as err:  # parser errors of the three formats
-            raise ValueError(f"could not parse config file {path}: {err}") from None
+        except Exception as err:  # parser errors of the three formats (JSON's is a ValueError), undecodable bytes
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise ValueError(f"could not parse config file {path}: {reason}") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:  # a bad key or value: say in which file
+            raise ValueError(f"config file {path}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: Any, where: str):
+_NESTED = {"model": "ModelConfig", "backbone": "BackboneConfig", "data": "DataConfig", "loss": "LossConfig",
+           "optim": "OptimConfig"}
+
+
+def _describe(hint: Any) -> str | None:
+    """The expected type in words (``None``: no check, e.g. ``Any``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [_describe(a) for a in args if a is not type(None)]
+        return " or ".join(i for i in inner if i) + (" or null" if type(None) in args else "")
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping"}.get(origin or hint)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as read from a JSON / YAML / TOML file) has the type ``hint``, elements included. bool is not
+    a number here (``True`` as a batch size is a slip), an integer is a float (``lr: 1`` is fine)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return True
+
+
+def _list_element(hint: Any) -> Any:
+    """The element type of ``list[X]`` (or ``list[X] | None``) in ``hint``; ``None`` when it holds no list."""
+    for h in (hint, *typing.get_args(hint)):
+        if typing.get_origin(h) is list:
+            return typing.get_args(h)[0]
+    return None
+
+
+def _check_type(value: Any, hint: Any, key: str) -> None:
+    """Raise ValueError naming the key, the expected type and the value when ``value`` does not have type ``hint``;
+    list elements are checked one by one (``loss.depths[1]``)."""
+    if not _fits(value, hint):
+        note = ""
+        if isinstance(value, str) and _fits(1.5 if _fits(1.5, hint) else 1, hint):
+            try:
+                float(value)
+                note = " (write numbers without quotes; YAML reads 1e-3 as text: write 1.0e-3)"
+            except ValueError:
+                pass
+        raise ValueError(f"{key} must be {_describe(hint)}, got {value!r} ({type(value).__name__}){note}")
+    element = _list_element(hint)
+    if isinstance(value, list) and element is not None and not dataclasses.is_dataclass(element):
+        for i, item in enumerate(value):
+            _check_type(item, element, f"{key}[{i}]")
+
+
+def _build(cls, data: Any, where: str, key: str = ""):
+    """``cls`` from a mapping read from a file: unknown keys and values of the wrong type raise ValueError naming the
+    key (``where`` names the section in the unknown-key message, ``key`` is the dotted prefix of its keys)."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
+        raise ValueError(f"{key.rstrip('.') or where} must be a mapping, got {data!r} ({type(data).__name__})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(fields)}")
-    nested = {"model": ModelConfig, "backbone": BackboneConfig, "data": DataConfig, "loss": LossConfig,
-              "optim": OptimConfig}
+    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for key, value in data.items():
-        if cls is TrainConfig and key in nested:
-            value = _build(nested[key], value, f"{where}.{key}")
-        elif cls is DataConfig and key == "sources":
-            if not isinstance(value, list):
-                raise ValueError(f"{where}.sources must be a list, got {type(value).__name__}")
-            value = [_build(DataSource, s, f"{where}.sources[{i}]") for i, s in enumerate(value)]
-        kwargs[key] = value
+    for name, value in data.items():
+        if cls is TrainConfig and name in _NESTED:
+            value = _build(globals()[_NESTED[name]], value, f"{where}.{name}", f"{key}{name}.")
+        elif cls is DataConfig and name == "sources":
+            _check_type(value, list, f"{key}sources")
+            value = [_build(DataSource, s, f"{where}.sources[{i}]", f"{key}sources[{i}].")
+                     for i, s in enumerate(value)]
+        else:
+            _check_type(value, hints[name], f"{key}{name}")
+        kwargs[name] = value
     return cls(**kwargs)
