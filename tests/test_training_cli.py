@@ -49,7 +49,7 @@ def test_an_earlier_run_is_never_silently_replaced(setup, capsys):
     # a second run into the same folder is refused before anything is touched
     assert main(["train", "--config", str(path), "--max-steps", "1"]) == 2
     err = capsys.readouterr().err
-    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert "already holds a training run" in err and "--resume" in err and "--overwrite" in err
     assert (out / "loss_log.csv").read_text() == log
     assert main(["train", "--config", str(path), "--resume", "--overwrite"]) == 2
     assert "pass only one" in capsys.readouterr().err

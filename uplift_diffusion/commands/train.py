@@ -20,8 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from uplift_diffusion.training.checkpoints import clear_run_folder
+    # Everything up to the Trainer is the standard library: a bad config or output folder answers before torch loads.
     from uplift_diffusion.training.config import TrainConfig
+    from uplift_diffusion.training.run import prepare_run_folder, resume_changes
     from uplift_diffusion.utils.errors import InputError
 
     try:  # everything in a config (and its overrides) is the user's input: its errors are one-line messages
@@ -32,8 +33,11 @@ def run(args: argparse.Namespace) -> int:
         config.validate()  # the overrides too, before any weights load
     except ValueError as err:
         raise InputError(str(err)) from None
-    if args.resume or not args.overwrite:  # refuse an earlier run (or --resume with --overwrite) before loading
-        clear_run_folder(config.output_dir, args.resume, args.overwrite, keep=[config.data.cache_dir])
+    # Refuse an earlier run, files no run wrote, or a resume that changes what cannot change, before loading anything
+    # (the trainer checks again and deletes what --overwrite replaces).
+    prepare_run_folder(config.output_dir, args.resume, args.overwrite, keep=[config.data.cache_dir], delete=False)
+    if args.resume:
+        resume_changes(config.output_dir, config.to_dict())
 
     from uplift_diffusion.training.trainer import Trainer
 

@@ -6,10 +6,28 @@
 or ``uplift-diffusion train --config configs/taef2_bsds.json [--resume]`` (also under ``accelerate launch``).
 """
 
-from .cache import FeatureCache
-from .checkpoints import CheckpointError, CheckpointManager
-from .config import TrainConfig
-from .losses import multi_depth_loss
-from .trainer import Trainer
+from importlib import import_module
 
-__all__ = ["CheckpointError", "CheckpointManager", "FeatureCache", "TrainConfig", "Trainer", "multi_depth_loss"]
+# Lazy exports (as the package's): `uplift-diffusion train` reads and checks its config and output folder
+# (training.config, training.run: standard library only) before torch is imported.
+_LAZY = {
+    "CheckpointError": "uplift_diffusion.utils.errors",
+    "CheckpointManager": "uplift_diffusion.training.checkpoints",
+    "FeatureCache": "uplift_diffusion.training.cache",
+    "TrainConfig": "uplift_diffusion.training.config",
+    "Trainer": "uplift_diffusion.training.trainer",
+    "multi_depth_loss": "uplift_diffusion.training.losses",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'uplift_diffusion.training' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = list(_LAZY)

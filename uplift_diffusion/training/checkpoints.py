@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..utils.errors import InputError, OutputExistsError
+from ..utils.errors import CheckpointError
+from ..utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -30,36 +31,6 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "manifest.json"
 PREFIX = "checkpoint-"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used (incomplete, truncated or corrupt); the message says which and why."""
-
-
-def clear_run_folder(output_dir: str | os.PathLike, resume: bool, overwrite: bool,
-                     keep: list[str | os.PathLike | None] = ()) -> None:
-    """Make sure a new run never mixes with an earlier one in ``output_dir``.
-
-    A folder holding anything (besides the ``keep`` paths, e.g. a feature cache inside it) is refused with an
-    :class:`~uplift_diffusion.utils.errors.OutputExistsError` unless ``resume`` (continue that run) or ``overwrite``
-    (delete its contents first) is given: writing into it would truncate its loss log, replace ``model/`` and leave its
-    checkpoints beside the new ones, so that a later resume would continue the *old* run.
-    """
-    if resume and overwrite:
-        raise InputError("--resume continues the run in output_dir and --overwrite deletes it: pass only one")
-    folder = Path(output_dir)
-    if resume or not folder.is_dir():
-        return
-    kept = {Path(k).resolve() for k in keep if k}
-    entries = [p for p in sorted(folder.iterdir()) if p.resolve() not in kept]
-    if not entries:
-        return
-    if not overwrite:
-        names = ", ".join(p.name for p in entries[:4]) + (" ..." if len(entries) > 4 else "")
-        raise OutputExistsError(f"output_dir {folder} already holds a run ({names}); pass --resume to continue it, "
-                                f"--overwrite to replace it, or choose another --output-dir")
-    for entry in entries:
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _sha256(path: Path) -> str:
@@ -129,7 +100,8 @@ class CheckpointManager:
         tmp = self.folder / f".{final.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / MODEL_FILE))
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+        atomic_write(tmp / MODEL_FILE, lambda file: save_file(tensors, file))  # safetensors alone writes mode 0600
         torch.save({**training_state, "step": step}, tmp / STATE_FILE)
         manifest = {"format": 1, "step": step,
                     "files": {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}

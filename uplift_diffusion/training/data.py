@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
 import random
 import tarfile
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..utils.errors import InputError, InputNotFoundError
 from ..utils.image_ops import bilinear_resize, pil_to_tensor
@@ -46,6 +48,9 @@ class FolderSource:
 
     def load(self, i: int) -> Image.Image:
         return load_image(self.files[i])
+
+    def open_header(self, i: int) -> Image.Image:
+        return Image.open(self.files[i])
 
 
 class HFSource:
@@ -78,6 +83,16 @@ class HFSource:
         if not isinstance(value, (Image.Image, bytes)):
             raise TypeError(f"column {self.column!r} of item {i} is {type(value).__name__}, expected an image")
         return load_image(value, name=f"{self.name}[{i}]")
+
+    def open_header(self, i: int) -> Image.Image:
+        value = self.dataset[i][self.column]  # datasets' Image feature opens the file lazily (header only)
+        if isinstance(value, dict) and value.get("bytes") is not None:
+            value = value["bytes"]
+        if isinstance(value, bytes):
+            return Image.open(io.BytesIO(value))
+        if not isinstance(value, Image.Image):
+            raise TypeError(f"column {self.column!r} holds {type(value).__name__}, not an image")
+        return value
 
 
 class WebDatasetSource:
@@ -117,8 +132,41 @@ class WebDatasetSource:
         data = self._open[shard].extractfile(member).read()
         return load_image(data, name=f"{shard}:{member}")
 
+    def open_header(self, i: int) -> Image.Image:
+        shard, member, _ = self.entries[i]
+        if shard not in self._open:
+            self._open[shard] = tarfile.open(shard)
+        return Image.open(self._open[shard].extractfile(member))  # reads the member's header, not all of it
+
     def __getstate__(self):  # DataLoader workers open their own file handles
         return {**self.__dict__, "_open": {}}
+
+
+def check_images(sources: Sequence, progress_from: int = 2000) -> None:
+    """Open the header of every image of ``sources`` (objects with ``__len__``, ``key(i)`` and ``open_header(i)``), so
+    that a file that is not an image stops the run before its first step, not in the middle (the refusal lists every
+    bad file: fix them all at once). Headers only: a photo whose data is cut short further on still fails when read.
+
+    Raises:
+        InputError: naming the unreadable images (up to 10, and how many in all) and why.
+    """
+    bad = []
+    total = sum(len(s) for s in sources)
+    with tqdm(total=total, desc="checking training images", disable=total < progress_from, leave=False) as bar:
+        for source in sources:
+            for i in range(len(source)):
+                try:
+                    with source.open_header(i) as image:
+                        if min(image.size) < 1:
+                            raise ValueError(f"size {image.size}")
+                except Exception as err:  # noqa: BLE001  (any reason makes the file unusable; reported below)
+                    reason = " ".join(str(err).split())[:80] or type(err).__name__
+                    bad.append(f"{source.key(i)} ({reason})")
+                bar.update(1)
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... ({len(bad)} in all)" if len(bad) > 10 else "")
+        raise InputError(f"{len(bad)} training image(s) cannot be read (corrupt, truncated or not an image): {shown}; "
+                         f"remove or replace them")
 
 
 def build_source(source: DataSource):
@@ -192,7 +240,9 @@ class ViewDataset(torch.utils.data.Dataset):
     def from_config(cls, config: DataConfig, levels: int, seed: int) -> ViewDataset:
         if not config.sources:
             raise InputError("data.sources is empty: add at least one image folder, dataset or shard pattern")
-        return cls([build_source(s) for s in config.sources], config.crop_size, levels, config.views_per_image,
+        sources = [build_source(s) for s in config.sources]
+        check_images(sources)
+        return cls(sources, config.crop_size, levels, config.views_per_image,
                    config.min_crop_fraction, config.hflip, seed, config.downscale)
 
     def __len__(self) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 import os
 import time
@@ -40,13 +39,24 @@ from tqdm.auto import tqdm
 from ..color import ColorCorrection
 from ..model import UPLiFTModel
 from ..utils.errors import InputError
+from ..utils.io import write_folder_atomic, write_json_atomic
 from .backbones import FeatureBackbone, load_backbone
 from .cache import FeatureCache, cache_fingerprint
-from .checkpoints import CheckpointManager, capture_rng_state, clear_run_folder, restore_rng_state
+from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
 from .config import TrainConfig
 from .data import ViewDataset, collate_views, epoch_batches
 from .init import identity_refiner_init
 from .losses import PixelObjective, UPLiFTTrainingObjective, loss_term_names
+from .run import (
+    CONFIG_RECORD,
+    RUN_RECORD,
+    TIME_SCHEDULES,
+    describe_changes,
+    prepare_run_folder,
+    read_run_record,
+    resume_changes,
+    write_run_record,
+)
 
 StepCallback = Callable[[int, float], None]
 
@@ -133,9 +143,6 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     return accelerator
 
 
-TIME_SCHEDULES = ("cosine", "linear")
-
-
 def time_budget_schedule(trainer: Trainer, budget_s: float, kind: str) -> Callable[[int], float]:
     """Learning-rate factor of a run limited by ``max_minutes`` only: cosine or linear decay to 0 over the budget.
 
@@ -159,7 +166,8 @@ class Trainer:
         model: a ready model (default: built from ``config.model``).
         accelerator: an ``accelerate.Accelerator`` (default: :func:`make_accelerator` with ``config.mixed_precision``).
         overwrite: replace an earlier run in ``output_dir`` (and a feature cache made with other settings) instead of
-            refusing it; see :func:`~uplift_diffusion.training.checkpoints.check_run_folder`.
+            refusing it; see :func:`~uplift_diffusion.training.run.prepare_run_folder` (only what a run wrote is
+            deleted).
     """
 
     clock: Callable[[], float] = staticmethod(time.monotonic)  # seconds; the max_minutes budget reads it
@@ -175,13 +183,14 @@ class Trainer:
                              f"and must be divisible by the number of processes ({processes})")
         self.local_batch = config.batch_size // processes
         self.output_dir = Path(config.output_dir)
+        self.levels = max(config.loss.depths)
+        # The data first (every image's header is checked): a bad file is named before any weights load.
+        self.dataset = ViewDataset.from_config(config.data, self.levels, config.seed)
         self.backbone = backbone if backbone is not None else load_backbone(config.backbone)
         set_seed(config.seed)
         self.model = model if model is not None else build_model(config)
         check_compatible(self.model, self.backbone, config)
         self.backbone.to(self.accelerator.device)
-        self.levels = max(config.loss.depths)
-        self.dataset = ViewDataset.from_config(config.data, self.levels, config.seed)
         self.cache = None
         if config.data.cache_dir:
             fingerprint = cache_fingerprint(self.backbone, config, self.levels, [s for s, _ in self.dataset.index])
@@ -232,6 +241,36 @@ class Trainer:
         self.batch_in_epoch, self.elapsed = int(state["batch_in_epoch"]), float(state["elapsed"])
         self.accelerator.print(f"resumed from {path} (step {self.step}, epoch {self.epoch})")
         return True
+
+    def _apply_changes(self, changes: dict[str, list]) -> None:
+        """Apply the optimizer settings a resumed run changed (the restored optimizer and scheduler states hold the old
+        ones; everything else in :data:`~uplift_diffusion.training.run.CHANGEABLE` is read from the config at use)."""
+        optim, groups = self.config.optim, self.optimizer.param_groups
+        for group in groups:
+            if "optim.betas" in changes:
+                group["betas"] = tuple(optim.betas)
+            if "optim.weight_decay" in changes:
+                group["weight_decay"] = optim.weight_decay
+        if "optim.lr" in changes:
+            # The schedule multiplies its base rate by a factor: new base, same factor where the schedule stands.
+            self.scheduler.base_lrs = [optim.lr] * len(groups)
+            for group, factor in zip(groups, self.scheduler.lr_lambdas, strict=True):
+                group["initial_lr"] = optim.lr
+                group["lr"] = optim.lr * factor(self.scheduler.last_epoch)
+            self.scheduler._last_lr = [group["lr"] for group in groups]
+
+    def _record_run(self, resumed: bool, changes: dict[str, list]) -> None:
+        """A new run writes its marker first, then the config it starts with; a resumed run keeps both and appends the
+        settings it changed, with the step they apply after (train_config.json always says what the first steps
+        used)."""
+        if not resumed:
+            write_run_record(self.output_dir)
+            write_json_atomic(self.output_dir / CONFIG_RECORD, self.config.to_dict())
+            return
+        history = (read_run_record(self.output_dir) or {}).get("changes", [])
+        if changes:
+            history.append({"step": self.step, "changed": changes})
+        write_run_record(self.output_dir, history)
 
     # ------------------------------------------------------------------ logging
     def _open_log(self) -> None:
@@ -359,12 +398,15 @@ class Trainer:
                 that process's share of the batch).
         """
         cfg, acc = self.config, self.accelerator
+        keep = [cfg.data.cache_dir]
+        # Every process checks (the same refusal everywhere, nobody left waiting); then the main one deletes.
+        prepare_run_folder(self.output_dir, resume, self.overwrite, keep=keep, delete=False)
+        changes = resume_changes(self.output_dir, cfg.to_dict()) if resume else {}
+        acc.wait_for_everyone()
         if acc.is_main_process:
-            clear_run_folder(self.output_dir, resume, self.overwrite, keep=[cfg.data.cache_dir])
+            prepare_run_folder(self.output_dir, resume, self.overwrite, keep=keep)
         acc.wait_for_everyone()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if acc.is_main_process:
-            (self.output_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                      weight_decay=cfg.optim.weight_decay)
         if cfg.max_steps is None and cfg.max_minutes is not None and cfg.optim.scheduler in TIME_SCHEDULES:
@@ -385,9 +427,12 @@ class Trainer:
         self._sync_batch_norm()
         self.objective, self.optimizer = acc.prepare(objective, optimizer)
         self.unwrapped = acc.unwrap_model(self.objective).model
-        if resume:
-            self._resume()
+        resumed = self._resume() if resume else False
+        if resumed and changes:
+            self._apply_changes(changes)
+            acc.print(f"resuming with changed settings (recorded in {RUN_RECORD}): {describe_changes(changes)}")
         if acc.is_main_process:
+            self._record_run(resumed, changes)
             self._open_log()
         self.objective.train()
 
@@ -440,8 +485,8 @@ class Trainer:
         """``save_pretrained`` of the trained model into ``output_dir/model``."""
         path = self.output_dir / "model"
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            self.unwrapped.save_pretrained(path)
+        if self.accelerator.is_main_process:  # whole or not at all, with the modes of ordinary files
+            write_folder_atomic(path, self.unwrapped.save_pretrained)
         if self.cache is not None:
             self.cache.flush()
         self.accelerator.wait_for_everyone()  # the model is on disk before any process returns its path

@@ -16,6 +16,20 @@ class InputError(UserError, ValueError):
     """An argument, file content or configuration value that cannot be used."""
 
 
+class CheckpointError(InputError):
+    """A weights file or checkpoint that cannot be used: corrupt, truncated, of another layout, or holding NaN / inf.
+
+    Args:
+        message: what is wrong, naming the file (and the tensor or key where one is to blame).
+        api_hint: advice in Python words (e.g. ``pass preset=...``), appended to the message; a command replaces it
+            with its own flags (:attr:`message` is the text without it).
+    """
+
+    def __init__(self, message: str, api_hint: str | None = None):
+        self.message, self.api_hint = message, api_hint
+        super().__init__(f"{message}; {api_hint}" if api_hint else message)
+
+
 class InputNotFoundError(UserError, FileNotFoundError):
     """A file, folder or model that the user named does not exist."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -53,6 +54,36 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_folder_atomic(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call ``write(tmp_folder)`` (e.g. a model's ``save_pretrained``) on a new folder beside ``path`` and move it to
+    ``path`` in one step, replacing an earlier folder there: a reader sees the old folder or the whole new one.
+
+    Files get ``0o666`` and folders ``0o777`` minus the umask, as plain ``open`` / ``mkdir`` give (``mkdtemp`` makes
+    ``0o700``; ``safetensors`` writes ``0o600``). The temporary folder is removed if ``write`` fails. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        write(str(tmp))
+        umask = current_umask()
+        for item in [tmp, *tmp.rglob("*")]:
+            if not item.is_symlink():
+                os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+        if path.exists() or path.is_symlink():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists() or old.is_symlink():
+        old.unlink()
     return path
 
 

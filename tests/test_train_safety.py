@@ -1,0 +1,171 @@
+"""`uplift-diffusion train` never loses the user's files or silently does something else than asked (issue 20):
+--overwrite deletes only what a run wrote, --resume with an edited config applies or refuses every change (and the
+run's record says what happened), outputs get ordinary file modes, config values of the wrong type and unreadable
+training images are refused before any work, in one line naming the file."""
+
+import csv
+import json
+import os
+import stat
+
+import pytest
+from training_helpers import tiny_config, tiny_taef2, write_images
+
+from uplift_diffusion.cli import main
+
+
+@pytest.fixture
+def setup(tmp_path):
+    write_images(tmp_path / "images", count=3)
+    tiny_taef2().save_pretrained(tmp_path / "taef2")
+    return tmp_path
+
+
+def _write_config(setup, name="train.json", **overrides):
+    settings = {"max_steps": 2, "checkpoint_every": 1, **overrides}
+    path = setup / name
+    path.write_text(json.dumps(tiny_config(setup, setup / "images", **settings).to_dict()))
+    return path
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("uplift-diffusion train: error:") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------- item: --overwrite keeps the user's files
+def test_overwrite_never_deletes_files_that_no_run_wrote(setup, capsys):
+    folder = setup / "d"
+    (folder / "photos").mkdir(parents=True)
+    (folder / "photos" / "cat.jpg").write_bytes(b"not really a cat")
+    (folder / "precious.txt").write_text("precious")
+    path = _write_config(setup, output_dir=str(folder))
+
+    for extra in ([], ["--overwrite"]):
+        assert main(["train", "--config", str(path), *extra]) == 2
+        err = _one_line_error(capsys)
+        assert "precious.txt" in err and "photos" in err
+        assert "a run" not in err and "--overwrite" not in err  # they are the user's files, not a run
+        assert (folder / "precious.txt").read_text() == "precious" and (folder / "photos" / "cat.jpg").is_file()
+        assert not (folder / "checkpoints").exists()
+
+
+def test_overwrite_replaces_a_run_and_only_its_files(setup, capsys):
+    path = _write_config(setup)
+    assert main(["train", "--config", str(path)]) == 0
+    run = setup / "run"
+    (run / "my_notes.txt").write_text("keep me")  # the user's file beside the run's
+    capsys.readouterr()
+
+    assert main(["train", "--config", str(path), "--max-steps", "1"]) == 2
+    assert "--overwrite" in _one_line_error(capsys)  # a run it is: replacing it is allowed with the flag
+    assert main(["train", "--config", str(path), "--overwrite", "--max-steps", "1"]) == 0
+    assert (run / "my_notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00000001"]
+
+
+# ---------------------------------------------------------------- item: --resume with an edited config
+def _log(run):
+    with open(run / "loss_log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resume_applies_a_new_learning_rate_and_records_it(setup, capsys):
+    path = _write_config(setup)
+    assert main(["train", "--config", str(path)]) == 0
+    run = setup / "run"
+    recorded = json.loads((run / "train_config.json").read_text())
+    data = json.loads(path.read_text())
+    data["optim"]["lr"] = 5e-4
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+
+    assert main(["train", "--config", str(path), "--resume", "--max-steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "optim.lr" in out and "0.0005" in out  # said, not silent
+    rows = _log(run)
+    assert [float(r["lr"]) for r in rows] == [1e-3, 1e-3, 5e-4]  # applied from step 3 on
+    # the record still says what the first two steps used, and when the change happened
+    assert json.loads((run / "train_config.json").read_text()) == recorded
+    changes = json.loads((run / "run.json").read_text())["changes"]
+    assert changes == [{"step": 2, "changed": {"optim.lr": [1e-3, 5e-4], "max_steps": [2, 3]}}]
+
+
+@pytest.mark.parametrize("edit, keys", [
+    (lambda d: d["model"]["overrides"].update(noise_channels=3), "model.overrides"),
+    (lambda d: d["data"].update(crop_size=64), "data.crop_size"),
+    (lambda d: d["optim"].update(scheduler="cosine"), "optim.scheduler"),
+])
+def test_resume_refuses_what_cannot_change(setup, capsys, edit, keys):
+    path = _write_config(setup)
+    assert main(["train", "--config", str(path)]) == 0
+    run = setup / "run"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+
+    assert main(["train", "--config", str(path), "--resume"]) == 2
+    err = _one_line_error(capsys)
+    assert keys in err and "cannot change" in err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing touched
+
+
+# ---------------------------------------------------------------- item: ordinary file modes
+def test_every_output_has_the_modes_of_an_ordinary_file(setup):
+    path = _write_config(setup)
+    old = os.umask(0o022)
+    try:
+        assert main(["train", "--config", str(path)]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (setup / "run").rglob("*") if p.is_file()]
+    assert any(p.name == "diffusion_pytorch_model.safetensors" for p in files)
+    assert any(p.name == "model.safetensors" for p in files)
+    modes = {p.relative_to(setup).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes
+    folders = {oct(stat.S_IMODE(p.stat().st_mode)) for p in (setup / "run").rglob("*") if p.is_dir()}
+    assert folders == {"0o755"}
+
+
+# ---------------------------------------------------------------- item: config values of the wrong type
+@pytest.mark.parametrize("bad, message", [
+    ({"batch_size": "8"}, r"batch_size must be an integer, got '8' \(str\)"),
+    ({"batch_size": 2.5}, r"batch_size must be an integer, got 2.5 \(float\)"),
+    ({"batch_size": True}, r"batch_size must be an integer, got True \(bool\)"),
+    ({"optim": {"lr": "fast"}}, r"optim.lr must be a number, got 'fast' \(str\)"),
+    ({"data": {"hflip": "no"}}, r"data.hflip must be true or false, got 'no' \(str\)"),
+    ({"loss": {"depths": [1, "2"]}}, r"loss.depths\[1\] must be an integer, got '2' \(str\)"),
+    ({"data": {"sources": [{"type": "folder", "path": 3}]}}, r"data.sources\[0\].path must be a string, got 3"),
+    ({"model": {"overrides": ["in_channels"]}}, r"model.overrides must be a mapping, got \['in_channels'\]"),
+])
+def test_values_of_the_wrong_type_name_file_key_type_and_value(tmp_path, capsys, bad, message):
+    import re
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"max_steps": 5, **bad}))
+    assert main(["train", "--config", str(path)]) == 2
+    err = _one_line_error(capsys)
+    assert str(path) in err and re.search(message, err), err
+
+
+@pytest.mark.parametrize("name, text", [("bad.json", '{"max_steps": 5,}'), ("bad.yaml", "max_steps: [5\n"),
+                                        ("bad.toml", "max_steps = \n")])
+def test_a_malformed_config_file_is_named(tmp_path, capsys, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["train", "--config", str(path)]) == 2
+    assert str(path) in _one_line_error(capsys)
+
+
+# ---------------------------------------------------------------- item: unreadable training images
+def test_unreadable_training_images_are_refused_before_step_one(setup, capsys):
+    (setup / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (setup / "images" / "sub" / "notes.jpg").write_text("this is text")
+    path = _write_config(setup, max_steps=6)
+    assert main(["train", "--config", str(path)]) == 2
+    err = _one_line_error(capsys)
+    assert "broken.png" in err and "notes.jpg" in err and "2 " in err
+    assert not (setup / "run" / "checkpoints").exists()
