@@ -3,8 +3,8 @@
 Cases (each case x dtype runs in a fresh process, so one case's peak memory cannot hide another's):
 - ``sd15-vae 512->1024`` / ``sd15-vae 512->2048``: 4 x 64 x 64 latents of a 512² image, guided by that image,
   1 / 2 UPLiFT steps (``sd15-vae`` preset), decoded by an SD 1.5-shaped ``AutoencoderKL``. Measured: UPLiFT alone,
-  latent bilinear + decode (the baseline), UPLiFT + decode (end to end after the diffusion steps), and UPLiFT with
-  its Local Attender compiled (``torch.compile``).
+  latent bilinear and UPLiFT end to end through ``UPLiFTSuperResolutionPipeline`` (encode, upscale, decode, colour
+  correction: what users run), and UPLiFT with its Local Attender compiled (``torch.compile``).
 - ``dinov2-s14 448 pixel-dense``: 384 x 32 x 32 tokens of a 448² image, 4 steps and a resize to 448²; the Local
   Attender eager and compiled, and bilinear interpolation to the same size as the baseline.
 Weights are random (``UPLiFTModel.from_preset``; the VAE is ``AutoencoderKL`` with SD 1.5's config) unless
@@ -87,10 +87,9 @@ def timed(name: str, fn, args: argparse.Namespace, device: torch.device, dtype: 
 def worker(args: argparse.Namespace) -> dict:
     """One case at one dtype: every measurement of it, in one process (eager first, then compiled)."""
     import torch.nn.functional as F
-
-    from uplift_diffusion import UPLiFTModel
-    from uplift_diffusion.backbones.vae import decode_latents
     from uplift_diffusion.eval.latency import compile_modules
+
+    from uplift_diffusion import UPLiFTModel, UPLiFTSuperResolutionPipeline
 
     preset, side, iterations, output_size = CASES[args.case]
     side = QUICK_IMAGE[preset] if args.quick else side
@@ -113,11 +112,17 @@ def worker(args: argparse.Namespace) -> dict:
 
     rows, info = [], {"uplift_preset": model_preset, "uplift_params_m": model.num_parameters() / 1e6}
     rows.append(timed("UPLiFT (eager)", uplift, args, device, dtype))
-    if preset == "sd15-vae":
+    if preset == "sd15-vae":  # end to end as users run it: the super-resolution pipeline (encode, ..., correct)
         vae, info["vae"] = build_vae(args)
-        vae = vae.to(device, dtype).eval()
-        rows.append(timed("latent bilinear + decode", lambda: decode_latents(vae, bilinear()), args, device, dtype))
-        rows.append(timed("UPLiFT + decode (eager)", lambda: decode_latents(vae, uplift()), args, device, dtype))
+        pipe = UPLiFTSuperResolutionPipeline(vae=vae.to(device, dtype).eval(), upsampler=model)
+        pipe.set_progress_bar_config(disable=True)
+        image01 = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(1))
+
+        def pipeline(upsampling):
+            return lambda: pipe(image01, scale=2**iterations, output_type="pt", upsampling=upsampling).images
+
+        rows.append(timed("latent bilinear (pipeline)", pipeline("latent-bilinear"), args, device, dtype))
+        rows.append(timed("UPLiFT (pipeline, eager)", pipeline("uplift"), args, device, dtype))
         info["output"] = [3, 8 * size, 8 * size]
     else:
         rows.append(timed("bilinear", bilinear, args, device, dtype))

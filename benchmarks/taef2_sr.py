@@ -10,9 +10,12 @@ Evaluation on every image of ``--eval-dir``:
 * HR = centre crop to a multiple of ``8 * scale``, at most ``--max-size`` pixels a side (0 = the whole image);
 * LR = HR downscaled by ``scale`` with each ``--degradations`` kernel (antialiased ``bilinear``: the previous
   protocol; antialiased ``bicubic``: the standard SR one, PIL's ``BICUBIC``);
+* LR is stored as 8 bits (what a user's file holds);
 * methods: UPLiFT through :class:`UPLiFTSuperResolutionPipeline` exactly as users run it (taef2 encode, log2(scale)
-  steps guided by the LR image, decode, colour correction), latent bilinear / nearest interpolation (decoded with
-  taef2), pixel bicubic, and the taef2 round trip of the HR image (the ceiling of any latent method);
+  steps guided by the LR image, decode, the colour correction the model's config records), latent bilinear /
+  nearest interpolation through the same pipeline (``upsampling="latent-*"``, no correction), pixel bicubic, and the
+  taef2 round trip of the HR image (the ceiling of any latent method);
+* the output's saturation and contrast relative to the original's (1 = faithful), next to PSNR / SSIM;
 * PSNR (per image on [0, 1], then the mean), SSIM (Gaussian, sigma 1.5, no sample covariance, data range 1:
   scikit-image's settings) and seconds per image, per evaluation folder, degradation and scale.
 
@@ -39,6 +42,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
+from uplift_diffusion.eval.metrics import colour_ratios_per_image  # noqa: E402
+from uplift_diffusion.pipelines.common import color_correction_for  # noqa: E402
 
 from uplift_diffusion import UPLiFTModel, UPLiFTSuperResolutionPipeline  # noqa: E402
 from uplift_diffusion.backbones.taef2 import TAEF2  # noqa: E402
@@ -109,27 +114,28 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - t0
 
 
-def _latent_resize(vae, z: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    kwargs = {"align_corners": False} if mode == "bilinear" else {}
-    return decode_latents(vae, F.interpolate(z, size=size, mode=mode, **kwargs))
+def _quantised(image01: torch.Tensor) -> torch.Tensor:
+    """What an 8-bit file holds: the images every entry point reads (a user's photo, the CLI's input)."""
+    return (image01.clamp(0, 1) * 255).round() / 255
 
 
 @torch.no_grad()
 def super_resolve(pipes: dict[str, UPLiFTSuperResolutionPipeline], vae, hr: torch.Tensor, scale: int,
                   kernel: str) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor]:
-    """Every method's [1, 3, H, W] reconstruction of ``hr`` from its ``scale``x ``kernel`` downscale, the seconds
-    each took, and the low-res image."""
+    """Every method's [1, 3, H, W] reconstruction of ``hr`` from its ``scale``x ``kernel`` downscale (8 bits), the
+    seconds each took, and the low-res image. UPLiFT and the latent baselines all run through the pipeline (the
+    baselines interpolate the latents instead, no colour correction)."""
     h, w = hr.shape[-2:]
-    lr = downscale(hr, (h // scale, w // scale), kernel).clamp(0, 1)
-    size = (h // 8, w // 8)
+    lr = _quantised(downscale(hr, (h // scale, w // scale), kernel))
     outs, secs = {}, {}
     for name, pipe in pipes.items():
         out, secs[name] = _timed(pipe, lr, scale=scale, output_type="pt", generator=torch.Generator().manual_seed(0))
         outs[name] = out.images
-    z, t_enc = _timed(encode_latents, vae, lr)  # [1, C, h/8s, w/8s]
+    baseline_pipe = next(iter(pipes.values()))
     for mode in ("bilinear", "nearest"):
-        outs[f"latent_{mode}"], t = _timed(_latent_resize, vae, z, size, mode)
-        secs[f"latent_{mode}"] = t + t_enc
+        out, secs[f"latent_{mode}"] = _timed(baseline_pipe, lr, scale=scale, output_type="pt",
+                                             upsampling=f"latent-{mode}", color_correction=False)
+        outs[f"latent_{mode}"] = out.images
     bicubic, secs["pixel_bicubic"] = _timed(F.interpolate, lr, size=(h, w), mode="bicubic", align_corners=False)
     outs["pixel_bicubic"] = bicubic.clamp(0, 1)
     return outs, secs, lr
@@ -143,21 +149,21 @@ def evaluate(pipes: dict[str, UPLiFTSuperResolutionPipeline], vae, eval_dirs: li
     grid_rows = []
     for folder in eval_dirs:
         files = list_image_files(folder)
-        # sums[kernel][scale][method] = [psnr, ssim, seconds]
-        sums = {k: {s: {m: [0.0, 0.0, 0.0] for m in methods} for s in scales} for k in kernels}
+        # sums[kernel][scale][method] = [psnr, ssim, seconds, saturation ratio, contrast ratio]
+        sums = {k: {s: {m: [0.0] * 5 for m in methods} for s in scales} for k in kernels}
         for i, path in enumerate(tqdm(files, desc=f"eval {folder.name}", dynamic_ncols=True)):
             image = pil_to_tensor(load_image(path))
             for scale in scales:
                 hr = centre_crop(image, 8 * scale, max_size)[None]
                 roundtrip, t_rt = _timed(lambda x: decode_latents(vae, encode_latents(vae, x)), hr)
-                rt_p, rt_s = _pair(psnr, ssim, roundtrip, hr)
                 for kernel in kernels:
                     outs, secs, lr = super_resolve(pipes, vae, hr, scale, kernel)
+                    outs["taef2_roundtrip"], secs["taef2_roundtrip"] = roundtrip, t_rt
                     for m in methods:
-                        p, s_, t = (rt_p, rt_s, t_rt) if m == "taef2_roundtrip" else (*_pair(psnr, ssim, outs[m], hr),
-                                                                                      secs[m])
+                        sat, contrast = colour_ratios_per_image(outs[m].clamp(0, 1), hr)
+                        scores = (*_pair(psnr, ssim, outs[m], hr), secs[m], float(sat[0]), float(contrast[0]))
                         acc = sums[kernel][scale][m]
-                        acc[0], acc[1], acc[2] = acc[0] + p, acc[1] + s_, acc[2] + t
+                        acc[:] = [a + b for a, b in zip(acc, scores, strict=True)]
                     if scale == max(scales) and kernel == kernels[-1] and i < 2:
                         lr_up = F.interpolate(lr, size=hr.shape[-2:], mode="nearest")
                         row = [lr_up, outs["latent_bilinear"], outs["pixel_bicubic"], outs[next(iter(pipes))], hr]
@@ -165,7 +171,8 @@ def evaluate(pipes: dict[str, UPLiFTSuperResolutionPipeline], vae, eval_dirs: li
         n = len(files)
         results["datasets"][folder.as_posix()] = {
             "num_images": n,
-            "degradations": {k: {str(s): {m: {"psnr": v[0] / n, "ssim": v[1] / n, "seconds": v[2] / n}
+            "degradations": {k: {str(s): {m: dict(zip(("psnr", "ssim", "seconds", "saturation_ratio",
+                                                         "contrast_ratio"), (x / n for x in v), strict=True))
                                           for m, v in sums[k][s].items()} for s in scales} for k in kernels},
         }
     if grid_rows:
@@ -207,9 +214,10 @@ def markdown_table(results: dict, labels: dict[str, str]) -> str:
         for kernel, by_scale in res["degradations"].items():
             scales = list(by_scale)
             lines.append(f"\n**{folder}** ({res['num_images']} images), low-res input: antialiased {kernel}\n")
-            header = ["method"] + [f"{s}x {what}" for s in scales for what in ("PSNR", "SSIM", "s/img")]
-            rows = [[label] + [f"{by_scale[s][m][key]:{spec}}" for s in scales
-                               for key, spec in (("psnr", ".2f"), ("ssim", ".4f"), ("seconds", ".3f"))]
+            columns = (("PSNR", "psnr", ".2f"), ("SSIM", "ssim", ".4f"), ("sat.", "saturation_ratio", ".3f"),
+                       ("contrast", "contrast_ratio", ".3f"), ("s/img", "seconds", ".3f"))
+            header = ["method"] + [f"{s}x {title}" for s in scales for title, _, _ in columns]
+            rows = [[label] + [f"{by_scale[s][m][key]:{spec}}" for s in scales for _, key, spec in columns]
                     for m, label in labels.items()]
             lines.append(tables.markdown_table(header, rows).rstrip("\n"))
             first = next(iter(labels))
@@ -231,6 +239,10 @@ def _named_dir(text: str) -> tuple[str, Path, str | None]:
     return name, Path(folder), mode or None
 
 
+def _correction(pipe: UPLiFTSuperResolutionPipeline) -> str:
+    return color_correction_for(pipe.upsampler, True, pipe.config.color_correction_mode).mode
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-dir", nargs="+", type=Path,
@@ -250,8 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="evaluate this trained model; skip training")
     parser.add_argument("--name", default="UPLiFT", help="row label of --model / the trained model")
     parser.add_argument("--color-correction", choices=COLOR_MODES, default=None,
-                        help="colour correction of --model / the trained model (default: 'detail' when its training "
-                             "config compared 'detail'-corrected pixels, else the paper's 'mean')")
+                        help="override the colour correction of --model / the trained model (default: the one its "
+                             "config records, i.e. what it was trained with)")
     parser.add_argument("--compare", nargs="*", type=_named_dir, default=[], metavar="NAME=DIR[@MODE]",
                         help="more trained UPLiFT models to evaluate as rows (e.g. previous=outputs/old/model@mean)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run in --out")
@@ -271,8 +283,6 @@ def main(argv=None) -> int:
         config.backbone.path = str(args.taef2)
         config.data.sources = [DataSource(type="folder", path=str(p)) for p in args.train_dir]
         config.data.cache_dir = str(args.out / "feature_cache")
-        if mode is None:
-            mode = "detail" if config.loss.pixel_color_correction == "detail" else "mean"
         trainer = Trainer(config)
         t0 = time.monotonic()
         model_dir = trainer.train(resume=args.resume)
@@ -282,10 +292,10 @@ def main(argv=None) -> int:
     else:
         model_dir = args.model
     vae = TAEF2.from_pretrained(args.taef2).eval()
-    pipes, models = {}, [(args.name, model_dir, mode or "mean"), *args.compare]
-    for name, folder, color_mode in models:
+    pipes, models = {}, [(args.name, model_dir, mode), *args.compare]
+    for name, folder, color_mode in models:  # color_mode None: the correction the model's config records
         pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=UPLiFTModel.from_pretrained(folder).eval(),
-                                             color_correction_mode=color_mode or "mean")
+                                             color_correction_mode=color_mode)
         pipe.set_progress_bar_config(disable=True)
         pipes[name] = pipe
     train_info["parameters"] = {name: sum(p.numel() for p in pipe.upsampler.parameters())
@@ -295,13 +305,13 @@ def main(argv=None) -> int:
     results = evaluate(pipes, vae, args.eval_dir, args.scales, args.degradations, args.max_size,
                        args.out / "sr_grid.png")
     results.update(train=train_info, eval_minutes=(time.monotonic() - t0) / 60,
-                   models={name: {"path": str(folder), "color_correction": pipes[name].config.color_correction_mode}
+                   models={name: {"path": str(folder), "color_correction": _correction(pipes[name])}
                            for name, folder, _ in models},
                    command=" ".join(sys.argv), protocol={"max_size": args.max_size, "scales": args.scales,
                                                         "degradations": args.degradations,
                                                         "threads": torch.get_num_threads()})
     write_json_atomic(args.out / "results.json", results)
-    labels = {**{name: f"UPLiFT ({name}, {pipe.config.color_correction_mode} colour correction)"
+    labels = {**{name: f"UPLiFT ({name}, {_correction(pipe)} colour correction)"
                  for name, pipe in pipes.items()}, **BASELINES}
     table = markdown_table(results, labels)
     params = ", ".join(f"{name} {n:,}" for name, n in train_info["parameters"].items())

@@ -100,9 +100,13 @@ def to_tensor_uint8(image: Image.Image | np.ndarray) -> torch.Tensor:
 
 
 def float_to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[B, 3, H, W] tensor or [B, H, W, 3] array in [0, 1] -> [B, H, W, 3] uint8, rounded as diffusers' PIL output."""
+    """[B, 3, H, W] tensor or [B, H, W, 3] array in [0, 1] -> [B, H, W, 3] uint8, rounded as diffusers' PIL output
+    (uint8 input is already quantised: returned as it is, channels last)."""
     if isinstance(images, torch.Tensor):
-        images = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+        images = images.detach().cpu().permute(0, 2, 3, 1)
+        images = images.numpy() if images.dtype == torch.uint8 else images.float().numpy()
+    if images.dtype == np.uint8:
+        return images
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
@@ -175,7 +179,8 @@ class ResultsFolder:
                          desc: str) -> None:
         """Make every missing image of ``images/<method>/`` (``names[i]`` is image ``i``), in fixed chunks of
         ``batch_size`` indices (reruns form the same batches, so a regenerated image is bit-identical);
-        ``make(indices)`` returns their [B, 3, H, W] tensor or [B, H, W, 3] array in [0, 1], saved as they come.
+        ``make(indices)`` returns their [B, 3, H, W] tensor or [B, H, W, 3] array in [0, 1] (or uint8), saved as they
+        come.
 
         Under ``accelerate launch`` each process takes its share of the chunks (:func:`process_share`); a chunk whose
         images all exist is skipped, whoever made them, so a stopped run resumes with any number of processes. A chunk

@@ -427,25 +427,65 @@ def _paired(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
     return unit(preds), unit(target)
 
 
+def saturation_per_image(images: torch.Tensor) -> torch.Tensor:
+    """Mean HSV saturation ``(max - min) / max`` over the pixels of uint8 or float [B, 3, H, W] images; returns [B]."""
+    x = _check_batch(images)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
+    hi, lo = x.amax(dim=1), x.amin(dim=1)  # [B, H, W]
+    return torch.where(hi > 0, (hi - lo) / hi.clamp_min(1e-8), torch.zeros_like(hi)).mean(dim=(1, 2))
+
+
+def contrast_per_image(images: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of the luma (Rec. 601: 0.299 R + 0.587 G + 0.114 B, in [0, 1]) per image; returns [B]."""
+    x = _check_batch(images)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    return luma.flatten(1).std(dim=1)
+
+
+def colour_ratios_per_image(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(saturation ratio, contrast ratio) of ``preds`` over ``target`` per image: 1 is faithful, < 1 washed out /
+    flat, > 1 oversaturated / harsh. Grey or flat targets (nothing to compare against) give 1."""
+    preds, target = _paired(preds, target)
+
+    def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(b > 1e-6, a / b.clamp_min(1e-6), torch.ones_like(a))
+
+    return (ratio(saturation_per_image(preds), saturation_per_image(target)),
+            ratio(contrast_per_image(preds), contrast_per_image(target)))
+
+
 class PairedMetrics:
-    """SSIM and PSNR per image, averaged over all images seen (``update(preds, target)``, :meth:`compute`)."""
+    """SSIM, PSNR and the colour ratios (saturation and contrast over the target's) per image, averaged over all
+    images seen (``update(preds, target)``, :meth:`compute`)."""
+
+    KEYS = ("ssim", "psnr", "saturation_ratio", "contrast_ratio")
 
     def __init__(self):
-        self.ssim: list[float] = []
-        self.psnr: list[float] = []
+        self.scores: dict[str, list[float]] = {key: [] for key in self.KEYS}
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        self.ssim += ssim_per_image(preds, target).tolist()
-        self.psnr += psnr_per_image(preds, target).tolist()
+        saturation, contrast = colour_ratios_per_image(preds, target)
+        for key, values in zip(self.KEYS, (ssim_per_image(preds, target), psnr_per_image(preds, target), saturation,
+                                           contrast), strict=True):
+            self.scores[key] += values.tolist()
+
+    @property
+    def ssim(self) -> list[float]:
+        return self.scores["ssim"]
+
+    @property
+    def psnr(self) -> list[float]:
+        return self.scores["psnr"]
 
     def gather(self) -> None:
         """Under ``accelerate launch``: every process's per-image scores (a collective; one process: no-op)."""
-        self.ssim, self.psnr = gather_object(self.ssim), gather_object(self.psnr)
+        self.scores = {key: gather_object(values) for key, values in self.scores.items()}
 
     def compute(self) -> dict[str, float]:
-        if not self.ssim:
+        if not self.scores["ssim"]:
             raise InputError("no image pairs were added")
-        return {"ssim": float(np.mean(self.ssim)), "psnr": float(np.mean(self.psnr))}
+        return {key: float(np.mean(values)) for key, values in self.scores.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- CLIP score

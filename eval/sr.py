@@ -1,11 +1,15 @@
 """Super-resolution benchmark (paper Table 4, FacesHQ / LHQ protocol of appendix B.2) on any folder of images.
 
-Per image: ``size``² centre crop (1024), bilinear down to ``size / scale`` (256; ``antialias=False``,
-``align_corners=False``, on [-1, 1] tensors), VAE encode -> ``log2(scale)`` UPLiFT steps -> decode -> colour
-correction against the low-res input. Baselines: the same latents upsampled bilinearly / nearest in latent space, then
-decoded. Metrics against the high-res crop: SSIM, PSNR (per image, then the mean), FID and patch-FID.
+Per image: ``size``² centre crop (1024), downscaled by ``scale`` (``downsample="bilinear"``: the paper's protocol,
+``F.interpolate`` bilinear, ``antialias=False``, ``align_corners=False``, on [-1, 1] tensors; ``"bicubic"``: the
+standard super-resolution protocol, PIL's antialiased ``BICUBIC``) and stored as 8 bits, as a user's low-res file
+would be. Every latent method then runs through :class:`~uplift_diffusion.UPLiFTSuperResolutionPipeline`, the path
+users run (``upscale``, the web page): UPLiFT with the upsampler's own colour correction, and the latent baselines
+(the same latents interpolated bilinearly / nearest, then decoded, not corrected). Pixel bicubic (PIL) is the
+baseline a user would pick. Metrics against the high-res crop: SSIM, PSNR (per image, then the mean), the output's
+saturation and contrast relative to the original's, FID and patch-FID.
 
-Run it with ``uplift-diffusion eval sr --images DIR --vae VAE --upsampler CKPT --output OUT`` or
+Run it with ``uplift-diffusion eval sr --images DIR --preset taef2 --output OUT`` or
 ``python -m uplift_diffusion eval sr ...`` (same arguments).
 """
 
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
+from PIL import Image
 from uplift_diffusion.eval.common import (
     ResultsFolder,
     Timings,
@@ -36,16 +41,20 @@ from uplift_diffusion.eval.common import (
 from uplift_diffusion.eval.latency import measure_latency
 from uplift_diffusion.eval.metrics import FID, PairedMetrics, PatchFID
 
-from uplift_diffusion.backbones.vae import decode_latents, encode_latents
-from uplift_diffusion.color import ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.utils.errors import InputError
-from uplift_diffusion.utils.fingerprint import module_identity
+from uplift_diffusion.utils.fingerprint import file_digest, module_identity
 from uplift_diffusion.utils.images import expand_inputs, image_size, load_image
 
-METHODS = ("uplift", "latent-bilinear", "latent-nearest")
-METHOD_LABELS = {"uplift": "UPLiFT", "latent-bilinear": "Bilinear", "latent-nearest": "Nearest"}
-TABLE_HEADERS = ("Method", "Iters", "Params (M)", "SSIM ↑", "PSNR ↑", "FID ↓", "p-FID ↓")
+METHODS = ("uplift", "latent-bilinear", "latent-nearest", "pixel-bicubic")
+METHOD_LABELS = {"uplift": "UPLiFT", "latent-bilinear": "Bilinear", "latent-nearest": "Nearest",
+                 "pixel-bicubic": "Bicubic (pixels)"}
+DOWNSAMPLES = {
+    "bilinear": "F.interpolate bilinear, antialias=False, align_corners=False, on [-1, 1] (paper B.2); uint8",
+    "bicubic": "PIL Image.resize BICUBIC, antialiased (standard SR protocol); uint8",
+}
+TABLE_HEADERS = ("Method", "Iters", "Params (M)", "SSIM ↑", "PSNR ↑", "Sat. ratio", "Contrast ratio", "FID ↓",
+                 "p-FID ↓")
 
 
 def select_images(folder: str | os.PathLike, size: int, num_samples: int | None, seed: int,
@@ -63,53 +72,65 @@ def select_images(folder: str | os.PathLike, size: int, num_samples: int | None,
     return apply_limit(sample(keep, num_samples, seed), limit), [p.name for p in small]
 
 
-def load_pair(path: Path, size: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The uint8 [3, size, size] centre crop and its float [3, size/scale, size/scale] low-res version in [0, 1]."""
+def downscale_uint8(hr: torch.Tensor, scale: int, downsample: str = "bilinear") -> torch.Tensor:
+    """uint8 [3, H, W] -> uint8 [3, H/scale, W/scale] by the ``downsample`` protocol (see :data:`DOWNSAMPLES`)."""
+    h, w = hr.shape[-2] // scale, hr.shape[-1] // scale
+    if downsample == "bilinear":
+        lr = F.interpolate(hr[None].float() / 127.5 - 1, size=(h, w), mode="bilinear", align_corners=False,
+                           antialias=False)  # [-1, 1]
+        return torch.from_numpy(float_to_uint8((lr + 1) / 2)[0]).permute(2, 0, 1).contiguous()
+    if downsample == "bicubic":
+        image = Image.fromarray(hr.permute(1, 2, 0).numpy()).resize((w, h), Image.BICUBIC)
+        return to_tensor_uint8(image)
+    raise InputError(f"unknown downsample protocol {downsample!r}; choose from {tuple(DOWNSAMPLES)}")
+
+
+def load_pair(path: Path, size: int, scale: int, downsample: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+    """The uint8 [3, size, size] centre crop and its uint8 [3, size/scale, size/scale] low-res version."""
     image = load_image(path)
     w, h = image.size
     left, top = (w - size) // 2, (h - size) // 2
     hr = to_tensor_uint8(image.crop((left, top, left + size, top + size)))
-    hr_signed = hr[None].float() / 127.5 - 1  # [-1, 1]
-    lr = F.interpolate(hr_signed, size=(size // scale, size // scale), mode="bilinear", align_corners=False,
-                       antialias=False)
-    return hr, ((lr[0] + 1) / 2).clamp(0, 1)
+    return hr, downscale_uint8(hr, scale, downsample)
+
+
+def pixel_bicubic(low_res: torch.Tensor, scale: int) -> torch.Tensor:
+    """uint8 [B, 3, h, w] -> uint8 [B, 3, scale*h, scale*w] with PIL's bicubic resize (the user's baseline)."""
+    h, w = low_res.shape[-2:]
+    return torch.stack([to_tensor_uint8(Image.fromarray(x.permute(1, 2, 0).numpy()).resize((w * scale, h * scale),
+                                                                                            Image.BICUBIC))
+                        for x in low_res])
 
 
 @torch.no_grad()
-def super_resolve(method: str, low_res: torch.Tensor, vae, upsampler: UPLiFTModel | None, scale: int,
+def super_resolve(method: str, low_res: torch.Tensor, pipeline, scale: int,
                   generator: list[torch.Generator] | None = None, color_correction: bool = True) -> torch.Tensor:
-    """[B, 3, h, w] in [0, 1] -> [B, 3, scale*h, scale*w] in [0, 1] through the VAE's latent space.
+    """uint8 [B, 3, h, w] -> uint8 [B, 3, scale*h, scale*w], the images a user of the pipeline gets.
 
-    ``"uplift"``: ``log2(scale)`` UPLiFT steps guided by the low-res image, then colour correction;
-    ``"latent-bilinear"`` / ``"latent-nearest"``: interpolation of the latents (no colour correction).
+    ``"uplift"``: :class:`~uplift_diffusion.UPLiFTSuperResolutionPipeline` as ``upscale`` runs it (the upsampler's
+    own colour correction unless ``color_correction`` is False); ``"latent-bilinear"`` / ``"latent-nearest"``: the
+    same pipeline interpolating the latents (no colour correction); ``"pixel-bicubic"``: PIL bicubic.
     """
-    latents = encode_latents(vae, low_res)  # [B, C, h/8, w/8] raw
-    if method == "uplift":
-        if upsampler is None:
-            raise InputError("method 'uplift' needs an upsampler")
-        guide = upsampler.normalize_image(low_res.to(upsampler.device, upsampler.dtype))
-        high = upsampler(guide, latents.to(upsampler.device), iterations=UPLiFTModel.iterations_for_scale(scale),
-                         generator=generator)  # [B, C, scale*h/8, scale*w/8]
-    elif method in ("latent-bilinear", "latent-nearest"):
-        mode = method.split("-")[1]
-        size = (latents.shape[-2] * scale, latents.shape[-1] * scale)
-        high = F.interpolate(latents.float(), size=size, mode=mode,
-                             **({"align_corners": False} if mode == "bilinear" else {})).to(latents.dtype)
-    else:
+    if method == "pixel-bicubic":
+        return pixel_bicubic(low_res, scale)
+    if method not in METHODS:
         raise InputError(f"unknown super-resolution method {method!r}; choose from {METHODS}")
-    image = decode_latents(vae, high)  # [B, 3, scale*h, scale*w] in [0, 1]
-    if method == "uplift":
-        image = ColorCorrection(enabled=color_correction, clamp=(0.0, 1.0))(image, low_res.to(image.device))
-    return image
+    baseline = method != "uplift"
+    out = pipeline(low_res, scale=scale, generator=None if baseline else generator, output_type="pil",
+                   color_correction=color_correction and not baseline, upsampling=method)
+    return torch.stack([to_tensor_uint8(image) for image in out.images])
 
 
-def sr_fingerprint(method: str, images, size: int, scale: int, seed: int, batch_size: int, color_correction: bool,
-                   vae_identity: dict, upsampler_identity: dict | None, device_type: str) -> dict:
-    """Everything that determines the saved images of one method (the UPLiFT path adds the upsampler, the seed of its
-    noise and the colour correction; the latent baselines are deterministic)."""
-    fingerprint = dict(benchmark="sr", method=method, images=str(Path(images).resolve()), size=size, scale=scale,
-                       batch_size=batch_size, vae=vae_identity, device=device_type,
-                       downsample="bilinear antialias=False align_corners=False on [-1, 1]")
+def sr_fingerprint(method: str, inputs: dict[str, str], size: int, scale: int, seed: int, batch_size: int,
+                   color_correction: str | bool, vae_identity: dict, upsampler_identity: dict | None,
+                   device_type: str, downsample: str = "bilinear") -> dict:
+    """Everything that determines the saved images of one method: the inputs' contents (saved name -> sha256 of the
+    file, so an image replaced under the same name is noticed), the protocol, the VAE; the UPLiFT path adds the
+    upsampler, the seed of its noise and the colour correction; the baselines are deterministic."""
+    fingerprint = dict(benchmark="sr", method=method, inputs=inputs, size=size, scale=scale,
+                       downsample=DOWNSAMPLES[downsample])
+    if method != "pixel-bicubic":
+        fingerprint.update(batch_size=batch_size, vae=vae_identity, device=device_type)
     if method == "uplift":
         fingerprint.update(upsampler=upsampler_identity, seed=seed, color_correction=color_correction)
     return fingerprint
@@ -138,6 +159,7 @@ def run_sr_benchmark(
     dataset_name: str | None = None,
     extra_config: dict | None = None,
     overwrite: bool = False,
+    downsample: str = "bilinear",
 ) -> dict | None:
     """Run the super-resolution benchmark; returns the ``results.json`` content (``None`` on the processes other
     than the main one when launched with ``accelerate launch``: each generates and scores its share of the images,
@@ -145,7 +167,8 @@ def run_sr_benchmark(
 
     Args:
         images: folder of high-resolution images (FacesHQ, LHQ, CelebA-HQ, ...).
-        vae: the autoencoder (AutoencoderKL, AutoencoderTiny or TAEF2) the upsampler works with.
+        vae: the autoencoder (AutoencoderKL, AutoencoderTiny or TAEF2) the upsampler works with, or a ready
+            [`UPLiFTSuperResolutionPipeline`] (then ``upsampler`` must be ``None``: the pipeline's is used).
         output_dir: results folder (``images/<method>/``, ``results.json``, ``table.md``, ``samples.png``).
         upsampler: UPLiFT model (``in_channels`` = the VAE's latent channels); required for ``"uplift"``.
         methods: any of ``"uplift"``, ``"latent-bilinear"``, ``"latent-nearest"``.
@@ -155,7 +178,8 @@ def run_sr_benchmark(
         limit: only the first ``limit`` selected images (quick runs).
         seed: selects the images, the patch-FID crops and (with the image index) the upsampler's noise.
         batch_size: images per forward pass.
-        color_correction: colour-correct UPLiFT outputs against the low-res input (paper B.1).
+        color_correction: colour-correct UPLiFT outputs against the low-res input with the upsampler's own
+            correction (its config's ``color_correction``: the paper's mean for published checkpoints).
         fid_factory: makes a fresh [`FID`] accumulator (one for full images, one for crops); ``None`` skips FID.
         patch_size / num_crops: patch-FID crops (512², 4 per image pair).
         reference_stats: folder for the real set's FID statistics (``.npz``, reused by later runs on the same images);
@@ -165,7 +189,19 @@ def run_sr_benchmark(
         extra_config: more entries for ``results.json``'s config (e.g. the model paths).
         overwrite: regenerate a method's saved images when they were made with other settings (see
             :func:`sr_fingerprint`); without it such a folder is refused.
+        downsample: how the low-res inputs are made: ``"bilinear"`` (paper B.2) or ``"bicubic"`` (PIL, antialiased:
+            the standard super-resolution protocol).
     """
+    from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
+
+    if isinstance(vae, UPLiFTSuperResolutionPipeline):
+        pipeline = vae
+        if upsampler is not None:
+            raise InputError("pass either a pipeline or (vae, upsampler), not both")
+        vae, upsampler = pipeline.vae, pipeline.upsampler
+    else:
+        pipeline = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler)
+    pipeline.set_progress_bar_config(disable=True)
     methods = list(dict.fromkeys(methods))
     for m in methods:
         if m not in METHODS:
@@ -173,6 +209,8 @@ def run_sr_benchmark(
     if "uplift" in methods and upsampler is None:
         raise InputError("method 'uplift' needs an upsampler (or leave it out of methods)")
     iterations = UPLiFTModel.iterations_for_scale(scale)
+    if downsample not in DOWNSAMPLES:
+        raise InputError(f"unknown downsample protocol {downsample!r}; choose from {tuple(DOWNSAMPLES)}")
     if size % (scale * 8):
         raise InputError(f"size must be a multiple of {scale * 8} (scale x the VAE's 8x factor), got {size}")
     seed_everything(seed)
@@ -187,21 +225,27 @@ def run_sr_benchmark(
     #    when they were made with the same settings
     #    Under `accelerate launch` every process generates its share of the batches (what exists is skipped, whoever
     #    made it); the main process alone records the fingerprints first and scores the images afterwards.
+    inputs = {name: file_digest(path) for name, path in zip(names, files, strict=True)}
     vae_identity = module_identity(vae)
     upsampler_identity = module_identity(upsampler) if "uplift" in methods else None
+    correction = (pipeline.config.color_correction_mode or upsampler.config.get("color_correction", "mean")
+                  if color_correction and upsampler is not None else False)
 
     def claim():
         for method in methods:
-            folder.claim(method, sr_fingerprint(method, images, size, scale, seed, batch_size, color_correction,
-                                                vae_identity, upsampler_identity, next(vae.parameters()).device.type),
-                         overwrite)
+            folder.claim(method, sr_fingerprint(method, inputs, size, scale, seed, batch_size, correction,
+                                                vae_identity, upsampler_identity, next(vae.parameters()).device.type,
+                                                downsample), overwrite)
 
     on_main_process(claim)
     state = PartialState()
+
+    def low_res_batch(idx):
+        return torch.stack([load_pair(files[i], size, scale, downsample)[1] for i in idx])
+
     for method in methods:
         def make(idx, method=method):
-            low_res = torch.stack([load_pair(files[i], size, scale)[1] for i in idx])
-            return super_resolve(method, low_res, vae, upsampler, scale, generators(seed, idx), color_correction)
+            return super_resolve(method, low_res_batch(idx), pipeline, scale, generators(seed, idx), color_correction)
 
         folder.generate_missing(method, names, batch_size, make, timings, desc=f"sr {method}")
     state.wait_for_everyone()
@@ -213,7 +257,7 @@ def run_sr_benchmark(
     full_fid = fid_factory() if fid_factory is not None else None
     patch_fid = PatchFID(fid_factory(), patch_size, num_crops, seed) if fid_factory is not None else None
     stats_dir = Path(reference_stats) if reference_stats is not None else folder.root
-    key = f"sr:{dataset_name}:{size}:n={len(files)}:seed={seed}:" + ",".join(names)
+    key = f"sr:{dataset_name}:{size}:n={len(files)}:seed={seed}:" + ",".join(f"{n}={d}" for n, d in inputs.items())
     if full_fid is not None:
         have_real = (full_fid.load_reference(stats_dir / f"fid_real_{full_fid.name}.npz", key)
                      and patch_fid.fid.load_reference(stats_dir / f"pfid_real_{full_fid.name}.npz",
@@ -222,7 +266,7 @@ def run_sr_benchmark(
             full_fid, patch_fid = fid_factory(), PatchFID(fid_factory(), patch_size, num_crops, seed)
             with timings("metrics/real"):
                 for idx in process_share(batches, "sr real stats"):
-                    hr = torch.stack([load_pair(files[i], size, scale)[0] for i in idx])
+                    hr = torch.stack([load_pair(files[i], size, scale, downsample)[0] for i in idx])
                     full_fid.update(hr, real=True)
                     patch_fid.update(hr, idx, real=True)
                 full_fid.gather(real=True), patch_fid.fid.gather(real=True)
@@ -236,7 +280,7 @@ def run_sr_benchmark(
             full_fid.reset_fake(), patch_fid.fid.reset_fake()
         with timings(f"metrics/{method}"):
             for idx in process_share(batches, f"sr metrics {method}"):
-                hr = torch.stack([load_pair(files[i], size, scale)[0] for i in idx])
+                hr = torch.stack([load_pair(files[i], size, scale, downsample)[0] for i in idx])
                 sr = torch.stack([folder.load(method, names[i]) for i in idx])
                 paired.update(sr, hr)
                 if full_fid is not None:
@@ -255,31 +299,33 @@ def run_sr_benchmark(
 
     # 3. Latency of the UPLiFT path (batch 1, appendix B.2 protocol)
     if latency and "uplift" in methods:
-        low_res = load_pair(files[0], size, scale)[1][None]
+        low_res = low_res_batch([0])
         param = next(upsampler.parameters())
         metrics["uplift"]["latency"] = measure_latency(
-            lambda: super_resolve("uplift", low_res, vae, upsampler, scale, generators(seed, [0]), color_correction),
+            lambda: super_resolve("uplift", low_res, pipeline, scale, generators(seed, [0]), color_correction),
             device=param.device, dtype=param.dtype, batch_size=1, warmup=latency_warmup,
             iterations=latency_iterations)
 
     # 4. Table, grid, results.json
     rows = [(METHOD_LABELS[m], metrics[m]["iterations"], metrics[m]["params_m"], metrics[m]["ssim"],
-             metrics[m]["psnr"], metrics[m].get("fid"), metrics[m].get("patch_fid")) for m in methods]
+             metrics[m]["psnr"], metrics[m]["saturation_ratio"], metrics[m]["contrast_ratio"], metrics[m].get("fid"),
+             metrics[m].get("patch_fid")) for m in methods]
     table = (f"Super-resolution {size // scale}->{size} on {len(files)} images of {dataset_name}\n\n"
              + markdown_table(TABLE_HEADERS, rows))
     grid = []
     for i in range(min(4, len(files))):
-        hr, lr = load_pair(files[i], size, scale)
+        hr, lr = load_pair(files[i], size, scale, downsample)
         lr_up = F.interpolate(lr[None], size=(size, size), mode="nearest")[0]
-        grid.append([torch.from_numpy(float_to_uint8(lr_up[None])[0]).permute(2, 0, 1), hr]
-                    + [folder.load(m, names[i]) for m in methods])
+        grid.append([lr_up, hr] + [folder.load(m, names[i]) for m in methods])
     save_grid(grid, folder.root / "samples.png")
     config = dict(
         images=str(images), dataset=dataset_name, num_images=len(files), num_samples=num_samples, limit=limit,
         size=size, scale=scale, low_res=size // scale, methods=methods, seed=seed, batch_size=batch_size,
-        color_correction=color_correction, patch_size=patch_size, num_crops=num_crops,
+        color_correction=correction, patch_size=patch_size, num_crops=num_crops,
         fid=full_fid.name if full_fid is not None else None, skipped_too_small=skipped,
-        downsample="F.interpolate bilinear, antialias=False, align_corners=False, on [-1, 1]",
+        downsample=DOWNSAMPLES[downsample], pipeline="UPLiFTSuperResolutionPipeline (as `upscale` runs it)",
+        colour="saturation_ratio / contrast_ratio: the output's mean HSV saturation / std of luma over the "
+               "original's, per image then mean (1 = faithful)",
         ssim="gaussian 11/1.5, 5-px border of the SSIM map cropped, per image then mean",
         psnr="per image on [0, 1], then mean", grid_columns=["low-res (nearest)", "high-res"] + methods,
         vae=type(vae).__name__, upsampler_config=dict(upsampler.config) if upsampler is not None else None,

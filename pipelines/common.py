@@ -62,7 +62,7 @@ def check_upscale_arguments(upsampler: UPLiFTModel, vae, upscale: int, output_ty
     check_upsampler_fits(upsampler, vae, hint)
 
 
-def color_correction_for(upsampler: UPLiFTModel, color_correction: bool | str = True,
+def color_correction_for(upsampler: UPLiFTModel | None, color_correction: bool | str = True,
                          mode: str | None = None) -> ColorCorrection:
     """The colour correction to apply to images decoded from ``upsampler``'s output.
 
@@ -70,7 +70,7 @@ def color_correction_for(upsampler: UPLiFTModel, color_correction: bool | str = 
     explicit override), else the correction recorded in the upsampler's config (``color_correction``, what it was
     trained with; ``"mean"`` for checkpoints that predate the record). Its ``detail_sigma`` comes from the config too.
     """
-    usage = upsampler.config
+    usage = upsampler.config if upsampler is not None else {}
     if not isinstance(color_correction, str):
         mode = mode or usage.get("color_correction", "mean")
     else:
@@ -79,16 +79,22 @@ def color_correction_for(upsampler: UPLiFTModel, color_correction: bool | str = 
                            detail_sigma=usage.get("detail_sigma", 0.5))
 
 
+def _latent_scale_shift(vae) -> tuple[float, float]:
+    """``(scaling_factor, shift_factor)`` of a VAE's config; a VAE without them (FLUX.2's ``AutoencoderKLFlux2``, whose
+    pipelines hand out raw latents) counts as (1, 0)."""
+    return getattr(vae.config, "scaling_factor", None) or 1.0, getattr(vae.config, "shift_factor", None) or 0.0
+
+
 def to_raw_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """A pipeline's (scaled, shifted) latents -> the VAE's raw latents, what UPLiFT's VAE presets were trained on."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return latents / vae.config.scaling_factor + shift
+    scale, shift = _latent_scale_shift(vae)
+    return latents / scale + shift
 
 
 def from_raw_latents(vae, raw: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`to_raw_latents`."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (raw - shift) * vae.config.scaling_factor
+    scale, shift = _latent_scale_shift(vae)
+    return (raw - shift) * scale
 
 
 def uplift_steps(
@@ -124,6 +130,7 @@ def upscale_latents(
     generator: torch.Generator | list[torch.Generator] | None = None,
     output_type: str = "pil",
     color_correction: bool | str = True,
+    low_res: torch.Tensor | None = None,
 ) -> UPLiFTPipelineOutput:
     r"""UPLiFT's part of text-to-image, for any diffusers pipeline that returns latents (``output_type="latent"``).
 
@@ -143,6 +150,9 @@ def upscale_latents(
         color_correction (`bool` or `str`, defaults to True): correct the high-res image against the low-res one
             with the upsampler's own correction (its config's ``color_correction``), or a mode name
             (``"mean"`` / ``"detail"``); ``False`` for none.
+        low_res (`torch.Tensor`, *optional*): [B, 3, p*h, p*w] in [0, 1], the low-resolution image that guides UPLiFT
+            and is the colour reference, when it is already at hand (e.g. decoded by a faster VAE of the same latent
+            space, or the photo the latents were encoded from); by default ``pipe.vae`` decodes ``latents``.
 
     Returns:
         [`UPLiFTPipelineOutput`] with ``images`` (upscaled) and ``low_res_images`` (the decoded input, or the input
@@ -150,7 +160,15 @@ def upscale_latents(
     """
     check_upscale_arguments(upsampler, pipe.vae, upscale, output_type)
     raw = to_raw_latents(pipe.vae, latents)
-    low_res = decode_latents(pipe.vae, raw)  # [B, 3, p*h, p*w] in [0, 1]
+    if low_res is None:
+        low_res = decode_latents(pipe.vae, raw)  # [B, 3, p*h, p*w] in [0, 1]
+    else:
+        p = vae_scale_factor(pipe.vae)
+        expected = (raw.shape[0], 3, p * raw.shape[-2], p * raw.shape[-1])
+        if tuple(low_res.shape) != expected:
+            raise ValueError(f"low_res must have shape {expected} for latents of shape {tuple(raw.shape)}, got "
+                             f"{tuple(low_res.shape)}")
+        low_res = low_res.to(raw.device, torch.float32)
     raw_high = raw
     if upscale > 1:
         guide = upsampler.normalize_image(low_res)

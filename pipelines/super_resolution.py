@@ -42,14 +42,14 @@ def _array_to_unit(array: np.ndarray) -> torch.Tensor:
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"numpy images must be [H, W], [H, W, C] or [B, H, W, C] with C in (1, 3, 4); got shape "
+        raise InputError(f"numpy images must be [H, W], [H, W, C] or [B, H, W, C] with C in (1, 3, 4); got shape "
                          f"{array.shape}")
     if array.dtype == np.uint8:
         array = array.astype(np.float32) / 255.0
     elif array.dtype == np.uint16:
         array = array.astype(np.float32) / 65535.0
     elif not np.issubdtype(array.dtype, np.floating):
-        raise TypeError(f"numpy images must be uint8, uint16 or float in [0, 1]; got dtype {array.dtype}")
+        raise InputError(f"numpy images must be uint8, uint16 or float in [0, 1]; got dtype {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 3, 1, 2)
 
 
@@ -58,18 +58,23 @@ def _tensor_to_unit(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[1] not in (1, 3, 4):
-        raise ValueError(f"tensor images must be [C, H, W] or [B, C, H, W] with C in (1, 3, 4); got shape "
+        raise InputError(f"tensor images must be [C, H, W] or [B, C, H, W] with C in (1, 3, 4); got shape "
                          f"{tuple(tensor.shape)}")
+    if tensor.dtype != torch.uint8 and not tensor.dtype.is_floating_point:
+        raise InputError(f"tensor images must be uint8 (0..255) or float in [0, 1]; got dtype {tensor.dtype} "
+                         f"(convert it, e.g. tensor.to(torch.uint8) for 0..255 integers)")
     return tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
 
 
 def _to_rgb_channels(batch: torch.Tensor) -> torch.Tensor:
-    """Grey -> RGB (repeat), RGBA -> RGB (alpha over white); checks the [0, 1] range."""
+    """Grey -> RGB (repeat), RGBA -> RGB (alpha over white); checks the size and the [0, 1] range."""
+    if batch.numel() == 0:
+        raise InputError(f"empty image: shape {tuple(batch.shape)} has no pixels")
     if not torch.isfinite(batch).all():
-        raise ValueError("image contains NaN or inf values")
+        raise InputError("image contains NaN or inf values")
     lo, hi = batch.min().item(), batch.max().item()
     if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(f"float images must be in [0, 1]; got values in [{lo:.3f}, {hi:.3f}] (a [-1, 1] image? "
+        raise InputError(f"float images must be in [0, 1]; got values in [{lo:.3f}, {hi:.3f}] (a [-1, 1] image? "
                          f"map it with (x + 1) / 2)")
     if batch.shape[1] == 1:
         batch = batch.expand(-1, 3, -1, -1)
@@ -83,7 +88,7 @@ def images_to_tensors(image: ImageInput) -> list[torch.Tensor]:
     """PIL / numpy / tensor, single or batched (or a list of them) -> a list of [1, 3, H, W] float32 in [0, 1]."""
     items = list(image) if isinstance(image, (list, tuple)) else [image]
     if not items:
-        raise ValueError("no images given")
+        raise InputError("no images given")
     out = []
     for item in items:
         if isinstance(item, PIL.Image.Image):
@@ -96,7 +101,7 @@ def images_to_tensors(image: ImageInput) -> list[torch.Tensor]:
         elif isinstance(item, torch.Tensor):
             batch = _tensor_to_unit(item)
         else:
-            raise TypeError(f"images must be PIL images, numpy arrays or torch tensors; got {type(item).__name__}")
+            raise InputError(f"images must be PIL images, numpy arrays or torch tensors; got {type(item).__name__}")
         out += list(_to_rgb_channels(batch).split(1))
     return out
 
@@ -118,15 +123,33 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(image, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else image
 
 
+UPSAMPLING_METHODS = ("uplift", "latent-bilinear", "latent-nearest")
+
+
+def check_output(output: torch.Tensor, image01: torch.Tensor) -> None:
+    """Refuse a result that cannot be a picture of the input: NaN / inf, or one flat colour from an input that was not
+    (what damaged weights or a broken numeric path give); silently writing it would lose the user's work."""
+    if not torch.isfinite(output).all():
+        raise FloatingPointError("the upscaled image contains NaN or inf values: the model's weights are damaged or "
+                                 "this dtype / device path overflowed (try float32; reinstall or re-download the "
+                                 "weights)")
+    flat_out = output.flatten(1).std(dim=1) < 1e-6  # per image
+    flat_in = image01.flatten(1).std(dim=1) < 1e-6
+    if bool((flat_out & ~flat_in).any()):
+        raise FloatingPointError("the upscaled image is one flat colour although the input is not: the model's "
+                                 "weights are damaged (reinstall or re-download them)")
+
+
 class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
     r"""Image super-resolution in a VAE's latent space: encode, UPLiFT ``log2(scale)`` times, decode, colour-correct.
 
     Args:
         vae ([`AutoencoderKL`], [`AutoencoderTiny`] or [`~uplift_diffusion.TAEF2`]):
             The autoencoder whose raw latents (``latent_dist.mode()``, not scaled) the upsampler was trained on.
-        upsampler ([`~uplift_diffusion.UPLiFTModel`]):
+        upsampler ([`~uplift_diffusion.UPLiFTModel`], *optional*):
             A VAE-preset UPLiFT model with ``in_channels`` equal to the VAE's latent channels and ``patch_size`` equal
-            to its spatial factor (8).
+            to its spatial factor (8). Only the latent baselines (``upsampling="latent-bilinear"`` / ``"-nearest"``)
+            run without one.
         color_correction_mode (`str`, *optional*):
             Overrides what ``color_correction=True`` does: ``"mean"`` (paper B.1: per-channel colour means) or
             ``"detail"`` (low frequencies from the input, detail from UPLiFT). ``None`` (the default) uses the
@@ -136,8 +159,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "vae->upsampler"
+    _optional_components = ["upsampler"]
 
-    def __init__(self, vae, upsampler: UPLiFTModel, color_correction_mode: str | None = None):
+    def __init__(self, vae, upsampler: UPLiFTModel | None = None, color_correction_mode: str | None = None):
         super().__init__()
         if color_correction_mode is not None:
             ColorCorrection(mode=color_correction_mode)  # validates the mode
@@ -164,12 +188,19 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
 
         return cls(vae=load_builtin_vae(name, dtype, device), upsampler=load_builtin_upsampler(name, dtype, device))
 
-    def check_inputs(self, scale: int, tile_size: int | None, tile_overlap: int | None, output_type: str) -> None:
+    def check_inputs(self, scale: int, tile_size: int | None, tile_overlap: int | None, output_type: str,
+                     upsampling: str = "uplift") -> None:
         """Validate the call arguments and the components; ValueError naming the problem."""
         UPLiFTModel.iterations_for_scale(scale)
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        check_upsampler_fits(self.upsampler, self.vae)
+        if upsampling not in UPSAMPLING_METHODS:
+            raise InputError(f"upsampling must be one of {UPSAMPLING_METHODS}, got {upsampling!r}")
+        if upsampling == "uplift":
+            if self.upsampler is None:
+                raise InputError("this pipeline has no upsampler: pass one, or use a latent baseline "
+                                 "(upsampling='latent-bilinear')")
+            check_upsampler_fits(self.upsampler, self.vae)
         factor = self.vae_scale_factor
         if tile_overlap is not None and tile_size is None:
             raise InputError("tile_overlap needs tile_size (without tiles there is nothing to overlap)")
@@ -191,6 +222,7 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         color_correction: bool | str = True,
         return_dict: bool = True,
+        upsampling: str = "uplift",
     ):
         r"""Upscale images by ``scale``.
 
@@ -221,13 +253,17 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                 ``False`` returns the decoded image as it is.
             return_dict (`bool`, defaults to True):
                 Return an [`UPLiFTPipelineOutput`] instead of a tuple.
+            upsampling (`str`, defaults to ``"uplift"``):
+                How the latents are enlarged: ``"uplift"``, or the latent baselines of the paper's tables,
+                ``"latent-bilinear"`` / ``"latent-nearest"`` (interpolation of the same latents, decoded the same way;
+                they ignore ``generator`` and the upsampler's tiles).
 
         Returns:
             [`UPLiFTPipelineOutput`] (or a tuple ``(images,)``). Images of different sizes are processed one by one and
             returned as a list for every output type.
         """
         # 1. Check inputs
-        self.check_inputs(scale, tile_size, tile_overlap, output_type)
+        self.check_inputs(scale, tile_size, tile_overlap, output_type, upsampling)
         iterations = UPLiFTModel.iterations_for_scale(scale)
         if tile_size is not None and tile_overlap is None:
             tile_overlap = tile_size // 4 // self.vae_scale_factor * self.vae_scale_factor
@@ -249,8 +285,8 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             batches = [(t, generator[i] if isinstance(generator, list) else generator) for i, t in enumerate(images)]
 
         # 3. Upscale each batch
-        outputs = [self._upscale(batch, iterations, gen, tile_size, tile_overlap, output_type, color_correct)
-                   for batch, gen in batches]
+        outputs = [self._upscale(batch, iterations, gen, tile_size, tile_overlap, output_type, color_correct,
+                                 upsampling) for batch, gen in batches]
 
         # 4. Postprocess
         if output_type == "latent":
@@ -278,7 +314,7 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         return tile, tile // 4
 
     def _upscale(self, image01: torch.Tensor, iterations: int, generator, tile_size, tile_overlap, output_type,
-                 color_correct: ColorCorrection):
+                 color_correct: ColorCorrection, upsampling: str = "uplift"):
         """[B, 3, H, W] in [0, 1] -> [B, 3, H * s, W * s] in [0, 1] (or the upscaled raw latents)."""
         device, p, s = self._execution_device, self.vae_scale_factor, 2**iterations
         height, width = image01.shape[-2:]
@@ -289,7 +325,10 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         decode_tile, decode_overlap = self._decode_tiling(tile_size, tile_overlap)
 
         # One progress bar over every unit of work: the encode, each UPLiFT step (or tile), the decode (or its tiles).
-        if tile_size is None:
+        if upsampling != "uplift":  # a latent baseline: one interpolation
+            upsample_units = 1
+            decode_units = 1 if tile_size is None else count_tiles(upscaled_size, decode_tile, decode_overlap)
+        elif tile_size is None:
             upsample_units, decode_units = iterations, 1
         else:
             upsample_units = count_tiles(latent_size, tile_size // p, tile_overlap // p)
@@ -300,14 +339,21 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
 
         bar.set_postfix_str("encode")
         latents = encode_latents(self.vae, padded)  # [B, C, Hp/p, Wp/p]
-        guide = self.upsampler.normalize_image(padded)
         bar.update()
 
         bar.set_postfix_str("upscale")
-        if tile_size is None:
+        if upsampling != "uplift":
+            mode = upsampling.split("-")[1]
+            upscaled = F.interpolate(latents.float(), size=upscaled_size, mode=mode,
+                                     **({"align_corners": False} if mode == "bilinear" else {})).to(latents.dtype)
+            bar.update()
+        elif tile_size is None:
+            guide = self.upsampler.normalize_image(padded)
             upscaled = uplift_steps(self.upsampler, latents, guide, iterations, generator,
                                     progress=advance)  # [B, C, s*Hp/p, s*Wp/p]
         else:
+            guide = self.upsampler.normalize_image(padded)
+
             def upsample_tile(y0, y1, x0, x1):
                 return uplift_steps(self.upsampler, latents[..., y0:y1, x0:x1],
                                     guide[..., y0 * p:y1 * p, x0 * p:x1 * p], iterations, generator)
@@ -336,4 +382,5 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             decoded = tiled_map(decode_latent_tile, upscaled_size, decode_tile, decode_overlap, p, progress=advance)
         bar.close()
         decoded = decoded[..., : height * s, : width * s].float()  # crop the padding back
+        check_output(decoded, image01)
         return color_correct(decoded, image01.float())

@@ -33,11 +33,10 @@ def _ramp_weights(spans: list[tuple[int, int]], index: int, scale: int) -> torch
     """1-D blending weight of span ``index`` (in output pixels): a linear ramp over each overlap with a neighbour."""
     start, end = spans[index]
     w = torch.ones((end - start) * scale)
-    if index > 0:  # ramp up over the overlap with the previous span
+    if index > 0:  # ramp up over the overlap with the previous span (none when the spans only touch)
         n = (spans[index - 1][1] - start) * scale
         w[:n] = torch.arange(1, n + 1) / (n + 1)
-    if index < len(spans) - 1:  # ramp down over the overlap with the next span
-        n = (end - spans[index + 1][0]) * scale
+    if index < len(spans) - 1 and (n := (end - spans[index + 1][0]) * scale) > 0:  # ramp down over the next overlap
         w[-n:] = torch.minimum(w[-n:], torch.arange(n, 0, -1) / (n + 1))
     return w
 

@@ -55,9 +55,10 @@ def _stable(results):
 def test_sr_benchmark_end_to_end_and_resume(image_folder, tmp_path):
     out = tmp_path / "out"
     first = _run(image_folder, out)
-    assert set(first["metrics"]) == {"uplift", "latent-bilinear", "latent-nearest"}
+    assert set(first["metrics"]) == {"uplift", "latent-bilinear", "latent-nearest", "pixel-bicubic"}
     for m in first["metrics"].values():
         assert m["num_images"] == 5 and 0 < m["ssim"] <= 1 and m["psnr"] > 5
+        assert 0 < m["saturation_ratio"] < 3 and 0 < m["contrast_ratio"] < 3
         assert m["fid"] > 0 and m["patch_fid"] > 0  # generated images always differ from the real ones
     assert first["metrics"]["uplift"]["iterations"] == 2 and first["metrics"]["latent-nearest"]["iterations"] == 1
     assert first["config"]["skipped_too_small"] == ["small.png"]
@@ -82,7 +83,11 @@ def test_sr_protocol_downsample_and_limit(image_folder, tmp_path):
     crop = np.asarray(Image.open(image_folder / "img1.png"))[4:68, 8:72].copy()
     assert torch.equal(hr, torch.from_numpy(crop).permute(2, 0, 1))
     expected = F.interpolate(hr[None].float() / 127.5 - 1, size=16, mode="bilinear", align_corners=False)
-    assert torch.allclose(lr, ((expected[0] + 1) / 2).clamp(0, 1), atol=1e-6)
+    assert lr.dtype == torch.uint8  # stored as 8 bits, as a user's low-res file is
+    assert torch.equal(lr, (((expected[0] + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8))
+    _, lr_bicubic = load_pair(image_folder / "img1.png", 64, 4, downsample="bicubic")
+    pil = Image.fromarray(crop).resize((16, 16), Image.BICUBIC)
+    assert torch.equal(lr_bicubic, torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1))
     results = _run(image_folder, tmp_path / "limited", limit=2, methods=["latent-bilinear"])
     assert results["metrics"]["latent-bilinear"]["num_images"] == 2
     with pytest.raises(ValueError, match="no image"):
@@ -118,11 +123,11 @@ def test_sr_with_real_taef2_on_real_faces(shared_dir, tmp_path):
     assert bilinear["ssim"] > 0.3 and bilinear["psnr"] > 15  # a real autoencoder: a recognisable face
 
     # a model whose output is noise scores clearly below latent bilinear (a wrong pipeline would not rank them)
-    def noise(image, features, iterations=1, generator=None, **_):  # latents of the right size and scale, no signal
+    def noise(features, encoded, generator=None, **_):  # latents of the right size and scale, no signal
         b, c, h, w = features.shape
-        return torch.randn(b, c, h << iterations, w << iterations) * features.std() + features.mean()
+        return torch.randn(b, c, 2 * h, 2 * w) * features.std() + features.mean()
 
-    upsampler.forward = noise
+    upsampler.upscale_step = noise
     noisy = run_sr_benchmark(shared_dir / "data" / "faces" / "celeba_hq", vae, tmp_path / "noise",
                              upsampler=upsampler, methods=["uplift"], size=128, limit=1, color_correction=False)
     assert noisy["metrics"]["uplift"]["ssim"] < bilinear["ssim"] - 0.1

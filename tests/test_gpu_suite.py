@@ -9,9 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASUREMENTS = {
-    "sd15-vae 512->1024": {"UPLiFT (eager)", "latent bilinear + decode", "UPLiFT + decode (eager)",
+    "sd15-vae 512->1024": {"UPLiFT (eager)", "latent bilinear (pipeline)", "UPLiFT (pipeline, eager)",
                            "UPLiFT (Local Attender compiled)"},
-    "sd15-vae 512->2048": {"UPLiFT (eager)", "latent bilinear + decode", "UPLiFT + decode (eager)",
+    "sd15-vae 512->2048": {"UPLiFT (eager)", "latent bilinear (pipeline)", "UPLiFT (pipeline, eager)",
                            "UPLiFT (Local Attender compiled)"},
     "dinov2-s14 448 pixel-dense": {"UPLiFT (eager)", "bilinear", "UPLiFT (Local Attender compiled)"},
 }

@@ -3,6 +3,7 @@ images; a rerun with other settings is refused (naming what differs) or, with ov
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from test_eval_sr import _tiny_vae, image_folder  # noqa: F401  (fixture)
@@ -39,6 +40,21 @@ def test_sr_rerun_with_other_settings_is_refused_then_overwritten(image_folder, 
     assert set(saved) == {"uplift", "latent-bilinear"}
     # and the same settings resume again without complaint
     assert _sr(image_folder, out, **change)["metrics"] == redone["metrics"]
+
+
+def test_an_input_replaced_under_the_same_name_is_noticed(image_folder, tmp_path):  # noqa: F811
+    """Stale outputs of an image that changed on disk are never scored against the new image."""
+    from PIL import Image
+
+    out = tmp_path / "out"
+    _sr(image_folder, out)
+    first = sorted(image_folder.glob("img*.png"))[0]
+    image = Image.open(first)
+    Image.fromarray(255 - np.asarray(image)).save(first)  # same name, other content
+    with pytest.raises(StaleResultsError, match=r"inputs\.00000_img0"):
+        _sr(image_folder, out)
+    fresh = _sr(image_folder, tmp_path / "fresh")
+    assert _sr(image_folder, out, overwrite=True)["metrics"] == fresh["metrics"]
 
 
 def test_images_without_a_fingerprint_are_not_trusted(image_folder, tmp_path):  # noqa: F811

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from uplift_diffusion.commands.loading import DEFAULT_SD_REPO, DEFAULT_UPSAMPLER, add_device_arguments, resolve_device
+from uplift_diffusion.commands.loading import (
+    DEFAULT_FLUX2_REPO,
+    DEFAULT_SD_REPO,
+    DEFAULT_UPSAMPLER,
+    PRESET_PAIRS,
+    add_device_arguments,
+    resolve_device,
+)
 from uplift_diffusion.utils.dtypes import dtype_name
 
 HELP = "reproduce the paper's benchmarks: super-resolution (Table 4), COCO (Table 2), reLAION (Table 3)"
@@ -41,15 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sr = sub.add_parser("sr", help="super-resolution 256->1024 on a folder of images (FacesHQ / LHQ, Table 4)")
     sr.add_argument("--images", required=True, help="folder of high-resolution images")
-    sr.add_argument("--vae", default=DEFAULT_SD_REPO,
-                    help="VAE: diffusers folder, pipeline folder, taef2 folder or Hub id (default: SD 1.5's VAE)")
-    sr.add_argument("--upsampler", default=DEFAULT_UPSAMPLER,
-                    help="UPLiFT checkpoint: save_pretrained folder, published .safetensors file or Hub repo id")
+    sr.add_argument("--preset", default="sd15", choices=sorted(PRESET_PAIRS),
+                    help="the VAE + upsampler pair, as in `upscale` (default sd15: the paper's Table 4, SD 1.5's VAE "
+                         f"{DEFAULT_SD_REPO} + {DEFAULT_UPSAMPLER} from the Hub; taef2: the pair shipped inside the "
+                         "package, offline); --vae / --upsampler replace either part")
+    sr.add_argument("--vae", default=None,
+                    help="VAE: diffusers folder, pipeline folder, taef2 folder or Hub id (default: the preset's)")
+    sr.add_argument("--upsampler", default=None,
+                    help="UPLiFT checkpoint: save_pretrained folder, published .safetensors file or Hub repo id "
+                         "(default: the preset's)")
     sr.add_argument("--random-upsampler", default=None, metavar="PRESET",
                     help="instead of --upsampler, a randomly initialised model of this preset (in_channels set to "
                          "the VAE's latent channels), e.g. tiny-vae: shows the table before a model is trained")
-    sr.add_argument("--methods", default="uplift,latent-bilinear,latent-nearest",
-                    help="comma-separated: uplift, latent-bilinear, latent-nearest")
+    sr.add_argument("--methods", default="uplift,latent-bilinear,latent-nearest,pixel-bicubic",
+                    help="comma-separated: uplift, latent-bilinear, latent-nearest, pixel-bicubic")
+    sr.add_argument("--downsample", default="bilinear", choices=("bilinear", "bicubic"),
+                    help="how the low-res inputs are made: bilinear (paper B.2: no antialiasing) or bicubic (PIL, "
+                         "antialiased: the standard super-resolution protocol)")
     sr.add_argument("--size", type=int, default=1024, help="high-res centre crop (default 1024)")
     sr.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4: two UPLiFT steps)")
     sr.add_argument("--patch-size", type=int, default=None, help="patch-FID crop (default size / 2)")
@@ -72,12 +87,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="CLIP score model: a transformers CLIP folder or Hub id (default: the paper's "
                                 "ViT-B/32) or an open_clip model open_clip:ARCH/PRETRAINED (e.g. "
                                 "open_clip:ViT-B-32/openai, open_clip:ViT-g-14/laion2b_s34b_b88k)")
-        p.add_argument("--pipeline", default=DEFAULT_SD_REPO, help="Stable Diffusion 1.5 folder or Hub id")
-        p.add_argument("--upsampler", default=DEFAULT_UPSAMPLER, help="UPLiFT checkpoint (sd15-vae preset)")
-        p.add_argument("--steps", default="25" if name == "coco" else "25,40",
-                       help="comma-separated denoising step counts")
-        p.add_argument("--guidance-scale", type=float, default=7.5)
-        p.add_argument("--no-baseline", action="store_true", help="skip SD 1.5 at 512 without upscaling")
+        p.add_argument("--family", default="sd15", choices=("sd15", "flux2"),
+                       help="sd15: Stable Diffusion 1.5 512 -> 1024 (the paper's table, default); flux2: FLUX.2 "
+                            "(klein or dev) 1024 -> 2048 with the built-in taef2 UPLiFT model")
+        p.add_argument("--pipeline", default=None,
+                       help=f"pipeline folder or Hub id (default {DEFAULT_SD_REPO}; flux2: {DEFAULT_FLUX2_REPO})")
+        p.add_argument("--upsampler", default=None,
+                       help=f"UPLiFT checkpoint (default {DEFAULT_UPSAMPLER}; flux2: the built-in taef2 model)")
+        p.add_argument("--steps", default=None,
+                       help="comma-separated denoising step counts (default: sd15 " +
+                            ("25" if name == "coco" else "25,40") + "; flux2: the checkpoint's, 4 when distilled)")
+        p.add_argument("--guidance-scale", type=float, default=None,
+                       help="guidance (default: sd15 7.5; flux2: the checkpoint's, none when distilled)")
+        p.add_argument("--no-baseline", action="store_true", help="skip the model without upscaling")
         p.add_argument("--extra-pipeline", action="append", default=[], metavar="ID[:STEPS]",
                        help="also evaluate any diffusers text-to-image pipeline at its native size (e.g. "
                             "stabilityai/stable-diffusion-xl-base-1.0:50); repeatable")
@@ -95,30 +117,38 @@ def _fid_factory(args, device):
 
 
 def _run_sr(args, device, dtype) -> dict | None:
+    from uplift_diffusion import builtin
     from uplift_diffusion.backbones.vae import latent_channels
-    from uplift_diffusion.commands.loading import load_upsampler, load_vae
+    from uplift_diffusion.commands.loading import load_pair, load_vae
     from uplift_diffusion.eval.sr import run_sr_benchmark
     from uplift_diffusion.model import UPLiFTModel
 
-    vae = load_vae(args.vae, dtype).to(device).eval()
+    hub_pair = PRESET_PAIRS[args.preset]
+    vae_source = args.vae or (hub_pair[0] if hub_pair else f"built-in {args.preset}")
     if args.random_upsampler:
+        vae_spec = args.vae or (hub_pair[0] if hub_pair else None)
+        vae = load_vae(vae_spec, dtype) if vae_spec else builtin.load_builtin_vae(args.preset, dtype)
+        vae = vae.to(device).eval()
         import torch
 
         torch.manual_seed(args.seed)
         upsampler = UPLiFTModel.from_preset(args.random_upsampler, in_channels=latent_channels(vae)).eval()
         upsampler = upsampler.to(dtype=dtype) if dtype != torch.float32 else upsampler
         upsampler_source = f"random init of preset {args.random_upsampler} (seed {args.seed})"
-    else:
-        upsampler, upsampler_source = load_upsampler(args.upsampler, dtype), args.upsampler
+    else:  # the pair `upscale` would load for the same flags
+        vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)
+        vae = vae.to(device).eval()
+        upsampler_source = args.upsampler or (hub_pair[1] if hub_pair else f"built-in {args.preset}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     return run_sr_benchmark(
         args.images, vae, args.output, upsampler=upsampler.to(device) if "uplift" in methods else None,
         methods=methods, size=args.size, scale=args.scale, num_samples=args.num_samples, limit=args.limit,
+        downsample=args.downsample,
         seed=args.seed, batch_size=args.batch_size or 1, color_correction=not args.no_color_correction,
         fid_factory=_fid_factory(args, device), patch_size=args.patch_size or args.size // 2,
         reference_stats=args.reference_stats, latency=args.latency, latency_warmup=args.latency_warmup,
         latency_iterations=args.latency_iterations, overwrite=args.overwrite,
-        extra_config=dict(vae_source=args.vae, upsampler_source=upsampler_source, device=str(device),
+        extra_config=dict(vae_source=vae_source, upsampler_source=upsampler_source, device=str(device),
                           dtype=dtype_name(dtype)),
     )
 
@@ -129,19 +159,29 @@ def _run_text2img(args, device, dtype) -> dict | None:
     from uplift_diffusion.commands.loading import load_upsampler
     from uplift_diffusion.eval import text2img
 
-    steps = [int(s) for s in args.steps.split(",") if s.strip()]
-    pipe = text2img.load_uplift_pipeline(args.pipeline, load_upsampler(args.upsampler, dtype), dtype).to(device)
+    flux2 = args.family == "flux2"
+    if args.steps:
+        steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    else:  # FLUX.2: None = the checkpoint's recommended steps (pipelines.flux2.flux2_defaults)
+        steps = [None] if flux2 else [25] if args.benchmark == "coco" else [25, 40]
+    if flux2:  # the built-in taef2 upsampler unless one is named
+        pipeline_source, upsampler_source = args.pipeline or DEFAULT_FLUX2_REPO, args.upsampler or "built-in taef2"
+        pipe = text2img.load_flux2_uplift_pipeline(
+            pipeline_source, load_upsampler(args.upsampler, dtype) if args.upsampler else None, dtype).to(device)
+    else:
+        pipeline_source, upsampler_source = args.pipeline or DEFAULT_SD_REPO, args.upsampler or DEFAULT_UPSAMPLER
+        pipe = text2img.load_uplift_pipeline(pipeline_source, load_upsampler(upsampler_source, dtype), dtype).to(device)
     pipe.set_progress_bar_config(disable=not PartialState().is_local_main_process)  # one bar per node
     rows = text2img.default_rows(pipe, steps, baseline=not args.no_baseline, guidance_scale=args.guidance_scale)
     rows += [text2img.load_extra_pipeline(spec, dtype, device) for spec in args.extra_pipeline]
-    real_size = 2 * pipe.unet.config.sample_size * pipe.vae_scale_factor  # the UPLiFT rows' 2x output (SD 1.5: 1024)
+    real_size = 2 * text2img.low_resolution(pipe)  # the UPLiFT rows' 2x output (SD 1.5: 1024, FLUX.2: 2048)
     common = dict(
         rows=rows, output_dir=args.output, num_samples=args.num_samples, limit=args.limit, seed=args.seed,
         real_size=real_size, patch_size=real_size // 2,
         fid_factory=_fid_factory(args, device), reference_stats=args.reference_stats, latency=args.latency,
         latency_warmup=args.latency_warmup, latency_iterations=args.latency_iterations, compile=args.compile,
         overwrite=args.overwrite,
-        extra_config=dict(pipeline_source=args.pipeline, upsampler_source=args.upsampler, device=str(device),
+        extra_config=dict(pipeline_source=pipeline_source, upsampler_source=upsampler_source, device=str(device),
                           dtype=dtype_name(dtype)),
     )
     if args.benchmark == "coco":

@@ -29,6 +29,16 @@ def weights_hash(module) -> str:
     return digest.hexdigest()[:16]
 
 
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, 16 hex digits: what an input *is*, whatever its name (an image replaced under the
+    same name changes it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def module_identity(module) -> dict[str, Any] | None:
     """What a component is: its class, its public config (diffusers ``config`` without the ``_``-prefixed
     bookkeeping such as the folder it came from) and, for torch modules, its dtype and :func:`weights_hash`."""
