@@ -19,6 +19,8 @@ import torch
 
 from uplift_diffusion.backbones.taef2 import TAEF2
 from uplift_diffusion.model import UPLiFTModel
+from uplift_diffusion.reference import check_finite
+from uplift_diffusion.utils.errors import CheckpointError, InputError
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def builtin_names() -> list[str]:
 
 def builtin_pair(name: str) -> BuiltinPair:
     if name not in BUILTIN_PAIRS:
-        raise ValueError(f"unknown built-in model {name!r}; available: {', '.join(builtin_names())}")
+        raise InputError(f"unknown built-in model {name!r}; available: {', '.join(builtin_names())}")
     return BUILTIN_PAIRS[name]
 
 
@@ -76,6 +78,18 @@ def _place(model: torch.nn.Module, device: str | torch.device | None):
     return (model.to(device) if device is not None else model).eval()
 
 
+def _load_installed(name: str, part: str, load):
+    """``load()``, with any failure to read the installed files (truncated, corrupt, NaN / inf weights) reported as a
+    damaged installation: the user did not make these files, reinstalling replaces them."""
+    try:
+        return load()
+    except (OSError, ValueError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise CheckpointError(f"the built-in {name!r} {part} could not be loaded ({reason}); the installed files "
+                              f"are damaged: reinstall the package (pip install --force-reinstall uplift-diffusion)"
+                              ) from None
+
+
 def load_builtin_vae(name: str = "taef2", dtype: torch.dtype | None = None,
                      device: str | torch.device | None = None) -> TAEF2:
     """The built-in pair's autoencoder, from the installed package files.
@@ -85,7 +99,15 @@ def load_builtin_vae(name: str = "taef2", dtype: torch.dtype | None = None,
         dtype: weights dtype (default float32).
         device: where to put the model (default cpu).
     """
-    return _place(builtin_pair(name).vae_class.from_pretrained(builtin_vae_path(name), dtype=dtype), device)
+    pair = builtin_pair(name)
+
+    def load():
+        path = builtin_vae_path(name)
+        vae = pair.vae_class.from_pretrained(path, dtype=dtype)
+        check_finite(vae.state_dict(), path)
+        return vae
+
+    return _place(_load_installed(name, "autoencoder", load), device)
 
 
 def load_builtin_upsampler(name: str = "taef2", dtype: torch.dtype | None = None,
@@ -97,4 +119,6 @@ def load_builtin_upsampler(name: str = "taef2", dtype: torch.dtype | None = None
         dtype: weights dtype (default float32).
         device: where to put the model (default cpu).
     """
-    return _place(UPLiFTModel.from_pretrained(builtin_upsampler_path(name), dtype=dtype), device)
+    builtin_pair(name)  # an unknown name is the caller's error, not a damaged install
+    load = lambda: UPLiFTModel.from_pretrained(builtin_upsampler_path(name), dtype=dtype)  # noqa: E731
+    return _place(_load_installed(name, "upsampler", load), device)

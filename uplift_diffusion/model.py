@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,8 +19,8 @@ from .attender import LocalAttender, neighbourhood_offsets
 from .blocks import NORM_TYPES, BlockGroup, Conv2d, UpStep, concat_channels, nearest_resize
 from .color import ColorCorrection
 from .presets import get_preset, preset_config
-from .reference import read_reference_checkpoint
-from .utils.errors import InputError
+from .reference import check_finite, read_reference_checkpoint
+from .utils.errors import CheckpointError, InputError, UserError
 from .utils.image_ops import bilinear_resize, imagenet_normalize
 
 IMAGE_NORMALIZATIONS = ("unit", "imagenet")
@@ -184,6 +186,30 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         """A randomly initialised model of a named preset (``"sd15-vae"``, ``"dinov2-s14"``, ``"dinov3-splus16"``,
         ``"tiny-vae"``), with any constructor argument overridden."""
         return cls(**preset_config(name, **overrides))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> UPLiFTModel:
+        """diffusers' ``ModelMixin.from_pretrained``, refusing damaged weights with a
+        :class:`~uplift_diffusion.utils.errors.CheckpointError` naming the file: a local folder whose files cannot be
+        read (truncated, corrupt, missing), and weights holding NaN / inf (a model that would return NaN).
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): a ``save_pretrained`` folder or a Hub repo id.
+            **kwargs: diffusers' ``from_pretrained`` arguments (``subfolder``, ``dtype``, ``device_map``, ...).
+        """
+        folder = Path(os.fspath(pretrained_model_name_or_path)) / (kwargs.get("subfolder") or "")
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (OSError, ValueError, RuntimeError) as err:
+            if not folder.is_dir() or isinstance(err, UserError):
+                raise  # a Hub id (the caller words the network advice) or an error that already says what to do
+            text = " ".join(str(err).split())
+            reason = (f"a weights file is corrupt or truncated ({text[:200]})" if "Unable to load weights" in text
+                      else text[:300])
+            raise CheckpointError(f"cannot load the UPLiFT model in {folder}: {reason}") from None
+        weights = sorted(folder.glob("diffusion_pytorch_model*.safetensors")) if folder.is_dir() else []
+        check_finite(model.state_dict(), weights[0] if len(weights) == 1 else pretrained_model_name_or_path)
+        return model
 
     @classmethod
     def from_reference_checkpoint(cls, path_or_repo_id: str, preset: str | None = None,

@@ -12,6 +12,10 @@ from typing import Any
 import torch
 
 from .presets import PRESETS, preset_for_repo, resolve_preset_name
+from .utils.errors import CheckpointError
+
+__all__ = ["CheckpointError", "check_finite", "read_reference_checkpoint", "read_state_dict",
+           "to_reference_state_dict"]
 
 # Our parameter names differ from the reference layout only here (reference prefix -> ours).
 REFERENCE_RENAMES: tuple[tuple[str, str], ...] = (("ref_outc.", "refiner_out."),)
@@ -19,10 +23,6 @@ REFERENCE_RENAMES: tuple[tuple[str, str], ...] = (("ref_outc.", "refiner_out."),
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read or does not fit the requested model."""
 
 
 def reference_to_ours(key: str) -> str:
@@ -47,6 +47,18 @@ def to_reference_state_dict(model) -> dict[str, torch.Tensor]:
     return {ours_to_reference(k): v for k, v in model.state_dict().items()}
 
 
+def check_finite(state: dict[str, torch.Tensor], file: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or inf (a damaged file whose header still reads): such a model returns NaN, i.e.
+    black images. Raises :class:`CheckpointError` naming ``file``, the first bad tensor and how many are bad."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        first = state[bad[0]]
+        count = int((~torch.isfinite(first)).sum())
+        others = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise CheckpointError(f"{file}: tensor {bad[0]} holds {count} NaN / inf values of {first.numel()}{others}: the "
+                              f"weights file is damaged; download or copy it again")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` state dict safely (no unpickling of arbitrary objects)."""
     path = Path(path)
@@ -67,6 +79,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    check_finite(state, path)
     return state
 
 
@@ -173,10 +186,10 @@ def read_reference_checkpoint(path_or_repo_id, model_cls, preset: str | None = N
         if len(matches) != 1:
             if not matches:
                 raise CheckpointError(f"{file} does not match the key layout of any published UPLiFT preset "
-                                      f"({', '.join(p for p in PRESETS if PRESETS[p].repo_id)}); pass preset=... "
-                                      f"(and config overrides for a custom model)")
-            raise CheckpointError(f"{file} matches presets {matches} (same weights layout, different patch size); "
-                                  f"pass preset=... to choose")
+                                      f"({', '.join(p for p in PRESETS if PRESETS[p].repo_id)})",
+                                      api_hint="pass preset=... (and config overrides for a custom model)")
+            raise CheckpointError(f"{file} matches presets {matches} (same weights layout, different patch size)",
+                                  api_hint="pass preset=... to choose")
         preset = matches[0]
     preset = resolve_preset_name(preset)
     problems = compare_keys(state, _expected_shapes(model_cls, preset, **overrides))

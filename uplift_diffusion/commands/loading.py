@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uplift_diffusion.utils.device import add_device_arguments, resolve_device_dtype
-from uplift_diffusion.utils.errors import InputError, InputNotFoundError, UnavailableError
+from uplift_diffusion.utils.errors import CheckpointError, InputError, InputNotFoundError, UnavailableError
 from uplift_diffusion.utils.hub import ensure_hub_reachable, offline_hint
 
 DEFAULT_SD_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_FLUX2_REPO = "black-forest-labs/FLUX.2-klein-4B"  # --family flux2 of generate / eval coco / eval relaion
 DEFAULT_UPSAMPLER = "UPLiFT-upsampler/uplift_sd1.5vae"
 # --preset NAME of `upscale`: the (vae, upsampler) pair used where --vae / --upsampler are not given. None: the pair
 # shipped inside the package under that name (uplift_diffusion.builtin, offline); else Hub ids / local folders.
@@ -126,10 +127,19 @@ def load_upsampler(spec: str, dtype: torch.dtype):
         return UPLiFTModel.from_pretrained(path, dtype=dtype).eval()
     if path.is_dir() and (path / "upsampler" / "config.json").is_file():
         return UPLiFTModel.from_pretrained(path, subfolder="upsampler", dtype=dtype).eval()
+    if path.is_file() and path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+        raise InputError(f"--upsampler {spec} is the weights file of a folder saved with UPLiFTModel.save_pretrained: "
+                         f"pass the folder (--upsampler {path.parent})")
     if not path.exists() and is_repo_id(spec):
         ensure_hub_reachable()
     try:
         return UPLiFTModel.from_reference_checkpoint(spec, dtype=dtype)
+    except CheckpointError as err:
+        if err.api_hint is None:
+            raise
+        # the library's advice is a Python argument (preset=...); the command's is what to pass instead
+        raise CheckpointError(f"--upsampler {spec}: {err.message}; pass a published UPLiFT checkpoint (.safetensors "
+                              f"or .pth) or a folder saved with UPLiFTModel.save_pretrained") from None
     except OSError as err:
         if path.exists():
             raise
