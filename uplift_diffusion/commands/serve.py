@@ -36,10 +36,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
 
 
+def _model_card(args: argparse.Namespace):
+    """(the upsampler's model card if it is a local file, a name for it): the page's line about the model."""
+    from pathlib import Path
+
+    from uplift_diffusion import builtin
+
+    if args.upsampler is None and args.preset in builtin.builtin_names():
+        folder = builtin.builtin_upsampler_path(args.preset)
+        return folder / "README.md", f"built-in UPLiFT for {args.preset}"
+    source = args.upsampler or PRESET_PAIRS[args.preset][1]  # a local path or a Hub repo id
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    card = folder / "README.md"
+    return (card if Path(source).exists() and card.is_file() else None), f"UPLiFT ({Path(source).name})"
+
+
+def _log_to_console() -> None:
+    """The page's log lines (one per refused request, a traceback per failure) on the server's console."""
+    import logging
+
+    log = logging.getLogger("uplift_diffusion.app")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local page phones nobody
+    _log_to_console()
 
     from uplift_diffusion.commands.loading import load_pair
     from uplift_diffusion.utils.device import resolve_device_dtype
@@ -71,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
     limits = app.PageLimits(max_input_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels,
                             max_untiled_output_pixels=untiled, queue_size=args.queue_size)
     features = app.FeatureStrips.load(args.backbone, args.backbone_weights, args.features_upsampler, device=device)
-    demo = app.build_demo(app.PageUpscaler(pipeline, limits), features)
+    if features.extractor is None:  # the page shows no Features tab: the person who started the server learns why
+        print(f"uplift-diffusion serve: no Features tab. {features.unavailable}", flush=True)
+    card, name = _model_card(args)
+    demo = app.build_demo(app.PageUpscaler(pipeline, limits), features, model_card=card, model_name=name)
     try:
         app.launch(demo, limits, host=args.host, port=args.port)
     except OSError:  # Gradio's message speaks of launch() arguments: say it in the command's words
