@@ -102,3 +102,20 @@ def test_cheap_checks_are_one_line_errors_before_any_weights(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not loaded
+
+
+def test_an_offline_hub_model_is_a_short_complete_message(tmp_path, capsys, monkeypatch):
+    """`--preset sd15` without a network or a download: a few short sentences, not the Hub's text cut mid-word."""
+    from huggingface_hub import constants
+    from PIL import Image
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    Image.new("RGB", (16, 16)).save(tmp_path / "img.png")
+    assert main(["upscale", str(tmp_path / "img.png"), "-o", str(tmp_path / "out.png"), "--preset", "sd15"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(lines) == 1
+    message = lines[0].split("error: ", 1)[1]
+    assert len(message) <= 260, (len(message), message)
+    assert "offline" in message and "hf download" in message and "--vae" in message
+    assert message.endswith(".") and "(caused by" not in message  # whole sentences, no truncated quote of the Hub

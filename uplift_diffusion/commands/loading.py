@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from uplift_diffusion.utils.device import add_device_arguments, resolve_device_dtype
 from uplift_diffusion.utils.errors import CheckpointError, InputError, InputNotFoundError, UnavailableError
-from uplift_diffusion.utils.hub import ensure_hub_reachable, offline_hint
+from uplift_diffusion.utils.hub import ensure_hub_reachable, hub_is_offline
 
 DEFAULT_SD_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_FLUX2_REPO = "black-forest-labs/FLUX.2-klein-4B"  # --family flux2 of generate / eval coco / eval relaion
@@ -80,9 +80,7 @@ def load_vae(spec: str, dtype: torch.dtype):
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     ensure_hub_reachable()
-    how = (f"download it elsewhere (e.g. `hf download {spec} --include 'vae/*'`) and pass the local folder with "
-           f"--vae DIR (a diffusers VAE folder, a pipeline folder with vae/, or a folder with taef2.safetensors or "
-           f"taef2_*.pth files)")
+    how = f"Download it elsewhere (hf download {spec} --include 'vae/*') and pass the local folder with --vae DIR."
     config, first_error = None, None
     for subfolder in ("vae", None):
         try:
@@ -99,23 +97,26 @@ def load_vae(spec: str, dtype: torch.dtype):
         except Exception as err:  # noqa: BLE001
             first_error = first_error or err
     if config is None:
-        raise UnavailableError(f"could not fetch the VAE from the Hugging Face Hub repo {spec!r} (vae/config.json and "
-                               f"vae/diffusion_pytorch_model.safetensors, or taef2.safetensors): "
-                               f"{_reason(first_error)}; {offline_hint()}: {how}") from None
+        raise UnavailableError(f"{_fetch_failure(f'The VAE of {spec}', spec, first_error)} {how}") from None
     cls = _vae_class(config, f"--vae {spec}")
     try:
         return cls.from_pretrained(spec, subfolder=subfolder, dtype=dtype)
     except OSError as err:
-        raise UnavailableError(f"could not load the VAE weights of {spec!r} ({_reason(err)}); {how}") from None
+        raise UnavailableError(f"{_fetch_failure(f'The VAE weights of {spec}', spec, err)} {how}") from None
 
 
-def _reason(err: BaseException) -> str:
-    """The cause of a Hub error in one line: the error's own first line and the underlying exception's."""
-    text = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
-    cause = err.__cause__ or err.__context__
-    if cause is not None and str(cause):
-        text += f" (caused by {type(cause).__name__}: {str(cause).splitlines()[0][:120]})"
-    return text
+def _fetch_failure(what: str, repo: str, err: BaseException | None) -> str:
+    """Why ``what`` could not come from the Hub, as one short sentence: the Hub's own messages are paragraphs that a
+    one-line error would cut mid-word, so only their kind is told (``--debug`` shows them whole)."""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(err, LocalEntryNotFoundError) or hub_is_offline():
+        return f"{what} is not downloaded and this machine is offline."
+    if isinstance(err, RepositoryNotFoundError):
+        return f"The Hub has no repo {repo} (or it is private: log in with hf auth login)."
+    if isinstance(err, EntryNotFoundError):
+        return f"{repo} holds neither vae/config.json nor taef2.safetensors."
+    return f"{what} could not be fetched ({type(err).__name__})."
 
 
 def load_upsampler(spec: str, dtype: torch.dtype):
