@@ -3,7 +3,12 @@ itself is tested in Chromium in test_serve_browser.py)."""
 
 from __future__ import annotations
 
+import sys
+import zipfile
+
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from uplift_diffusion import app
@@ -106,3 +111,99 @@ def test_serve_says_when_the_port_is_taken(capsys):
         assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert "cannot serve on 127.0.0.1" in err and "pick another --port" in err
+
+
+def test_an_empty_upload_is_called_empty(upscaler, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(app.PageError, match=r"empty.png is an empty file \(0 bytes\)"):
+        upscaler.read(tmp_path / "empty.png")
+
+
+def test_refusals_are_logged_as_one_line_and_bugs_with_their_traceback(caplog):
+    with caplog.at_level("INFO", logger="uplift_diffusion.app"):
+        app._user_message(app.PageError("x.png is 1×1 pixels"))
+        app._user_message(RuntimeError("a real bug"))
+    refused, failed = caplog.records
+    assert refused.getMessage() == "request refused: x.png is 1×1 pixels" and refused.exc_info is None
+    assert failed.levelname == "ERROR" and failed.exc_info is not None
+
+
+def test_one_progress_bar_over_a_batch_with_the_time_left():
+    reports, now = [], [0.0]
+    bar = app.RequestProgress(lambda fraction, desc: reports.append((fraction, desc)), ["a.png", "b.png"],
+                              [300.0, 100.0], min_interval=0, clock=lambda: now[0])
+    bar.start_photo(0)
+    now[0] = 3.0
+    bar.work(150, "decoding")  # half of the first photo: 150 of 400 in all
+    assert reports[-1] == (0.375, "a.png (1 of 2) · decoding · about 5 s left")
+    bar.work(10_000)  # an estimate that was short never fills the photo's share before it is done
+    assert reports[-1][0] == pytest.approx(0.99 * 300 / 400)
+    bar.finish_photo(0)
+    bar.start_photo(1)
+    bar.work(0)  # the second photo starts where the first ended: one bar, no restart
+    assert [f for f, _ in reports] == sorted(f for f, _ in reports) and reports[-1][0] == 0.75
+    assert reports[-1][1].startswith("b.png (2 of 2)")
+    bar.finish_photo(1)
+    assert reports[-1][0] == 1.0
+
+
+def test_work_counter_counts_the_multiply_adds_of_convolutions_and_products():
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    seen = []
+    with torch.inference_mode(), app.WorkCounter(lambda total, part: seen.append(part),
+                                                 {conv.weight.data_ptr(): "decoding"}) as counter:
+        out = conv(torch.zeros(1, 4, 10, 10))
+        torch.ones(5, 6) @ torch.ones(6, 7)
+    assert counter.total == 8 * 10 * 10 * 4 * 3 * 3 + 5 * 7 * 6
+    assert seen == ["decoding", None] and out.shape == (1, 8, 10, 10)
+
+
+def test_the_zoom_goes_to_the_most_detailed_region():
+    image = Image.new("L", (120, 80), 128)
+    rng = np.random.default_rng(0)
+    image.paste(Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)), (90, 50))  # texture, bottom right
+    assert app.most_detailed_center(image, 20) == (100, 60)
+    assert app.crop_box((240, 160), (230, 150), 64) == (176, 96, 240, 160)  # moved inside the image
+
+
+def test_model_line_is_read_from_the_card_not_made_up(tmp_path):
+    from uplift_diffusion.builtin import builtin_upsampler_path
+
+    line = app.model_card_line(builtin_upsampler_path("taef2") / "README.md", "x")
+    assert line.startswith("**Model: uplift-taef2") and "27.79 dB vs 27.18 dB for pixel bicubic (+0.61 dB" in line
+    card = tmp_path / "README.md"
+    card.write_text("# my-model\n\nOn Kodak (8×, bicubic), PSNR / SSIM:\n\n| photo | pixel bicubic | this model |\n"
+                    "| --- | --- | --- |\n| a | 20.00 / 0.5 | 21.50 / 0.6 |\n"
+                    "| mean | 20.00 / 0.500 | 21.50 / 0.600 |\n")
+    assert app.model_card_line(card, "x") == ("**Model: my-model.** Measured (8×, bicubic): mean PSNR 21.50 dB vs "
+                                              "20.00 dB for pixel bicubic (+1.50 dB; SSIM 0.600 vs 0.500), from its "
+                                              "model card.")
+    assert app.model_card_line(None, "UPLiFT (model.safetensors)") == "**Model: UPLiFT (model.safetensors).**"
+
+
+def test_examples_come_from_scikit_image_and_the_page_builds_without_it(monkeypatch):
+    assert [p.name for p in app.example_photos()] == list(app.EXAMPLE_PHOTOS)
+    monkeypatch.setitem(sys.modules, "skimage", None)  # not installed
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    assert app.example_photos() == []
+    app.build_demo(app.PageUpscaler(pipeline=None), app.FeatureStrips.load(None))
+
+
+def test_scale_is_an_integer_in_the_api():
+    radio = app.ScaleRadio(app.SCALE_CHOICES, value=2)
+    assert radio.api_info()["type"] == "integer" and radio.get_block_name() == "radio"
+    assert radio.preprocess(4) == 4 and radio.preprocess("4") == 4
+
+
+def test_download_all_zips_every_result_under_a_unique_name(upscaler, tmp_path):
+    results = []
+    for i, name in enumerate(["a_x2.png", "a_x2.png", "b_x2.png"]):
+        folder = tmp_path / f"r{i}"
+        folder.mkdir()
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(folder / name)
+        results.append(app.UpscaleResult(name=name, input_size=(2, 2), output_size=(4, 4), seconds=0,
+                                         output_png=folder / name, input_view=folder / name,
+                                         bicubic_view=folder / name, tile_size=None))
+    with zipfile.ZipFile(upscaler.zip_results(results, 2)) as archive:
+        assert archive.namelist() == ["a_x2.png", "a_x2_2.png", "b_x2.png"]
+        assert archive.read("a_x2_2.png") == results[1].output_png.read_bytes()

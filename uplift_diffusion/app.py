@@ -240,11 +240,12 @@ class UpscaleResult:
     detail_center: tuple[int, int] = (0, 0)  # output pixel at the centre of the most detailed crop
     note: str | None = None  # how the upload was converted to RGB, if it was
 
-    def summary(self, scale: int) -> str:
+    def summary(self, scale: int, markdown: bool = True) -> str:
         (w, h), (ow, oh) = self.input_size, self.output_size
         tiles = f", {self.tile_size}-px tiles" if self.tile_size else ""
         note = f" ({self.note})" if self.note else ""
-        return f"**{self.name}**: {w}×{h} → {ow}×{oh} ({scale}×{tiles}) in {self.seconds:.2f} s{note}"
+        name = f"**{self.name}**" if markdown else self.name
+        return f"{name}: {w}×{h} → {ow}×{oh} ({scale}×{tiles}) in {self.seconds:.2f} s{note}"
 
 
 def most_detailed_center(image: Image.Image, window: int) -> tuple[int, int]:
@@ -721,7 +722,7 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
             raise gr.Error(_user_message(err), title="Nothing was upscaled", print_exception=False) from None
         if not results:
             raise gr.Error(" ".join(problems), title="Nothing was upscaled", print_exception=False)
-        lines = [r.summary(int(scale)) for r in results] + [f"not upscaled: {p}" for p in problems]
+        lines = [r.summary(int(scale), markdown=False) for r in results] + [f"not upscaled: {p}" for p in problems]
         return [str(r.output_png) for r in results], "\n".join(lines)
 
     def run_features(path):
