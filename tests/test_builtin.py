@@ -128,3 +128,31 @@ def test_upscale_without_weight_flags_uses_the_trained_builtin_pair(shared_dir, 
     bilinear = (decode_latents(vae, latents)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     uplift_psnr, bilinear_psnr = _psnr(np.asarray(result), np.asarray(high)), _psnr(bilinear, np.asarray(high))
     assert uplift_psnr > bilinear_psnr + 1.0, (uplift_psnr, bilinear_psnr)
+
+
+def test_diffusers_empty_float32_notice_is_silenced_and_nothing_else():
+    """diffusers 0.42 warns "There are modules in TAEF2 that should be kept in float32: []" on every cast to a dtype,
+    even when the list is empty (every run printed it); that one message goes, a real list and other warnings stay."""
+    import logging
+
+    from diffusers import ModelMixin
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    logger.addHandler(handler)
+    try:
+        load_builtin_vae("taef2", dtype=torch.float32).to(torch.float32)
+        load_builtin_upsampler("taef2").to(torch.float32)
+
+        class KeepsNorms(ModelMixin):
+            _keep_in_fp32_modules = ["norm"]
+
+        KeepsNorms().to(torch.float32)
+        logger.warning("another diffusers warning")
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in messages if "should be kept in float32: []" in m], messages
+    assert any("should be kept in float32: ['norm']" in m for m in messages)
+    assert "another diffusers warning" in messages

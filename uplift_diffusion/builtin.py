@@ -21,6 +21,9 @@ from uplift_diffusion.backbones.taef2 import TAEF2
 from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.reference import check_finite
 from uplift_diffusion.utils.errors import CheckpointError, InputError
+from uplift_diffusion.utils.logs import silence_empty_float32_notice
+
+silence_empty_float32_notice()  # every load of the built-in taef2 casts it to a dtype
 
 
 @dataclass(frozen=True)

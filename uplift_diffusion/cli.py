@@ -18,6 +18,7 @@ import warnings
 from typing import Optional, Sequence
 
 from uplift_diffusion.utils.errors import ImageConversionWarning, UserError
+from uplift_diffusion.utils.logs import silence_empty_float32_notice
 
 # subcommand -> module (imported lazily so that `uplift-diffusion --help` stays fast)
 COMMANDS = {
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    silence_empty_float32_notice()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_missing", None) is not None:
