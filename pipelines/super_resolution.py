@@ -25,7 +25,7 @@ import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents, vae_scale_factor
 from uplift_diffusion.color import ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
-from uplift_diffusion.utils.errors import InputError
+from uplift_diffusion.utils.errors import InputError, UserError
 from uplift_diffusion.utils.images import to_rgb
 
 logger = logging.get_logger(__name__)
@@ -126,17 +126,21 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
 UPSAMPLING_METHODS = ("uplift", "latent-bilinear", "latent-nearest")
 
 
+class DamagedOutputError(UserError, FloatingPointError):
+    """The pipeline computed a result that cannot be a picture (NaN / inf, or flat): damaged weights, an overflow."""
+
+
 def check_output(output: torch.Tensor, image01: torch.Tensor) -> None:
     """Refuse a result that cannot be a picture of the input: NaN / inf, or one flat colour from an input that was not
     (what damaged weights or a broken numeric path give); silently writing it would lose the user's work."""
     if not torch.isfinite(output).all():
-        raise FloatingPointError("the upscaled image contains NaN or inf values: the model's weights are damaged or "
+        raise DamagedOutputError("the upscaled image contains NaN or inf values: the model's weights are damaged or "
                                  "this dtype / device path overflowed (try float32; reinstall or re-download the "
                                  "weights)")
     flat_out = output.flatten(1).std(dim=1) < 1e-6  # per image
     flat_in = image01.flatten(1).std(dim=1) < 1e-6
     if bool((flat_out & ~flat_in).any()):
-        raise FloatingPointError("the upscaled image is one flat colour although the input is not: the model's "
+        raise DamagedOutputError("the upscaled image is one flat colour although the input is not: the model's "
                                  "weights are damaged (reinstall or re-download them)")
 
 
@@ -359,6 +363,10 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                                     guide[..., y0 * p:y1 * p, x0 * p:x1 * p], iterations, generator)
 
             upscaled = tiled_map(upsample_tile, latent_size, tile_size // p, tile_overlap // p, s, progress=advance)
+        if not torch.isfinite(upscaled).all():  # decoders turn NaN into plausible grey (ReLU): catch it here
+            raise DamagedOutputError("the upscaled latents contain NaN or inf values: the upsampler's weights are "
+                                     "damaged or this dtype / device path overflowed (try float32; reinstall or "
+                                     "re-download the weights)")
         if output_type == "latent":
             bar.close()
             return upscaled

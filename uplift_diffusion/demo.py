@@ -75,6 +75,17 @@ def metric_functions() -> tuple[Callable, Callable]:
         return lambda a, b: float(peak_signal_noise_ratio(np.asarray(b), np.asarray(a), data_range=255)), ssim
 
 
+def colour_ratios(image: Image.Image, original: Image.Image) -> dict[str, float]:
+    """The image's saturation and contrast relative to the original's (1 = faithful; a washed-out result < 1)."""
+    from uplift_diffusion.eval.metrics import colour_ratios_per_image
+
+    def batch(picture: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.array(picture)).permute(2, 0, 1)[None]  # uint8 [1, 3, H, W]
+
+    saturation, contrast = colour_ratios_per_image(batch(image), batch(original))
+    return {"saturation_ratio": float(saturation[0]), "contrast_ratio": float(contrast[0])}
+
+
 def run_demo(pipe, names: Iterable[str] = SAMPLE_PHOTOS, scale: int = 4, seed: int = 0,
              progress: Callable[[Iterable], Iterable] | None = None) -> list[DemoResult]:
     """Downscale each photo ``scale`` times (antialiased bicubic), upscale it back with pixel bicubic and with
@@ -97,7 +108,8 @@ def run_demo(pipe, names: Iterable[str] = SAMPLE_PHOTOS, scale: int = 4, seed: i
         bicubic = low.resize(size, Image.Resampling.BICUBIC)
         generator = torch.Generator(pipe.device).manual_seed(seed)
         uplift = pipe(low, scale=scale, generator=generator).images[0]
-        metrics = {method: {"psnr": psnr(image, original), "ssim": ssim(image, original)}
+        metrics = {method: {"psnr": psnr(image, original), "ssim": ssim(image, original),
+                            **colour_ratios(image, original)}
                    for method, image in (("bicubic", bicubic), ("uplift", uplift))}
         results.append(DemoResult(name, dict(zip(COLUMNS, (low, bicubic, uplift, original), strict=True)), metrics))
     return results
@@ -145,14 +157,19 @@ def side_by_side(results: list[DemoResult]) -> Image.Image:
 
 
 def results_table(results: list[DemoResult], scale: int) -> str:
-    """A plain-text table of the per-photo metrics and their mean."""
-    lines = [f"{scale}x  {'photo':<10} {'size':>9}  {'bicubic PSNR / SSIM':>20}  {'UPLiFT PSNR / SSIM':>20}"]
+    """A plain-text table of the per-photo metrics and their mean: PSNR / SSIM and the saturation / contrast ratios
+    (output over original; 1 = faithful colours)."""
+    keys = ("psnr", "ssim", "saturation_ratio", "contrast_ratio")
+
+    def cells(m: dict) -> str:
+        return f"{m['psnr']:>6.2f} dB / {m['ssim']:.3f} / {m['saturation_ratio']:.3f} / {m['contrast_ratio']:.3f}"
+
+    title = "PSNR / SSIM / sat. / contr."
+    lines = [f"{scale}x  {'photo':<10} {'size':>9}  {'bicubic ' + title:>37}  {'UPLiFT ' + title:>37}"]
     for r in results:
-        b, u, size = r.metrics["bicubic"], r.metrics["uplift"], r.images["original"].size
-        lines.append(f"    {r.name:<10} {size[0]:>4}x{size[1]:<4}  {b['psnr']:>8.2f} dB / {b['ssim']:.3f}  "
-                     f"{u['psnr']:>8.2f} dB / {u['ssim']:.3f}")
-    mean = {m: {k: float(np.mean([r.metrics[m][k] for r in results])) for k in ("psnr", "ssim")}
-            for m in ("bicubic", "uplift")}
-    lines.append(f"    {'mean':<10} {'':>9}  {mean['bicubic']['psnr']:>8.2f} dB / {mean['bicubic']['ssim']:.3f}  "
-                 f"{mean['uplift']['psnr']:>8.2f} dB / {mean['uplift']['ssim']:.3f}")
+        size = r.images["original"].size
+        lines.append(f"    {r.name:<10} {size[0]:>4}x{size[1]:<4}  {cells(r.metrics['bicubic']):>37}  "
+                     f"{cells(r.metrics['uplift']):>37}")
+    mean = {m: {k: float(np.mean([r.metrics[m][k] for r in results])) for k in keys} for m in ("bicubic", "uplift")}
+    lines.append(f"    {'mean':<10} {'':>9}  {cells(mean['bicubic']):>37}  {cells(mean['uplift']):>37}")
     return "\n".join(lines)

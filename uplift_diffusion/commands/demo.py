@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scikit-image sample photos (default: astronaut chelsea coffee rocket)")
     parser.add_argument("--builtin", default="taef2", help="the built-in VAE + UPLiFT pair (default taef2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the upsampler's noise channels (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo's files in OUT")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from uplift_diffusion.model import UPLiFTModel
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
     from uplift_diffusion.utils.allocator import retain_freed_memory
-    from uplift_diffusion.utils.errors import InputError
+    from uplift_diffusion.utils.errors import InputError, OutputExistsError
     from uplift_diffusion.utils.io import ensure_writable_dir, save_image_atomic, write_json_atomic
 
     start = time.perf_counter()
@@ -40,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"unknown demo photo(s) {', '.join(unknown)}; available: {', '.join(demo.SAMPLE_PHOTOS)}")
     if args.builtin not in builtin_names():
         raise InputError(f"unknown built-in pair {args.builtin!r}; available: {', '.join(builtin_names())}")
+    earlier = [str(path) for path in (Path(args.output) / "demo.png", Path(args.output) / "results.json")
+               if path.exists()]
+    if earlier and not args.overwrite:
+        raise OutputExistsError(f"{args.output} holds an earlier demo ({', '.join(earlier)}); pass --overwrite to "
+                                f"replace it, or another -o folder")
     out = ensure_writable_dir(Path(args.output))
 
     retain_freed_memory()  # our own short-lived process: no page faults for maps freed and allocated again

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 from uplift_diffusion.commands.loading import (
@@ -37,22 +36,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="process the upsampler in tiles of this many input pixels (multiple of 8) to bound memory")
     parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in input pixels (default 1/4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the upsampler's noise channels (default 0)")
-    parser.add_argument("--no-color-correction", action="store_true", help="skip the colour-mean correction")
+    parser.add_argument("--no-color-correction", action="store_true",
+                        help="skip the colour correction (by default the one the upsampler records: the built-in "
+                             "model's 'detail', the published checkpoints' 'mean')")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave existing output files as they are and upscale only the missing ones (continue an "
+                             "interrupted run: outputs are written atomically, so a present file is complete)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the upsampler (UPLiFTModel.compile: every part); pays off on GPUs and "
                              "for many images, not on CPU (see the README's Speed section)")
     add_device_arguments(parser)
 
 
+# What --output may name as a single file: the formats Pillow writes losslessly or as the user asked.
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """The checks that need no model and no torch: a wrong flag is reported at once, before the heavy imports."""
+    from uplift_diffusion.utils.errors import InputError
+
+    if args.scale < 2 or args.scale & (args.scale - 1):
+        raise InputError(f"--scale must be a power of two >= 2 (2, 4, 8, ...), got {args.scale}")
+    if args.tile_overlap is not None and args.tile_size is None:
+        raise InputError("--tile-overlap needs --tile-size (without tiles there is nothing to overlap)")
+    if args.tile_size is not None and (args.tile_size < 32 or args.tile_size % 8):
+        raise InputError(f"--tile-size must be a multiple of 8 and >= 32 pixels, got {args.tile_size}")
+    if args.tile_overlap is not None and (args.tile_overlap < 0 or args.tile_overlap % 8
+                                          or args.tile_overlap >= args.tile_size):
+        raise InputError(f"--tile-overlap must be a multiple of 8 in [0, --tile-size), got {args.tile_overlap}")
+    if args.overwrite and args.skip_existing:
+        raise InputError("--overwrite and --skip-existing contradict each other: pick one")
+    suffix = Path(args.output).suffix.lower()
+    if suffix and suffix not in OUTPUT_SUFFIXES and not Path(args.output).is_dir():
+        raise InputError(f"-o {args.output}: cannot write {suffix} images; name a {', '.join(OUTPUT_SUFFIXES)} file "
+                         f"or a folder")
+
+
 def plan_outputs(inputs: list[Path], output: str, scale: int) -> list[Path]:
     """Output path per input; a single input may go to an explicit image file."""
     from uplift_diffusion.utils.errors import InputError
-    from uplift_diffusion.utils.images import IMAGE_SUFFIXES
     from uplift_diffusion.utils.io import ensure_writable_dir
 
     out = Path(output)
-    if out.suffix.lower() in IMAGE_SUFFIXES:
+    if out.suffix.lower() in OUTPUT_SUFFIXES and not out.is_dir():
         if len(inputs) != 1:
             raise InputError(f"-o {output} is a single file but {len(inputs)} images were given; pass a folder")
         ensure_writable_dir(out.parent)
@@ -65,43 +93,67 @@ def plan_outputs(inputs: list[Path], output: str, scale: int) -> list[Path]:
     return targets
 
 
+def readable_inputs(inputs: list[Path]) -> tuple[list[Path], list[str]]:
+    """The inputs that open as images (conversion notes shown once, here) and one line per unreadable one."""
+    from uplift_diffusion.utils.errors import InputError
+    from uplift_diffusion.utils.images import load_image
+
+    good, bad = [], []
+    for path in inputs:
+        try:
+            load_image(path)
+            good.append(path)
+        except InputError as err:
+            bad.append(str(err))
+    return good, bad
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from uplift_diffusion.utils.errors import InputError, OutputExistsError
+    from uplift_diffusion.utils.images import expand_inputs
+
+    # Cheap checks first (no torch yet): arguments, inputs, outputs; then the weights.
+    check_arguments(args)
+    inputs = expand_inputs(args.inputs)
+    inputs, unreadable = readable_inputs(inputs)
+    if not inputs:
+        raise InputError(f"no readable image among the inputs: {'; '.join(unreadable[:3])}"
+                         f"{' ...' if len(unreadable) > 3 else ''}")
+    targets = plan_outputs(inputs, args.output, args.scale)
+    existing = [t for t in targets if t.exists()]
+    if existing and not (args.overwrite or args.skip_existing):
+        names = ", ".join(str(t) for t in existing[:3])
+        raise OutputExistsError(f"output exists: {names}{' ...' if len(existing) > 3 else ''} (pass --overwrite to "
+                                f"replace, or --skip-existing to upscale only the missing ones)")
+    jobs = [(p, t) for p, t in zip(inputs, targets, strict=True) if not (args.skip_existing and t.exists())]
+    if args.skip_existing and existing:
+        print(f"skipping {len(existing)} image(s) whose output exists (--skip-existing)")
+
+    import warnings
+
     import torch
     from tqdm.auto import tqdm
 
     from uplift_diffusion.commands.loading import load_pair
-    from uplift_diffusion.model import UPLiFTModel
-    from uplift_diffusion.utils.device import resolve_device_dtype
-    from uplift_diffusion.utils.errors import ImageConversionWarning, InputError, OutputExistsError
-    from uplift_diffusion.utils.images import expand_inputs, load_image
-    from uplift_diffusion.utils.io import save_image_atomic
-
-    # Cheap checks first: arguments, inputs, outputs; then the weights.
-    UPLiFTModel.iterations_for_scale(args.scale)
-    if args.tile_overlap is not None and args.tile_size is None:
-        raise InputError("--tile-overlap needs --tile-size (without tiles there is nothing to overlap)")
-    device, dtype = resolve_device_dtype(args.device, args.dtype)
-    inputs = expand_inputs(args.inputs)
-    targets = plan_outputs(inputs, args.output, args.scale)
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not args.overwrite:
-        raise OutputExistsError(f"output exists: {', '.join(existing[:3])}{' ...' if len(existing) > 3 else ''} "
-                                f"(pass --overwrite to replace)")
-    for path in inputs:  # fail on an unreadable image before loading any weights (conversion notes shown here)
-        load_image(path)
-
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
     from uplift_diffusion.utils.allocator import retain_freed_memory
+    from uplift_diffusion.utils.device import resolve_device_dtype
+    from uplift_diffusion.utils.errors import ImageConversionWarning
+    from uplift_diffusion.utils.images import load_image
+    from uplift_diffusion.utils.io import save_image_atomic
 
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
     retain_freed_memory()  # our own short-lived process: no page faults for maps freed and allocated again
     vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)
-    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler)
+    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler)  # the upsampler's own colour correction
     pipe.to(device)
     if args.compile:
         pipe.upsampler.compile()
     pipe.check_inputs(args.scale, args.tile_size, args.tile_overlap, "pil")
     pipe.set_progress_bar_config(leave=False)
-    for path, target in tqdm(list(zip(inputs, targets, strict=True)), desc="images", disable=len(inputs) < 2):
+    for path, target in tqdm(jobs, desc="images", disable=len(jobs) < 2):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ImageConversionWarning)  # already noted above
             image = load_image(path)
@@ -110,4 +162,10 @@ def run(args: argparse.Namespace) -> int:
                       tile_overlap=args.tile_overlap, color_correction=not args.no_color_correction).images[0]
         save_image_atomic(result, target)
         print(f"{path} ({image.width}x{image.height}) -> {target} ({result.width}x{result.height})")
+    if unreadable:
+        print(f"uplift-diffusion upscale: error: {len(unreadable)} input(s) could not be read and were skipped "
+              f"({len(jobs)} upscaled):", file=sys.stderr)
+        for line in unreadable:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0

@@ -26,9 +26,16 @@ _HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+class SkippedInputWarning(UserWarning):
+    """Files of an input folder were left out (not a supported image type)."""
+
+
 def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
     """An 8-bit RGB version of ``image`` and a note describing what was converted (``None``: it already was)."""
     notes = []
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:  # multi-page TIFF, animated WebP / PNG: the frame Pillow opened, the first
+        notes.append(f"used the first of its {frames} frames")
     if image.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):
         image = ImageOps.exif_transpose(image)
         notes.append("applied its EXIF orientation")
@@ -112,9 +119,16 @@ def expand_inputs(items: list[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            found = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
                 raise InputNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            other = [p.name for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
+            if other:
+                warnings.warn(f"{path}: skipped {len(other)} file(s) that are not a supported image type "
+                              f"({', '.join(other[:5])}{' ...' if len(other) > 5 else ''}); supported: "
+                              f"{', '.join(IMAGE_SUFFIXES)} (convert e.g. GIF to PNG first)", SkippedInputWarning,
+                              stacklevel=2)
             files += found
         elif path.is_file():
             files.append(path)
