@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uplift_diffusion import UPLiFTModel
+from uplift_diffusion import UPLiFTModel, fast_paths
 from uplift_diffusion.blocks import Conv2d, ConvBlock, channels_last_inference, concat_channels, nearest_resize
 from uplift_diffusion.utils.errors import InputError
 
@@ -34,8 +34,12 @@ def test_fast_path_applies_only_to_cpu_inference():
     x = torch.randn(1, 4, 8, 8)
     assert not channels_last_inference(x)  # autograd on: the reference sequence of operations
     with torch.no_grad():
-        assert channels_last_inference(x) and channels_last_inference(x.bfloat16())
+        assert channels_last_inference(x) == fast_paths.capabilities().onednn
+        # bf16 on oneDNN only where this CPU runs it natively (elsewhere the plain path: tests/test_cpu_backend.py)
+        assert channels_last_inference(x.bfloat16()) == fast_paths.capabilities().onednn_bf16
         assert not channels_last_inference(x.half())
+        with fast_paths.fast_paths(False):
+            assert not channels_last_inference(x)
 
 
 @pytest.mark.parametrize("norm_type", ["batch", "layer"])

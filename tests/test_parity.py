@@ -1,4 +1,5 @@
-"""Parity with the published implementation: every case in ../shared/spec/fixtures to 1e-5 relative."""
+"""Parity with the published implementation: every case in ../shared/spec/fixtures to 1e-5 relative, with the CPU
+backend's fast paths on (what users run) and off (the published sequence of plain PyTorch operations)."""
 
 import json
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from uplift_diffusion import UPLiFTModel
+from uplift_diffusion import UPLiFTModel, fast_paths
 from uplift_diffusion.testing import FIXTURES, reference_weights
 
 CASES = json.loads((FIXTURES / "cases.json").read_text()) if (FIXTURES / "cases.json").is_file() else []
@@ -28,12 +29,13 @@ def test_fixtures_present(shared_dir):
     assert len(CASES) == 6, f"expected the 6 reference cases in {FIXTURES}"
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-paths", "plain"])
 @pytest.mark.parametrize("case", CASES, ids=[c["file"] for c in CASES])
-def test_matches_published_outputs(case, checkpoints):
+def test_matches_published_outputs(case, checkpoints, fast):
     model = UPLiFTModel.from_reference_checkpoint(str(checkpoints[case["weights"]]), preset=case["preset"])
     data = load_file(str(FIXTURES / case["file"]))
     torch.manual_seed(case["global_seed_before_forward"])
-    with torch.no_grad():
+    with torch.no_grad(), fast_paths.fast_paths(fast):
         out = model(data["image"], data["features"], iterations=case["iterations"], output_size=case["output_size"])
     assert list(out.shape) == case["output_shape"]
     ours = out.flatten()[data["sample_index"]]

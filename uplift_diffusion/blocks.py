@@ -8,35 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORM_TYPES = ("batch", "layer")
+from . import fast_paths
 
-# dtypes whose convolutions oneDNN runs on the CPU (the channels-last inference path below).
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
-_ONEDNN = torch.backends.mkldnn.is_available()
+NORM_TYPES = ("batch", "layer")
 
 
 def channels_last_inference(x: torch.Tensor) -> bool:
-    """Whether ``x`` takes the channels-last inference path: a CPU tensor of a oneDNN dtype, autograd off.
-
-    On that path every conv block runs on channels-last maps ([B, C, H, W] with C innermost in memory): oneDNN's
-    convolutions need no layout conversion, 1x1 convs run on oneDNN too (PyTorch sends single-threaded 1x1 convs
-    to a GEMM that is 2-10x slower on CPUs where MKL takes its generic code path), the channel LayerNorm is one
-    ``F.layer_norm`` over the innermost axis, and residuals are added in place. The results equal the default
-    layout's up to float rounding (summation order), well inside the 1e-5 parity tolerance. With autograd on
-    (training) the contiguous layout and the reference's exact sequence of operations are kept, and under
-    ``torch.compile`` inductor chooses layouts and kernels itself.
-    """
-    return (
-        _ONEDNN
-        and x.device.type == "cpu"
-        and x.dtype in _ONEDNN_DTYPES
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-    )
-
-
-def to_channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last)
+    """Whether ``x`` takes the CPU backend's channels-last inference path (see :mod:`uplift_diffusion.fast_paths`):
+    fast paths on, a CPU tensor of a dtype oneDNN runs natively here, autograd off, not under ``torch.compile``."""
+    return fast_paths.active(x)
 
 
 def add_residual(out: torch.Tensor, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -60,47 +40,16 @@ def add_residual(out: torch.Tensor, x: torch.Tensor, inplace: bool = False) -> t
 
 
 def concat_channels(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(parts, dim=1)``, written straight into a channels-last map on the channels-last inference path
-    (a plain cat of mixed layouts gives a contiguous map that the next conv block would copy again)."""
-    if not channels_last_inference(parts[0]):
-        return torch.cat(list(parts), dim=1)
-    b, _, h, w = parts[0].shape
-    out = torch.empty(b, sum(p.shape[1] for p in parts), h, w, dtype=parts[0].dtype, device=parts[0].device,
-                      memory_format=torch.channels_last)
-    pixels = out.permute(0, 2, 3, 1).view(b, h * w, out.shape[1])  # [B, HW, C_total]: the same memory
-    c0 = 0
-    for part in parts:
-        c1 = c0 + part.shape[1]
-        if part.is_contiguous() and part.shape[1] > 1:
-            # A contiguous (channels-first) part is a [C, HW] matrix per image: PyTorch's blocked 2-D transpose
-            # into a contiguous [HW, C] is several times faster than a strided copy into the interleaved slice.
-            for i in range(b):
-                pixels[i, :, c0:c1] = part[i].view(part.shape[1], h * w).t().contiguous()
-        else:
-            out[:, c0:c1].copy_(part)  # channels innermost on both sides
-        c0 = c1
-    return out
+    """``torch.cat(parts, dim=1)`` (written channels-last by the backend on the inference path)."""
+    return fast_paths.concat_channels(parts)
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose 1x1 convolutions of channels-last inference maps run on oneDNN, like its 3x3 ones.
-
-    Same parameters and state-dict keys as ``nn.Conv2d``; every other case is ``nn.Conv2d`` unchanged.
-    """
+    """``nn.Conv2d`` (same parameters and state-dict keys) whose 1x1 convolutions of channels-last inference maps
+    run on oneDNN like its 3x3 ones, where the backend found that possible (:func:`fast_paths.conv2d`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.kernel_size == (1, 1)
-            and self.stride == (1, 1)
-            and self.groups == 1
-            and self.padding_mode == "zeros"
-            and channels_last_inference(x)
-            and x.dtype == self.weight.dtype
-            and x.is_contiguous(memory_format=torch.channels_last)
-        ):
-            weight = self.weight.contiguous(memory_format=torch.channels_last)
-            return torch.mkldnn_convolution(x, weight, self.bias, [0, 0], [1, 1], [1, 1], 1)
-        return super().forward(x)
+        return fast_paths.conv2d(self, x)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -121,11 +70,9 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pixels_channels = x.permute(0, 2, 3, 1)  # [B, H, W, C]: contiguous for a channels-last map
-        if pixels_channels.is_contiguous() and channels_last_inference(x):
-            # One fused pass over the channel axis, already innermost in memory (same statistics, float32).
-            y = F.layer_norm(pixels_channels.float(), (x.shape[1],), self.weight.float(), self.bias.float(), self.eps)
-            return y.to(x.dtype).permute(0, 3, 1, 2)
+        fused = fast_paths.channel_layer_norm(x, self.weight, self.bias, self.eps)  # channels-last maps: one pass
+        if fused is not None:
+            return fused
         x32 = x.float()
         mean = x32.mean(dim=1, keepdim=True)
         var = (x32 - mean).pow(2).mean(dim=1, keepdim=True)
@@ -184,67 +131,13 @@ class ConvBlock(nn.Module):
         if stride != 1 and (self.num_convs != 1 or self.training):
             raise ValueError(f"a strided ConvBlock needs num_convs=1 and eval mode (got num_convs={self.num_convs}, "
                              f"training={self.training})")
-        if channels_last_inference(x):
-            return self._forward_channels_last(to_channels_last(x), stride)
-        y = x
-        for i, layer in enumerate(self.conv):
-            y = _strided_conv(layer, y, stride) if i == 0 and stride != 1 else layer(y)
-        return add_residual(y, x[..., ::stride, ::stride])
-
-    def _forward_channels_last(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
-        """The channels-last inference path (see :func:`channels_last_inference`): same values, fewer passes.
-
-        An eval-mode BatchNorm is folded into its conv and the ReLU runs inside oneDNN's convolution, so a
-        conv / norm / ReLU triple is one kernel and one write of its output.
-        """
+        x = fast_paths.inference_layout(x)  # channels-last on the CPU inference path, else unchanged
         y = x
         for i in range(0, len(self.conv) - 1, 3):  # (3x3 conv, norm, ReLU) triples, then the 1x1 conv
             conv, norm, relu = self.conv[i : i + 3]
-            s = stride if i == 0 else 1
-            if _foldable(norm) and y.dtype == conv.weight.dtype:
-                y = _conv_bn_relu(y, conv, norm, s)
-            else:
-                y = relu(norm(_strided_conv(conv, y, s) if s != 1 else conv(y)))
-        return add_residual(self.conv[-1](y), x[..., ::stride, ::stride], inplace=True)  # the conv output is ours
-
-
-def _strided_conv(conv: nn.Conv2d, x: torch.Tensor, stride: int) -> torch.Tensor:
-    """``conv(x)[..., ::stride, ::stride]`` without computing the skipped pixels (a 3x3 conv with padding 1)."""
-    return F.conv2d(x, conv.weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _foldable(norm: nn.Module) -> bool:
-    return isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_var is not None
-
-
-def _folded_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The conv's weight with the eval BatchNorm folded in (channels-last) and the bias it leaves, in ``dtype``.
-
-    Folded once and kept on the conv until a parameter or buffer changes: an in-place update (load_state_dict, an
-    optimiser step) bumps the tensor's version, and ``.to()`` / assignment gives it new storage. The cache holds
-    the storages it was folded from, so none of them can be freed and its address reused by a new tensor while
-    the cached fold exists.
-    """
-    sources = tuple(t.detach() for t in (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var))
-    key = (dtype, norm.eps, *((t.data_ptr(), t._version) for t in sources))
-    cached = getattr(conv, "_folded_bn", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)  # per output channel, float32
-    weight = (conv.weight.float() * scale[:, None, None, None]).to(dtype)
-    bias = (norm.bias.float() - norm.running_mean.float() * scale).to(dtype)
-    folded = (weight.contiguous(memory_format=torch.channels_last), bias)
-    conv._folded_bn = (key, folded, sources)  # a plain attribute: not a parameter, buffer or state-dict entry
-    return folded
-
-
-def _conv_bn_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d, stride: int = 1) -> torch.Tensor:
-    """``relu(norm(conv(x)))`` for a bias-free conv and an eval-mode BatchNorm, as one oneDNN conv + ReLU."""
-    weight, bias = _folded_conv_bn(conv, norm, x.dtype)
-    strides = [stride, stride] if stride != 1 else list(conv.stride)
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, weight, bias, list(conv.padding), strides, list(conv.dilation), conv.groups, "relu", [], ""
-    )
+            y = fast_paths.conv_norm_relu(y, conv, norm, relu, stride if i == 0 else 1)
+        # The 1x1 conv's output is this block's own tensor: the backend may add the residual into it in place.
+        return add_residual(self.conv[-1](y), x[..., ::stride, ::stride], inplace=fast_paths.active(y))
 
 
 class BlockGroup(nn.Module):

@@ -1,0 +1,299 @@
+"""The CPU backend of the conv blocks: fast paths chosen once per process by what this CPU and torch build support.
+
+The paper's blocks (:mod:`uplift_diffusion.blocks`) are written with plain PyTorch modules; at a few points they ask
+this module whether a faster, equal computation is available for a tensor and call it. Everything here is an
+inference-only optimisation with the same values up to float rounding (summation order; within the 1e-5 parity
+tolerance in float32):
+
+- the *channels-last inference layout*: conv blocks run on channels-last maps ([B, C, H, W] with C innermost in
+  memory), so oneDNN's convolutions need no layout conversion, the channel LayerNorm is one ``F.layer_norm`` over
+  the innermost axis, concatenations are written channels-last and residuals are added in place;
+- *1x1 convolutions on oneDNN* (``torch.mkldnn_convolution``): PyTorch sends single-threaded 1x1 convs to a GEMM
+  that is 2-10x slower on CPUs where MKL takes its generic code path;
+- *conv + eval BatchNorm + ReLU as one oneDNN kernel* (``torch.ops.mkldnn._convolution_pointwise`` with the
+  BatchNorm folded into the conv's weight, cached until a weight changes).
+
+The last two are private torch entry points. Each is used only when a capability check (:func:`capabilities`)
+found it present *and* a one-time probe on tiny tensors matched ``F.conv2d``; otherwise the plain op runs. bf16
+runs on oneDNN only where oneDNN has native bf16 support (``torch.ops.mkldnn._is_mkldnn_bf16_supported``: AVX-512
+BW/VL/DQ or AVX-NE-CONVERT, after any ``ONEDNN_MAX_CPU_ISA`` limit); elsewhere bf16 tensors take the plain
+PyTorch path, which ATen runs correctly (more slowly) on any CPU.
+
+The switch: ``UPLIFT_FAST_PATHS=0`` in the environment (read at import) or :func:`set_fast_paths` /
+:func:`fast_paths` turns every fast path off; the blocks then run exactly the published sequence of operations.
+Autograd (training) and ``torch.compile`` always take the plain path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENV_VAR = "UPLIFT_FAST_PATHS"
+_OFF_VALUES = ("0", "false", "no", "off")
+
+
+def _enabled_from_env() -> bool:
+    return os.environ.get(ENV_VAR, "1").strip().lower() not in _OFF_VALUES
+
+
+_enabled = _enabled_from_env()
+
+
+def set_fast_paths(enabled: bool) -> None:
+    """Turn every fast path on or off for this process (the default comes from ``UPLIFT_FAST_PATHS``).
+
+    Args:
+        enabled (`bool`): ``False``: the blocks run the published sequence of plain PyTorch operations.
+    """
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def fast_paths_enabled() -> bool:
+    """Whether the fast paths are switched on (they still apply only where :func:`capabilities` allows)."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def fast_paths(enabled: bool) -> Iterator[None]:
+    """Context manager: :func:`set_fast_paths` inside the block, the previous setting restored after it.
+
+    Args:
+        enabled (`bool`): whether the fast paths may run inside the block.
+    """
+    previous = _enabled
+    set_fast_paths(enabled)
+    try:
+        yield
+    finally:
+        set_fast_paths(previous)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this process's CPU and torch build support, as found by :func:`capabilities`.
+
+    Args:
+        onednn (`bool`): torch is built with oneDNN (``torch.backends.mkldnn.is_available()``).
+        cpu_capability (`str`): ATen's CPU kernel level (``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ...; honours
+            ``ATEN_CPU_CAPABILITY``).
+        avx512 (`bool`): ATen dispatches AVX-512 kernels.
+        onednn_bf16 (`bool`): oneDNN runs bf16 convolutions natively (honours ``ONEDNN_MAX_CPU_ISA``).
+        pointwise_conv (`bool`): ``torch.mkldnn_convolution`` exists and matched ``F.conv2d`` on a probe.
+        fused_conv_relu (`bool`): ``torch.ops.mkldnn._convolution_pointwise`` exists and matched conv + ReLU.
+    """
+
+    onednn: bool
+    cpu_capability: str
+    avx512: bool
+    onednn_bf16: bool
+    pointwise_conv: bool
+    fused_conv_relu: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _probe(fn, expected) -> bool:
+    """Whether ``fn()`` runs and returns ``expected`` (float tolerance): a private op that is missing, refuses this
+    CPU or computes something else counts as unavailable."""
+    try:
+        with torch.inference_mode():
+            out = fn()
+            return bool(torch.allclose(out.float(), expected().float(), rtol=2e-2, atol=2e-2))
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+        return False
+
+
+def _probe_ops(dtype: torch.dtype) -> tuple[bool, bool]:
+    """(pointwise_conv, fused_conv_relu) for ``dtype``, each probed once on tiny channels-last tensors."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 5, 5, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    w1 = torch.randn(4, 8, 1, 1, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    w3 = torch.randn(4, 8, 3, 3, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(4, generator=gen).to(dtype)
+    pointwise = _probe(lambda: torch.mkldnn_convolution(x, w1, b, [0, 0], [1, 1], [1, 1], 1),
+                       lambda: F.conv2d(x.float(), w1.float(), b.float()))
+    fused = _probe(
+        lambda: torch.ops.mkldnn._convolution_pointwise(x, w3, b, [1, 1], [2, 2], [1, 1], 1, "relu", [], ""),
+        lambda: F.relu(F.conv2d(x.float(), w3.float(), b.float(), 2, 1)),
+    )
+    return pointwise, fused
+
+
+_capabilities: Capabilities | None = None
+
+
+def capabilities() -> Capabilities:
+    """What this CPU and torch build support, found once per process (cached).
+
+    oneDNN's bf16 support is read with the check torch's own bf16 convolution uses
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``), so ``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX-512 machine
+    reports what an AVX2-only CPU would; each private op is then probed once on tiny tensors.
+    """
+    global _capabilities
+    if _capabilities is None:
+        _capabilities = _detect()
+    return _capabilities
+
+
+def _detect() -> Capabilities:
+    onednn = torch.backends.mkldnn.is_available()
+    cpu_capability = torch.backends.cpu.get_cpu_capability()
+    bf16 = False
+    if onednn:
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        try:
+            bf16 = bool(check()) if check is not None else False
+        except RuntimeError:
+            bf16 = False
+    pointwise, fused = _probe_ops(torch.float32) if onednn else (False, False)
+    if bf16:  # the documented check says yes; the probe confirms the ops really run bf16 here
+        bf16 = all(_probe_ops(torch.bfloat16))
+    return Capabilities(onednn=onednn, cpu_capability=cpu_capability, avx512=cpu_capability.startswith("AVX512"),
+                        onednn_bf16=bf16, pointwise_conv=pointwise, fused_conv_relu=fused)
+
+
+def _onednn_dtype(dtype: torch.dtype) -> bool:
+    if dtype == torch.float32:
+        return True
+    return dtype == torch.bfloat16 and capabilities().onednn_bf16
+
+
+def active(x: torch.Tensor) -> bool:
+    """Whether ``x`` takes the channels-last inference path: fast paths on, a CPU tensor of a dtype oneDNN runs
+    here (float32; bfloat16 where native), autograd off, not being compiled (inductor picks its own layouts)."""
+    return (
+        not torch.compiler.is_compiling()  # first: dynamo must not trace the capability probes
+        and _enabled
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and capabilities().onednn
+        and torch.backends.mkldnn.enabled  # the user's own switch for oneDNN
+        and _onednn_dtype(x.dtype)
+    )
+
+
+def inference_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the layout the blocks run in: channels-last on the inference path, unchanged otherwise."""
+    return x.contiguous(memory_format=torch.channels_last) if active(x) else x
+
+
+def conv2d(conv: nn.Conv2d, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """``conv(x)``, or ``conv(x)[..., ::stride, ::stride]`` computed strided (zero padding) for ``stride > 1``.
+
+    A 1x1 conv of a channels-last inference map runs on oneDNN (``torch.mkldnn_convolution``) when the probe
+    found it working; everything else is ``nn.Conv2d``'s own computation.
+    """
+    if stride != 1:
+        return F.conv2d(x, conv.weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
+    if (
+        conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and x.dtype == conv.weight.dtype
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and active(x)
+        and capabilities().pointwise_conv
+    ):
+        weight = conv.weight.contiguous(memory_format=torch.channels_last)
+        return torch.mkldnn_convolution(x, weight, conv.bias, [0, 0], [1, 1], [1, 1], 1)
+    return conv._conv_forward(x, conv.weight, conv.bias)
+
+
+def conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, relu: nn.Module, stride: int = 1
+                   ) -> torch.Tensor:
+    """``relu(norm(conv(x)))`` (the conv strided by ``stride``), as one oneDNN kernel when it can be.
+
+    Fused when ``x`` is on the inference path, the norm is an eval-mode BatchNorm (folded into the conv's weight)
+    and the fused op passed its probe; otherwise the three modules run one after the other.
+    """
+    if (
+        isinstance(norm, nn.BatchNorm2d)
+        and not norm.training
+        and norm.running_var is not None
+        and conv.bias is None
+        and conv.padding_mode == "zeros"
+        and x.dtype == conv.weight.dtype
+        and active(x)
+        and capabilities().fused_conv_relu
+    ):
+        weight, bias = _folded_conv_bn(conv, norm, x.dtype)
+        strides = [stride, stride] if stride != 1 else list(conv.stride)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, list(conv.padding), strides, list(conv.dilation), conv.groups, "relu", [], ""
+        )
+    return relu(norm(conv2d(conv, x, stride)))
+
+
+def _folded_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv's weight with the eval BatchNorm folded in (channels-last) and the bias it leaves, in ``dtype``.
+
+    Folded once and kept on the conv until a parameter or buffer changes: an in-place update (load_state_dict, an
+    optimiser step) bumps the tensor's version, and ``.to()`` / assignment gives it new storage. The cache holds
+    the storages it was folded from, so none of them can be freed and its address reused by a new tensor while
+    the cached fold exists.
+    """
+    sources = tuple(t.detach() for t in (conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var))
+    # Weights made under torch.inference_mode (a model built or converted there) are inference tensors: they have
+    # no version counter, so an in-place change could not be seen; they are folded afresh on every call.
+    cache = not any(t.is_inference() for t in sources)
+    key = (dtype, norm.eps, *((t.data_ptr(), t._version) for t in sources)) if cache else None
+    cached = getattr(conv, "_folded_bn", None)
+    if cache and cached is not None and cached[0] == key:
+        return cached[1]
+    scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)  # per output channel, float32
+    weight = (conv.weight.float() * scale[:, None, None, None]).to(dtype)
+    bias = (norm.bias.float() - norm.running_mean.float() * scale).to(dtype)
+    folded = (weight.contiguous(memory_format=torch.channels_last), bias)
+    if cache:
+        conv._folded_bn = (key, folded, sources)  # a plain attribute: not a parameter, buffer or state-dict entry
+    return folded
+
+
+def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """The channel LayerNorm of a channels-last inference map as one ``F.layer_norm`` over the innermost axis
+    (float32 statistics, result in ``x``'s dtype); ``None`` when ``x`` is not on that path."""
+    pixels_channels = x.permute(0, 2, 3, 1)  # [B, H, W, C]: contiguous for a channels-last map
+    if not (pixels_channels.is_contiguous() and active(x)):
+        return None
+    y = F.layer_norm(pixels_channels.float(), (x.shape[1],), weight.float(), bias.float(), eps)
+    return y.to(x.dtype).permute(0, 3, 1, 2)
+
+
+def concat_channels(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts, dim=1)``, written straight into a channels-last map on the inference path (a plain cat of
+    mixed layouts gives a contiguous map that the next conv block would copy again)."""
+    if not active(parts[0]):
+        return torch.cat(list(parts), dim=1)
+    b, _, h, w = parts[0].shape
+    out = torch.empty(b, sum(p.shape[1] for p in parts), h, w, dtype=parts[0].dtype, device=parts[0].device,
+                      memory_format=torch.channels_last)
+    pixels = out.permute(0, 2, 3, 1).view(b, h * w, out.shape[1])  # [B, HW, C_total]: the same memory
+    c0 = 0
+    for part in parts:
+        c1 = c0 + part.shape[1]
+        if part.is_contiguous() and part.shape[1] > 1:
+            # A contiguous (channels-first) part is a [C, HW] matrix per image: PyTorch's blocked 2-D transpose
+            # into a contiguous [HW, C] is several times faster than a strided copy into the interleaved slice.
+            for i in range(b):
+                pixels[i, :, c0:c1] = part[i].view(part.shape[1], h * w).t().contiguous()
+        else:
+            out[:, c0:c1].copy_(part)  # channels innermost on both sides
+        c0 = c1
+    return out
+
+
+def describe() -> str:
+    """One line for logs and benchmark records: the switch and what was detected."""
+    caps = capabilities()
+    found = ", ".join(f"{k}={v}" for k, v in caps.as_dict().items())
+    return f"fast paths {'on' if _enabled else 'off'} ({ENV_VAR}); {found}"
