@@ -371,6 +371,9 @@ def test_the_page_fits_a_390_px_phone(browser, server, photos, tmp_path):
     page = context.new_page()
     page.goto(server[1])
     page.wait_for_selector("#photos input[type=file]", state="attached")
+    page.wait_for_selector("#examples button")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    save_screenshot(page, tmp_path, "first_visit_390.png")
     upload(page, photos["crop"])
     click_upscale(page)
     wait_for_result(page)
@@ -384,9 +387,10 @@ def test_the_page_fits_a_390_px_phone(browser, server, photos, tmp_path):
     context.close()
 
 
-def test_examples_and_the_model_line_from_its_card(page, photos):
+def test_examples_and_the_model_line_from_its_card(page, photos, tmp_path):
     from uplift_diffusion.builtin import builtin_upsampler_path
 
+    save_screenshot(page, tmp_path, "first_visit_1366.png")  # what a first-time visitor sees
     card = (builtin_upsampler_path("taef2") / "README.md").read_text()
     bicubic, model = re.search(r"\| mean \| ([\d.]+) / [\d.]+ \| ([\d.]+) / [\d.]+ \|", card).groups()
     intro = page.inner_text("#intro")
@@ -395,7 +399,9 @@ def test_examples_and_the_model_line_from_its_card(page, photos):
     assert page.locator("#examples button").count() >= 3
     page.locator("#examples button", has_text="chelsea").click()
     page.wait_for_selector("#photos >> text=chelsea")  # the example photo is now the upload
-    assert page.get_by_role("tab", name="Features").is_visible()  # this server has a backbone
+    # This server has a backbone: a Features tab, its content shown only once the tab is chosen.
+    assert page.get_by_role("tab", name="Features").is_visible() and not page.locator("#features-go").is_visible()
+    assert page.locator("#crops").count() == 0 or not page.locator("#crops").is_visible()  # no empty result boxes
 
 
 def test_several_photos_in_one_request_keep_their_order_and_download_as_one_zip(page, photos, tmp_path):

@@ -663,11 +663,13 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
     def shown(result: UpscaleResult, compare: str, center=None):
         """What the page shows for one result: the slider's labels, the slider, zoomed crops, the 1:1 view."""
         return (gr.update(value=slider_labels(compare), visible=True), slider_pair(result, compare),
-                zoomed_crops(result, center), str(result.output_png))
+                gr.update(value=zoomed_crops(result, center), visible=True),
+                gr.update(value=str(result.output_png), visible=True))
 
     # [message, slider labels, slider, crops, 1:1 view, results gallery, downloads, download all, summary] emptied
-    cleared = (gr.update(visible=False, value=""), gr.update(visible=False), None, None, None,
-               gr.update(visible=False, value=None), None, gr.update(visible=False, value=None), "")
+    hidden = gr.update(visible=False, value=None)
+    cleared = (gr.update(visible=False, value=""), gr.update(visible=False), None, hidden, hidden, hidden, hidden,
+               hidden, "")
 
     def run_page(files, scale, color_correction, tiles, compare, progress=PROGRESS):
         # First the old results go (a new run must not look finished), then the bar, then the new results.
@@ -691,7 +693,7 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
             results, 0, None, message, *shown(results[0], compare),
             gr.Gallery([(str(r.output_png), f"{r.name} → {r.output_size[0]}×{r.output_size[1]}") for r in results],
                        visible=several),  # a choice to make only with several photos
-            [str(r.output_png) for r in results],
+            gr.update(value=[str(r.output_png) for r in results], visible=True),
             gr.update(value=str(upscaler.zip_results(results, scale)) if several else None, visible=several),
             "\n\n".join(lines),
         )
@@ -775,17 +777,29 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
                         info = gr.Markdown(elem_id="info")
                         crops = gr.Gallery(label="Zoomed: the most detailed region (click the full-size view "
                                                  "below to zoom elsewhere)", columns=3, rows=1, height="auto",
-                                           elem_id="crops", format="png", object_fit="contain", interactive=False)
+                                           elem_id="crops", visible=False, format="png", object_fit="contain",
+                                           interactive=False)
                         full = gr.Image(label="UPLiFT result at 1:1 (scroll; click to zoom there)", type="filepath",
-                                        elem_id="full", interactive=False, format="png", buttons=[])
+                                        elem_id="full", interactive=False, format="png", buttons=[], visible=False)
                         gallery = gr.Gallery(label="Results (click one to view it)", columns=6, rows=1, height=160,
                                              elem_id="results", format="png", object_fit="cover",
                                              interactive=False, visible=False)
                         download = gr.File(label="Download PNG", file_count="multiple", elem_id="download",
-                                           interactive=False)
+                                           interactive=False, visible=False)
                         download_all = gr.DownloadButton("Download all (zip)", elem_id="download-all",
                                                          visible=False)
                         summary = gr.Markdown(visible=False, label="Summary")  # the API's second output
+            if features.extractor is not None:
+                with gr.Tab("Features"):
+                    gr.Markdown(f"Pixel-dense DINO features with UPLiFT: one joint PCA over the backbone's tokens and "
+                                f"every UPLiFT step (same colour = same feature), images resized to at most "
+                                f"{features.max_side} px.")
+                    with gr.Row():
+                        feature_input = gr.Image(label="Photo", type="filepath", elem_id="feature-photo")
+                        strip = gr.Image(label="image | backbone | UPLiFT steps", type="pil", format="png",
+                                         elem_id="strip", interactive=False)
+                    feature_go = gr.Button("Show features", variant="primary", elem_id="features-go")
+                    feature_go.click(run_features, feature_input, strip, concurrency_id="model", api_name="features")
         go.click(run_page, [files, scale, color, tiles, compare],
                  [results_state, shown_index, crop_center, message, labels, slider, crops, full, gallery, download,
                   download_all, info],
@@ -800,18 +814,6 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
               api_name="upscale", concurrency_id="model", show_progress="hidden",
               api_description="Upscale photos with UPLiFT: returns one PNG per photo (in order) and a summary line "
                               "per photo. scale: 2, 4 or 8; tiles: 'auto', 'off' or a tile size in pixels.")
-
-        if features.extractor is not None:
-            with gr.Tab("Features"):
-                gr.Markdown(f"Pixel-dense DINO features with UPLiFT: one joint PCA over the backbone's tokens and "
-                            f"every UPLiFT step (same colour = same feature), images resized to at most "
-                            f"{features.max_side} px.")
-                with gr.Row():
-                    feature_input = gr.Image(label="Photo", type="filepath", elem_id="feature-photo")
-                    strip = gr.Image(label="image | backbone | UPLiFT steps", type="pil", format="png",
-                                     elem_id="strip", interactive=False)
-                feature_go = gr.Button("Show features", variant="primary", elem_id="features-go")
-                feature_go.click(run_features, feature_input, strip, concurrency_id="model", api_name="features")
     return demo
 
 
