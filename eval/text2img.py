@@ -73,9 +73,10 @@ def _pipeline_modules(pipe) -> list[nn.Module]:
 
 
 def uplift_row(pipe, steps: int, upscale: int, guidance_scale: float = 7.5, model: str = "SD1.5",
-               identity: dict | None = None) -> Row:
+               identity: dict | None = None, pipeline_kwargs: dict | None = None) -> Row:
     """A row of an :class:`~uplift_diffusion.pipelines.UPLiFTPipeline` (``upscale=1``: the plain SD 1.5 baseline).
-    ``identity``: :func:`pipeline_identity` of ``pipe`` when already computed (hashing the weights takes seconds)."""
+    ``identity``: :func:`pipeline_identity` of ``pipe`` when already computed (hashing the weights takes seconds);
+    ``pipeline_kwargs``: more keyword arguments of every pipeline call (recorded in the fingerprint)."""
     low = pipe.unet.config.sample_size * pipe.vae_scale_factor
     uplift = upscale > 1
     identity = identity if identity is not None else pipeline_identity(pipe)
@@ -83,7 +84,7 @@ def uplift_row(pipe, steps: int, upscale: int, guidance_scale: float = 7.5, mode
 
     def generate(prompts, gens):
         return pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance_scale, upscale=upscale,
-                    generator=gens, output_type="np").images
+                    generator=gens, output_type="np", **(pipeline_kwargs or {})).images
 
     return Row(
         key=f"sd15-{steps}" + ("-uplift" if uplift else ""), model=model, steps=steps,
@@ -93,17 +94,85 @@ def uplift_row(pipe, steps: int, upscale: int, guidance_scale: float = 7.5, mode
         modules=_pipeline_modules(pipe) if uplift else [m for n, m in pipe.components.items()
                                                           if isinstance(m, nn.Module) and n != "upsampler"],
         fingerprint=dict(pipeline=type(pipe).__name__, components=components, steps=steps,
-                         guidance_scale=guidance_scale, upscale=upscale, color_correction=True),
+                         guidance_scale=guidance_scale, upscale=upscale, color_correction=True,
+                         **({"pipeline_kwargs": pipeline_kwargs} if pipeline_kwargs else {})),
     )
 
 
-def default_rows(pipe, steps: Sequence[int], baseline: bool = True, guidance_scale: float = 7.5) -> list[Row]:
-    """For each step count: SD 1.5 at 512 without upscaling (``baseline``) and SD 1.5 + UPLiFT 512 -> 1024."""
+def is_flux2(pipe) -> bool:
+    """Whether ``pipe`` is one of the UPLiFT FLUX.2 pipelines (klein or dev)."""
+    from uplift_diffusion.pipelines.flux2 import UPLiFTFlux2KleinPipeline, UPLiFTFlux2Pipeline
+
+    return isinstance(pipe, (UPLiFTFlux2KleinPipeline, UPLiFTFlux2Pipeline))
+
+
+def low_resolution(pipe) -> int:
+    """The side the pipeline denoises at by default: SD 1.5 512, FLUX.2 1024."""
+    if is_flux2(pipe):
+        return pipe.default_sample_size * pipe.vae_scale_factor
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+
+def flux2_row(pipe, steps: int | None, upscale: int, guidance_scale: float | None = None, size: int | None = None,
+              model: str = "FLUX.2", identity: dict | None = None, pipeline_kwargs: dict | None = None) -> Row:
+    """A row of an UPLiFT FLUX.2 pipeline (:class:`~uplift_diffusion.pipelines.UPLiFTFlux2KleinPipeline` or
+    ``UPLiFTFlux2Pipeline``): FLUX.2 at ``size``² and UPLiFT ``size`` -> ``upscale * size`` (``upscale=1``: the plain
+    FLUX.2 baseline, decoded by its VAE).
+
+    Args:
+        pipe: the pipeline.
+        steps / guidance_scale: denoising steps and guidance; ``None``: FLUX.2's recommendation for this checkpoint
+            (:func:`~uplift_diffusion.pipelines.flux2.flux2_defaults`: 4 steps, no guidance when step-distilled).
+        upscale: 1, 2 or 4.
+        size: the low resolution (square; default the pipeline's, 1024).
+        model: the table's model column.
+        identity: :func:`pipeline_identity` of ``pipe`` when already computed (hashing the weights takes seconds).
+        pipeline_kwargs: more keyword arguments of every pipeline call (e.g. ``max_sequence_length``; recorded in
+            the fingerprint).
+    """
+    from uplift_diffusion.pipelines.flux2 import flux2_defaults
+
+    default_steps, default_guidance = flux2_defaults(pipe)
+    steps = steps or default_steps
+    guidance_scale = default_guidance if guidance_scale is None else guidance_scale
+    low = size or low_resolution(pipe)
+    uplift = upscale > 1
+    identity = identity if identity is not None else pipeline_identity(pipe)
+    uplift_parts = ("upsampler", "guide_vae")  # the baseline does not depend on them
+    components = {k: v for k, v in identity.items() if uplift or k not in uplift_parts}
+
+    def generate(prompts, gens):
+        return pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance_scale, height=low, width=low,
+                    upscale=upscale, generator=gens, output_type="np", **(pipeline_kwargs or {})).images
+
+    return Row(
+        key=f"flux2-{steps}" + ("-uplift" if uplift else ""), model=model, steps=steps,
+        method="UPLiFT" if uplift else "-",
+        params_m=pipe.upsampler.num_parameters() / 1e6 if uplift else None,
+        resolution=f"{low}->{low * upscale}" if uplift else str(low), generate=generate,
+        modules=[m for n, m in pipe.components.items() if isinstance(m, nn.Module) and (uplift or n not in
+                                                                                        uplift_parts)],
+        fingerprint=dict(pipeline=type(pipe).__name__, components=components, steps=steps,
+                         guidance_scale=guidance_scale, upscale=upscale, height=low, width=low, color_correction=True,
+                         pipeline_kwargs=pipeline_kwargs or {}),
+    )
+
+
+def default_rows(pipe, steps: Sequence[int | None], baseline: bool = True, guidance_scale: float | None = None,
+                 size: int | None = None, pipeline_kwargs: dict | None = None) -> list[Row]:
+    """For each step count: the model without upscaling (``baseline``) and with UPLiFT 2x. SD 1.5 (an
+    :class:`~uplift_diffusion.pipelines.UPLiFTPipeline`): 512 -> 1024, guidance 7.5 unless given; FLUX.2 (an UPLiFT
+    FLUX.2 pipeline, :func:`flux2_row`): ``size`` (default 1024) -> 2x, its checkpoint's steps / guidance for
+    ``None``. ``pipeline_kwargs``: more keyword arguments of every pipeline call."""
     rows, identity = [], pipeline_identity(pipe)
     for s in steps:
-        if baseline:
-            rows.append(uplift_row(pipe, s, 1, guidance_scale, identity=identity))
-        rows.append(uplift_row(pipe, s, 2, guidance_scale, identity=identity))
+        for upscale in ((1, 2) if baseline else (2,)):
+            if is_flux2(pipe):
+                rows.append(flux2_row(pipe, s, upscale, guidance_scale, size=size, identity=identity,
+                                      pipeline_kwargs=pipeline_kwargs))
+            else:
+                rows.append(uplift_row(pipe, s, upscale, 7.5 if guidance_scale is None else guidance_scale,
+                                       identity=identity, pipeline_kwargs=pipeline_kwargs))
     return rows
 
 
@@ -118,6 +187,14 @@ def pipeline_row(pipe, name: str, steps: int) -> Row:
     return Row(key=name.replace("/", "--") + f"-{steps}", model=name, steps=steps, method="-", params_m=None,
                resolution=str(size) if size else "native", generate=generate, modules=_pipeline_modules(pipe),
                fingerprint=dict(pipeline=type(pipe).__name__, components=pipeline_identity(pipe), steps=steps))
+
+
+def load_flux2_uplift_pipeline(source: str, upsampler, dtype: torch.dtype, guide_vae=None):
+    """An UPLiFT FLUX.2 pipeline from a FLUX.2 folder / Hub id (klein or dev) plus an upsampler (``None``: the
+    built-in taef2 model); offline without a local copy the error names the repo and says to pass a local folder."""
+    from uplift_diffusion.pipelines.flux2 import load_flux2_pipeline
+
+    return load_flux2_pipeline(source, upsampler=upsampler, guide_vae=guide_vae, dtype=dtype)
 
 
 def load_uplift_pipeline(source: str, upsampler, dtype: torch.dtype):

@@ -5,7 +5,9 @@ components named in a saved ``model_index.json`` only from modules that are alre
 """
 
 from uplift_diffusion.pipelines.common import UPLiFTPipelineOutput, upscale_latents
+from uplift_diffusion.pipelines.flux2 import UPLiFTFlux2KleinPipeline, UPLiFTFlux2Pipeline
 from uplift_diffusion.pipelines.super_resolution import UPLiFTSuperResolutionPipeline
 from uplift_diffusion.pipelines.uplift_pipeline import UPLiFTPipeline
 
-__all__ = ["UPLiFTPipeline", "UPLiFTPipelineOutput", "UPLiFTSuperResolutionPipeline", "upscale_latents"]
+__all__ = ["UPLiFTFlux2KleinPipeline", "UPLiFTFlux2Pipeline", "UPLiFTPipeline", "UPLiFTPipelineOutput",
+           "UPLiFTSuperResolutionPipeline", "upscale_latents"]

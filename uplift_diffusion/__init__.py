@@ -15,6 +15,8 @@ _LAZY = {
     "UPLiFTModel": "uplift_diffusion.model",
     "PRESETS": "uplift_diffusion.presets",
     "UPLiFTPipeline": "uplift_diffusion.pipelines",
+    "UPLiFTFlux2KleinPipeline": "uplift_diffusion.pipelines",
+    "UPLiFTFlux2Pipeline": "uplift_diffusion.pipelines",
     "UPLiFTPipelineOutput": "uplift_diffusion.pipelines",
     "UPLiFTSuperResolutionPipeline": "uplift_diffusion.pipelines",
     "UPLiFTFeatureExtractor": "uplift_diffusion.features",

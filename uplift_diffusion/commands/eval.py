@@ -164,6 +164,10 @@ def _run_text2img(args, device, dtype) -> dict | None:
         steps = [int(s) for s in args.steps.split(",") if s.strip()]
     else:  # FLUX.2: None = the checkpoint's recommended steps (pipelines.flux2.flux2_defaults)
         steps = [None] if flux2 else [25] if args.benchmark == "coco" else [25, 40]
+    if flux2 and args.dtype is None and device.type == "cuda":
+        import torch
+
+        dtype = torch.bfloat16  # FLUX.2 ships and runs in bfloat16; float16 overflows its activations (as FLUX.1's)
     if flux2:  # the built-in taef2 upsampler unless one is named
         pipeline_source, upsampler_source = args.pipeline or DEFAULT_FLUX2_REPO, args.upsampler or "built-in taef2"
         pipe = text2img.load_flux2_uplift_pipeline(
