@@ -19,6 +19,9 @@ Variants of the new tree (``--variants``, each reported against the base's defau
 - ``bf16``: the model and inputs in bfloat16 (opt-in; accuracy in tests/test_fast_paths.py);
 - ``compile``: ``model.compile()`` (``torch.compile`` of the whole model; compile time excluded, one warm-up).
 
+Another CPU emulated: ``--env ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` limits oneDNN and ATen to AVX2 in
+both trees (an AVX2 CPU without AVX-512; the new tree's JSON rows record what its backend detected).
+
     python benchmarks/speed_vs_base.py --base HEAD~1 [--cases dino-8 dino-16 ...] [--variants default bf16]
         [--rounds 3] [--repeats 3] [--warmup 1] [--threads 1] [--env KEY=VALUE ...] [--out DIR]
 
@@ -90,6 +93,12 @@ def worker(args: argparse.Namespace) -> dict:
     with torch.inference_mode():
         warmup = max(args.warmup, 2) if args.variant == "compile" else args.warmup
         result = measure(fn, torch.device("cpu"), warmup=warmup, repeats=args.repeats)
+    try:  # what the CPU backend detected (trees before it have none)
+        from uplift_diffusion import fast_paths
+
+        extra["backend"] = fast_paths.describe()
+    except ImportError:
+        extra["backend"] = None
     return {**vars(args), **result, **extra, "best_s": min(result["times_s"])}
 
 

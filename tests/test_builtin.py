@@ -73,7 +73,7 @@ def _installable_copy(dest: Path) -> Path:
     """The files a wheel is built from, copied so that the build never touches the shared working tree."""
     src = dest / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):  # setup.py discovers the packages
         shutil.copy2(REPO / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("uplift_diffusion", "pipelines", "eval"):

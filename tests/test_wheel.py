@@ -1,0 +1,67 @@
+"""Installed as users install it: the wheel ``pip wheel .`` builds holds every module of the source tree under its
+installed name (pipelines/ -> uplift_diffusion.pipelines, eval/ -> uplift_diffusion.eval) and the built-in weights,
+and nothing else of ours. (.ci/run also installs that wheel into a fresh environment and runs every subcommand.)"""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# source folder -> the package it installs as (setup.py's ROOTS)
+SOURCES = {"uplift_diffusion": "uplift_diffusion", "pipelines": "uplift_diffusion/pipelines",
+           "eval": "uplift_diffusion/eval"}
+BUILD_FILES = ("pyproject.toml", "setup.py", "README.md")
+
+
+def source_files() -> set[str]:
+    """The wheel paths the source tree promises: every .py file, and the built-in weights folder's files."""
+    files = set()
+    for folder, installed in SOURCES.items():
+        for path in (REPO / folder).rglob("*"):
+            rel = path.relative_to(REPO / folder)
+            if "__pycache__" in rel.parts or not path.is_file():
+                continue
+            if path.suffix == ".py" or (folder == "uplift_diffusion" and rel.parts[0] == "weights"):
+                files.add(f"{installed}/{rel.as_posix()}")
+    return files
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the files a user's ``pip install .`` reads (the shared tree stays untouched)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    src.mkdir()
+    for name in BUILD_FILES:
+        shutil.copy2(REPO / name, src / name)
+    for name in SOURCES:
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation, "-w", str(tmp / "dist"),
+                    str(src)], check=True, capture_output=True, cwd=tmp)
+    (path,) = (tmp / "dist").glob("uplift_diffusion-*.whl")
+    return path
+
+
+@pytest.mark.slow
+def test_wheel_holds_exactly_the_source_modules(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = {n for n in archive.namelist() if not n.startswith("uplift_diffusion-")}  # minus .dist-info
+    ours = {n for n in names if n.endswith(".py") or n.startswith("uplift_diffusion/weights/")}
+    expected = source_files()
+    assert "uplift_diffusion/features/probe/__init__.py" in expected  # the package the hand-kept list left out
+    assert not expected - ours, f"missing from the wheel: {sorted(expected - ours)}"
+    assert not ours - expected, f"in the wheel but not in the source tree: {sorted(ours - expected)}"
+    assert not {n.split("/")[0] for n in names} - {"uplift_diffusion"}  # no bare top-level pipelines / eval
+
+
+@pytest.mark.slow
+def test_wheel_declares_the_command(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        assert "uplift-diffusion = uplift_diffusion.cli:main" in archive.read(entry_points).decode()
