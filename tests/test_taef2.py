@@ -119,7 +119,10 @@ def test_entry_points_carry_the_offload_hook():
     with torch.no_grad():
         for call in (lambda: model.encode(x), lambda: model.decode(torch.zeros(1, 4, 8, 8)),
                      lambda: model.decode_global(torch.zeros(1, 4, 8, 8)),
-                     lambda: model.decode_local(torch.zeros(1, 8, 8, 8))):
+                     lambda: model.decode_local(torch.zeros(1, 8, 8, 8)),
+                     lambda: model.decode_tiled(torch.zeros(1, 4, 8, 8), tile_size=32),
+                     lambda: model.encode_tiled(x, tile_size=8), lambda: model.encode_local(x),
+                     lambda: model.encode_global(torch.zeros(1, 8, 2, 2))):
             before = Recorder.calls
             call()
             assert Recorder.calls > before
