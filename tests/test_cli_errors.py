@@ -119,3 +119,54 @@ def test_an_offline_hub_model_is_a_short_complete_message(tmp_path, capsys, monk
     assert len(message) <= 260, (len(message), message)
     assert "offline" in message and "hf download" in message and "--vae" in message
     assert message.endswith(".") and "(caused by" not in message  # whole sentences, no truncated quote of the Hub
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--config", "NOPE.json"], "config file not found"),
+    (["train", "--config", "CONFIG", "--max-steps", "0"], "max_steps must be an integer >= 1"),
+    (["eval", "sr", "--images", "NOPE", "--output", "OUT"], "--images NOPE: no such folder"),
+    (["eval", "sr", "--images", "DIR", "--output", "OUT", "--scale", "3"], "--scale must be a power of two"),
+    (["eval", "sr", "--images", "DIR", "--output", "OUT", "--methods", "uplift,sharp"], "unknown method 'sharp'"),
+    (["eval", "sr", "--images", "DIR", "--output", "OUT", "--limit", "0"], "--limit must be >= 1"),
+    (["eval", "sr", "--images", "DIR", "--output", "OUT", "--upsampler", "NOPE.safetensors"], "no such file"),
+    (["eval", "sr", "--images", "DIR", "--output", "OUT", "--random-upsampler", "huge"],
+     "unknown UPLiFT preset 'huge'"),
+    (["eval", "coco", "--annotations", "NOPE.json", "--images", "DIR", "--output", "OUT"], "--annotations NOPE"),
+    (["eval", "coco", "--annotations", "IMG", "--images", "DIR", "--output", "OUT", "--steps", "25,x"], "--steps"),
+    (["eval", "relaion", "--data", "NOPE", "--output", "OUT"], "--data NOPE: no such file or folder"),
+    (["features", "NOPE.png", "--pca", "OUT.png"], "image not found"),
+    (["features", "IMG", "--pca", "OUT.png", "--backbone", "nope"], "unknown feature backbone 'nope'"),
+    (["features", "IMG", "--pca", "OUT.png", "--upsampler", "NOPE.safetensors"], "no such file"),
+    (["features", "IMG", "--pca", "OUT.png", "--backbone-weights", "NOPE.safetensors"], "no such file"),
+    (["probe", "--dataset", "folder", "--root", "NOPE", "-o", "OUT", "--num-classes", "3"], "--root NOPE"),
+    (["probe", "--dataset", "voc", "--root", "DIR", "-o", "OUT", "--epochs", "0"], "--epochs must be >= 1"),
+    (["probe", "--dataset", "voc", "--root", "DIR", "-o", "OUT", "--backbone", "nope"], "unknown feature backbone"),
+    (["probe", "--dataset", "folder", "--root", "DIR", "-o", "OUT"], "needs --num-classes"),
+])
+def test_cheap_arguments_are_checked_before_torch_is_imported(tmp_path, argv, message):
+    """Bad numbers, choices and missing files answer in well under a second: before torch / diffusers load (11-30 s
+    on a busy CPU machine, more when a model is loaded first)."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # only its existence is checked before the imports
+    (tmp_path / "config.json").write_text('{"max_steps": 5}')
+    names = {"NOPE": str(tmp_path / "nope"), "OUT": str(tmp_path / "out"), "DIR": str(tmp_path / "dir"),
+             "IMG": str(tmp_path / "img.png"), "CONFIG": str(tmp_path / "config.json")}
+    argv = [names.get(a.split(".")[0], a) + ("." + a.split(".", 1)[1] if "." in a and a.split(".")[0] in names else "")
+            for a in argv]
+    message = message.replace("NOPE", names["NOPE"])
+    code = ("import sys\nfrom uplift_diffusion.cli import main\n"
+            f"rc = main({argv!r})\n"
+            "print('RC', rc, 'TORCH', 'torch' in sys.modules)")
+    proc = _run_python(code)
+    assert "RC 2 TORCH False" in proc.stdout, proc.stdout + proc.stderr
+    assert message in proc.stderr and proc.stderr.count("error:") == 1, proc.stderr
+
+
+def test_the_cheap_checks_know_the_same_names_as_the_library():
+    from uplift_diffusion.eval.sr import METHODS
+
+    from uplift_diffusion.commands import checks
+    from uplift_diffusion.features.extractor import _ALIASES, FEATURE_PRESETS
+
+    assert set(checks.FEATURE_BACKBONES) == {*FEATURE_PRESETS, *_ALIASES}
+    assert checks.SR_METHODS == METHODS

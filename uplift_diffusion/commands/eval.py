@@ -13,6 +13,7 @@ from uplift_diffusion.commands.loading import (
     resolve_device,
 )
 from uplift_diffusion.utils.dtypes import dtype_name
+from uplift_diffusion.utils.errors import InputError
 
 HELP = "reproduce the paper's benchmarks: super-resolution (Table 4), COCO (Table 2), reLAION (Table 3)"
 BENCHMARKS = ("sr", "coco", "relaion")
@@ -200,7 +201,48 @@ def _run_text2img(args, device, dtype) -> dict | None:
                                  batch_size=args.batch_size or 1, **common)
 
 
+def check_arguments(args) -> None:
+    """Numbers, choices and input paths, before torch loads (see uplift_diffusion.commands.checks)."""
+    from uplift_diffusion.commands import checks
+    from uplift_diffusion.commands.loading import check_model_source
+
+    checks.at_least("--limit", args.limit, 1)
+    checks.at_least("--num-samples", args.num_samples, 1)
+    checks.at_least("--batch-size", args.batch_size, 1)
+    checks.at_least("--latency-warmup", args.latency_warmup, 0)
+    checks.at_least("--latency-iterations", args.latency_iterations, 1)
+    checks.existing("--inception-weights", args.inception_weights, "file")
+    if args.benchmark == "sr":
+        checks.existing("--images", args.images, "folder")
+        checks.power_of_two("--scale", args.scale)
+        checks.at_least("--size", args.size, 1)
+        checks.at_least("--patch-size", args.patch_size, 1)
+        unknown = [m for m in (m.strip() for m in args.methods.split(",")) if m and m not in checks.SR_METHODS]
+        if unknown:
+            raise InputError(f"unknown method {unknown[0]!r} in --methods; choose from {', '.join(checks.SR_METHODS)}")
+        if args.random_upsampler:
+            from uplift_diffusion.presets import resolve_preset_name
+
+            resolve_preset_name(args.random_upsampler)
+        for flag, spec in (("--vae", args.vae), ("--upsampler", args.upsampler)):
+            if spec:
+                check_model_source(spec, flag)
+        return
+    if args.benchmark == "coco":
+        checks.existing("--annotations", args.annotations, "file")
+        checks.existing("--images", args.images, "folder")
+    else:
+        checks.existing("--data", args.data)
+        checks.existing("--images-root", args.images_root, "folder")
+        checks.at_least("--min-side", args.min_side, 1)
+    checks.int_list("--steps", args.steps)
+    for flag, spec in (("--pipeline", args.pipeline), ("--upsampler", args.upsampler)):
+        if spec:
+            check_model_source(spec, flag)
+
+
 def run(args) -> int:
+    check_arguments(args)
     device, dtype = resolve_device(args.device, args.dtype)
     from accelerate import PartialState
 

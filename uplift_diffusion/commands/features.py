@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
+    from uplift_diffusion.commands import checks
+    from uplift_diffusion.commands.loading import check_model_source
     from uplift_diffusion.utils.device import resolve_device_dtype
-    from uplift_diffusion.utils.errors import InputError, OutputExistsError
+    from uplift_diffusion.utils.errors import InputError, InputNotFoundError, OutputExistsError
     from uplift_diffusion.utils.images import load_image
 
     if not args.pca and not args.save:
@@ -54,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.pca, args.save):
         if out and Path(out).exists() and not args.overwrite:
             raise OutputExistsError(f"output exists: {out} (pass --overwrite to replace)")
+    if not Path(args.image).is_file():  # the inputs too, before torch loads
+        raise InputNotFoundError(f"image not found: {args.image}")
+    checks.feature_backbone("--backbone", args.backbone)
+    checks.existing("--backbone-weights", args.backbone_weights)
+    if args.upsampler:
+        check_model_source(args.upsampler, "--upsampler")
     device, _ = resolve_device_dtype(args.device)
     image = load_image(args.image)
     if args.size:

@@ -40,7 +40,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser, dtype=False)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers, choices and input paths, before torch loads (see uplift_diffusion.commands.checks)."""
+    from uplift_diffusion.commands import checks
+    from uplift_diffusion.commands.loading import check_model_source
+    from uplift_diffusion.utils.errors import InputError
+
+    checks.existing("--root", args.root, "folder")
+    if args.dataset == "folder" and args.task == "seg" and not args.num_classes:
+        raise InputError("--dataset folder with --task seg needs --num-classes")
+    if args.task == "depth" and args.dataset != "folder":
+        raise InputError(f"{args.dataset} is a segmentation dataset; depth probes use --dataset folder")
+    for flag in ("num_classes", "size", "epochs", "batch_size", "max_train", "max_val"):
+        checks.at_least(f"--{flag.replace('_', '-')}", getattr(args, flag), 1)
+    checks.at_least("--num-workers", args.num_workers, 0)
+    for flag in ("lr", "depth_scale", "max_depth"):
+        checks.positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+    checks.at_least("--min-depth", args.min_depth, 0)
+    checks.feature_backbone("--backbone", args.backbone)
+    checks.existing("--backbone-weights", args.backbone_weights)
+    if args.upsampler:
+        check_model_source(args.upsampler, "--upsampler")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     from uplift_diffusion.features import UPLiFTFeatureExtractor
     from uplift_diffusion.features.probe import ProbeConfig, build_dataset, run_probe_evaluation
     from uplift_diffusion.utils.device import resolve_device_dtype

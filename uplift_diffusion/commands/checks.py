@@ -1,0 +1,56 @@
+"""Cheap checks of command-line arguments (numbers, choices, files that must exist), run before a command imports
+torch / diffusers: a wrong flag answers in well under a second instead of after 10-30 s of imports and model loading.
+Standard library only. Each raises the user error the CLI prints as one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from uplift_diffusion.utils.errors import InputError, InputNotFoundError
+
+# The feature backbones of uplift_diffusion.features.extractor.FEATURE_PRESETS and its aliases (that module imports
+# torch; tests/test_cli_errors.py keeps these lists equal to theirs).
+FEATURE_BACKBONES = ("dinov2-s14", "dinov3-splus16", "dinov2", "dinov3")
+SR_METHODS = ("uplift", "latent-bilinear", "latent-nearest", "pixel-bicubic")  # uplift_diffusion.eval.sr.METHODS
+
+
+def at_least(flag: str, value: int | float | None, minimum: int | float) -> None:
+    """``value`` (when given) is >= ``minimum``."""
+    if value is not None and value < minimum:
+        raise InputError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def positive(flag: str, value: int | float | None) -> None:
+    """``value`` (when given) is > 0."""
+    if value is not None and not value > 0:
+        raise InputError(f"{flag} must be > 0, got {value}")
+
+
+def power_of_two(flag: str, value: int) -> None:
+    """An upscaling factor: 2, 4, 8, ... (UPLiFTModel.iterations_for_scale)."""
+    if value < 2 or value & (value - 1):
+        raise InputError(f"{flag} must be a power of two >= 2 (2, 4, 8, ...), got {value}")
+
+
+def existing(flag: str, path: str | None, kind: str = "file or folder") -> None:
+    """``path`` (when given) exists, as a ``"file"``, a ``"folder"`` or either."""
+    if path is None:
+        return
+    p = Path(path)
+    ok = p.is_file() if kind == "file" else p.is_dir() if kind == "folder" else p.exists()
+    if not ok:
+        raise InputNotFoundError(f"{flag} {path}: no such {kind}")
+
+
+def feature_backbone(flag: str, name: str) -> None:
+    if name not in FEATURE_BACKBONES:
+        raise InputError(f"unknown feature backbone {name!r} ({flag}); available: {', '.join(FEATURE_BACKBONES[:2])}")
+
+
+def int_list(flag: str, text: str | None, minimum: int = 1) -> None:
+    """A comma-separated list of integers >= ``minimum`` (e.g. ``--steps 25,40``)."""
+    if text is None:
+        return
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items or not all(s.isdigit() and int(s) >= minimum for s in items):
+        raise InputError(f"{flag} must be comma-separated integers >= {minimum}, got {text!r}")
