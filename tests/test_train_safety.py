@@ -169,3 +169,28 @@ def test_unreadable_training_images_are_refused_before_step_one(setup, capsys):
     err = _one_line_error(capsys)
     assert "broken.png" in err and "notes.jpg" in err and "2 " in err
     assert not (setup / "run" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- item: a user error on N processes stays one line
+def test_train_on_two_processes_ends_a_user_error_in_one_line(setup):
+    """`train --num-processes 2` starts the workers itself (torch's elastic launcher, as `accelerate launch` does): a
+    user error in the workers is one line and exit code 2, not followed by the launcher's ChildFailedError traceback;
+    a good config trains on both processes."""
+    import subprocess
+    import sys
+
+    (setup / "images" / "broken.png").write_bytes(b"not an image")
+    path = _write_config(setup, max_steps=1, batch_size=2)
+    command = [sys.executable, "-m", "uplift_diffusion.cli", "train", "--config", str(path), "--num-processes", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("uplift-diffusion train: error: 1 training image(s) cannot be read") and \
+        "broken.png" in lines[0]
+
+    (setup / "images" / "broken.png").unlink()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained model saved to") == 1
+    assert json.loads((setup / "run" / "model" / "config.json").read_text())["in_channels"] == 4

@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import json
+import os
 import sys
+import time
 import warnings
 from typing import Optional, Sequence
 
@@ -73,6 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report_to_launcher(message: str) -> bool:
+    """In a worker of torch's elastic launcher (``accelerate launch``, ``torchrun``, ``train --num-processes``), put a
+    user error where the launcher's failure report reads it (``TORCHELASTIC_ERROR_FILE``; its report then shows this
+    message instead of a link). Returns True when the launcher is ours (``UPLIFT_LAUNCHED=1``): it prints the message
+    once for all the workers, so the worker stays silent."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return False
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": message, "timestamp": int(time.time()), "user_error": True}, f)
+    except OSError:
+        return False
+    return os.environ.get("UPLIFT_LAUNCHED") == "1"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     silence_empty_float32_notice()
     parser = build_parser()
@@ -96,7 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.debug or not is_user_error(err):
                 raise
             message = " ".join(str(err).split()) or type(err).__name__
-            print(f"{prog}: error: {message}", file=sys.stderr)
+            if not _report_to_launcher(message):
+                print(f"{prog}: error: {message}", file=sys.stderr)
             return 2
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 HELP = "Train an UPLiFT model from a JSON / YAML / TOML config (resumable; works under `accelerate launch`)."
 
@@ -17,6 +19,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
     parser.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps")
     parser.add_argument("--max-minutes", type=float, default=None, help="override the config's max_minutes")
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="train on N processes of this machine (one per GPU; CPU processes without a GPU), as "
+                             "`accelerate launch --multi_gpu --num_processes N` would, but a user error in the workers "
+                             "ends in one line instead of the launcher's traceback (default 1)")
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of one launched worker: these arguments without --num-processes."""
+    argv = ["train", "--config", args.config]
+    argv += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite),
+                                   ("--debug", getattr(args, "debug", False))) if on]
+    for name in ("output_dir", "max_steps", "max_minutes"):
+        if getattr(args, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return argv
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +55,16 @@ def run(args: argparse.Namespace) -> int:
     prepare_run_folder(config.output_dir, args.resume, args.overwrite, keep=[config.data.cache_dir], delete=False)
     if args.resume:
         resume_changes(config.output_dir, config.to_dict())
+    if args.num_processes < 1:
+        raise InputError(f"--num-processes must be >= 1, got {args.num_processes}")
+    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:  # start the workers (they run the lines below)
+        if config.batch_size % args.num_processes:
+            raise InputError(f"batch_size {config.batch_size} is the global batch of a step (all processes together) "
+                             f"and must be divisible by --num-processes {args.num_processes}")
+        from uplift_diffusion.training.launch import launch_workers
+
+        launch_workers(args.num_processes, [sys.executable, "-m", "uplift_diffusion.cli", *_worker_argv(args)])
+        return 0
 
     from uplift_diffusion.training.trainer import Trainer
 
