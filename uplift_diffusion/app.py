@@ -769,6 +769,9 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
                                     f"{_megapixels(limits.max_input_pixels)} each.")
                     with gr.Column(scale=2, min_width=300):
                         message = gr.Markdown(visible=False, elem_id="message")
+                        gallery = gr.Gallery(label="Results (click one to view it below)", columns=6, rows=1,
+                                             height=160, elem_id="results", format="png", object_fit="cover",
+                                             interactive=False, visible=False)
                         labels = gr.HTML(slider_labels("input"), elem_id="slider-labels", visible=False)
                         slider = gr.ImageSlider(label="before / after (drag)", type="pil", format="png",
                                                 elem_id="slider", interactive=False, max_height=600)
@@ -781,9 +784,6 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
                                            interactive=False)
                         full = gr.Image(label="UPLiFT result at 1:1 (scroll; click to zoom there)", type="filepath",
                                         elem_id="full", interactive=False, format="png", buttons=[], visible=False)
-                        gallery = gr.Gallery(label="Results (click one to view it)", columns=6, rows=1, height=160,
-                                             elem_id="results", format="png", object_fit="cover",
-                                             interactive=False, visible=False)
                         download = gr.File(label="Download PNG", file_count="multiple", elem_id="download",
                                            interactive=False, visible=False)
                         download_all = gr.DownloadButton("Download all (zip)", elem_id="download-all",
