@@ -128,6 +128,10 @@ def test_upscale_without_weight_flags_uses_the_trained_builtin_pair(shared_dir, 
     bilinear = (decode_latents(vae, latents)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     uplift_psnr, bilinear_psnr = _psnr(np.asarray(result), np.asarray(high)), _psnr(bilinear, np.asarray(high))
     assert uplift_psnr > bilinear_psnr + 1.0, (uplift_psnr, bilinear_psnr)
+    # and the baseline a user would pick: the mean-corrected path the CLI used to take scored under it
+    bicubic = Image.open(low_path).convert("RGB").resize(high.size, Image.Resampling.BICUBIC)
+    bicubic_psnr = _psnr(np.asarray(bicubic), np.asarray(high))
+    assert uplift_psnr > bicubic_psnr, (uplift_psnr, bicubic_psnr)
 
 
 def test_diffusers_empty_float32_notice_is_silenced_and_nothing_else():
