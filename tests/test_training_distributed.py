@@ -87,7 +87,7 @@ def test_two_processes_hold_one_model_write_one_run_and_equal_one_process(setup)
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["checkpoint-00000002", "checkpoint-00000004"]
     assert sorted(p.name for p in (two / "previews").iterdir()) == ["step-00000002.png", "step-00000004.png"]
     assert [r["step"] for r in _log(two)] == ["1", "2", "3", "4"]
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "loss_log.csv", "model", "previews",
+    assert sorted(p.name for p in two.iterdir()) == ["checkpoints", "loss_log.csv", "model", "previews", "run.json",
                                                       "train_config.json"]
     assert {p.name[:3] for p in (setup / "two" / "cache").glob("*.safetensors")} == {"r0-", "r1-"}  # own shards
     assert proc.stderr.count("Traceback") == 0

@@ -360,7 +360,8 @@ def _check_type(value: Any, hint: Any, key: str) -> None:
         if isinstance(value, str) and _fits(1.5 if _fits(1.5, hint) else 1, hint):
             try:
                 float(value)
-                note = " (write numbers without quotes; YAML reads 1e-3 as text: write 1.0e-3)"
+                yaml = "e" in value.lower() and "." not in value  # YAML 1.1 reads 1e-3 as text, 1.0e-3 as a number
+                note = " (YAML reads 1e-3 as text: write 1.0e-3)" if yaml else " (write the number without quotes)"
             except ValueError:
                 pass
         raise ValueError(f"{key} must be {_describe(hint)}, got {value!r} ({type(value).__name__}){note}")
