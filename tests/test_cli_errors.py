@@ -168,5 +168,6 @@ def test_the_cheap_checks_know_the_same_names_as_the_library():
     from uplift_diffusion.commands import checks
     from uplift_diffusion.features.extractor import _ALIASES, FEATURE_PRESETS
 
-    assert set(checks.FEATURE_BACKBONES) == {*FEATURE_PRESETS, *_ALIASES}
+    assert checks.FEATURE_BACKBONES == {name: preset.backbone for name, preset in FEATURE_PRESETS.items()}
+    assert checks.FEATURE_ALIASES == _ALIASES
     assert checks.SR_METHODS == METHODS

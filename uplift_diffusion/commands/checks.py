@@ -10,7 +10,9 @@ from uplift_diffusion.utils.errors import InputError, InputNotFoundError
 
 # The feature backbones of uplift_diffusion.features.extractor.FEATURE_PRESETS and its aliases (that module imports
 # torch; tests/test_cli_errors.py keeps these lists equal to theirs).
-FEATURE_BACKBONES = ("dinov2-s14", "dinov3-splus16", "dinov2", "dinov3")
+FEATURE_BACKBONES = {"dinov2-s14": "vit_small_patch14_dinov2.lvd142m", "dinov3-splus16":
+                     "vit_small_plus_patch16_dinov3.lvd1689m"}  # name -> timm model
+FEATURE_ALIASES = {"dinov2": "dinov2-s14", "dinov3": "dinov3-splus16"}
 SR_METHODS = ("uplift", "latent-bilinear", "latent-nearest", "pixel-bicubic")  # uplift_diffusion.eval.sr.METHODS
 
 
@@ -42,9 +44,14 @@ def existing(flag: str, path: str | None, kind: str = "file or folder") -> None:
         raise InputNotFoundError(f"{flag} {path}: no such {kind}")
 
 
-def feature_backbone(flag: str, name: str) -> None:
+def feature_backbone(flag: str, name: str, weights_flag: str, weights: str | None) -> None:
+    """A known feature backbone, and its local weights (when given) exist."""
+    name = FEATURE_ALIASES.get(name, name)
     if name not in FEATURE_BACKBONES:
-        raise InputError(f"unknown feature backbone {name!r} ({flag}); available: {', '.join(FEATURE_BACKBONES[:2])}")
+        raise InputError(f"unknown feature backbone {name!r} ({flag}); available: {', '.join(FEATURE_BACKBONES)}")
+    if weights is not None and not Path(weights).exists():
+        raise InputNotFoundError(f"{weights_flag} {weights}: no such file or folder (expected the model.safetensors "
+                                 f"of Hub repo timm/{FEATURE_BACKBONES[name]}, or a folder with it)")
 
 
 def int_list(flag: str, text: str | None, minimum: int = 1) -> None:

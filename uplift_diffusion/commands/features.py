@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise OutputExistsError(f"output exists: {out} (pass --overwrite to replace)")
     if not Path(args.image).is_file():  # the inputs too, before torch loads
         raise InputNotFoundError(f"image not found: {args.image}")
-    checks.feature_backbone("--backbone", args.backbone)
-    checks.existing("--backbone-weights", args.backbone_weights)
+    checks.feature_backbone("--backbone", args.backbone, "--backbone-weights", args.backbone_weights)
     if args.upsampler:
         check_model_source(args.upsampler, "--upsampler")
     device, _ = resolve_device_dtype(args.device)

@@ -57,8 +57,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     for flag in ("lr", "depth_scale", "max_depth"):
         checks.positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
     checks.at_least("--min-depth", args.min_depth, 0)
-    checks.feature_backbone("--backbone", args.backbone)
-    checks.existing("--backbone-weights", args.backbone_weights)
+    checks.feature_backbone("--backbone", args.backbone, "--backbone-weights", args.backbone_weights)
     if args.upsampler:
         check_model_source(args.upsampler, "--upsampler")
 
