@@ -56,6 +56,11 @@ class TAEBlock(nn.Module):
 # (its receptive field and stride), which is all a tile needs to come out exactly as in the whole-map run.
 
 _CL = torch.channels_last
+# A tile's map is cropped to what the rest of the chain reads before these units: before each upsample (the halo shrinks
+# by half) and each block (by 3 pixels). Work (conv MACs) of an exact tiled decode of a 2048^2 output over the untiled
+# one (benchmarks/taef2_speed.py): 1.03x (1024 px tiles), 1.05x (768), 1.08x (512), 1.19x (256); cropping only before
+# upsamples it was 1.06 / 1.10 / 1.14 / 1.31 (local tail alone).
+_CROP_BEFORE = ("upconv", "block")
 LATENT_FACTOR = 8  # pixels per latent (three stride-2 stages)
 # Memory model (float32; bf16 halves it), from peak-RSS rises measured on this CPU path (benchmarks/taef2_speed.py
 # --memory prints measured vs estimated): 64-channel maps are 256 B per pixel, and a conv step holds ~4 of them
@@ -303,8 +308,8 @@ def _run_region(units: Sequence[_Unit], x: torch.Tensor, rows: tuple[int, int], 
                 fast: bool) -> torch.Tensor:
     """Outputs ``rows`` x ``cols`` of ``units`` applied to the whole map ``x``, computed from the input region they
     read: equal to the whole-map run's (the convs zero-pad only at the crop's edges, which the needed region keeps
-    out of the result). Cropped again before each upsample, so the full-resolution layers compute only the halo the
-    layers after them need."""
+    out of the result). Cropped again before each upsample and block (:data:`_CROP_BEFORE`), so each layer computes
+    only the halo the layers after it need."""
     sizes = _sizes(units, x.shape[-2:])
     need = [None] * len(units) + [(rows, cols)]
     align = 1  # the stride of the next strided conv at this resolution: its input crop must start on its grid
@@ -320,7 +325,7 @@ def _run_region(units: Sequence[_Unit], x: torch.Tensor, rows: tuple[int, int], 
     t = x[..., have[0][0]:have[0][1], have[1][0]:have[1][1]]
     owned = False
     for i, unit in enumerate(units):
-        if unit.kind == "upconv" and have != need[i]:
+        if unit.kind in _CROP_BEFORE and have != need[i]:
             t = t[..., need[i][0][0] - have[0][0]:need[i][0][1] - have[0][0],
                   need[i][1][0] - have[1][0]:need[i][1][1] - have[1][0]]
             have = need[i]
@@ -696,8 +701,9 @@ class TAEF2(ModelMixin, ConfigMixin):
     def decode_tiled(self, z: torch.Tensor, tile_size: int = 512, progress: Callable | None = None) -> torch.Tensor:
         """:meth:`decode` with the local part run in exact tiles: RGB in [-1, 1] equal to ``decode(z).sample`` up to
         float rounding (measured <= 1e-5), no blending. Each tile reads the features its receptive field needs and is
-        cropped again before each upsample, so the full-resolution layers compute only a 5-pixel halo; the tiles
-        then cost about 1.05x (1024 px) to 1.15x (256 px) the untiled decode.
+        cropped again before each upsample and block, so the full-resolution layers compute only a 5-pixel halo;
+        the tiles' work is 1.03x (1024 px tiles), 1.05x (768), 1.08x (512) or 1.19x (256) the untiled decode's
+        (2048^2 output).
 
         Args:
             z (`torch.Tensor`): raw latents [B, C, h, w] of whole images.
