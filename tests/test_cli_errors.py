@@ -120,6 +120,16 @@ def test_an_offline_hub_model_is_a_short_complete_message(tmp_path, capsys, monk
     assert "offline" in message and "hf download" in message and "--vae" in message
     assert message.endswith(".") and "(caused by" not in message  # whole sentences, no truncated quote of the Hub
 
+    # the VAE present, the upsampler not: the same
+    from uplift_diffusion.builtin import builtin_vae_path
+
+    assert main(["upscale", str(tmp_path / "img.png"), "-o", str(tmp_path / "out.png"), "--preset", "sd15",
+                 "--vae", str(builtin_vae_path("taef2"))]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    message = lines[0].split("error: ", 1)[1]
+    assert len(lines) == 1 and len(message) <= 260 and message.endswith("."), message
+    assert "offline" in message and "--upsampler" in message
+
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--config", "NOPE.json"], "config file not found"),

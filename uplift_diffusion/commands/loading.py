@@ -141,11 +141,12 @@ def load_upsampler(spec: str, dtype: torch.dtype):
         # the library's advice is a Python argument (preset=...); the command's is what to pass instead
         raise CheckpointError(f"--upsampler {spec}: {err.message}; pass a published UPLiFT checkpoint (.safetensors "
                               f"or .pth) or a folder saved with UPLiFTModel.save_pretrained") from None
-    except OSError as err:
+    except OSError:
         if path.exists():
             raise
-        raise UnavailableError(f"{err} (--upsampler FILE or DIR: a .safetensors checkpoint, or a folder saved with "
-                      f"UPLiFTModel.save_pretrained)") from None
+        why = "is not downloaded and this machine is offline" if hub_is_offline() else "could not be fetched"
+        raise UnavailableError(f"The UPLiFT upsampler {spec} {why}. Download its .safetensors file elsewhere (hf "
+                               f"download {spec}) and pass the local file with --upsampler FILE.") from None
 
 
 def load_pair(preset: str, vae: str | None, upsampler: str | None, dtype: torch.dtype):
