@@ -22,7 +22,13 @@ from uplift_diffusion.pipelines.tiling import count_tiles, tiled_map
 
 import uplift_diffusion.backbones.taef2  # noqa: F401  (saved pipelines name this module for a TAEF2 vae)
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
-from uplift_diffusion.backbones.vae import decode_latents, encode_latents, vae_scale_factor
+from uplift_diffusion.backbones.vae import (
+    decode_latents,
+    decode_tile_for,
+    encode_latents,
+    memory_advice,
+    vae_scale_factor,
+)
 from uplift_diffusion.color import ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.utils.errors import InputError, UserError
@@ -32,6 +38,7 @@ logger = logging.get_logger(__name__)
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[PIL.Image.Image | np.ndarray | torch.Tensor]
 DECODE_TILE_MIN = 128  # latents (1024 pixels): the smallest tile the VAE decoder sees when tiling
+ENCODE_TILE_MIN = 256  # pixels: smaller exact TAEF2 encoder tiles recompute too much halo (> 1.1x the whole encode)
 LOCAL_DECODE_OVERLAP = 8  # latents: covers the receptive field of a decoder's local part (TAEF2.decode_local: ~8)
 
 
@@ -101,7 +108,7 @@ def images_to_tensors(image: ImageInput) -> list[torch.Tensor]:
         elif isinstance(item, torch.Tensor):
             batch = _tensor_to_unit(item)
         else:
-            raise InputError(f"images must be PIL images, numpy arrays or torch tensors; got {type(item).__name__}")
+            raise TypeError(f"images must be PIL images, numpy arrays or torch tensors; got {type(item).__name__}")
         out += list(_to_rgb_channels(batch).split(1))
     return out
 
@@ -288,11 +295,18 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         else:
             batches = [(t, generator[i] if isinstance(generator, list) else generator) for i, t in enumerate(images)]
 
-        # 3. Upscale each batch
+        # 3. Will it fit? Refuse now, with the tile size or scale that fits, rather than die in the allocator later
+        if self._execution_device.type == "cpu":
+            for batch, _ in batches:
+                advice = memory_advice(self.vae, *batch.shape[-2:], scale, tile_size, batch.shape[0])
+                if advice is not None:
+                    raise InputError(advice)
+
+        # 4. Upscale each batch
         outputs = [self._upscale(batch, iterations, gen, tile_size, tile_overlap, output_type, color_correct,
                                  upsampling) for batch, gen in batches]
 
-        # 4. Postprocess
+        # 5. Postprocess
         if output_type == "latent":
             result = outputs[0] if same_size else outputs
         elif output_type == "pil":
@@ -328,22 +342,37 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         upscaled_size = (latent_size[0] * s, latent_size[1] * s)
         decode_tile, decode_overlap = self._decode_tiling(tile_size, tile_overlap)
 
-        # One progress bar over every unit of work: the encode, each UPLiFT step (or tile), the decode (or its tiles).
+        # A VAE with exact tiled encode / decode (TAEF2) works in tiles whenever the request is tiled, so that the
+        # encoder and the decoder are bounded in memory as well as the upsampler.
+        tiled = tile_size is not None
+        encode_tile = max(tile_size, ENCODE_TILE_MIN) if tiled and hasattr(self.vae, "encode_tiled") else None
+        exact_decode_tile = decode_tile_for(tile_size, s) if tiled and hasattr(self.vae, "decode_tiled") else None
+
+        # One progress bar over every unit of work: the encode (or its tiles), each UPLiFT step (or tile), the
+        # decode (or its tiles).
+        encode_units = 1 if encode_tile is None else self.vae.encode_tile_count(*padded.shape[-2:], encode_tile)
         if upsampling != "uplift":  # a latent baseline: one interpolation
             upsample_units = 1
-            decode_units = 1 if tile_size is None else count_tiles(upscaled_size, decode_tile, decode_overlap)
-        elif tile_size is None:
-            upsample_units, decode_units = iterations, 1
+        elif not tiled:
+            upsample_units = iterations
         else:
             upsample_units = count_tiles(latent_size, tile_size // p, tile_overlap // p)
-            decode_units = count_tiles(upscaled_size, decode_tile, decode_overlap)
+        if exact_decode_tile is not None:
+            decode_units = self.vae.decode_tile_count(*upscaled_size, exact_decode_tile)
+        else:
+            decode_units = 1 if not tiled else count_tiles(upscaled_size, decode_tile, decode_overlap)
         decode_units *= output_type != "latent"
-        bar = self.progress_bar(total=1 + upsample_units + decode_units)
+        bar = self.progress_bar(total=encode_units + upsample_units + decode_units)
         advance = _advancing(bar)
 
         bar.set_postfix_str("encode")
-        latents = encode_latents(self.vae, padded)  # [B, C, Hp/p, Wp/p]
-        bar.update()
+        if encode_tile is not None:  # TAEF2: exact tiles, the same latents as the whole-image encode (<= 1e-5)
+            param = next(self.vae.parameters())
+            latents = self.vae.encode_tiled((padded * 2 - 1).to(param.device, param.dtype), tile_size=encode_tile,
+                                            progress=advance)  # [B, C, Hp/p, Wp/p] raw
+        else:
+            latents = encode_latents(self.vae, padded)  # [B, C, Hp/p, Wp/p]
+            bar.update()
 
         bar.set_postfix_str("upscale")
         if upsampling != "uplift":
@@ -375,7 +404,11 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         if tile_size is None:
             decoded = decode_latents(self.vae, upscaled)  # [B, 3, s*Hp, s*Wp]
             bar.update()
-        elif hasattr(self.vae, "decode_local"):  # TAEF2: only its cheap latent-resolution head needs whole latents
+        elif exact_decode_tile is not None:  # TAEF2: exact tiles (the same pixels as the whole decode, <= 2e-6)
+            param = next(self.vae.parameters())
+            decoded = self.vae.decode_tiled(upscaled.to(param.device, param.dtype), tile_size=exact_decode_tile,
+                                            progress=advance).float().add_(1).div_(2).clamp_(0, 1)
+        elif hasattr(self.vae, "decode_local"):  # a local tail: only the latent-resolution head needs whole latents
             param = next(self.vae.parameters())
             features = self.vae.decode_global(upscaled.to(param.device, param.dtype))
 

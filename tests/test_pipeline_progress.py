@@ -32,9 +32,9 @@ def run_and_record(pipe, monkeypatch, **call):
 @pytest.mark.parametrize("call,units", [
     (dict(scale=4), 1 + 2 + 1),  # encode, two UPLiFT steps, decode
     (dict(scale=2, output_type="latent"), 1 + 1),  # nothing decoded
-    # 8x8 latents in tiles of 4 with overlap 1: spans [0,4) [3,7) [4,8) per axis = 9 tiles; the 16x16 upscaled
-    # latents fit one decoder tile (at least 128 latents a side)
-    (dict(scale=2, tile_size=32, tile_overlap=8), 1 + 9 + 1),
+    # 8x8 latents in tiles of 4 with overlap 1: spans [0,4) [3,7) [4,8) per axis = 9 tiles; taef2's exact tiled
+    # encoder runs its 3 stages on one 256-px tile each; the 16x16 upscaled latents fit one exact decoder tile
+    (dict(scale=2, tile_size=32, tile_overlap=8), 3 + 9 + 1),
 ])
 def test_one_bar_counts_every_unit_of_work(pipe, monkeypatch, call, units):
     assert run_and_record(pipe, monkeypatch, **call) == [(units, units)]
