@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _report_to_launcher(message: str) -> bool:
     """In a worker of torch's elastic launcher (``accelerate launch``, ``torchrun``, ``train --num-processes``), put a
     user error where the launcher's failure report reads it (``TORCHELASTIC_ERROR_FILE``; its report then shows this
-    message instead of a link). Returns True when the launcher is ours (``UPLIFT_LAUNCHED=1``): it prints the message
-    once for all the workers, so the worker stays silent."""
+    message instead of a link). Returns True when the worker should stay silent: the launcher is ours
+    (``UPLIFT_LAUNCHED=1``: it prints the message once for all the workers), or this is not rank 0 (the launcher's
+    report lists every failed rank's message; N identical lines would not say more)."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return False
@@ -89,7 +90,7 @@ def _report_to_launcher(message: str) -> bool:
             json.dump({"message": message, "timestamp": int(time.time()), "user_error": True}, f)
     except OSError:
         return False
-    return os.environ.get("UPLIFT_LAUNCHED") == "1"
+    return os.environ.get("UPLIFT_LAUNCHED") == "1" or os.environ.get("RANK", "0") != "0"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
