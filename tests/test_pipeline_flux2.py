@@ -204,7 +204,6 @@ def test_fast_guide_with_the_real_taef2(pipe, latents, taef2, monkeypatch):
     uncorrected = fast.upscale_flux2_latents(latents, 2, output_type="pt", color_correction=False).images
     lifted = fast.upscale_flux2_latents(latents, 2, output_type="latent").images
     torch.testing.assert_close(uncorrected, decode_latents(pipe.vae, lifted), atol=1e-5, rtol=0)
-    assert not torch.allclose(lifted, pipe.upscale_flux2_latents(latents, 2, output_type="latent").images)
     # upscale=1 decodes with the pipeline's VAE, never with the guide VAE
     torch.testing.assert_close(fast.upscale_flux2_latents(latents, 1, output_type="pt").images,
                                decode_latents(pipe.vae, latents), atol=1e-6, rtol=0)
@@ -446,12 +445,12 @@ def test_coco_benchmark_with_flux2_rows(pipe, tmp_path):
 
     rng = np.random.default_rng(0)
     (tmp_path / "real").mkdir()
-    for i in range(3):
+    for i in range(2):
         PIL.Image.fromarray(rng.integers(0, 256, (140, 150, 3), dtype=np.uint8)).save(tmp_path / "real" / f"{i}.png")
     annotations = tmp_path / "captions.json"
-    annotations.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i}.png"} for i in range(3)],
+    annotations.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i}.png"} for i in range(2)],
                                        "annotations": [{"image_id": i, "caption": c}
-                                                       for i, c in enumerate(["a cat", "a dog", "cat dog"])]}))
+                                                       for i, c in enumerate(["a cat", "a dog"])]}))
     assert low_resolution(pipe) == 1024  # FLUX.2's default: 1024 -> 2048 in the real benchmark
     text = {"max_sequence_length": MAX_SEQUENCE_LENGTH, "text_encoder_out_layers": TEXT_OUT_LAYERS}
     rows = default_rows(pipe, [STEPS], size=SIZE, guidance_scale=1.0, pipeline_kwargs=text)
@@ -463,13 +462,13 @@ def test_coco_benchmark_with_flux2_rows(pipe, tmp_path):
         return FID("torchmetrics", feature_extractor=SmallFeatures())
 
     def bench(rows):
-        return run_coco_benchmark(annotations, tmp_path / "real", rows, tmp_path / "coco", num_samples=3,
-                                  batch_size=2, fid_factory=fid, real_size=128, patch_size=64)
+        return run_coco_benchmark(annotations, tmp_path / "real", rows, tmp_path / "coco", num_samples=2,
+                                  batch_size=1, fid_factory=fid, real_size=128, patch_size=64)
 
     first = bench(rows)
     assert set(first["metrics"]) == {"flux2-2", "flux2-2-uplift"}
     assert first["metrics"]["flux2-2-uplift"]["patch_fid"] >= 0 and first["metrics"]["flux2-2"]["patch_fid"] is None
-    assert PIL.Image.open(tmp_path / "coco" / "images" / "flux2-2-uplift" / "00002.png").size == (128, 128)
+    assert PIL.Image.open(tmp_path / "coco" / "images" / "flux2-2-uplift" / "00000.png").size == (128, 128)
     (tmp_path / "coco" / "images" / "flux2-2-uplift" / "00001.png").unlink()  # resume: only that image again
     second = bench(rows)
     assert {k: v for k, v in second.items() if k != "timings"} == {k: v for k, v in first.items() if k != "timings"}
@@ -477,3 +476,28 @@ def test_coco_benchmark_with_flux2_rows(pipe, tmp_path):
                       pipeline_kwargs=text)
     with pytest.raises(StaleResultsError):  # another upsampler: the saved images are not reused
         bench([rows[0], other])
+
+
+def test_eval_coco_family_flux2_command(tmp_path, monkeypatch):
+    # The command builds FLUX.2 rows at the pipeline's resolution (1024 -> 2048), the built-in upsampler, bf16 only
+    # on CUDA; the benchmark itself (run_coco_benchmark) is the one tested above, replaced here by a recorder.
+    from uplift_diffusion.eval import coco
+
+    from uplift_diffusion.cli import main
+
+    received = {}
+    monkeypatch.setattr(coco, "run_coco_benchmark", lambda *args, **kwargs: received.update(kwargs) or {"ok": 1})
+    folder = save_klein_pipeline(tmp_path / "klein", is_distilled=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "table.md").write_text("table\n")
+    (tmp_path / "captions.json").write_text("{}")
+    argv = ["eval", "coco", "--family", "flux2", "--pipeline", str(folder), "--annotations",
+            str(tmp_path / "captions.json"), "--images", str(tmp_path), "--output", str(tmp_path / "out"),
+            "--device", "cpu", "--fid-backend", "none"]
+    assert main(argv) == 0
+    rows = received["rows"]
+    assert [r.key for r in rows] == ["flux2-4", "flux2-4-uplift"]  # distilled: 4 steps, no guidance
+    assert rows[1].resolution == "1024->2048" and rows[1].fingerprint["guidance_scale"] == 1.0
+    assert received["real_size"] == 2048 and received["patch_size"] == 1024
+    assert received["extra_config"]["pipeline_source"] == str(folder)
+    assert received["extra_config"]["upsampler_source"] == "built-in taef2"
