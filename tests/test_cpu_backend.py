@@ -175,3 +175,22 @@ def test_model_built_under_inference_mode(batch_norm_model):
         changed = converted(image, features, iterations=2)
     torch.testing.assert_close(out, expected, **EXACT)
     assert not torch.allclose(changed, out)
+
+
+def test_weights_on_the_meta_device_until_called(batch_norm_model):
+    """accelerate's sequential offload (what ``enable_sequential_cpu_offload`` installs): every weight waits on the meta
+    device until its own module is called. The backend's fused conv + BatchNorm path reads weights directly, so it
+    must call the modules instead. Before: NaN outputs from oneDNN ops on meta-backed weights."""
+    import copy
+
+    from accelerate import cpu_offload
+
+    model, image, features = batch_norm_model
+    with torch.no_grad():
+        expected = model(image, features, iterations=2, generator=torch.Generator().manual_seed(0))
+    offloaded = copy.deepcopy(model)
+    cpu_offload(offloaded, torch.device("cpu"), offload_buffers=True)
+    assert offloaded.encoder.block_0.blocks[0].conv[1].running_var.device.type == "meta"
+    with torch.inference_mode():
+        out = offloaded(image, features, iterations=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, expected, **EXACT)

@@ -193,6 +193,8 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
     found it working; everything else is ``nn.Conv2d``'s own computation.
     """
     if stride != 1:
+        if not resident(x, conv):  # offloaded weights arrive only through the module's call: full conv, subsampled
+            return conv(x)[..., ::stride, ::stride]
         return F.conv2d(x, conv.weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
     if (
         conv.kernel_size == (1, 1)
@@ -223,6 +225,7 @@ def conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, relu: nn.M
         and conv.bias is None
         and conv.padding_mode == "zeros"
         and x.dtype == conv.weight.dtype
+        and resident(x, conv, norm)
         and active(x)
         and capabilities().fused_conv_relu
     ):
@@ -231,7 +234,19 @@ def conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, relu: nn.M
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, list(conv.padding), strides, list(conv.dilation), conv.groups, "relu", [], ""
         )
-    return relu(norm(conv2d(conv, x, stride)))
+    return relu(norm(conv(x) if stride == 1 else conv2d(conv, x, stride)))
+
+
+def resident(x: torch.Tensor, *modules: nn.Module) -> bool:
+    """Whether the modules' own parameters and buffers are on ``x``'s device. Under accelerate's sequential CPU
+    offload they wait on the meta device until the module itself is called (its hook loads them): a fast path that
+    reads a module's weights instead of calling it must check this first and call the module otherwise.
+
+    Args:
+        x (`torch.Tensor`): the input about to be combined with the weights.
+        *modules (`nn.Module`): the modules whose weights the fast path would read.
+    """
+    return all(t.device == x.device for m in modules for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
 
 
 def _folded_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,11 +23,17 @@ def latent_channels(vae) -> int:
     return int(vae.config.latent_channels)
 
 
+def _input_device(param: torch.Tensor, x: torch.Tensor) -> torch.device:
+    """The VAE's device for its inputs; under accelerate's sequential CPU offload the weights wait on the meta device
+    and the hooks move the inputs themselves, so ``x`` stays where it is."""
+    return x.device if param.device.type == "meta" else param.device
+
+
 @torch.no_grad()
 def encode_latents(vae, image01: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] -> raw latents [B, C, H/8, W/8] (distribution mode for KL VAEs, deterministic)."""
     param = next(vae.parameters())
-    out = vae.encode(image01.to(param.device, param.dtype) * 2 - 1)
+    out = vae.encode(image01.to(_input_device(param, image01), param.dtype) * 2 - 1)
     if hasattr(out, "latent_dist"):
         return out.latent_dist.mode()
     if hasattr(out, "latents"):
@@ -39,7 +45,7 @@ def encode_latents(vae, image01: torch.Tensor) -> torch.Tensor:
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """Raw latents -> [B, 3, 8h, 8w] RGB in [0, 1] (clamped)."""
     param = next(vae.parameters())
-    sample = vae.decode(latents.to(param.device, param.dtype)).sample
+    sample = vae.decode(latents.to(_input_device(param, latents), param.dtype)).sample
     return ((sample.float() + 1) / 2).clamp(0, 1)
 
 
