@@ -169,7 +169,11 @@ def _onednn_dtype(dtype: torch.dtype) -> bool:
 
 def active(x: torch.Tensor) -> bool:
     """Whether ``x`` takes the channels-last inference path: fast paths on, a CPU tensor of a dtype oneDNN runs
-    here (float32; bfloat16 where native), autograd off, not being compiled (inductor picks its own layouts)."""
+    here (float32; bfloat16 where native), autograd off, not being compiled (inductor picks its own layouts).
+
+    Args:
+        x (`torch.Tensor`): a block's input.
+    """
     return (
         not torch.compiler.is_compiling()  # first: dynamo must not trace the capability probes
         and _enabled
@@ -182,7 +186,11 @@ def active(x: torch.Tensor) -> bool:
 
 
 def inference_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the layout the blocks run in: channels-last on the inference path, unchanged otherwise."""
+    """``x`` in the layout the blocks run in: channels-last on the inference path, unchanged otherwise.
+
+    Args:
+        x (`torch.Tensor`): a [B, C, H, W] map.
+    """
     return x.contiguous(memory_format=torch.channels_last) if active(x) else x
 
 
@@ -191,6 +199,11 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
 
     A 1x1 conv of a channels-last inference map runs on oneDNN (``torch.mkldnn_convolution``) when the probe
     found it working; everything else is ``nn.Conv2d``'s own computation.
+
+    Args:
+        conv (`nn.Conv2d`): the convolution.
+        x (`torch.Tensor`): its [B, C, H, W] input.
+        stride (`int`, defaults to 1): compute only every ``stride``-th output pixel (zero-padded convs).
     """
     if stride != 1:
         if not resident(x, conv):  # offloaded weights arrive only through the module's call: full conv, subsampled
@@ -217,6 +230,13 @@ def conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, relu: nn.M
 
     Fused when ``x`` is on the inference path, the norm is an eval-mode BatchNorm (folded into the conv's weight)
     and the fused op passed its probe; otherwise the three modules run one after the other.
+
+    Args:
+        x (`torch.Tensor`): the [B, C, H, W] input.
+        conv (`nn.Conv2d`): the 3x3 convolution (no bias when fused).
+        norm (`nn.Module`): its norm (``nn.BatchNorm2d`` or the channel LayerNorm).
+        relu (`nn.Module`): the activation.
+        stride (`int`, defaults to 1): compute only every ``stride``-th output pixel.
     """
     if (
         isinstance(norm, nn.BatchNorm2d)
@@ -276,7 +296,13 @@ def _folded_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -
 
 def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor | None:
     """The channel LayerNorm of a channels-last inference map as one ``F.layer_norm`` over the innermost axis
-    (float32 statistics, result in ``x``'s dtype); ``None`` when ``x`` is not on that path."""
+    (float32 statistics, result in ``x``'s dtype); ``None`` when ``x`` is not on that path.
+
+    Args:
+        x (`torch.Tensor`): the [B, C, H, W] map.
+        weight (`torch.Tensor`), bias (`torch.Tensor`): the per-channel affine parameters.
+        eps (`float`): added to the variance.
+    """
     pixels_channels = x.permute(0, 2, 3, 1)  # [B, H, W, C]: contiguous for a channels-last map
     if not (pixels_channels.is_contiguous() and active(x)):
         return None
@@ -286,7 +312,11 @@ def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 def concat_channels(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     """``torch.cat(parts, dim=1)``, written straight into a channels-last map on the inference path (a plain cat of
-    mixed layouts gives a contiguous map that the next conv block would copy again)."""
+    mixed layouts gives a contiguous map that the next conv block would copy again).
+
+    Args:
+        parts (`Sequence[torch.Tensor]`): [B, C_i, H, W] maps of one batch and size.
+    """
     if not active(parts[0]):
         return torch.cat(list(parts), dim=1)
     b, _, h, w = parts[0].shape
