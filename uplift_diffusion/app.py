@@ -593,22 +593,25 @@ def _message(title: str, lines: Sequence[str]) -> str:
     return f"### {title}\n\n" + "\n\n".join(f"⚠ {line}" for line in lines)
 
 
-class ScaleRadio(gr.Radio):
+def scale_radio(choices, **kwargs) -> gr.Radio:
     """The scale radio, documented in the API as what it accepts: an integer, 2, 4 or 8 (Gradio's Radio documents
     every choice as a string, which its own check then refuses); a numeric string is accepted too. (No JSON-schema
-    ``enum``: gradio_client renders any enum as a Literal of strings.)"""
+    ``enum``: gradio_client renders any enum as a Literal of strings.) The two methods are set on the instance: a
+    ``gr.Radio`` subclass would make Gradio write a ``.pyi`` stub beside this module at every import."""
+    radio = gr.Radio(choices, **kwargs)
+    allowed = ", ".join(str(value) for _, value in radio.choices)
+    radio_preprocess = radio.preprocess
 
-    def api_info(self) -> dict:
-        allowed = ", ".join(str(value) for _, value in self.choices)
+    def api_info() -> dict:
         return {"type": "integer", "title": "Scale", "description": f"upscaling factor: {allowed}"}
 
-    def preprocess(self, payload):
+    def preprocess(payload):
         if isinstance(payload, str) and payload.strip().isdigit():
             payload = int(payload)
-        return super().preprocess(payload)
+        return radio_preprocess(payload)
 
-    def get_block_name(self) -> str:
-        return "radio"  # the browser draws it as a Radio
+    radio.api_info, radio.preprocess = api_info, preprocess
+    return radio
 
 
 def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UPLiFT upscaler",
@@ -754,7 +757,7 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
                             gr.Examples([[[str(path)]] for path in examples], inputs=[files],
                                         example_labels=[path.stem for path in examples], elem_id="examples",
                                         label="Or try a sample photo (scikit-image)")
-                        scale = ScaleRadio(SCALE_CHOICES, value=2, label="Scale", elem_id="scale",
+                        scale = scale_radio(SCALE_CHOICES, value=2, label="Scale", elem_id="scale",
                                            info=f"results above {_megapixels(limits.max_output_pixels)} are refused "
                                                 f"(8× suits small images)")
                         color = gr.Checkbox(value=True, label="Colour correction", elem_id="color",
