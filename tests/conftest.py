@@ -11,6 +11,12 @@ import torch
 from uplift_diffusion.testing import SHARED
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# torch.compile's on-disk kernel cache does not key on the CPU features a run may use (ATEN_CPU_CAPABILITY,
+# ONEDNN_MAX_CPU_ISA): kernels cached by a native run and reused under an AVX2 limit, or the reverse, crash or give
+# NaN. Each limit gets a cache of its own.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), "uplift-inductor-" + "-".join(
+        os.environ.get(k, "native").lower() for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"))))
 
 
 def require_shared() -> Path:

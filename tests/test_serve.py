@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,9 +191,10 @@ def test_examples_come_from_scikit_image_and_the_page_builds_without_it(monkeypa
 
 
 def test_scale_is_an_integer_in_the_api():
-    radio = app.ScaleRadio(app.SCALE_CHOICES, value=2)
+    radio = app.scale_radio(app.SCALE_CHOICES, value=2)
     assert radio.api_info()["type"] == "integer" and radio.get_block_name() == "radio"
     assert radio.preprocess(4) == 4 and radio.preprocess("4") == 4
+    assert not list(Path(app.__file__).parent.glob("*.pyi"))  # Gradio writes no stub beside the module
 
 
 def test_download_all_zips_every_result_under_a_unique_name(upscaler, tmp_path):
