@@ -38,15 +38,23 @@ def needs_fast_path():
 
 @torch.inference_mode()
 def test_fast_path_equals_the_plain_layers_on_real_photos(taef2, photos):
+    # The bound is the 1e-5, against the decoder computed in float64. Between two float32 runs it is the
+    # float32 noise floor: the plain layers merely re-laid-out channels-last differ from themselves by up to 1.04e-5
+    # under ONEDNN_MAX_CPU_ISA=AVX2 (measured), so fast vs plain float32 gets twice that.
     needs_fast_path()
+    exact = torch.nn.Module.to(copy.deepcopy(taef2), torch.float64)
     for x in photos:
         with fast_paths.fast_paths(False):
             plain_latents = taef2.encoder(x.add(1).div(2))  # the published Sequential, nothing of ours
             plain_rgb = taef2.decoder(plain_latents).clamp(0, 1).mul(2).sub(1)
+            exact_latents = exact.encoder(x.double().add(1).div(2))
+            exact_rgb = exact.decoder(plain_latents.double()).clamp(0, 1).mul(2).sub(1)
         latents = taef2.encode(x).latents
         rgb = taef2.decode(plain_latents).sample
-        assert (latents - plain_latents).abs().max() <= TOLERANCE
-        assert (rgb - plain_rgb).abs().max() <= TOLERANCE
+        assert (latents - exact_latents).abs().max() <= TOLERANCE
+        assert (rgb - exact_rgb).abs().max() <= TOLERANCE
+        assert (latents - plain_latents).abs().max() <= 2 * TOLERANCE
+        assert (rgb - plain_rgb).abs().max() <= 2 * TOLERANCE
         assert rgb.is_contiguous() and latents.is_contiguous()
 
 
