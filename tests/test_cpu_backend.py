@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from uplift_diffusion import UPLiFTModel, fast_paths
 from uplift_diffusion.blocks import ConvBlock
@@ -122,6 +123,20 @@ def test_missing_private_ops_fall_back_exactly(batch_norm_model, forbid_private_
     torch.testing.assert_close(fast, reference, **EXACT)
 
 
+def test_bfloat16_convolutions_without_native_support_run_in_float32(capabilities_as):
+    torch.manual_seed(0)
+    block = ConvBlock(6, 8, 1, "batch").eval().bfloat16()
+    x = torch.randn(1, 6, 9, 7).bfloat16()
+    conv = block.conv[0]
+    capabilities_as(onednn_bf16=False)
+    with torch.inference_mode():
+        for stride in (1, 2):
+            expected = F.conv2d(x.float(), conv.weight.float(), None, stride, 1).bfloat16()
+            assert torch.equal(fast_paths.conv2d(conv, x, stride), expected)
+        with fast_paths.fast_paths(False):  # switched off: ATen's own bf16 convolution
+            assert fast_paths.conv2d(conv, x).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("norm_type", ["batch", "layer"])
 def test_bfloat16_without_native_support_falls_back(norm_type, forbid_private_ops, capabilities_as):
     """A CPU without native bf16 in oneDNN (AVX2 only): bf16 tensors take the plain path, within tolerance."""
@@ -150,14 +165,28 @@ def test_bfloat16_under_an_avx2_limit_in_a_fresh_process():
         with torch.inference_mode():
             exact = model(image, features, iterations=2)
             out = model.to(torch.bfloat16)(image.bfloat16(), features.bfloat16(), iterations=2)
-        print(fast_paths.capabilities().onednn_bf16, ((out.float() - exact).abs().max() / exact.abs().max()).item())
+
+        class Convolutions(torch.overrides.TorchFunctionMode):  # the dtype every 2-D convolution runs in
+            dtypes = []
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                if func in (torch.nn.functional.conv2d, torch.conv2d):
+                    self.dtypes.append(args[0].dtype)
+                return func(*args, **(kwargs or {}))
+
+        with torch.inference_mode(), Convolutions():  # ATen's naive bf16 conv (~50x slower than float32) never runs
+            model(image.bfloat16(), features.bfloat16(), iterations=2)
+        bf16_convs = sum(d == torch.bfloat16 for d in Convolutions.dtypes)
+        print(fast_paths.capabilities().onednn_bf16, ((out.float() - exact).abs().max() / exact.abs().max()).item(),
+              bf16_convs if Convolutions.dtypes else "none-seen")
     """)
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    native, relative = out.stdout.split()
+    native, relative, slow_convs = out.stdout.split()[-3:]
     assert native == "False"  # the limit is seen: oneDNN reports no native bf16
     assert float(relative) < BF16_RELATIVE
+    assert slow_convs == "0"  # convolutions of bf16 maps computed in float32
 
 
 def test_model_built_under_inference_mode(batch_norm_model):

@@ -16,8 +16,9 @@ tolerance in float32):
 The last two are private torch entry points. Each is used only when a capability check (:func:`capabilities`)
 found it present *and* a one-time probe on tiny tensors matched ``F.conv2d``; otherwise the plain op runs. bf16
 runs on oneDNN only where oneDNN has native bf16 support (``torch.ops.mkldnn._is_mkldnn_bf16_supported``: AVX-512
-BW/VL/DQ or AVX-NE-CONVERT, after any ``ONEDNN_MAX_CPU_ISA`` limit); elsewhere bf16 tensors take the plain
-PyTorch path, which ATen runs correctly (more slowly) on any CPU.
+BW/VL/DQ or AVX-NE-CONVERT, after any ``ONEDNN_MAX_CPU_ISA`` limit); elsewhere bf16 tensors take the plain path,
+except that their convolutions are computed in float32 and rounded to bf16 once (ATen's bf16 convolution without
+oneDNN is a naive loop, ~50x slower than float32).
 
 The switch: ``UPLIFT_FAST_PATHS=0`` in the environment (read at import) or :func:`set_fast_paths` /
 :func:`fast_paths` turns every fast path off; the blocks then run exactly the published sequence of operations.
@@ -205,6 +206,16 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         x (`torch.Tensor`): its [B, C, H, W] input.
         stride (`int`, defaults to 1): compute only every ``stride``-th output pixel (zero-padded convs).
     """
+    if _emulated_bf16(x):
+        # ATen's own bf16 convolution without oneDNN's bf16 is a naive loop (dinov2-s14 at 4x4 tokens under the AVX2
+        # limit: 28.6 s against 0.51 s in float32): convolve in float32 and round the output once (closer to exact).
+        if stride != 1 and not resident(x, conv):  # offloaded weights: through the module's call, then subsampled
+            return conv(x)[..., ::stride, ::stride]
+        weight, bias = conv.weight.float(), None if conv.bias is None else conv.bias.float()
+        if conv.padding_mode != "zeros":
+            return conv._conv_forward(x.float(), weight, bias).to(x.dtype)[..., ::stride, ::stride]
+        conv_stride = (stride, stride) if stride != 1 else conv.stride
+        return F.conv2d(x.float(), weight, bias, conv_stride, conv.padding, conv.dilation, conv.groups).to(x.dtype)
     if stride != 1:
         if not resident(x, conv):  # offloaded weights arrive only through the module's call: full conv, subsampled
             return conv(x)[..., ::stride, ::stride]
@@ -267,6 +278,12 @@ def resident(x: torch.Tensor, *modules: nn.Module) -> bool:
         *modules (`nn.Module`): the modules whose weights the fast path would read.
     """
     return all(t.device == x.device for m in modules for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)))
+
+
+def _emulated_bf16(x: torch.Tensor) -> bool:
+    """A bf16 CPU tensor where oneDNN has no native bf16: its convolutions run in float32 (fast paths on)."""
+    return (x.dtype == torch.bfloat16 and not torch.compiler.is_compiling() and _enabled and x.device.type == "cpu"
+            and not capabilities().onednn_bf16)
 
 
 def _folded_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
