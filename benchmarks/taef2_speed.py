@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tile-map", type=int, default=1024, help="side of the map the tile timing uses")
     parser.add_argument("--tile", type=int, default=512, help="decoder tile of the tile timing (encoder: half)")
     parser.add_argument("--e2e", action="store_true", help="also time the pipeline on the issue's sizes")
+    parser.add_argument("--e2e-only", action="store_true", help="only the pipeline times (implies --e2e)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
@@ -290,6 +291,10 @@ def main() -> int:
         print(f"taef2 fast path active: {fast_path_active(torch.zeros(1, 3, 8, 8))}")
 
     result = {"cpu": info, "load_before": load_before}
+    if args.e2e_only:
+        print("\npipeline (from_builtin('taef2'), colour correction on, seconds per call):")
+        result["end_to_end_s"] = end_to_end()
+        return finish(args, result)
     result["rates"] = r = rates(vae, args.size, args.repeats)
     g = r["gmac_s"]
     print(f"\nreference 64->64 3x3 conv, channels-last 1x64x256x256: F.conv2d {g['ref_conv2d']:.1f} GMAC/s; "
@@ -317,6 +322,10 @@ def main() -> int:
     if args.e2e:
         print("\npipeline (from_builtin('taef2'), colour correction on, seconds per call):")
         result["end_to_end_s"] = end_to_end()
+    return finish(args, result)
+
+
+def finish(args: argparse.Namespace, result: dict) -> int:
     result["load_after"] = os.getloadavg()
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in result['load_after'])}")
     if args.json:

@@ -290,7 +290,7 @@ def _run_units(units: Sequence[_Unit], x: torch.Tensor) -> torch.Tensor:
 # --- region (tile) runs -----------------------------------------------------------------------------------------------
 
 
-def tile_spans(size: int, tile: int) -> list[tuple[int, int]]:
+def _exact_tile_spans(size: int, tile: int) -> list[tuple[int, int]]:
     """Non-overlapping [start, end) spans of at most ``tile`` covering ``range(size)`` (tiles here are exact, so they
     need no overlap: each reads the halo its receptive field needs)."""
     return [(start, min(start + tile, size)) for start in range(0, size, tile)]
@@ -379,7 +379,7 @@ def _run_tiled(units: Sequence[_Unit], x: torch.Tensor, tile: int, progress: Cal
         raise ValueError("a pooled block normalises over the whole map: it cannot run in tiles")
     fast = fast_path_active(x)
     height, width = _sizes(units, x.shape[-2:])[-1]
-    tiles = [(r, c) for r in tile_spans(height, tile) for c in tile_spans(width, tile)]
+    tiles = [(r, c) for r in _exact_tile_spans(height, tile) for c in _exact_tile_spans(width, tile)]
     out = None
     for rows, cols in progress(tiles) if progress is not None else tiles:
         result = _run_region(units, x, rows, cols, fast)
@@ -614,7 +614,7 @@ class TAEF2(ModelMixin, ConfigMixin):
         for stage in _stages(self._encoder_units()[0]):
             size = _sizes(stage, size)[-1]
             tile = _stage_tile(stage, tile_size)
-            count += len(tile_spans(size[0], tile)) * len(tile_spans(size[1], tile))
+            count += len(_exact_tile_spans(size[0], tile)) * len(_exact_tile_spans(size[1], tile))
         return count
 
     def _encoder_units(self) -> tuple[list[_Unit], list[_Unit]]:
@@ -723,8 +723,8 @@ class TAEF2(ModelMixin, ConfigMixin):
             latent_width (`int`): latent columns.
             tile_size (`int`, defaults to 512): as for :meth:`decode_tiled`.
         """
-        factor = LATENT_FACTOR
-        return len(tile_spans(latent_height * factor, tile_size)) * len(tile_spans(latent_width * factor, tile_size))
+        rows = _exact_tile_spans(latent_height * LATENT_FACTOR, tile_size)
+        return len(rows) * len(_exact_tile_spans(latent_width * LATENT_FACTOR, tile_size))
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True):
         decoded = self.decode(self.encode(sample).latents).sample
