@@ -42,7 +42,7 @@ from uplift_diffusion.eval.latency import measure_latency
 from uplift_diffusion.eval.metrics import FID, PairedMetrics, PatchFID
 
 from uplift_diffusion.model import UPLiFTModel
-from uplift_diffusion.utils.errors import InputError
+from uplift_diffusion.utils.errors import InputError, StaleResultsError
 from uplift_diffusion.utils.fingerprint import file_digest, module_identity
 from uplift_diffusion.utils.images import expand_inputs, image_size, load_image
 
@@ -121,14 +121,34 @@ def super_resolve(method: str, low_res: torch.Tensor, pipeline, scale: int,
     return torch.stack([to_tensor_uint8(image) for image in out.images])
 
 
-def sr_fingerprint(method: str, inputs: dict[str, str], size: int, scale: int, seed: int, batch_size: int,
-                   color_correction: str | bool, vae_identity: dict, upsampler_identity: dict | None,
-                   device_type: str, downsample: str = "bilinear") -> dict:
-    """Everything that determines the saved images of one method: the inputs' contents (saved name -> sha256 of the
-    file, so an image replaced under the same name is noticed), the protocol, the VAE; the UPLiFT path adds the
-    upsampler, the seed of its noise and the colour correction; the baselines are deterministic."""
-    fingerprint = dict(benchmark="sr", method=method, inputs=inputs, size=size, scale=scale,
-                       downsample=DOWNSAMPLES[downsample])
+INPUTS_FILE = "inputs.json"  # saved image name -> sha256 of the input file it was made from
+
+
+def check_inputs_unchanged(folder: ResultsFolder, inputs: dict[str, str], methods: Sequence[str],
+                           overwrite: bool) -> None:
+    """Saved images whose input file changed since they were made (same name, other content) are refused (with
+    ``overwrite``: deleted, so they are made again); then the inputs' digests are recorded. Per image, so that a run
+    with a larger ``--limit`` still resumes the images already made."""
+    saved = folder.read_json(INPUTS_FILE) or {}
+    changed = sorted(name for name, digest in inputs.items() if saved.get(name, digest) != digest)
+    made = [name for name in changed if any(folder.image_path(m, name).is_file() for m in methods)]
+    if made and not overwrite:
+        raise StaleResultsError(f"{folder.root}: {len(made)} input image(s) changed since their results were made "
+                                f"({', '.join(made[:4])}{' ...' if len(made) > 4 else ''}); pass --overwrite to "
+                                f"make them again, or use a new --output folder")
+    for name in made:
+        for method in methods:
+            folder.image_path(method, name).unlink(missing_ok=True)
+    folder.write_json(INPUTS_FILE, {**saved, **inputs})
+
+
+def sr_fingerprint(method: str, size: int, scale: int, seed: int, batch_size: int, color_correction: str | bool,
+                   vae_identity: dict, upsampler_identity: dict | None, device_type: str,
+                   downsample: str = "bilinear") -> dict:
+    """Everything that determines the saved images of one method (the inputs' contents are checked per image, see
+    :func:`check_inputs_unchanged`): the protocol, the VAE; the UPLiFT path adds the upsampler, the seed of its
+    noise and the colour correction; the baselines are deterministic."""
+    fingerprint = dict(benchmark="sr", method=method, size=size, scale=scale, downsample=DOWNSAMPLES[downsample])
     if method != "pixel-bicubic":
         fingerprint.update(batch_size=batch_size, vae=vae_identity, device=device_type)
     if method == "uplift":
@@ -233,9 +253,10 @@ def run_sr_benchmark(
 
     def claim():
         for method in methods:
-            folder.claim(method, sr_fingerprint(method, inputs, size, scale, seed, batch_size, correction,
-                                                vae_identity, upsampler_identity, next(vae.parameters()).device.type,
-                                                downsample), overwrite)
+            folder.claim(method, sr_fingerprint(method, size, scale, seed, batch_size, correction, vae_identity,
+                                                upsampler_identity, next(vae.parameters()).device.type, downsample),
+                         overwrite)
+        check_inputs_unchanged(folder, inputs, methods, overwrite)
 
     on_main_process(claim)
     state = PartialState()

@@ -83,12 +83,12 @@ def test_two_processes_equal_one_and_resume_across_process_counts(sr_args, tmp_p
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(sr_args(one)) == 0
     reference = _images(one)
-    assert len(reference) == 15  # 5 images x 3 methods
+    assert len(reference) == 20  # 5 images x 4 methods (uplift, latent bilinear / nearest, pixel bicubic)
 
     # a 2-process run stopped midway (only the first 3 images of each method), then finished by 1 process
     _launch_two(sr_args(two, "--limit", "3"))
     partial, before = _images(two), _mtimes(two)
-    assert len(partial) == 9 and all(np.array_equal(img, reference[k]) for k, img in partial.items())
+    assert len(partial) == 12 and all(np.array_equal(img, reference[k]) for k, img in partial.items())
     assert main(sr_args(two)) == 0
     assert {k: v for k, v in _mtimes(two).items() if k in before} == before  # nothing recomputed
     final = _images(two)
