@@ -139,8 +139,9 @@ def test_bad_arguments_are_reported_before_the_heavy_imports(tmp_path):
     """`upscale --scale 3` used to spend ~11 s importing torch / diffusers before saying the scale is wrong."""
     code = ("import sys, time; t = time.perf_counter(); from uplift_diffusion.cli import main; "
             "rc = main(sys.argv[1:]); print('torch' in sys.modules, rc)")
-    for args in (["--scale", "3"], ["--tile-size", "30"], ["--tile-size", "64", "--tile-overlap", "4"]):
-        done = subprocess.run([sys.executable, "-c", code, "upscale", "x.png", "-o", str(tmp_path / "o"), *args],
+    for args in (["upscale", "x.png", "--scale", "3"], ["upscale", "x.png", "--tile-size", "30"],
+                 ["upscale", "x.png", "--tile-size", "64", "--tile-overlap", "4"], ["demo", "--scale", "3"]):
+        done = subprocess.run([sys.executable, "-c", code, *args, "-o", str(tmp_path / "o")],
                               capture_output=True, text=True, timeout=120,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert done.stdout.split() == ["False", "2"], (args, done.stdout, done.stderr)

@@ -23,29 +23,32 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from uplift_diffusion.commands.checks import power_of_two
+    from uplift_diffusion.utils.errors import InputError, OutputExistsError
+
+    # Cheap checks first (no torch yet): a wrong flag or an earlier demo is reported at once.
+    start = time.perf_counter()
+    power_of_two("--scale", args.scale)
+    earlier = [str(path) for path in (Path(args.output) / "demo.png", Path(args.output) / "results.json")
+               if path.exists()]
+    if earlier and not args.overwrite:
+        raise OutputExistsError(f"{args.output} holds an earlier demo ({', '.join(earlier)}); pass --overwrite to "
+                                f"replace it, or another -o folder")
+
     from tqdm.auto import tqdm
 
     from uplift_diffusion import demo
     from uplift_diffusion.builtin import builtin_names
-    from uplift_diffusion.model import UPLiFTModel
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
     from uplift_diffusion.utils.allocator import retain_freed_memory
-    from uplift_diffusion.utils.errors import InputError, OutputExistsError
     from uplift_diffusion.utils.io import ensure_writable_dir, save_image_atomic, write_json_atomic
 
-    start = time.perf_counter()
-    UPLiFTModel.iterations_for_scale(args.scale)
     names = args.photos or list(demo.SAMPLE_PHOTOS)
     unknown = [n for n in names if n not in demo.SAMPLE_PHOTOS]
     if unknown:
         raise InputError(f"unknown demo photo(s) {', '.join(unknown)}; available: {', '.join(demo.SAMPLE_PHOTOS)}")
     if args.builtin not in builtin_names():
         raise InputError(f"unknown built-in pair {args.builtin!r}; available: {', '.join(builtin_names())}")
-    earlier = [str(path) for path in (Path(args.output) / "demo.png", Path(args.output) / "results.json")
-               if path.exists()]
-    if earlier and not args.overwrite:
-        raise OutputExistsError(f"{args.output} holds an earlier demo ({', '.join(earlier)}); pass --overwrite to "
-                                f"replace it, or another -o folder")
     out = ensure_writable_dir(Path(args.output))
 
     retain_freed_memory()  # our own short-lived process: no page faults for maps freed and allocated again
