@@ -254,7 +254,8 @@ def test_progress_covers_the_whole_request_in_one_bar_and_old_results_go(page, p
     click_upscale(page)
     wait_for_result(page)
     page.locator("#photos button[aria-label='Clear']").click()
-    upload(page, photos["crop"], photos["small"])
+    # a request long enough (seconds, also on a quiet machine) for the page to estimate the time left
+    upload(page, photos["chelsea"], photos["small"])
     watch(page)
     click_upscale(page)
     page.wait_for_function("() => window.seen.some(s => s.progress) && document.querySelector('#info p')",
