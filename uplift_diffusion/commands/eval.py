@@ -252,6 +252,9 @@ def run(args) -> int:
     if state.num_processes > 1 and device.type == state.device.type and device.index is None:
         device = state.device  # one accelerator per process
     results = (_run_sr if args.benchmark == "sr" else _run_text2img)(args, device, dtype)
+    if state.num_processes > 1:  # leave together and close the group: a process exiting with gloo's threads still
+        state.wait_for_everyone()  # running may abort ("terminate called without an active exception")
+        state.destroy_process_group()
     if results is None:  # a helper process of `accelerate launch`: the main process scores and reports
         return 0
     from pathlib import Path
