@@ -40,6 +40,7 @@ from uplift_diffusion.eval.common import (
 )
 from uplift_diffusion.eval.latency import measure_latency
 from uplift_diffusion.eval.metrics import FID, PairedMetrics, PatchFID
+from uplift_diffusion.pipelines.common import color_correction_for
 
 from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.utils.errors import InputError, StaleResultsError
@@ -248,7 +249,7 @@ def run_sr_benchmark(
     inputs = {name: file_digest(path) for name, path in zip(names, files, strict=True)}
     vae_identity = module_identity(vae)
     upsampler_identity = module_identity(upsampler) if "uplift" in methods else None
-    correction = (pipeline.config.color_correction_mode or upsampler.config.get("color_correction", "mean")
+    correction = (color_correction_for(upsampler, True, pipeline.config.color_correction_mode).mode
                   if color_correction and upsampler is not None else False)
 
     def claim():

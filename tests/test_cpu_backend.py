@@ -10,25 +10,10 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from test_fast_paths import BF16_RELATIVE, EXACT, _randomise_batch_norms, _relative  # noqa: E402  (one home)
 
 from uplift_diffusion import UPLiFTModel, fast_paths
 from uplift_diffusion.blocks import ConvBlock
-
-EXACT = dict(rtol=1e-5, atol=1e-5)
-BF16_RELATIVE = 5e-2  # the stated bf16 tolerance (tests/test_fast_paths.py)
-
-
-def _relative(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-
-
-def _randomise_batch_norms(module):
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.normal_()
-            m.bias.data.normal_()
 
 
 @pytest.fixture

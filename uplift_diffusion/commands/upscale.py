@@ -55,10 +55,10 @@ OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 def check_arguments(args: argparse.Namespace) -> None:
     """The checks that need no model and no torch: a wrong flag is reported at once, before the heavy imports."""
+    from uplift_diffusion.commands.checks import power_of_two
     from uplift_diffusion.utils.errors import InputError
 
-    if args.scale < 2 or args.scale & (args.scale - 1):
-        raise InputError(f"--scale must be a power of two >= 2 (2, 4, 8, ...), got {args.scale}")
+    power_of_two("--scale", args.scale)
     if args.tile_overlap is not None and args.tile_size is None:
         raise InputError("--tile-overlap needs --tile-size (without tiles there is nothing to overlap)")
     if args.tile_size is not None and (args.tile_size < 32 or args.tile_size % 8):
