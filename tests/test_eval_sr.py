@@ -58,7 +58,7 @@ def test_sr_benchmark_end_to_end_and_resume(image_folder, tmp_path):
     assert set(first["metrics"]) == {"uplift", "latent-bilinear", "latent-nearest", "pixel-bicubic"}
     for m in first["metrics"].values():
         assert m["num_images"] == 5 and 0 < m["ssim"] <= 1 and m["psnr"] > 5
-        assert 0 < m["saturation_ratio"] < 3 and 0 < m["contrast_ratio"] < 3
+        assert 0 < m["saturation_ratio"] < 3 and 0 < m["contrast_ratio"] < 3 and 0 < m["grid_ratio"] < 20
         assert m["fid"] > 0 and m["patch_fid"] > 0  # generated images always differ from the real ones
     assert first["metrics"]["uplift"]["iterations"] == 2 and first["metrics"]["latent-nearest"]["iterations"] == 1
     assert first["config"]["skipped_too_small"] == ["small.png"]

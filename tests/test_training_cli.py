@@ -122,10 +122,15 @@ def test_shipped_configs_parse():
     from pathlib import Path
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
-    assert {p.name for p in configs} >= {"taef2_bsds.json", "sd15_vae.json", "dinov2_s14.json"}
-    for path in configs:
-        config = TrainConfig.from_file(path)
-        UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)  # the model config is valid
+    assert {p.name for p in configs} >= {"taef2_bsds.json", "sd15_vae.json", "dinov2_s14.json",
+                                         "taef2_builtin.json", "taef2_builtin_stage2.json"}
+    parsed = {path.name: TrainConfig.from_file(path) for path in configs}
+    exports = {f"{c.output_dir}/model" for c in parsed.values()}
+    for config in parsed.values():
+        if config.model.init_from:  # a later stage starts from the model an earlier recipe exports
+            assert config.model.init_from in exports
+        else:
+            UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)  # the model config is valid
 
 
 def test_a_vae_backbone_that_loads_as_neither_kind_reports_both_causes(tmp_path):

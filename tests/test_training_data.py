@@ -92,3 +92,25 @@ def test_each_view_draws_one_downscale_kernel_and_single_kernel_crops_are_unchan
         assert torch.equal(a[0], b[0])  # the high-res crop never depends on the kernel
         assert torch.equal(a[2], b[2]) == (kernel == "bilinear")
         assert 0 <= b[2].min() and b[2].max() <= 1  # bicubic overshoot is clamped
+
+
+def test_aliased_bilinear_kernel_is_the_paper_protocol():
+    """``"bilinear-aliased"`` is exactly ``eval sr``'s paper protocol (interpolate without antialiasing): at 4x each
+    low-res pixel is the mean of the 2x2 centre of its 4x4 block, so a one-pixel checkerboard survives it (aliasing)
+    while the antialiased kernels average it to grey."""
+    from uplift_diffusion.training.data import downscale, image_pyramid
+
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 32, 48)
+    aliased = downscale(image, (8, 12), "bilinear-aliased")
+    centres = image.unfold(2, 4, 4).unfold(3, 4, 4)[..., 1:3, 1:3].mean((-1, -2))  # [2, 3, 8, 12]
+    torch.testing.assert_close(aliased, centres)
+    lines = torch.zeros(1, 3, 32, 32)
+    lines[..., ::4, :] = 1.0  # every 4th row white: the sampled rows skip them all
+    assert downscale(lines, (8, 8), "bilinear-aliased").max() == 0
+    assert downscale(lines, (8, 8), "bilinear").min() > 0.1
+    pyramid = image_pyramid(image, 2, "bilinear-aliased")
+    assert [tuple(x.shape[-2:]) for x in pyramid] == [(32, 48), (16, 24), (8, 12)]
+    torch.testing.assert_close(pyramid[2], aliased)
+    with pytest.raises(Exception, match="bilinear-aliased"):
+        downscale(image, (8, 12), "lanczos")

@@ -25,3 +25,48 @@ def test_identity_refiner_init_passes_the_attender_output_through():
     before = {k: v.clone() for k, v in plain.state_dict().items()}
     identity_refiner_init(plain)  # no refiner: nothing changes
     assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+
+
+def test_grow_refiner_adds_identity_blocks_to_a_trained_model_and_refuses_other_changes():
+    import pytest
+
+    from uplift_diffusion.training.init import grow_refiner
+
+    torch.manual_seed(0)
+    trained = UPLiFTModel.from_preset("tiny-vae", in_channels=4, noise_channels=0).eval()
+    for p in trained.parameters():  # a "trained" model: no zero layers anywhere
+        p.data.normal_(0, 0.1)
+    blocks = trained.config.refiner_blocks["num_blocks"]
+    grown = grow_refiner(trained, {"refiner_blocks": {"num_blocks": blocks + 2}}).eval()
+    assert len(grown.refiner.blocks) == blocks + 2 and grown.config.refiner_blocks["num_blocks"] == blocks + 2
+    image, features = torch.rand(2, 3, 32, 32), torch.randn(2, 4, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(image, features, iterations=2), trained(image, features, iterations=2))
+    grown(image, features).pow(2).mean().backward()
+    assert grown.refiner.blocks[-1].conv[-1].weight.grad.abs().sum() > 0  # the new blocks learn
+
+    with pytest.raises(ValueError, match="can only raise num_blocks"):
+        grow_refiner(trained, {"refiner_blocks": {"out_channels": 256}})
+    with pytest.raises(ValueError, match="can only raise num_blocks"):
+        grow_refiner(trained, {"refiner_blocks": {"num_blocks": blocks - 1}})
+    with pytest.raises(ValueError, match="can only grow"):
+        grow_refiner(trained, {"in_channels": 8})
+
+
+def test_a_training_config_grows_its_initial_model(tmp_path):
+    """``model.init_from`` + ``model.overrides.refiner_blocks.num_blocks`` (the built-in recipe's stage 2): the run
+    starts from the saved model, deeper, computing exactly what it computed."""
+    from uplift_diffusion.training.config import TrainConfig
+    from uplift_diffusion.training.trainer import build_model
+
+    torch.manual_seed(0)
+    saved = UPLiFTModel.from_preset("tiny-vae", in_channels=4, noise_channels=0).eval()
+    saved.save_pretrained(tmp_path / "stage1")
+    blocks = saved.config.refiner_blocks["num_blocks"]
+    config = TrainConfig.from_dict({"model": {"init_from": str(tmp_path / "stage1"),
+                                              "overrides": {"refiner_blocks": {"num_blocks": blocks + 1}}}})
+    grown = build_model(config).eval()
+    assert grown.config.refiner_blocks["num_blocks"] == blocks + 1
+    image, features = torch.rand(1, 3, 32, 32), torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(image, features, iterations=2), saved(image, features, iterations=2))

@@ -16,7 +16,7 @@ from typing import Any
 
 BACKBONE_TYPES = ("taef2", "vae", "vit")
 SOURCE_TYPES = ("folder", "hf", "webdataset")
-DOWNSCALE_KERNELS = ("bilinear", "bicubic")
+DOWNSCALE_KERNELS = ("bilinear", "bicubic", "bilinear-aliased")
 PIXEL_LOSSES = ("l1", "l2", "charbonnier")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -28,7 +28,10 @@ class ModelConfig:
 
     Attributes:
         preset: name of a preset (``"tiny-vae"``, ``"sd15-vae"``, ``"dinov2-s14"``, ...) giving the base config.
-        overrides: constructor arguments of ``UPLiFTModel`` that replace the preset's (e.g. ``in_channels``).
+        overrides: constructor arguments of ``UPLiFTModel`` that replace the preset's (e.g. ``in_channels``). With
+            ``init_from`` only ``{"refiner_blocks": {"num_blocks": N}}`` (more than the initial model's): the model
+            is grown, its new refiner blocks starting as the identity
+            (:func:`uplift_diffusion.training.init.grow_refiner`).
         init_from: optional folder written by ``save_pretrained`` to start from instead of a random init.
         identity_refiner_init: start the refiner as the identity on the Local Attender output (see
             :func:`uplift_diffusion.training.init.identity_refiner_init`); ignored with ``init_from``.

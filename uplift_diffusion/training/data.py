@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..utils.errors import InputError, InputNotFoundError
 from ..utils.image_ops import bilinear_resize, pil_to_tensor
 from ..utils.images import IMAGE_SUFFIXES, load_image
-from .config import DataConfig, DataSource
+from .config import DOWNSCALE_KERNELS, DataConfig, DataSource
 
 
 def list_image_files(folder: str | Path) -> list[Path]:
@@ -186,20 +186,27 @@ def view_rng(seed: int, key: str, view: int) -> random.Random:
 
 
 def downscale(image: torch.Tensor, size: tuple[int, int], kernel: str = "bilinear") -> torch.Tensor:
-    """Antialiased ``"bilinear"`` or ``"bicubic"`` (PIL-like, clamped to [0, 1]) resize of a [B, 3, H, W] image."""
+    """Resize of a [B, 3, H, W] image: antialiased ``"bilinear"`` or ``"bicubic"`` (PIL-like, clamped to [0, 1]), or
+    ``"bilinear-aliased"`` (``F.interpolate`` without antialiasing: the paper's FacesHQ protocol, B.2, and what a
+    plain ``interpolate`` call or a camera's line skipping gives)."""
     if kernel == "bilinear":
         return bilinear_resize(image, size)
+    if kernel == "bilinear-aliased":
+        if tuple(image.shape[-2:]) == tuple(size):
+            return image
+        return torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False,
+                                               antialias=False)
     if kernel == "bicubic":
         if tuple(image.shape[-2:]) == tuple(size):
             return image
         return torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False,
                                                antialias=True).clamp(0, 1)
-    raise InputError(f"downscale kernel must be 'bilinear' or 'bicubic', got {kernel!r}")
+    raise InputError(f"downscale kernel must be one of {DOWNSCALE_KERNELS}, got {kernel!r}")
 
 
 def image_pyramid(image: torch.Tensor, levels: int, kernel: str = "bilinear") -> list[torch.Tensor]:
     """``[I, I/2, ..., I/2**levels]`` of a [B, 3, H, W] or [3, H, W] image, each level downscaled from ``I`` with
-    the antialiased ``kernel``."""
+    ``kernel`` (see :func:`downscale`)."""
     batched = image.ndim == 4
     x = image if batched else image[None]
     h, w = x.shape[-2:]

@@ -29,3 +29,36 @@ def identity_refiner_init(model: nn.Module) -> None:
     out.weight.zero_()
     out.weight[:, :c, 0, 0] = torch.eye(c)
     out.bias.zero_()
+
+
+GROWABLE_KEYS = ("refiner_blocks",)
+
+
+@torch.no_grad()
+def grow_refiner(source: nn.Module, overrides: dict) -> nn.Module:
+    """A deeper copy of a trained model that computes exactly what ``source`` computes.
+
+    ``overrides`` may only raise ``refiner_blocks.num_blocks``: the blocks ``source`` has keep their weights, the new
+    ones start as the identity (their last 1x1 conv zeroed, so the residual rule passes the input through) and learn
+    a correction on top of the trained model. Capacity can then be added to a trained model without starting over.
+    Anything else (other keys, other widths, fewer blocks) is a different architecture and is refused.
+    """
+    config = {k: v for k, v in source.config.items() if not k.startswith("_")}
+    other = sorted(set(overrides) - set(GROWABLE_KEYS))
+    if other:
+        raise ValueError(f"model.overrides with model.init_from can only grow {GROWABLE_KEYS}, got {other}")
+    old = config.get("refiner_blocks")
+    new = {**(old or {}), **overrides.get("refiner_blocks", {})}
+    changed = sorted(k for k in new if old is None or new[k] != old.get(k))
+    if old is None or set(changed) - {"num_blocks"} or new["num_blocks"] < old["num_blocks"]:
+        raise ValueError(f"model.overrides.refiner_blocks with model.init_from can only raise num_blocks of the "
+                         f"initial model's refiner {old}, got {overrides['refiner_blocks']}")
+    model = type(source)(**{**config, "refiner_blocks": new})
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    new_blocks = [f"refiner.blocks.{i}." for i in range(old["num_blocks"], new["num_blocks"])]
+    if unexpected or any(not k.startswith(tuple(new_blocks)) for k in missing):
+        raise ValueError(f"cannot grow the model: missing {missing}, unexpected {unexpected}")
+    for block in model.refiner.blocks[old["num_blocks"]:]:
+        block.conv[-1].weight.zero_()
+        block.conv[-1].bias.zero_()
+    return model

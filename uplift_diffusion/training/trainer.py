@@ -45,7 +45,7 @@ from .cache import FeatureCache, cache_fingerprint
 from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
 from .config import TrainConfig
 from .data import ViewDataset, collate_views, epoch_batches
-from .init import identity_refiner_init
+from .init import grow_refiner, identity_refiner_init
 from .losses import PixelObjective, UPLiFTTrainingObjective, loss_term_names
 from .run import (
     CONFIG_RECORD,
@@ -84,6 +84,8 @@ def check_compatible(model: UPLiFTModel, backbone: FeatureBackbone, config: Trai
 def build_model(config: TrainConfig) -> UPLiFTModel:
     if config.model.init_from:
         model = UPLiFTModel.from_pretrained(config.model.init_from)
+        if config.model.overrides:
+            model = grow_refiner(model, config.model.overrides)
     else:
         model = UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)
         if config.model.identity_refiner_init:
