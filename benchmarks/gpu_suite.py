@@ -149,8 +149,8 @@ def markdown(payload: dict) -> str:
             table_rows.append((case["case"], None, case["dtype"], f"failed: {case['error']}", None, None, None))
             continue
         for r in case["rows"]:
-            table_rows.append((case["case"], f"{case['image']}²", case["dtype"], r["measurement"], r["mean_s"] * 1e3, r["std_s"] * 1e3,
-                               r["peak_mib"]))
+            table_rows.append((case["case"], f"{case['image']}²", case["dtype"], r["measurement"], r["mean_s"] * 1e3,
+                               r["std_s"] * 1e3, r["peak_mib"]))
     lines.append(markdown_table(TABLE_HEADERS, table_rows))
     vaes = sorted({c["vae"] for c in payload["cases"] if c.get("vae")})
     presets = sorted({c["uplift_preset"] for c in payload["cases"] if c.get("uplift_preset")})

@@ -28,6 +28,7 @@ from uplift_diffusion.cli import main
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "uplift_diffusion" / "weights"
 MAX_SHIPPED_BYTES = 15 * 1024 * 1024
+GRID_8X_MEAN, GRID_8X_MAX = 1.3, 1.6  # latent-grid ratio bounds for a mesh-free 8x (photos and bicubic score ~1)
 
 
 @pytest.fixture
@@ -160,3 +161,37 @@ def test_diffusers_empty_float32_notice_is_silenced_and_nothing_else():
     assert not [m for m in messages if "should be kept in float32: []" in m], messages
     assert any("should be kept in float32: ['norm']" in m for m in messages)
     assert "another diffusers warning" in messages
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 23 is open: the built-in model draws an 8-pixel mesh at 8x (grid ratio ~2.9 on "
+                          "BSDS test50); a model trained with depth 3 scored better PSNR but not less mesh")
+def test_upscale_8x_has_no_latent_grid_and_beats_bicubic(shared_dir, tmp_path, no_network):
+    """8x is three UPLiFT steps; the built-in model was trained for one and two. Through the CLI with no flags, on
+    the first six Kodak photos (whole, antialiased PIL bicubic 8x downscale): no more 8-pixel mesh than photos have
+    (eval.metrics.grid_ratio_per_image) and a higher PSNR than PIL bicubic on average. Strict xfail until a model
+    meets it: it then fails as XPASS and the marker goes."""
+    from uplift_diffusion.eval.metrics import grid_ratio_per_image, psnr_per_image
+
+    names = [f"kodim{i:02d}" for i in range(1, 7)]
+    (tmp_path / "lr").mkdir()
+    originals, bicubics = {}, {}
+    for name in names:
+        original = Image.open(shared_dir / "data" / "kodak" / f"{name}.png").convert("RGB")
+        low = original.resize((original.width // 8, original.height // 8), Image.Resampling.BICUBIC)
+        low.save(tmp_path / "lr" / f"{name}.png")
+        originals[name], bicubics[name] = original, low.resize(original.size, Image.Resampling.BICUBIC)
+    assert main(["upscale", str(tmp_path / "lr"), "-o", str(tmp_path / "out"), "--scale", "8"]) == 0
+
+    def tensor(image):
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]  # Kodak has portrait photos too
+
+    grid, gain = [], []
+    for name in names:
+        hr, bicubic = tensor(originals[name]), tensor(bicubics[name])
+        uplift = tensor(Image.open(tmp_path / "out" / f"{name}_x8.png").convert("RGB"))
+        grid.append(float(grid_ratio_per_image(uplift, hr)[0]))
+        gain.append(float(psnr_per_image(uplift, hr)[0] - psnr_per_image(bicubic, hr)[0]))
+    assert np.mean(grid) < GRID_8X_MEAN and max(grid) < GRID_8X_MAX, grid
+    assert np.mean(gain) > 0.0, gain

@@ -123,7 +123,7 @@ def test_shipped_configs_parse():
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
     assert {p.name for p in configs} >= {"taef2_bsds.json", "sd15_vae.json", "dinov2_s14.json",
-                                         "taef2_builtin.json", "taef2_builtin_stage2.json"}
+                                         "taef2_builtin.json", "taef2_grow_depth3.json"}
     parsed = {path.name: TrainConfig.from_file(path) for path in configs}
     exports = {f"{c.output_dir}/model" for c in parsed.values()}
     for config in parsed.values():
