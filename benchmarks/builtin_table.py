@@ -32,12 +32,16 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+from uplift_diffusion.eval.common import float_to_uint8, to_tensor_uint8
+
+from uplift_diffusion.training.data import list_image_files
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -45,13 +49,8 @@ DATASETS = {"test50": SHARED / "data/bsds500/test50", "kodak": SHARED / "data/ko
 PROTOCOLS = ("bicubic", "bilinear-antialiased", "bilinear-aliased")
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[..., H, W] float in [0, 1] -> uint8 (round half up, as PNG writers do)."""
-    return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
-
-
 def load(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)  # uint8 [3, H, W]
+    return to_tensor_uint8(Image.open(path).convert("RGB"))  # uint8 [3, H, W]
 
 
 def save(image: torch.Tensor, path: Path) -> None:
@@ -71,8 +70,20 @@ def downscale(hr: torch.Tensor, scale: int, protocol: str) -> torch.Tensor:
         return downscale_uint8(hr, scale, "bilinear")
     if protocol == "bilinear-antialiased":
         h, w = hr.shape[-2] // scale, hr.shape[-1] // scale
-        return to_uint8(train_downscale(hr[None].float() / 255, (h, w), "bilinear")[0])
+        return to_tensor_uint8(float_to_uint8(train_downscale(hr[None].float() / 255, (h, w), "bilinear"))[0])
     raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+
+
+class Job(NamedTuple):
+    """One `upscale` run: a model on one folder of low-res files."""
+
+    model: str
+    dataset: str
+    scale: int
+    protocol: str
+    lr_dir: Path
+    out_dir: Path
+    upsampler: str | None
 
 
 def prepare(dataset: str, files: list[Path], scale: int, protocols: list[str], root: Path) -> list[str]:
@@ -118,7 +129,7 @@ def roundtrips(dataset: str, names: list[str], scale: int, root: Path) -> dict[s
         if not path.exists():
             vae = vae or load_builtin_vae("taef2")
             hr = load(base / "hr" / f"{name}.png")[None].float() / 255
-            save(to_uint8(decode_latents(vae, encode_latents(vae, hr))[0]), path)
+            save(to_tensor_uint8(float_to_uint8(decode_latents(vae, encode_latents(vae, hr)))[0]), path)
         out[name] = load(path)
     return out
 
@@ -141,6 +152,11 @@ def score(images: dict[str, torch.Tensor], hr: dict[str, torch.Tensor]) -> dict:
     keys = next(iter(per_image.values())).keys()
     mean = {k: float(np.mean([v[k] for v in per_image.values()])) for k in keys}
     return {"mean": mean, "per_image": per_image}
+
+
+def load_bicubic(lr: torch.Tensor, size) -> torch.Tensor:
+    """PIL bicubic upscale of a uint8 [3, h, w] image to ``size`` (H, W)."""
+    return to_tensor_uint8(Image.fromarray(lr.permute(1, 2, 0).numpy()).resize((size[1], size[0]), Image.BICUBIC))
 
 
 def crop(image: torch.Tensor, side: int = 160) -> torch.Tensor:
@@ -211,7 +227,7 @@ def main(argv=None) -> int:
     for dataset in args.datasets:
         folder = Path(DATASETS.get(dataset, dataset))
         dataset = dataset if dataset in DATASETS else folder.name
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        files = list_image_files(folder)
         files = files[:args.limit] if args.limit else files
         for scale in args.scales:
             names = prepare(dataset, files, scale, args.protocols, data)
@@ -221,9 +237,9 @@ def main(argv=None) -> int:
                     lr_dir = data / dataset / f"x{scale}" / protocol / "lr"
                     tag = "builtin" if upsampler is None else "".join(c if c.isalnum() else "-" for c in name)
                     out_dir = args.out / "runs" / tag / dataset / f"x{scale}" / protocol
-                    jobs.append((name, dataset, scale, protocol, lr_dir, out_dir, upsampler))
+                    jobs.append(Job(name, dataset, scale, protocol, lr_dir, out_dir, upsampler))
     with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(jobs), desc="upscale (CLI)") as bar:
-        for future in [pool.submit(run_cli, j[4], j[5], j[2], j[6]) for j in jobs]:
+        for future in [pool.submit(run_cli, j.lr_dir, j.out_dir, j.scale, j.upsampler) for j in jobs]:
             future.result()
             bar.update()
 
@@ -238,10 +254,8 @@ def main(argv=None) -> int:
         for protocol in args.protocols:
             lr = {n: load(base / protocol / "lr" / f"{n}.png") for n in names}
             bicubic = {n: load_bicubic(lr[n], hr[n].shape[-2:]) for n in names}
-            rows = {}
-            for name, dataset_, scale_, protocol_, _, out_dir, _ in jobs:
-                if (dataset_, scale_, protocol_) == (dataset, scale, protocol):
-                    rows[name] = {n: load(out_dir / f"{n}_x{scale}.png") for n in names}
+            rows = {j.model: {n: load(j.out_dir / f"{n}_x{scale}.png") for n in names} for j in jobs
+                    if (j.dataset, j.scale, j.protocol) == (dataset, scale, protocol)}
             table[protocol] = {name: score(images, hr) for name, images in rows.items()}
             table[protocol]["pixel bicubic (PIL)"] = score(bicubic, hr)
             table[protocol]["taef2 round trip (ceiling)"] = ceiling
@@ -258,12 +272,6 @@ def main(argv=None) -> int:
     (args.out / "results.md").write_text(text)
     print(text)
     return 0
-
-
-def load_bicubic(lr: torch.Tensor, size) -> torch.Tensor:
-    """PIL bicubic upscale of a uint8 [3, h, w] image to ``size`` (H, W)."""
-    image = Image.fromarray(lr.permute(1, 2, 0).numpy()).resize((size[1], size[0]), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 if __name__ == "__main__":

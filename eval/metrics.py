@@ -420,11 +420,12 @@ def _paired(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
     _check_batch(preds, "preds"), _check_batch(target, "target")
     if preds.shape != target.shape:
         raise InputError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must have the same shape")
+    return _unit(preds), _unit(target)
 
-    def unit(x):
-        return x.float() / 255 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
 
-    return unit(preds), unit(target)
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float images -> float32 in [0, 1]."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
 
 
 def saturation_per_image(images: torch.Tensor) -> torch.Tensor:
@@ -461,7 +462,7 @@ def grid_peak_per_image(images: torch.Tensor, period: int = 8) -> torch.Tensor:
     (8 pixels) decoded from imperfect latents shows up as such peaks; blur lowers peaks and neighbours alike, so a
     soft image scores like a sharp one. Photos score about 1; divide by the original's score
     (:func:`grid_ratio_per_image`). uint8 or float [B, 3, H, W] in [0, 1]; returns [B]."""
-    rgb = _check_batch(images).float() / 255 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
+    rgb = _unit(_check_batch(images))
     luma = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]  # [B, H, W]
     spectrum = torch.fft.fft2(luma - luma.mean((-1, -2), keepdim=True)).abs().square()
     peak = torch.zeros(len(luma))

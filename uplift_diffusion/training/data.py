@@ -189,19 +189,17 @@ def downscale(image: torch.Tensor, size: tuple[int, int], kernel: str = "bilinea
     """Resize of a [B, 3, H, W] image: antialiased ``"bilinear"`` or ``"bicubic"`` (PIL-like, clamped to [0, 1]), or
     ``"bilinear-aliased"`` (``F.interpolate`` without antialiasing: the paper's FacesHQ protocol, B.2, and what a
     plain ``interpolate`` call or a camera's line skipping gives)."""
+    if kernel not in DOWNSCALE_KERNELS:
+        raise InputError(f"downscale kernel must be one of {DOWNSCALE_KERNELS}, got {kernel!r}")
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
     if kernel == "bilinear":
         return bilinear_resize(image, size)
     if kernel == "bilinear-aliased":
-        if tuple(image.shape[-2:]) == tuple(size):
-            return image
         return torch.nn.functional.interpolate(image, size=size, mode="bilinear", align_corners=False,
                                                antialias=False)
-    if kernel == "bicubic":
-        if tuple(image.shape[-2:]) == tuple(size):
-            return image
-        return torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False,
-                                               antialias=True).clamp(0, 1)
-    raise InputError(f"downscale kernel must be one of {DOWNSCALE_KERNELS}, got {kernel!r}")
+    return torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False,
+                                           antialias=True).clamp(0, 1)  # bicubic
 
 
 def image_pyramid(image: torch.Tensor, levels: int, kernel: str = "bilinear") -> list[torch.Tensor]:
