@@ -49,8 +49,8 @@ from uplift_diffusion import UPLiFTModel, UPLiFTSuperResolutionPipeline  # noqa:
 from uplift_diffusion.backbones.taef2 import TAEF2  # noqa: E402
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents  # noqa: E402
 from uplift_diffusion.color import MODES as COLOR_MODES  # noqa: E402
-from uplift_diffusion.training.config import DOWNSCALE_KERNELS, DataSource, TrainConfig  # noqa: E402
-from uplift_diffusion.training.data import downscale, list_image_files  # noqa: E402
+from uplift_diffusion.training.config import DataSource, TrainConfig  # noqa: E402
+from uplift_diffusion.training.data import RESIZE_KERNELS, downscale, list_image_files  # noqa: E402
 from uplift_diffusion.training.trainer import Trainer  # noqa: E402
 from uplift_diffusion.utils import tables  # noqa: E402
 from uplift_diffusion.utils.image_ops import pil_to_tensor  # noqa: E402
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
                         help="training config; its data sources, output_dir and time budget are replaced")
     parser.add_argument("--taef2", type=Path, default=SHARED / "weights/taef2")
     parser.add_argument("--scales", nargs="+", type=int, default=[2, 4])
-    parser.add_argument("--degradations", nargs="+", choices=DOWNSCALE_KERNELS, default=list(DOWNSCALE_KERNELS),
+    parser.add_argument("--degradations", nargs="+", choices=RESIZE_KERNELS, default=list(RESIZE_KERNELS),
                         help="antialiased kernels that make the low-res inputs (each is a separate table)")
     parser.add_argument("--max-size", type=int, default=256,
                         help="largest HR side evaluated (centre crop; 0 = whole images)")

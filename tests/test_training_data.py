@@ -114,3 +114,28 @@ def test_aliased_bilinear_kernel_is_the_paper_protocol():
     torch.testing.assert_close(pyramid[2], aliased)
     with pytest.raises(Exception, match="bilinear-aliased"):
         downscale(image, (8, 12), "lanczos")
+
+
+def test_jpeg_degradation_compresses_only_the_low_res_levels():
+    from uplift_diffusion.training.data import image_pyramid
+
+    torch.manual_seed(0)
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4), size=(64, 64), mode="bilinear")  # smooth
+    bicubic = image_pyramid(image, 2, "bicubic")
+    jpeg = image_pyramid(image, 2, "bicubic-jpeg", jpeg_quality=30)
+    assert torch.equal(jpeg[0], bicubic[0])  # the target is never degraded
+    for level in (1, 2):
+        error = (jpeg[level] - bicubic[level]).abs().mean()
+        assert 1 / 255 < error < 0.1  # compressed, still the same picture
+    assert not torch.equal(image_pyramid(image, 2, "bicubic-jpeg", jpeg_quality=90)[1], jpeg[1])
+
+
+def test_predownscale_halves_each_photo_before_cropping(tmp_path):
+    write_images(tmp_path / "imgs", count=2)
+    source = FolderSource(tmp_path / "imgs")
+    whole = ViewDataset([source], 16, 1, min_crop_fraction=1.0, seed=0)
+    half = ViewDataset([source], 16, 1, min_crop_fraction=1.0, seed=0, predownscale=0.5)
+    photo = source.load(0)
+    assert half.shrink(photo).size == (photo.width // 2, photo.height // 2)
+    assert whole.shrink(photo) is photo
+    assert half[0]["images"][0].shape == whole[0]["images"][0].shape == (3, 16, 16)

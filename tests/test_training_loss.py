@@ -175,3 +175,59 @@ def test_detail_correction_in_the_loss_returns_the_bicubic_input_for_a_flat_deco
     torch.testing.assert_close(value, (bicubic - images[0]).abs().mean(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="low-res"):
         pixel(flat, images[0])
+
+
+# ---------------------------------------------------------------- cheaper steps and the latent-grid term
+def test_grid_term_charges_a_mesh_on_the_latent_grid_and_not_a_blur():
+    from uplift_diffusion.training.losses import grid_excess
+
+    torch.manual_seed(0)
+    target = F.interpolate(torch.rand(2, 3, 8, 8), size=(64, 64), mode="bicubic").clamp(0, 1)
+    mesh = target.clone()
+    mesh[..., ::8, :] += 0.1  # a line every 8 pixels: the decoded look of an imperfect latent map
+    mesh[..., :, ::8] += 0.1
+    blurred = F.avg_pool2d(target, 3, stride=1, padding=1, count_include_pad=False)
+    assert grid_excess(target, target) == 0
+    assert grid_excess(mesh, target) > 20 * grid_excess(blurred, target)
+
+
+def test_cheaper_pixel_term_decodes_fewer_items_and_one_depth_per_step(batch):
+    images, features = batch
+    model = _model()
+    seen = []
+
+    def decode(z):
+        seen.append(z.shape[0])
+        return _nearest_decode(8)(z)
+
+    pixel = PixelObjective(decode, patch_size=8, items=1, schedule="cycle", grid_weight=1.0)
+    for step in range(4):
+        loss, terms = multi_depth_loss(model, images, features, [1, 2], pixel=pixel, step=step,
+                                       generator=torch.Generator().manual_seed(0))
+        active = [d for d in (1, 2) if terms[f"d{d}_px"] > 0]
+        assert active == [(1, 2)[step % 2]]  # one depth per step, in turn
+        assert terms[f"d{active[0]}_grid"] >= 0 and f"d{3 - active[0]}_grid" in terms
+    assert seen == [1, 1, 1, 1]  # one item of the batch of two decoded, once per step
+
+
+def test_a_decoded_guide_replaces_the_photo_as_the_models_image(batch):
+    images, features = batch
+    model = _model()
+    other = [None] + [x.flip(-1) for x in images[1:]]
+    plain, _ = multi_depth_loss(model, images, features, [1], generator=torch.Generator().manual_seed(0))
+    guided, _ = multi_depth_loss(model, images, features, [1], generator=torch.Generator().manual_seed(0),
+                                 guides=other)
+    expected = model(other[1], features[1], iterations=1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(guided, ((expected - features[0]) ** 2).mean())
+    assert not torch.equal(plain, guided)
+
+
+@pytest.mark.parametrize("loss, match", [
+    ({"grid_weight": 1.0}, "grid_weight needs"),
+    ({"pixel_weight": 1.0, "pixel_items": 0}, "pixel_items"),
+    ({"pixel_weight": 1.0, "pixel_depth_schedule": "sometimes"}, "pixel_depth_schedule"),
+    ({"guide": "dream"}, "guide"),
+])
+def test_cheaper_step_and_guide_settings_are_validated(tmp_path, loss, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(tmp_path, tmp_path, loss={"depths": [1, 2], **loss})

@@ -16,7 +16,9 @@ from typing import Any
 
 BACKBONE_TYPES = ("taef2", "vae", "vit")
 SOURCE_TYPES = ("folder", "hf", "webdataset")
-DOWNSCALE_KERNELS = ("bilinear", "bicubic", "bilinear-aliased")
+DOWNSCALE_KERNELS = ("bilinear", "bicubic", "bilinear-aliased", "bicubic-jpeg")
+GUIDE_SOURCES = ("photo", "decoded", "mixed")
+PIXEL_DEPTH_SCHEDULES = ("all", "cycle")
 PIXEL_LOSSES = ("l1", "l2", "charbonnier")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -97,9 +99,13 @@ class DataConfig:
             feature cache can serve it in every epoch.
         cache_dir: folder of the feature cache (safetensors shards); ``None`` disables caching.
         num_workers: DataLoader worker processes for decoding and cropping images.
-        downscale: antialiased kernels that make the lower pyramid levels (the low-resolution inputs); each view
-            draws one, fixed per view. Real low-resolution photos come from no single known kernel, so training on
-            several keeps any one from being a special case.
+        downscale: kernels that make the lower pyramid levels (the low-resolution inputs); each view draws one,
+            fixed per view: ``"bilinear"`` / ``"bicubic"`` (antialiased), ``"bilinear-aliased"`` (no antialiasing)
+            and ``"bicubic-jpeg"`` (bicubic, then each low-res level JPEG-compressed at a quality drawn per view in
+            [60, 90]). Real low-resolution photos come from no single known kernel, so training on several keeps any
+            one from being a special case.
+        predownscale: shrink every photo by this factor (antialiased, before cropping) first; ``0.5`` halves it,
+            which averages away the 8x8 JPEG blocks of JPEG sources so that the targets carry none. 1 = as stored.
     """
 
     sources: list[DataSource] = field(default_factory=list)
@@ -110,6 +116,7 @@ class DataConfig:
     cache_dir: str | None = None
     num_workers: int = 0
     downscale: list[str] = field(default_factory=lambda: ["bilinear"])
+    predownscale: float = 1.0
 
 
 @dataclass
@@ -133,6 +140,16 @@ class LossConfig:
             ``ColorCorrection(mode="detail")`` (bicubic input below ``detail_sigma * scale``, decoded detail above),
             i.e. what the pipeline returns with that mode; the model then learns only the missing detail.
         detail_sigma: sigma of that correction, in units of the upscaling factor.
+        pixel_items: decode the window of only this many items of each batch (``None``: all); the decoder's forward
+            and backward pass is most of a step's cost.
+        pixel_depth_schedule: ``"all"`` takes the pixel term at every pixel depth in every step; ``"cycle"`` at one
+            of them per step, in turn (half the decoder work with two pixel depths).
+        grid_weight: weight of the latent-grid term on the decoded window: the excess of the window's luma spectrum
+            magnitude over the target's on the harmonics of the ``patch_size`` grid (both axes), where an
+            imperfectly upsampled latent map shows as a mesh that an L1 on pixels barely charges.
+        guide: the image that guides the model: ``"photo"`` (the low-res crop, super-resolution of a photo),
+            ``"decoded"`` (the backbone's decode of the low-res features, what a generation pipeline has) or
+            ``"mixed"`` (each item draws one of the two per step).
     """
 
     depths: list[int] = field(default_factory=lambda: [1, 2, 3])
@@ -146,6 +163,10 @@ class LossConfig:
     pixel_margin: int = 0
     pixel_color_correction: str = "none"
     detail_sigma: float = 0.5
+    pixel_items: int | None = None
+    pixel_depth_schedule: str = "all"
+    grid_weight: float = 0.0
+    guide: str = "photo"
 
 
 @dataclass
@@ -189,6 +210,7 @@ class TrainConfig:
         keep_last: how many checkpoints to keep.
         log_every: append to the CSV loss log every this many steps.
         preview_images: images in the before/after grid saved with each checkpoint (0 = no grid).
+        description: what the recipe is for (free text, recorded with the run).
     """
 
     output_dir: str = "uplift-training"
@@ -206,6 +228,7 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 10
     preview_images: int = 4
+    description: str = ""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -221,7 +244,7 @@ class TrainConfig:
             raise ValueError(f"loss.depths must be a non-empty list of integers >= 1, got {self.loss.depths!r}")
         if self.loss.noise_sigma < 0:
             raise ValueError(f"loss.noise_sigma must be >= 0, got {self.loss.noise_sigma}")
-        for name in ("latent_weight", "pixel_weight", "edge_weight"):
+        for name in ("latent_weight", "pixel_weight", "edge_weight", "grid_weight"):
             if getattr(self.loss, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self.loss, name)}")
         if self.loss.latent_weight == 0 and self.loss.pixel_weight == 0:
@@ -236,6 +259,19 @@ class TrainConfig:
         if self.loss.pixel_window is not None and self.loss.pixel_window <= 2 * self.loss.pixel_margin:
             raise ValueError(f"loss.pixel_window ({self.loss.pixel_window}) must exceed twice loss.pixel_margin "
                              f"({self.loss.pixel_margin})")
+        if self.loss.grid_weight > 0 and self.loss.pixel_weight == 0:
+            raise ValueError("loss.grid_weight needs loss.pixel_weight > 0 (the grid term is on decoded pixels)")
+        if self.loss.pixel_items is not None and (isinstance(self.loss.pixel_items, bool)
+                                                  or not isinstance(self.loss.pixel_items, int)
+                                                  or self.loss.pixel_items < 1):
+            raise ValueError(f"loss.pixel_items must be an integer >= 1 or null, got {self.loss.pixel_items!r}")
+        if self.loss.pixel_depth_schedule not in PIXEL_DEPTH_SCHEDULES:
+            raise ValueError(f"loss.pixel_depth_schedule must be one of {PIXEL_DEPTH_SCHEDULES}, got "
+                             f"{self.loss.pixel_depth_schedule!r}")
+        if self.loss.guide not in GUIDE_SOURCES:
+            raise ValueError(f"loss.guide must be one of {GUIDE_SOURCES}, got {self.loss.guide!r}")
+        if not 0 < self.data.predownscale <= 1:
+            raise ValueError(f"data.predownscale must be in (0, 1], got {self.data.predownscale!r}")
         if self.loss.pixel_color_correction not in ("none", "detail"):
             raise ValueError(f"loss.pixel_color_correction must be 'none' or 'detail', got "
                              f"{self.loss.pixel_color_correction!r}")
@@ -273,32 +309,8 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
-        """Read a ``.json``, ``.yaml`` / ``.yml`` or ``.toml`` config file."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        suffix = path.suffix.lower()
-        if suffix not in (".json", ".yaml", ".yml", ".toml"):
-            raise ValueError(f"config file {path} must end in .json, .yaml, .yml or .toml, got {suffix!r}")
-        try:
-            text = path.read_text(encoding="utf-8")
-            if suffix == ".json":
-                data = json.loads(text)
-            elif suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                try:
-                    import tomllib
-                except ModuleNotFoundError:  # Python 3.10
-                    import tomli as tomllib
-                data = tomllib.loads(text)
-        except Exception as err:  # parser errors of the three formats (JSON's is a ValueError), undecodable bytes
-            reason = " ".join(str(err).split()) or type(err).__name__
-            raise ValueError(f"could not parse config file {path}: {reason}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+        """Read a ``.json``, ``.yaml`` / ``.yml`` or ``.toml`` config file (see :func:`read_config_file`)."""
+        data = read_config_file(path)
         try:
             return cls.from_dict(data)
         except ValueError as err:  # a bad key or value: say in which file
@@ -306,6 +318,69 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml", ".toml"):
+        raise ValueError(f"config file {path} must end in .json, .yaml, .yml or .toml, got {suffix!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+    except Exception as err:  # parser errors of the three formats (JSON's is a ValueError), undecodable bytes
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"could not parse config file {path}: {reason}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge_config(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied: mappings merge key by key, every other value (lists included) replaces."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merge_config(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The settings of a config file as plain nested dicts. A *recipe* file names the file it builds on and what it
+    changes, ``{"extends": "baseline.json", "changes": {"loss": {"grid_weight": 2.0}}, "description": ...}`` (the
+    path relative to the recipe's folder, chains allowed), so that a variant states one idea and nothing else."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ValueError(f"config file {path} extends itself (through {' -> '.join(p.name for p in _seen)})")
+    data = _parse(path)
+    if "extends" not in data:
+        if "changes" in data:
+            raise ValueError(f"config file {path} has 'changes' but no 'extends' naming the config they change")
+        return data
+    unknown = sorted(set(data) - {"extends", "changes", "description"})
+    if unknown:
+        raise ValueError(f"config file {path} extends {data['extends']!r}: only 'changes' and 'description' may "
+                         f"stand beside 'extends', got {unknown}")
+    base = read_config_file(path.parent / str(data["extends"]), (*_seen, path.resolve()))
+    changes = data.get("changes", {})
+    if not isinstance(changes, dict):
+        raise ValueError(f"config file {path}: 'changes' must be a mapping, got {type(changes).__name__}")
+    merged = merge_config(base, changes)
+    if "description" in data:
+        merged["description"] = data["description"]
+    return merged
 
 
 _NESTED = {"model": "ModelConfig", "backbone": "BackboneConfig", "data": "DataConfig", "loss": "LossConfig",

@@ -185,12 +185,16 @@ def view_rng(seed: int, key: str, view: int) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
+RESIZE_KERNELS = tuple(k for k in DOWNSCALE_KERNELS if k != "bicubic-jpeg")
+
+
 def downscale(image: torch.Tensor, size: tuple[int, int], kernel: str = "bilinear") -> torch.Tensor:
     """Resize of a [B, 3, H, W] image: antialiased ``"bilinear"`` or ``"bicubic"`` (PIL-like, clamped to [0, 1]), or
     ``"bilinear-aliased"`` (``F.interpolate`` without antialiasing: the paper's FacesHQ protocol, B.2, and what a
-    plain ``interpolate`` call or a camera's line skipping gives)."""
-    if kernel not in DOWNSCALE_KERNELS:
-        raise InputError(f"downscale kernel must be one of {DOWNSCALE_KERNELS}, got {kernel!r}")
+    plain ``interpolate`` call or a camera's line skipping gives). ``"bicubic-jpeg"`` is a degradation of the
+    training pyramid (:func:`image_pyramid`), not a resize kernel."""
+    if kernel not in RESIZE_KERNELS:
+        raise InputError(f"downscale kernel must be one of {RESIZE_KERNELS}, got {kernel!r}")
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     if kernel == "bilinear":
@@ -202,13 +206,30 @@ def downscale(image: torch.Tensor, size: tuple[int, int], kernel: str = "bilinea
                                            antialias=True).clamp(0, 1)  # bicubic
 
 
-def image_pyramid(image: torch.Tensor, levels: int, kernel: str = "bilinear") -> list[torch.Tensor]:
+def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """A [B, 3, H, W] image in [0, 1] saved as an 8-bit JPEG of ``quality`` (4:2:0, as cameras and the web store
+    photos) and read back."""
+    out = []
+    for x in image:
+        buffer = io.BytesIO()
+        array = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
+        Image.fromarray(array).save(buffer, format="JPEG", quality=int(quality))
+        out.append(pil_to_tensor(Image.open(buffer)))
+    return torch.stack(out)
+
+
+def image_pyramid(image: torch.Tensor, levels: int, kernel: str = "bilinear",
+                  jpeg_quality: int = 75) -> list[torch.Tensor]:
     """``[I, I/2, ..., I/2**levels]`` of a [B, 3, H, W] or [3, H, W] image, each level downscaled from ``I`` with
-    ``kernel`` (see :func:`downscale`)."""
+    ``kernel`` (see :func:`downscale`); ``"bicubic-jpeg"``: bicubic, then every level below ``I`` JPEG-compressed at
+    ``jpeg_quality``."""
     batched = image.ndim == 4
     x = image if batched else image[None]
     h, w = x.shape[-2:]
-    out = [downscale(x, (h >> j, w >> j), kernel) for j in range(levels + 1)]
+    resize = "bicubic" if kernel == "bicubic-jpeg" else kernel
+    out = [downscale(x, (h >> j, w >> j), resize) for j in range(levels + 1)]
+    if kernel == "bicubic-jpeg":
+        out = out[:1] + [jpeg_roundtrip(level, jpeg_quality) for level in out[1:]]
     return out if batched else [o[0] for o in out]
 
 
@@ -227,11 +248,13 @@ class ViewDataset(torch.utils.data.Dataset):
         hflip: mirror half of the views.
         seed: seed of the crops.
         kernels: downscale kernels of the pyramid; each view draws one (fixed per view).
+        predownscale: shrink each image by this factor before cropping (``Image.reduce`` for 1/integer factors,
+            antialiased resize otherwise).
     """
 
     def __init__(self, sources: Sequence, crop_size: int, levels: int, views_per_image: int = 1,
                  min_crop_fraction: float = 1.0, hflip: bool = False, seed: int = 0,
-                 kernels: Sequence[str] = ("bilinear",)):
+                 kernels: Sequence[str] = ("bilinear",), predownscale: float = 1.0):
         if crop_size % (1 << levels):
             raise InputError(f"crop_size {crop_size} must be divisible by 2**{levels} (the deepest training depth)")
         self.index = [(s, i) for s in sources for i in range(len(s))]
@@ -240,6 +263,7 @@ class ViewDataset(torch.utils.data.Dataset):
         self.crop_size, self.levels, self.views = crop_size, levels, views_per_image
         self.min_crop_fraction, self.hflip, self.seed = min_crop_fraction, hflip, seed
         self.kernels = list(kernels)
+        self.predownscale = predownscale
 
     @classmethod
     def from_config(cls, config: DataConfig, levels: int, seed: int) -> ViewDataset:
@@ -248,7 +272,7 @@ class ViewDataset(torch.utils.data.Dataset):
         sources = [build_source(s) for s in config.sources]
         check_images(sources)
         return cls(sources, config.crop_size, levels, config.views_per_image,
-                   config.min_crop_fraction, config.hflip, seed, config.downscale)
+                   config.min_crop_fraction, config.hflip, seed, config.downscale, config.predownscale)
 
     def __len__(self) -> int:
         return len(self.index) * self.views
@@ -264,8 +288,20 @@ class ViewDataset(torch.utils.data.Dataset):
         rng = view_rng(self.seed, f"{key}|kernel", view)
         return self.kernels[rng.randrange(len(self.kernels))]
 
+    def shrink(self, image: Image.Image) -> Image.Image:
+        """The image reduced by ``predownscale`` (unchanged at 1)."""
+        if self.predownscale == 1:
+            return image
+        factor = 1 / self.predownscale
+        if abs(factor - round(factor)) < 1e-6:
+            return image.reduce(round(factor))
+        w, h = image.size
+        return image.resize((max(1, round(w * self.predownscale)), max(1, round(h * self.predownscale))),
+                            Image.Resampling.LANCZOS)
+
     def crop(self, image: Image.Image, key: str, view: int) -> torch.Tensor:
         """The fixed random square crop of this view, resized to ``crop_size``: [3, S, S]."""
+        image = self.shrink(image)
         rng = view_rng(self.seed, key, view)
         w, h = image.size
         short = min(w, h)
@@ -281,7 +317,8 @@ class ViewDataset(torch.utils.data.Dataset):
         view = item % self.views
         crop = self.crop(source.load(i), source.key(i), view)
         kernel = self.kernel(source.key(i), view)
-        return {"key": f"{source.key(i)}#v{view}", "images": image_pyramid(crop, self.levels, kernel)}
+        quality = view_rng(self.seed, f"{source.key(i)}|jpeg", view).randint(60, 90)
+        return {"key": f"{source.key(i)}#v{view}", "images": image_pyramid(crop, self.levels, kernel, quality)}
 
 
 def collate_views(items: list[dict]) -> dict:

@@ -50,6 +50,31 @@ def pixel_distance(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -
     raise ValueError(f"pixel loss must be one of {PIXEL_LOSSES}, got {kind!r}")
 
 
+def grid_excess(pred: torch.Tensor, target: torch.Tensor, period: int = 8) -> torch.Tensor:
+    """Mean excess of ``pred``'s luma spectrum magnitude over ``target``'s on the harmonics of a ``period``-pixel grid
+    (every frequency whose row or column index is a non-zero multiple of ``size / period``), per pixel. A latent
+    upsampler whose output the decoder turns into a mesh concentrates energy exactly there; a sharper or blurrier
+    picture of the right content does not, and less energy than the target is not charged (that is the pixel
+    term's job)."""
+    def luma(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+        return y - y.mean((-1, -2), keepdim=True)
+
+    magnitude_p = torch.fft.fft2(luma(pred), norm="ortho").abs()
+    magnitude_t = torch.fft.fft2(luma(target), norm="ortho").abs()
+    h, w = magnitude_p.shape[-2:]
+    mask = torch.zeros(h, w, dtype=torch.bool, device=pred.device)
+    rows = [k * h // period for k in range(1, period) if (k * h) % period == 0]
+    cols = [k * w // period for k in range(1, period) if (k * w) % period == 0]
+    mask[rows, :] = True
+    mask[:, cols] = True
+    if not mask.any():
+        return pred.new_zeros(())
+    excess = (magnitude_p - magnitude_t).clamp_min(0)[..., mask]  # [B, lines]
+    return excess.sum(-1).mean() / (h * w) ** 0.5
+
+
 def edge_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L1 distance of the horizontal and vertical finite differences: penalises grids and blurred edges alike."""
     p, t = pred.float(), target.float()
@@ -81,6 +106,9 @@ class PixelObjective:
             ``ColorCorrection(mode="detail")`` (bicubic low-res input + the decoded image's high frequencies), so the
             model learns exactly the detail the input lacks.
         detail_sigma: sigma of that correction in units of the upscaling factor.
+        items: decode only the first this many items of the batch (``None``: all); batches are in random order.
+        schedule: ``"all"`` (every pixel depth at every step) or ``"cycle"`` (one pixel depth per step, in turn).
+        grid_weight: weight of :func:`grid_excess` (0 disables it).
     """
 
     decode: Callable[[torch.Tensor], torch.Tensor]
@@ -93,6 +121,9 @@ class PixelObjective:
     margin: int = 0
     color_correction: str | None = None
     detail_sigma: float = 0.5
+    items: int | None = None
+    schedule: str = "all"
+    grid_weight: float = 0.0
 
     @classmethod
     def from_config(cls, decode: Callable[[torch.Tensor], torch.Tensor], patch_size: int,
@@ -101,10 +132,21 @@ class PixelObjective:
         return cls(decode, patch_size, weight=loss.pixel_weight, kind=loss.pixel_loss, edge_weight=loss.edge_weight,
                    depths=loss.pixel_depths, window=loss.pixel_window, margin=loss.pixel_margin,
                    color_correction=None if loss.pixel_color_correction == "none" else loss.pixel_color_correction,
-                   detail_sigma=loss.detail_sigma)
+                   detail_sigma=loss.detail_sigma, items=loss.pixel_items, schedule=loss.pixel_depth_schedule,
+                   grid_weight=loss.grid_weight)
 
     def applies_to(self, depth: int) -> bool:
+        """Whether ``depth`` ever takes the term (the loss log's columns)."""
         return self.depths is None or depth in self.depths
+
+    def active(self, depth: int, training_depths: Sequence[int], step: int) -> bool:
+        """Whether ``depth`` takes the term at ``step``: always (``"all"``) or in turn (``"cycle"``)."""
+        if not self.applies_to(depth):
+            return False
+        if self.schedule == "all":
+            return True
+        cycle = [d for d in training_depths if self.applies_to(d)]
+        return cycle[step % len(cycle)] == depth
 
     def _window(self, h: int, w: int, generator: torch.Generator | None) -> tuple[slice, slice, slice, slice]:
         """Latent slices of the decoded window and pixel slices (inside the decoded window) that are compared."""
@@ -123,6 +165,9 @@ class PixelObjective:
         """Weighted terms ``{"px": ..., "edge": ...}`` of decoded ``features`` against ``target`` [B, 3, H, W]
         (``low_res``: the model's low-res input image, needed by ``color_correction="detail"``)."""
         ys, xs, cy, cx = self._window(*features.shape[-2:], generator)
+        if self.items is not None:
+            features, target = features[: self.items], target[: self.items]
+            low_res = None if low_res is None else low_res[: self.items]
         p = self.patch_size
         window = (..., slice(ys.start * p, ys.stop * p), slice(xs.start * p, xs.stop * p))
         pixels = self.decode(features[..., ys, xs])  # [B, 3, h_win * p, w_win * p]
@@ -136,6 +181,8 @@ class PixelObjective:
         terms = {"px": self.weight * pixel_distance(pixels, target, self.kind)}
         if self.edge_weight > 0:
             terms["edge"] = self.edge_weight * edge_distance(pixels, target)
+        if self.grid_weight > 0:
+            terms["grid"] = self.grid_weight * grid_excess(pixels, target, p)
         return terms
 
 
@@ -148,6 +195,8 @@ def loss_term_names(depths: Sequence[int], pixel: PixelObjective | None = None) 
             names.append(f"d{d}_px")
             if pixel.edge_weight > 0:
                 names.append(f"d{d}_edge")
+            if pixel.grid_weight > 0:
+                names.append(f"d{d}_grid")
     return names
 
 
@@ -161,6 +210,8 @@ def multi_depth_loss(
     latent_weight: float = 1.0,
     pixel: PixelObjective | None = None,
     batch_generator: torch.Generator | None = None,
+    guides: Sequence[torch.Tensor | None] | None = None,
+    step: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Paper eq. 4-5 for one batch, plus the optional decoder-aware pixel term.
 
@@ -179,9 +230,14 @@ def multi_depth_loss(
             decoded, against the full-resolution image ``I``.
         batch_generator: RNG of the draws shared by the whole batch (the pixel term's window); ``None``: ``generator``
             when that is a single one, else the global RNG.
+        guides: the images that guide the model at each pyramid level instead of ``images`` (e.g. the decode of
+            the low-res features, as in generation); ``None`` entries (or ``guides=None``) use ``images``. The
+            pixel term's colour correction then starts from the guide too, as a pipeline's does.
+        step: the optimizer step (the pixel term's ``"cycle"`` schedule reads it).
 
     Returns:
-        ``(loss, terms)``: the total loss and every weighted term, keyed as :func:`loss_term_names` (detached).
+        ``(loss, terms)``: the total loss and every weighted term, keyed as :func:`loss_term_names`; terms a step
+        skips (``"cycle"``) are reported as 0 (detached).
     """
     if max(depths) >= len(images) or max(depths) >= len(features):
         raise ValueError(f"depths {list(depths)} need {max(depths) + 1} pyramid levels, got {len(images)} images "
@@ -192,17 +248,22 @@ def multi_depth_loss(
     terms: dict[str, torch.Tensor] = {}
     for d in depths:
         x = augment_features(features[d], noise_sigma, generator)  # [B, C, h/2**d, w/2**d]
-        image = model.normalize_image(images[d])  # [B, 3, H/2**d, W/2**d]
+        guide = images[d] if guides is None or guides[d] is None else guides[d]
+        image = model.normalize_image(guide)  # [B, 3, H/2**d, W/2**d]
         steps = model(image, x, iterations=d, return_all_steps=True, generator=generator)
         for k, out in enumerate(steps, start=1):
             term = latent_weight * F.mse_loss(out.float(), features[d - k].float())  # step k vs F at 1/2**(d-k)
             terms[f"d{d}_k{k}"] = term.detach()
             total = total + term
-        if pixel is not None and pixel.applies_to(d):
+        if pixel is not None and pixel.active(d, depths, step):
             # the last step is at full resolution: decoded, it is compared with I [B, 3, H, W]
-            for name, term in pixel(steps[-1], images[0], batch_generator, images[d]).items():
+            for name, term in pixel(steps[-1], images[0], batch_generator, guide).items():
                 terms[f"d{d}_{name}"] = term.detach()
                 total = total + term
+        elif pixel is not None and pixel.applies_to(d):
+            zero = torch.zeros((), device=x.device)
+            terms.update({f"d{d}_{name}": zero for name in ("px", "edge", "grid")
+                          if name == "px" or getattr(pixel, f"{name}_weight") > 0})
     return total, terms
 
 
@@ -227,6 +288,7 @@ class UPLiFTTrainingObjective(nn.Module):
         self.pixel = pixel
 
     def forward(self, images: Sequence[torch.Tensor], features: Sequence[torch.Tensor], generator: Generators = None,
-                batch_generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                batch_generator: torch.Generator | None = None, guides: Sequence[torch.Tensor | None] | None = None,
+                step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return multi_depth_loss(self.model, images, features, self.depths, self.noise_sigma, generator,
-                                self.latent_weight, self.pixel, batch_generator)
+                                self.latent_weight, self.pixel, batch_generator, guides, step)

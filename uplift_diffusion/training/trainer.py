@@ -210,6 +210,29 @@ class Trainer:
             return [self.backbone.encode(x) for x in images]
         return [self.cache.features(keys, x, self.backbone.encode) for x in images]
 
+    def guides(self, keys: list[str], images: list[torch.Tensor],
+               features: list[torch.Tensor]) -> list[torch.Tensor | None] | None:
+        """The guide image of every pyramid level below the crop when ``loss.guide`` is not ``"photo"``: the
+        backbone's decode of that level's features (cached like them), or per item either that or the photo
+        (``"mixed"``, drawn per step and position in the global batch)."""
+        source = self.config.loss.guide
+        if source == "photo":
+            return None
+        guides: list[torch.Tensor | None] = [None]
+        for level in range(1, len(images)):
+            if self.cache is None:
+                decoded = self.backbone.decode(features[level])
+            else:
+                decoded = self.cache.features([f"{k}|decoded" for k in keys], features[level], self.backbone.decode)
+            guides.append(decoded.to(images[level].dtype))
+        if source == "mixed":
+            seed, step = self.config.seed, self.step + 1
+            first = self.accelerator.process_index * self.local_batch
+            pick = torch.stack([torch.rand((), generator=item_generator(seed, step, f"{first + i}|guide")) < 0.5
+                                for i in range(len(keys))]).to(images[0].device)[:, None, None, None]
+            guides = [None] + [torch.where(pick, g, x) for g, x in zip(guides[1:], images[1:], strict=True)]
+        return guides
+
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self) -> None:
         acc = self.accelerator
@@ -450,8 +473,9 @@ class Trainer:
             for batch in loader:
                 images = [x.to(acc.device) for x in batch["images"]]
                 features = self.features(batch["keys"], images)
+                guides = self.guides(batch["keys"], images, features)
                 with acc.autocast():
-                    loss, terms = self.objective(images, features, *self._generators())
+                    loss, terms = self.objective(images, features, *self._generators(), guides, self.step)
                 acc.backward(loss)
                 if cfg.optim.max_grad_norm is not None:
                     acc.clip_grad_norm_(self.objective.parameters(), cfg.optim.max_grad_norm)
