@@ -244,8 +244,9 @@ class ResultView:
 def _controls(limits: PageLimits, examples: Sequence[Path]) -> Controls:
     files = gr.File(label="Photos", file_count="multiple", file_types=["image"], type="filepath", elem_id="photos")
     if examples:
-        gr.Examples([[[str(path)]] for path in examples], inputs=[files], example_labels=[path.stem for path in examples],
-                    elem_id="examples", label="Or try a sample photo (scikit-image)")
+        gr.Examples([[[str(path)]] for path in examples], inputs=[files],
+                    example_labels=[path.stem for path in examples], elem_id="examples",
+                    label="Or try a sample photo (scikit-image)")
     scale = scale_radio(SCALE_CHOICES, value=2, label="Scale", elem_id="scale",
                         info=f"results above {megapixels(limits.max_output_pixels)} are refused (8× suits small "
                              f"images)")
