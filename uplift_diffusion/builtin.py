@@ -25,8 +25,6 @@ from uplift_diffusion.reference import check_finite
 from uplift_diffusion.utils.errors import CheckpointError, InputError
 from uplift_diffusion.utils.logs import silence_empty_float32_notice
 
-silence_empty_float32_notice()  # every load of the built-in taef2 casts it to a dtype
-
 
 @dataclass(frozen=True)
 class BuiltinPair:
@@ -148,6 +146,7 @@ def _place(model: torch.nn.Module, device: str | torch.device | None):
 def _load_installed(name: str, part: str, load):
     """``load()``, with any failure to read the installed files (truncated, corrupt, NaN / inf weights) reported as a
     damaged installation: the user did not make these files, reinstalling replaces them."""
+    silence_empty_float32_notice()  # the built-in models are cast to a dtype on every use (see utils.logs)
     try:
         return load()
     except (OSError, ValueError, RuntimeError) as err:
