@@ -1,4 +1,4 @@
-"""Real-data check of the FLUX.2 upscale path (issue 24) without FLUX.2 weights, plus its cost in FLOPs.
+"""Real-data check of the FLUX.2 upscale path without FLUX.2 weights, plus its cost in FLOPs.
 
 FLUX.2's raw latents (32 channels, 8x) are the latent space taef2 approximates. Real photos are encoded with taef2
 and the latents are treated as FLUX.2-space generations; the UPLiFT FLUX.2 pipeline's upscale path
