@@ -103,6 +103,22 @@ def test_serve_refuses_an_upsampler_that_does_not_fit_the_vae(tmp_path, capsys):
     assert "does not fit the vae" in err and "Traceback" not in err
 
 
+def test_serve_refuses_a_malformed_quality_file_in_one_line(tmp_path, capsys):
+    import socket
+
+    from uplift_diffusion import UPLiFTModel
+
+    UPLiFTModel.from_preset("tiny-vae", in_channels=32).save_pretrained(tmp_path / "upsampler")
+    (tmp_path / "upsampler" / "quality.json").write_text('{"model": "m"}')
+    with socket.socket() as taken:  # were the file accepted, the page would fail to start, not serve forever
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        argv = ["serve", "--upsampler", str(tmp_path / "upsampler"), "--port", str(taken.getsockname()[1])]
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "quality.json is not a model quality file" in err and "Traceback" not in err
+
+
 def test_serve_says_when_the_port_is_taken(capsys):
     import socket
 

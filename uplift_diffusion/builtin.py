@@ -120,8 +120,8 @@ class ModelQuality:
 
 
 def read_model_quality(folder: str | Path) -> ModelQuality | None:
-    """The ``quality.json`` of an upsampler folder (``None`` when the folder has none); ValueError naming the file
-    when it is not the expected structure."""
+    """The ``quality.json`` of an upsampler folder (``None`` when the folder has none); CheckpointError naming the
+    file when it is not the expected structure."""
     path = Path(folder) / QUALITY_FILE
     if not path.is_file():
         return None
@@ -136,7 +136,7 @@ def read_model_quality(folder: str | Path) -> ModelQuality | None:
         return ModelQuality(model=str(data["model"]), metrics=str(data.get("metrics", "")),
                             measurements=measurements)
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a model quality file ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path} is not a model quality file ({type(err).__name__}: {err})") from None
 
 
 def _place(model: torch.nn.Module, device: str | torch.device | None):

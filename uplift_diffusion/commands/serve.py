@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
 
+    quality, name = _model_quality(args)  # a malformed quality.json is refused before the models load
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)  # as `upscale` loads them
     pipeline = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler).to(device)
@@ -102,7 +103,6 @@ def run(args: argparse.Namespace) -> int:
     features = app.FeatureStrips.load(args.backbone, args.backbone_weights, args.features_upsampler, device=device)
     if features.extractor is None:  # the page shows no Features tab: the person who started the server learns why
         print(f"uplift-diffusion serve: no Features tab. {features.unavailable}", flush=True)
-    quality, name = _model_quality(args)
     demo = app.build_demo(app.PageUpscaler(pipeline, limits), features, quality=quality, model_name=name)
     try:
         app.launch(demo, limits, host=args.host, port=args.port)
