@@ -50,6 +50,7 @@ from uplift_diffusion.pipelines.common import uplift_steps  # noqa: E402
 
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents  # noqa: E402
 from uplift_diffusion.builtin import load_builtin_upsampler, load_builtin_vae  # noqa: E402
+from uplift_diffusion.testing import SHARED  # noqa: E402
 from uplift_diffusion.training.data import list_image_files  # noqa: E402
 from uplift_diffusion.utils import tables  # noqa: E402
 from uplift_diffusion.utils.image_ops import pil_to_tensor  # noqa: E402
@@ -159,7 +160,7 @@ def cost(low: int = 1024) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--eval-dir", default=str(REPO.parent / "shared" / "data" / "kodak"))
+    parser.add_argument("--eval-dir", default=str(SHARED / "data" / "kodak"))
     parser.add_argument("--scales", default="2,4", help="comma-separated upscaling factors")
     parser.add_argument("--max-size", type=int, default=0, help="largest HR side (0: the whole image)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
