@@ -41,10 +41,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 from uplift_diffusion.eval.common import float_to_uint8, to_tensor_uint8
 
+from uplift_diffusion.testing import SHARED
 from uplift_diffusion.training.data import list_image_files
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 DATASETS = {"test50": SHARED / "data/bsds500/test50", "kodak": SHARED / "data/kodak"}
 PROTOCOLS = ("bicubic", "bilinear-antialiased", "bilinear-aliased")
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from uplift_diffusion.testing import SHARED
+
 DOORS = ("python", "cli", "page", "eval sr")
 
 
@@ -117,7 +119,7 @@ def scores(root: Path, names: list[str], side: int, outputs: dict[str, dict[str,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=Path, default=Path(root_dir()) / "shared/data/bsds500/test50")
+    parser.add_argument("--images", type=Path, default=SHARED / "data/bsds500/test50")
     parser.add_argument("--num", type=int, default=24, help="photos (the first N, sorted by name)")
     parser.add_argument("--side", type=int, default=320, help="high-res centre crop side")
     parser.add_argument("--scale", type=int, default=4)

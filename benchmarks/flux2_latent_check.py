@@ -1,4 +1,4 @@
-"""Real-data check of the FLUX.2 upscale path (issue 24) without FLUX.2 weights, plus its cost in FLOPs.
+"""Real-data check of the FLUX.2 upscale path without FLUX.2 weights, plus its cost in FLOPs.
 
 FLUX.2's raw latents (32 channels, 8x) are the latent space taef2 approximates. Real photos are encoded with taef2
 and the latents are treated as FLUX.2-space generations; the UPLiFT FLUX.2 pipeline's upscale path
@@ -50,6 +50,7 @@ from uplift_diffusion.pipelines.common import uplift_steps  # noqa: E402
 
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents  # noqa: E402
 from uplift_diffusion.builtin import load_builtin_upsampler, load_builtin_vae  # noqa: E402
+from uplift_diffusion.testing import SHARED  # noqa: E402
 from uplift_diffusion.training.data import list_image_files  # noqa: E402
 from uplift_diffusion.utils import tables  # noqa: E402
 from uplift_diffusion.utils.image_ops import pil_to_tensor  # noqa: E402
@@ -159,7 +160,7 @@ def cost(low: int = 1024) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--eval-dir", default=str(REPO.parent / "shared" / "data" / "kodak"))
+    parser.add_argument("--eval-dir", default=str(SHARED / "data" / "kodak"))
     parser.add_argument("--scales", default="2,4", help="comma-separated upscaling factors")
     parser.add_argument("--max-size", type=int, default=0, help="largest HR side (0: the whole image)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")

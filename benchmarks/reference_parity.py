@@ -1,11 +1,13 @@
-"""Check our UPLiFTModel against the published implementation's outputs in ../shared/spec/fixtures.
+"""Check our UPLiFTModel against the published implementation's outputs in <shared>/spec/fixtures.
 
 Rebuilds the fixture weights (rule in the fixtures' README), writes them in the reference layout, loads them with
 our reference-checkpoint loader and prints, per case, the relative error over the sampled outputs.
 ``--dtype bfloat16`` measures the opt-in bfloat16 path against the same float32 fixtures (its stated tolerance,
-5e-2 relative, is tests/test_fast_paths.py's).
+5e-2 relative, is tests/fast_path_helpers.py's).
 
-    python benchmarks/reference_parity.py [--shared ../shared] [--dtype float32|bfloat16]
+    python benchmarks/reference_parity.py [--shared DIR] [--dtype float32|bfloat16]
+
+``--shared`` defaults to ``$UPLIFT_SHARED``, else ``shared/`` beside the checkout (``uplift_diffusion.testing``).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from uplift_diffusion import UPLiFTModel
-from uplift_diffusion.testing import reference_weights
+from uplift_diffusion.testing import SHARED, reference_weights
 
 TOLERANCE = {"float32": 1e-5, "bfloat16": 5e-2}  # the default path's parity bound; the opt-in bf16 path's
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--dtype", choices=list(TOLERANCE), default="float32")
     args = parser.parse_args()
     dtype, tolerance = getattr(torch, args.dtype), TOLERANCE[args.dtype]

@@ -30,8 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -63,6 +61,7 @@ from PIL import Image  # noqa: E402
 from uplift_diffusion import fast_paths  # noqa: E402
 from uplift_diffusion.backbones.taef2 import TAEF2, fast_path_active  # noqa: E402
 from uplift_diffusion.builtin import load_builtin_vae  # noqa: E402
+from uplift_diffusion.testing import SHARED  # noqa: E402
 
 CL = torch.channels_last
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")

@@ -49,6 +49,7 @@ from uplift_diffusion import UPLiFTModel, UPLiFTSuperResolutionPipeline  # noqa:
 from uplift_diffusion.backbones.taef2 import TAEF2  # noqa: E402
 from uplift_diffusion.backbones.vae import decode_latents, encode_latents  # noqa: E402
 from uplift_diffusion.color import MODES as COLOR_MODES  # noqa: E402
+from uplift_diffusion.testing import SHARED  # noqa: E402
 from uplift_diffusion.training.config import DataSource, TrainConfig  # noqa: E402
 from uplift_diffusion.training.data import RESIZE_KERNELS, downscale, list_image_files  # noqa: E402
 from uplift_diffusion.training.trainer import Trainer  # noqa: E402
@@ -58,7 +59,6 @@ from uplift_diffusion.utils.images import load_image  # noqa: E402
 from uplift_diffusion.utils.io import write_json_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 BASELINES = {
     "latent_bilinear": "latent bilinear",
     "latent_nearest": "latent nearest",

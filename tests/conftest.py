@@ -20,9 +20,10 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
 
 
 def require_shared() -> Path:
-    """../shared (real photos, weights, reference fixtures). Missing: skip, unless UPLIFT_REQUIRE_SHARED=1 (CI)."""
+    """The shared data folder (real photos, weights, reference fixtures; see uplift_diffusion.testing.find_shared).
+    Missing: skip, unless UPLIFT_REQUIRE_SHARED=1 (CI)."""
     if not SHARED.is_dir():
-        message = f"shared data folder {SHARED} not present (it must sit beside the project)"
+        message = f"shared data folder {SHARED} not present (set UPLIFT_SHARED, or put it beside the checkout)"
         if os.environ.get("UPLIFT_REQUIRE_SHARED") == "1":
             pytest.fail(message)
         pytest.skip(message)
@@ -40,3 +41,37 @@ def tiny_model():
 
     torch.manual_seed(0)
     return UPLiFTModel.from_preset("tiny-vae").eval()
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Five 80x72 images (smooth gradients + texture) and one 40x40 image that is too small for the crop."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:72, 0:80]
+    for i in range(5):
+        base = np.stack([xx * (2 + i), yy * 3, (xx + yy) * (1 + i)], -1) % 256
+        noise = rng.integers(0, 40, base.shape)
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "small.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def taef2(shared_dir):
+    """The taef2 autoencoder from the shared folder's weights."""
+    from uplift_diffusion import TAEF2
+
+    return TAEF2.from_pretrained(shared_dir / "weights" / "taef2")
+
+
+@pytest.fixture(scope="module")
+def photo(shared_dir):
+    """A 100 x 75 crop of Kodak's kodim01: neither side a multiple of 8 (exercises pad and crop back)."""
+    from PIL import Image
+
+    return Image.open(shared_dir / "data" / "kodak" / "kodim01.png").convert("RGB").crop((200, 200, 300, 275))

@@ -1,4 +1,4 @@
-"""Damaged, truncated or wrong-layout weights are refused when they load, in one line naming the file (issue 20):
+"""Damaged, truncated or wrong-layout weights are refused when they load, in one line naming the file:
 NaN / inf weights (the file and the tensor), a truncated ``save_pretrained`` folder, a folder's weights file passed as
 a file, a file that is not a checkpoint, and a damaged install of the built-in weights ("reinstall the package")."""
 

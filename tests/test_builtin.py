@@ -129,7 +129,7 @@ def test_upscale_without_weight_flags_uses_the_trained_builtin_pair(shared_dir, 
     bilinear = (decode_latents(vae, latents)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     uplift_psnr, bilinear_psnr = _psnr(np.asarray(result), np.asarray(high)), _psnr(bilinear, np.asarray(high))
     assert uplift_psnr > bilinear_psnr + 1.0, (uplift_psnr, bilinear_psnr)
-    # and the baseline a user would pick: the mean-corrected path the CLI used to take scored under it
+    # and the baseline a user would pick
     bicubic = Image.open(low_path).convert("RGB").resize(high.size, Image.Resampling.BICUBIC)
     bicubic_psnr = _psnr(np.asarray(bicubic), np.asarray(high))
     assert uplift_psnr > bicubic_psnr, (uplift_psnr, bicubic_psnr)
@@ -165,7 +165,7 @@ def test_diffusers_empty_float32_notice_is_silenced_and_nothing_else():
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 23 is open: the built-in model draws an 8-pixel mesh at 8x (grid ratio ~2.9 on "
+                   reason="the built-in model draws an 8-pixel mesh at 8x (grid ratio ~2.9 on "
                           "BSDS test50); a model trained with depth 3 scored better PSNR but not less mesh")
 def test_upscale_8x_has_no_latent_grid_and_beats_bicubic(shared_dir, tmp_path, no_network):
     """8x is three UPLiFT steps; the built-in model was trained for one and two. Through the CLI with no flags, on

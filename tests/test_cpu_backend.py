@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from test_fast_paths import BF16_RELATIVE, EXACT, _randomise_batch_norms, _relative  # noqa: E402  (one home)
+from fast_path_helpers import BF16_RELATIVE, EXACT, randomise_batch_norms, relative_error  # noqa: E402
 
 from uplift_diffusion import UPLiFTModel, fast_paths
 from uplift_diffusion.blocks import ConvBlock
@@ -46,7 +46,7 @@ def batch_norm_model():
     torch.manual_seed(0)
     model = UPLiFTModel.from_preset("tiny-vae", norm_type="batch", noise_channels=0).eval()
     with torch.no_grad():
-        _randomise_batch_norms(model)
+        randomise_batch_norms(model)
     return model, torch.rand(1, 3, 32, 32), torch.randn(1, 4, 4, 4)
 
 
@@ -138,7 +138,7 @@ def test_bfloat16_without_native_support_falls_back(norm_type, forbid_private_op
         assert fast_paths.active(image) and not fast_paths.active(image.bfloat16())
         out = model.to(torch.bfloat16)(image.bfloat16(), features.bfloat16(), iterations=2)
     assert out.dtype == torch.bfloat16 and forbid_private_ops == []
-    assert _relative(out, exact) < BF16_RELATIVE
+    assert relative_error(out, exact) < BF16_RELATIVE
 
 
 def test_bfloat16_under_an_avx2_limit_in_a_fresh_process():

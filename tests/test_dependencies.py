@@ -23,7 +23,7 @@ PARTS = {
     "eval": ("eval",),
     "train": ("uplift_diffusion/training", "uplift_diffusion/backbones/vit.py"),
     "features": ("uplift_diffusion/features", "uplift_diffusion/backbones/vit.py"),
-    "app": ("uplift_diffusion/app.py",),
+    "app": ("uplift_diffusion/app",),
 }
 # Declared without an import of their own, each for a stated reason.
 RUNTIME_ONLY = {

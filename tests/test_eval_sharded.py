@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eval_helpers import SmallFeatures, tiny_clip, tiny_vae
 from launch_helpers import accelerate_launch
 from launch_helpers import launch_two as _launch_two
 from PIL import Image
-from test_eval_sr import _tiny_vae, image_folder  # noqa: F401  (fixture)
-from test_metrics import SmallFeatures, _tiny_clip
 from tiny_sd import build_pipeline
 from uplift_diffusion.eval.metrics import FID
 
@@ -37,8 +36,8 @@ def one_thread():
 
 
 @pytest.fixture
-def sr_args(image_folder, tmp_path, one_thread):  # noqa: F811
-    _tiny_vae().save_pretrained(tmp_path / "vae")
+def sr_args(image_folder, tmp_path, one_thread):
+    tiny_vae().save_pretrained(tmp_path / "vae")
     return lambda out, *extra: ["eval", "sr", "--images", str(image_folder), "--vae", str(tmp_path / "vae"),
                                 "--random-upsampler", "tiny-vae", "--output", str(out), "--size", "64",
                                 "--fid-backend", "none", "--batch-size", "1", "--device", "cpu", *extra]
@@ -123,7 +122,7 @@ def tiny_sd(tmp_path_factory):
     (root / "captions.json").write_text(json.dumps({
         "images": [{"id": i, "file_name": f"im{i}.png"} for i in range(len(captions))],
         "annotations": [{"image_id": i, "caption": c} for i, c in enumerate(captions)]}))
-    model, processor = _tiny_clip(root)
+    model, processor = tiny_clip(root)
     with torch.no_grad():  # its mean cosine is negative: flipped, the score (floored at 0) is not a constant 0
         model.visual_projection.weight.neg_()
     model.save_pretrained(root / "clip")

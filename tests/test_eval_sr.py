@@ -7,43 +7,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_helpers import SmallFeatures, tiny_vae
 from PIL import Image
-from test_metrics import SmallFeatures
 from uplift_diffusion.eval.metrics import FID
 from uplift_diffusion.eval.sr import load_pair, run_sr_benchmark
 
 from uplift_diffusion import UPLiFTModel
 
 
-def _tiny_vae():
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         norm_num_groups=4, sample_size=64).eval()
-
-
-@pytest.fixture
-def image_folder(tmp_path):
-    """Five 80x72 images (smooth gradients + texture) and one 40x40 image that is too small for the crop."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:72, 0:80]
-    for i in range(5):
-        base = np.stack([xx * (2 + i), yy * 3, (xx + yy) * (1 + i)], -1) % 256
-        noise = rng.integers(0, 40, base.shape)
-        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"img{i}.png")
-    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "small.png")
-    return folder
-
-
 def _run(folder, out, **kwargs):
     torch.manual_seed(0)
     upsampler = UPLiFTModel.from_preset("tiny-vae").eval()
     kwargs.setdefault("size", 64)
-    return run_sr_benchmark(folder, _tiny_vae(), out, upsampler=upsampler, scale=4, batch_size=2,
+    return run_sr_benchmark(folder, tiny_vae(), out, upsampler=upsampler, scale=4, batch_size=2,
                             fid_factory=lambda: FID("torchmetrics", feature_extractor=SmallFeatures()),
                             patch_size=32, **kwargs)
 
@@ -99,7 +75,7 @@ def test_sr_protocol_downsample_and_limit(image_folder, tmp_path):
 def test_sr_cli(image_folder, tmp_path, capsys):
     from uplift_diffusion.cli import main
 
-    _tiny_vae().save_pretrained(tmp_path / "vae")
+    tiny_vae().save_pretrained(tmp_path / "vae")
     args = ["eval", "sr", "--images", str(image_folder), "--vae", str(tmp_path / "vae"), "--random-upsampler",
             "tiny-vae", "--output", str(tmp_path / "cli"), "--size", "64", "--fid-backend", "none", "--limit", "2",
             "--device", "cpu"]

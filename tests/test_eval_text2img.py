@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from eval_helpers import SmallFeatures, tiny_clip
 from PIL import Image
-from test_metrics import SmallFeatures, _tiny_clip
 from tiny_sd import build_pipeline
 from uplift_diffusion.eval.coco import load_coco_pairs, run_coco_benchmark
 from uplift_diffusion.eval.metrics import FID, CLIPScorer
@@ -83,7 +83,7 @@ def test_relaion_end_to_end_with_clip(pipe, real_images, tmp_path):
     assert load_relaion_pairs(table, min_side=64, images_root=real_images) == [
         ("a cat", str(real_images / "im0.png")), ("dog", str(real_images / "im3.png"))]
 
-    clip = _tiny_clip(tmp_path)
+    clip = tiny_clip(tmp_path)
     results = run_relaion_benchmark(real_images, default_rows(pipe, [2, 3], baseline=False), tmp_path / "relaion",
                                     min_side=128, num_samples=None, fid_factory=_fid,
                                     clip_factory=lambda: CLIPScorer(clip), real_size=128, patch_size=64, limit=2)

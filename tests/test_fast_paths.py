@@ -6,28 +6,11 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from fast_path_helpers import BF16_RELATIVE, EXACT, randomise_batch_norms, relative_error
 
 from uplift_diffusion import UPLiFTModel, fast_paths
 from uplift_diffusion.blocks import Conv2d, ConvBlock, channels_last_inference, concat_channels, nearest_resize
 from uplift_diffusion.utils.errors import InputError
-
-# The channels-last path changes only the summation order of the convs and norms (float rounding).
-EXACT = dict(rtol=1e-5, atol=1e-5)
-# Stated tolerance of the opt-in bfloat16 path (8-bit mantissa): max error / max |output| of a whole model.
-BF16_RELATIVE = 5e-2
-
-
-def _randomise_batch_norms(module):
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.normal_()
-            m.bias.data.normal_()
-
-
-def _relative(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 def test_fast_path_applies_only_to_cpu_inference():
@@ -48,7 +31,7 @@ def test_conv_block_channels_last_matches_reference(norm_type, c_in, c_out, num_
     torch.manual_seed(0)
     block = ConvBlock(c_in, c_out, num_convs, norm_type).eval()
     with torch.no_grad():
-        _randomise_batch_norms(block)
+        randomise_batch_norms(block)
     x = torch.randn(2, c_in, 12, 10)
     reference = block(x)  # autograd on: the published sequence (contiguous layout, no folding)
     with torch.no_grad():
@@ -84,7 +67,7 @@ def test_model_inference_path_matches_autograd_path(preset, overrides):
     torch.manual_seed(0)
     model = UPLiFTModel.from_preset(preset, **overrides).eval()
     with torch.no_grad():
-        _randomise_batch_norms(model)
+        randomise_batch_norms(model)
     p, c = model.config.patch_size, model.config.in_channels
     image, features = torch.rand(1, 3, 4 * p, 4 * p), torch.randn(1, c, 4, 4)
     kwargs = dict(iterations=2, output_size=(30, 26), generator=torch.Generator().manual_seed(3))
@@ -111,7 +94,7 @@ def test_bfloat16_path_within_stated_tolerance(noiseless_tiny):
         exact = model(image, features, iterations=2)
         fast = model.to(torch.bfloat16)(image.bfloat16(), features.bfloat16(), iterations=2)
     assert fast.dtype == torch.bfloat16
-    assert _relative(fast, exact) < BF16_RELATIVE
+    assert relative_error(fast, exact) < BF16_RELATIVE
 
 
 # --- computing only what the output needs (exact: same values up to float rounding) -------------------------------
@@ -122,7 +105,7 @@ def test_strided_conv_block_equals_subsampled_block(norm_type):
     torch.manual_seed(0)
     block = ConvBlock(6, 10, 1, norm_type).eval()
     with torch.no_grad():
-        _randomise_batch_norms(block)
+        randomise_batch_norms(block)
     x = torch.randn(2, 6, 16, 12)
     for grad in (True, False):  # the reference sequence and the channels-last path
         with torch.set_grad_enabled(grad):
@@ -187,7 +170,7 @@ def test_folded_batch_norm_follows_weight_changes():
     x = torch.randn(1, 4, 6, 6)
     with torch.no_grad():
         block(x)  # folds and caches
-        _randomise_batch_norms(block)  # in-place updates: new tensor versions
+        randomise_batch_norms(block)  # in-place updates: new tensor versions
         torch.testing.assert_close(block(x), block.conv(x) + torch.cat([x, x.new_zeros(1, 4, 6, 6)], 1), **EXACT)
         before = block(x)
         block.to(torch.bfloat16).to(torch.float32)  # new storages, weights rounded to bf16

@@ -6,9 +6,9 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_helpers import SmallFeatures, tiny_clip
 from PIL import Image
 from scipy import linalg
-from torch import nn
 from uplift_diffusion.eval.latency import measure_latency
 from uplift_diffusion.eval.metrics import (
     FID,
@@ -21,18 +21,6 @@ from uplift_diffusion.eval.metrics import (
     psnr_per_image,
     ssim_per_image,
 )
-
-
-class SmallFeatures(nn.Module):
-    """A small real feature extractor standing in for Inception (uint8 or [0, 255] float images -> [B, 6])."""
-
-    def __init__(self, dim: int = 6):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, dim, 5, stride=4)
-
-    def forward(self, x):
-        return torch.tanh(self.conv(x.float() / 255)).mean((2, 3))
 
 
 def _direct_fid(real_feats: np.ndarray, fake_feats: np.ndarray) -> float:
@@ -173,32 +161,8 @@ def test_ssim_psnr_match_scikit_image_on_real_photos(shared_dir):
         ssim_per_image(preds[:, :, :100], target)
 
 
-def _tiny_clip(tmp_path):
-    import sys
-    from pathlib import Path
-
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_sd import build_tokenizer
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                         num_hidden_layers=1, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1,
-                           image_size=32, patch_size=8),
-        projection_dim=8,
-    )
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                 crop_size={"height": 32, "width": 32}),
-                              tokenizer=build_tokenizer(tmp_path / "tok"))
-    return CLIPModel(config).eval(), processor
-
-
 def test_clip_score_with_tiny_clip(tmp_path):
-    model, processor = _tiny_clip(tmp_path)
+    model, processor = tiny_clip(tmp_path)
     scorer = CLIPScorer((model, processor))
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (3, 3, 40, 48), generator=g, dtype=torch.uint8)

@@ -436,7 +436,7 @@ def test_generate_family_flux2_errors(tmp_path, capsys, monkeypatch, argv, messa
 
 # ---------------------------------------------------------------- eval coco / relaion on a FLUX.2 pipeline
 def test_coco_benchmark_with_flux2_rows(pipe, tmp_path):
-    from test_metrics import SmallFeatures
+    from eval_helpers import SmallFeatures
     from uplift_diffusion.eval.coco import run_coco_benchmark
     from uplift_diffusion.eval.metrics import FID
     from uplift_diffusion.eval.text2img import default_rows, flux2_row, low_resolution

@@ -4,28 +4,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sr_helpers import make_pipe
 from uplift_diffusion.pipelines import UPLiFTPipelineOutput, UPLiFTSuperResolutionPipeline
 
 from uplift_diffusion import TAEF2, UPLiFTModel
-
-
-@pytest.fixture(scope="module")
-def taef2(shared_dir):
-    return TAEF2.from_pretrained(shared_dir / "weights" / "taef2")
-
-
-@pytest.fixture(scope="module")
-def photo(shared_dir) -> Image.Image:
-    # 100 x 75: neither side a multiple of 8 (exercises pad and crop back).
-    return Image.open(shared_dir / "data" / "kodak" / "kodim01.png").convert("RGB").crop((200, 200, 300, 275))
-
-
-def make_pipe(vae, **overrides):
-    torch.manual_seed(0)
-    upsampler = UPLiFTModel.from_preset("tiny-vae", in_channels=vae.config.latent_channels, **overrides).eval()
-    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def seeded():

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_eval_sr import _tiny_vae, image_folder  # noqa: F401  (fixture)
+from eval_helpers import tiny_vae
 from uplift_diffusion.eval.sr import run_sr_benchmark
 
 from uplift_diffusion import UPLiFTModel
@@ -17,7 +17,7 @@ from uplift_diffusion.utils.fingerprint import differences, module_identity, wei
 def _sr(folder, out, seed=0, init_seed=0, **kwargs):
     torch.manual_seed(init_seed)
     upsampler = UPLiFTModel.from_preset("tiny-vae").eval()
-    return run_sr_benchmark(folder, _tiny_vae(), out, upsampler=upsampler, scale=4, size=64, limit=2, seed=seed,
+    return run_sr_benchmark(folder, tiny_vae(), out, upsampler=upsampler, scale=4, size=64, limit=2, seed=seed,
                             methods=["uplift", "latent-bilinear"], **kwargs)
 
 
@@ -26,7 +26,7 @@ def _sr(folder, out, seed=0, init_seed=0, **kwargs):
     (dict(color_correction=False), "color_correction"),
     (dict(seed=5), "seed"),
 ])
-def test_sr_rerun_with_other_settings_is_refused_then_overwritten(image_folder, tmp_path, change, named):  # noqa: F811
+def test_sr_rerun_with_other_settings_is_refused_then_overwritten(image_folder, tmp_path, change, named):
     out = tmp_path / "out"
     first = _sr(image_folder, out)
     with pytest.raises(StaleResultsError, match=named) as info:
@@ -42,7 +42,7 @@ def test_sr_rerun_with_other_settings_is_refused_then_overwritten(image_folder, 
     assert _sr(image_folder, out, **change)["metrics"] == redone["metrics"]
 
 
-def test_an_input_replaced_under_the_same_name_is_noticed(image_folder, tmp_path):  # noqa: F811
+def test_an_input_replaced_under_the_same_name_is_noticed(image_folder, tmp_path):
     """Stale outputs of an image that changed on disk are never scored against the new image."""
     from PIL import Image
 
@@ -57,7 +57,7 @@ def test_an_input_replaced_under_the_same_name_is_noticed(image_folder, tmp_path
     assert _sr(image_folder, out, overwrite=True)["metrics"] == fresh["metrics"]
 
 
-def test_images_without_a_fingerprint_are_not_trusted(image_folder, tmp_path):  # noqa: F811
+def test_images_without_a_fingerprint_are_not_trusted(image_folder, tmp_path):
     out = tmp_path / "out"
     _sr(image_folder, out)
     (out / "fingerprints.json").unlink()  # a folder written before fingerprints existed
@@ -65,10 +65,10 @@ def test_images_without_a_fingerprint_are_not_trusted(image_folder, tmp_path):  
         _sr(image_folder, out)
 
 
-def test_another_vae_is_refused(image_folder, tmp_path):  # noqa: F811
+def test_another_vae_is_refused(image_folder, tmp_path):
     out = tmp_path / "out"
-    run_sr_benchmark(image_folder, _tiny_vae(), out, size=64, limit=1, methods=["latent-bilinear"])
-    other = _tiny_vae()
+    run_sr_benchmark(image_folder, tiny_vae(), out, size=64, limit=1, methods=["latent-bilinear"])
+    other = tiny_vae()
     with torch.no_grad():
         other.decoder.conv_out.bias.add_(0.1)
     with pytest.raises(StaleResultsError, match="vae.weights_sha256"):

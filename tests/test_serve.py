@@ -68,9 +68,9 @@ def test_good_upload_is_read_as_rgb(upscaler, tmp_path):
 
 
 def test_unexpected_errors_become_a_generic_sentence():
-    message = app._user_message(RuntimeError("/srv/models/secret.bin: out of memory"))
+    message = app.user_message(RuntimeError("/srv/models/secret.bin: out of memory"))
     assert "RuntimeError" in message and "/srv" not in message
-    assert app._user_message(app.PageError("plain words")) == "plain words"
+    assert app.user_message(app.PageError("plain words")) == "plain words"
 
 
 def test_features_that_cannot_load_say_how_and_name_no_server_path(tmp_path):
@@ -103,6 +103,22 @@ def test_serve_refuses_an_upsampler_that_does_not_fit_the_vae(tmp_path, capsys):
     assert "does not fit the vae" in err and "Traceback" not in err
 
 
+def test_serve_refuses_a_malformed_quality_file_in_one_line(tmp_path, capsys):
+    import socket
+
+    from uplift_diffusion import UPLiFTModel
+
+    UPLiFTModel.from_preset("tiny-vae", in_channels=32).save_pretrained(tmp_path / "upsampler")
+    (tmp_path / "upsampler" / "quality.json").write_text('{"model": "m"}')
+    with socket.socket() as taken:  # were the file accepted, the page would fail to start, not serve forever
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        argv = ["serve", "--upsampler", str(tmp_path / "upsampler"), "--port", str(taken.getsockname()[1])]
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "quality.json is not a model quality file" in err and "Traceback" not in err
+
+
 def test_serve_says_when_the_port_is_taken(capsys):
     import socket
 
@@ -122,8 +138,8 @@ def test_an_empty_upload_is_called_empty(upscaler, tmp_path):
 
 def test_refusals_are_logged_as_one_line_and_bugs_with_their_traceback(caplog):
     with caplog.at_level("INFO", logger="uplift_diffusion.app"):
-        app._user_message(app.PageError("x.png is 1×1 pixels"))
-        app._user_message(RuntimeError("a real bug"))
+        app.user_message(app.PageError("x.png is 1×1 pixels"))
+        app.user_message(RuntimeError("a real bug"))
     refused, failed = caplog.records
     assert refused.getMessage() == "request refused: x.png is 1×1 pixels" and refused.exc_info is None
     assert failed.levelname == "ERROR" and failed.exc_info is not None
@@ -167,19 +183,25 @@ def test_the_zoom_goes_to_the_most_detailed_region():
     assert app.crop_box((240, 160), (230, 150), 64) == (176, 96, 240, 160)  # moved inside the image
 
 
-def test_model_line_is_read_from_the_card_not_made_up(tmp_path):
-    from uplift_diffusion.builtin import builtin_upsampler_path
+def test_model_line_is_read_from_the_measured_numbers_not_made_up(tmp_path):
+    from uplift_diffusion.builtin import builtin_upsampler_path, read_model_quality
 
-    line = app.model_card_line(builtin_upsampler_path("taef2") / "README.md", "x")
-    assert line.startswith("**Model: uplift-taef2") and "27.79 dB vs 27.18 dB for pixel bicubic (+0.61 dB" in line
-    card = tmp_path / "README.md"
-    card.write_text("# my-model\n\nOn Kodak (8×, bicubic), PSNR / SSIM:\n\n| photo | pixel bicubic | this model |\n"
-                    "| --- | --- | --- |\n| a | 20.00 / 0.5 | 21.50 / 0.6 |\n"
-                    "| mean | 20.00 / 0.500 | 21.50 / 0.600 |\n")
-    assert app.model_card_line(card, "x") == ("**Model: my-model.** Measured (8×, bicubic): mean PSNR 21.50 dB vs "
-                                              "20.00 dB for pixel bicubic (+1.50 dB; SSIM 0.600 vs 0.500), from its "
-                                              "model card.")
-    assert app.model_card_line(None, "UPLiFT (model.safetensors)") == "**Model: UPLiFT (model.safetensors).**"
+    line = app.model_quality_line(read_model_quality(builtin_upsampler_path("taef2")), "x")
+    assert line.startswith("**Model: uplift-taef2.** Measured on BSDS500 test50") and "bicubic low-res" in line
+    assert "2× 28.63 dB / 0.864 vs 27.92 dB / 0.838" in line and "8× 21.69 dB / 0.481 vs 21.86 dB / 0.506" in line
+    assert "python benchmarks/builtin_table.py" in line
+    (tmp_path / "quality.json").write_text(
+        '{"model": "my-model", "measurements": [{"dataset": "Kodak", "command": "make kodak", "results": ['
+        '{"scale": 8, "low_res": "bicubic", "model": {"psnr": 21.5, "ssim": 0.6}, '
+        '"pixel_bicubic": {"psnr": 20.0, "ssim": 0.5}}]}]}')
+    assert app.model_quality_line(read_model_quality(tmp_path), "x") == (
+        "**Model: my-model.** Measured on Kodak, bicubic low-res, PSNR / SSIM against pixel bicubic: 8× 21.50 dB / "
+        "0.600 vs 20.00 dB / 0.500 (`make kodak`).")
+    assert read_model_quality(tmp_path / "none") is None
+    assert app.model_quality_line(None, "UPLiFT (model.safetensors)") == "**Model: UPLiFT (model.safetensors).**"
+    (tmp_path / "quality.json").write_text('{"model": "m", "measurements": [{"dataset": "d"}]}')
+    with pytest.raises(ValueError, match="quality.json is not a model quality file"):
+        read_model_quality(tmp_path)
 
 
 def test_examples_come_from_scikit_image_and_the_page_builds_without_it(monkeypatch):

@@ -388,14 +388,15 @@ def test_the_page_fits_a_390_px_phone(browser, server, photos, tmp_path):
     context.close()
 
 
-def test_examples_and_the_model_line_from_its_card(page, photos, tmp_path):
-    from uplift_diffusion.builtin import builtin_upsampler_path
+def test_examples_and_the_model_line_from_its_measured_numbers(page, photos, tmp_path):
+    from uplift_diffusion.builtin import builtin_upsampler_path, read_model_quality
 
     save_screenshot(page, tmp_path, "first_visit_1366.png")  # what a first-time visitor sees
-    card = (builtin_upsampler_path("taef2") / "README.md").read_text()
-    bicubic, model = re.search(r"\| mean \| ([\d.]+) / [\d.]+ \| ([\d.]+) / [\d.]+ \|", card).groups()
+    headline = read_model_quality(builtin_upsampler_path("taef2")).measurements[0]
+    row = next(row for row in headline.results if row.scale == 2 and row.low_res == "bicubic")
     intro = page.inner_text("#intro")
-    assert "uplift-taef2" in intro and f"{float(model):.2f} dB vs {float(bicubic):.2f} dB for pixel bicubic" in intro
+    assert "uplift-taef2" in intro and headline.dataset in intro
+    assert f"2× {row.model.psnr:.2f} dB / {row.model.ssim:.3f} vs {row.pixel_bicubic.psnr:.2f} dB" in intro
 
     assert page.locator("#examples button").count() >= 3
     page.locator("#examples button", has_text="chelsea").click()

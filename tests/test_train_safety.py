@@ -1,4 +1,4 @@
-"""`uplift-diffusion train` never loses the user's files or silently does something else than asked (issue 20):
+"""`uplift-diffusion train` never loses the user's files or silently does something else than asked:
 --overwrite deletes only what a run wrote, --resume with an edited config applies or refuses every change (and the
 run's record says what happened), outputs get ordinary file modes, config values of the wrong type and unreadable
 training images are refused before any work, in one line naming the file."""

@@ -65,3 +65,25 @@ def test_wheel_declares_the_command(wheel):
     with zipfile.ZipFile(wheel) as archive:
         (entry_points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
         assert "uplift-diffusion = uplift_diffusion.cli:main" in archive.read(entry_points).decode()
+
+
+@pytest.mark.slow
+def test_installed_package_finds_the_shared_folder_from_the_environment_or_the_working_checkout(wheel, tmp_path):
+    """Installed, the package folder says nothing about where the data is: $UPLIFT_SHARED decides, else the checkout
+    the command runs in (its sibling ``shared``)."""
+    import os
+
+    site = tmp_path / "site-packages"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    code = "from uplift_diffusion import testing; print(testing.__file__); print(testing.SHARED)"
+    env = {k: v for k, v in os.environ.items() if k != "UPLIFT_SHARED"} | {"PYTHONPATH": str(site)}
+
+    def shared(cwd, **extra):
+        out = subprocess.run([sys.executable, "-c", code], env=env | extra, cwd=cwd, capture_output=True, text=True,
+                             check=True).stdout.split("\n")
+        assert out[0].startswith(str(site)), out  # the installed copy, not the source tree
+        return Path(out[1])
+
+    assert shared(tmp_path, UPLIFT_SHARED=str(tmp_path / "data")) == tmp_path / "data"
+    assert shared(REPO / "tests") == REPO.parent / "shared"

@@ -1,7 +1,8 @@
 """The built-in model pairs shipped inside the package: they load offline, from the installed files, never the network.
 
 ``taef2``: the taef2 tiny autoencoder (FLUX.2's latent API: 32 channels, 8x; MIT, ``weights/taef2/``) and an UPLiFT
-model trained here on its latents (``weights/uplift-taef2/``, a ``save_pretrained`` folder with its model card)::
+model trained here on its latents (``weights/uplift-taef2/``, a ``save_pretrained`` folder with its model card and
+its measured quality as data, ``quality.json``: see :func:`read_model_quality`)::
 
     from uplift_diffusion import UPLiFTSuperResolutionPipeline
 
@@ -11,6 +12,7 @@ model trained here on its latents (``weights/uplift-taef2/``, a ``save_pretraine
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -22,8 +24,6 @@ from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.reference import check_finite
 from uplift_diffusion.utils.errors import CheckpointError, InputError
 from uplift_diffusion.utils.logs import silence_empty_float32_notice
-
-silence_empty_float32_notice()  # every load of the built-in taef2 casts it to a dtype
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,70 @@ def builtin_vae_path(name: str = "taef2") -> Path:
 
 def builtin_upsampler_path(name: str = "taef2") -> Path:
     """Folder of the built-in pair's UPLiFT model (``config.json``, ``diffusion_pytorch_model.safetensors``,
-    ``README.md`` model card)."""
+    ``README.md`` model card, ``quality.json`` measured quality)."""
     return weights_folder(builtin_pair(name).upsampler)
+
+
+QUALITY_FILE = "quality.json"
+
+
+@dataclass(frozen=True)
+class Score:
+    """One method's mean scores on a dataset: PSNR (dB), SSIM and, where measured, the latent-grid ratio."""
+
+    psnr: float
+    ssim: float
+    grid_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class QualityRow:
+    """The model against pixel bicubic at one scale and low-res protocol (how the low-res input was made)."""
+
+    scale: int
+    low_res: str
+    model: Score
+    pixel_bicubic: Score
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured table: the dataset, the command that produced the numbers, how it ran, and its rows."""
+
+    dataset: str
+    command: str
+    how: str
+    results: tuple[QualityRow, ...]
+
+
+@dataclass(frozen=True)
+class ModelQuality:
+    """An upsampler's measured quality, stored beside its weights as ``quality.json``; the first measurement is the
+    headline (what the web page shows)."""
+
+    model: str
+    metrics: str
+    measurements: tuple[Measurement, ...]
+
+
+def read_model_quality(folder: str | Path) -> ModelQuality | None:
+    """The ``quality.json`` of an upsampler folder (``None`` when the folder has none); CheckpointError naming the
+    file when it is not the expected structure."""
+    path = Path(folder) / QUALITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        measurements = tuple(
+            Measurement(dataset=str(m["dataset"]), command=str(m["command"]), how=str(m.get("how", "")),
+                        results=tuple(QualityRow(scale=int(r["scale"]), low_res=str(r["low_res"]),
+                                                 model=Score(**r["model"]), pixel_bicubic=Score(**r["pixel_bicubic"]))
+                                      for r in m["results"]))
+            for m in data["measurements"])
+        return ModelQuality(model=str(data["model"]), metrics=str(data.get("metrics", "")),
+                            measurements=measurements)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} is not a model quality file ({type(err).__name__}: {err})") from None
 
 
 def _place(model: torch.nn.Module, device: str | torch.device | None):
@@ -84,6 +146,7 @@ def _place(model: torch.nn.Module, device: str | torch.device | None):
 def _load_installed(name: str, part: str, load):
     """``load()``, with any failure to read the installed files (truncated, corrupt, NaN / inf weights) reported as a
     damaged installation: the user did not make these files, reinstalling replaces them."""
+    silence_empty_float32_notice()  # the built-in models are cast to a dtype on every use (see utils.logs)
     try:
         return load()
     except (OSError, ValueError, RuntimeError) as err:

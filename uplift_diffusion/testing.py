@@ -1,8 +1,9 @@
 """Reference helpers that the tests and the benchmarks share (kept in the package so that benchmarks never import
 test files):
 
-- :func:`reference_weights`: the deterministic weights of ``../shared/spec/fixtures`` (the rule in its README),
-  rebuilt in the published key layout from the key files in ``shared/spec``;
+- :data:`SHARED`: the read-only data folder (photos, weights, the spec and its fixtures), see :func:`find_shared`;
+- :func:`reference_weights`: the deterministic weights of ``<shared>/spec/fixtures`` (the rule in its README),
+  rebuilt in the published key layout from the key files in ``<shared>/spec``;
 - :func:`direct_local_attend`: the direct, materialising Local Attender, the comparison point of the fast paths
   (tests/test_attender_paths.py) and of benchmarks/attender_speed.py.
 """
@@ -11,13 +12,37 @@ from __future__ import annotations
 
 import ast
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # the read-only data folder beside a source checkout
+
+def _checkout_root(start: Path) -> Path | None:
+    """The source checkout of uplift-diffusion that contains ``start`` (a folder with ``pyproject.toml`` and the
+    ``uplift_diffusion`` package), if any."""
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "uplift_diffusion").is_dir():
+            return folder
+    return None
+
+
+def find_shared() -> Path:
+    """The shared data folder: ``$UPLIFT_SHARED`` if set; else ``shared`` beside the source checkout this package
+    was imported from, or (an installed package) beside the checkout holding the working directory. The folder may
+    not exist: the tests that need it skip, the benchmarks say so."""
+    if os.environ.get("UPLIFT_SHARED"):
+        return Path(os.environ["UPLIFT_SHARED"]).expanduser().resolve()
+    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
+        root = _checkout_root(start)
+        if root is not None:
+            return root.parent / "shared"
+    return Path.cwd().resolve() / "shared"
+
+
+SHARED = find_shared()
 SPEC = SHARED / "spec"
 FIXTURES = SPEC / "fixtures"
 KEY_FILES = {

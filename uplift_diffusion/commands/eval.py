@@ -10,7 +10,7 @@ from uplift_diffusion.commands.loading import (
     DEFAULT_UPSAMPLER,
     PRESET_PAIRS,
     add_device_arguments,
-    resolve_device,
+    resolve_device_dtype,
 )
 from uplift_diffusion.utils.dtypes import dtype_name
 from uplift_diffusion.utils.errors import InputError
@@ -243,7 +243,7 @@ def check_arguments(args) -> None:
 
 def run(args) -> int:
     check_arguments(args)
-    device, dtype = resolve_device(args.device, args.dtype)
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
     from accelerate import PartialState
 
     # One process, or one of `accelerate launch`'s / torchrun's: each then takes its share of the images. `cpu=True`

@@ -23,8 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-resolve_device = resolve_device_dtype  # the one device / dtype policy (uplift_diffusion.utils.device)
-__all__ = ["add_device_arguments", "resolve_device", "resolve_device_dtype"]
+__all__ = ["add_device_arguments", "resolve_device_dtype"]  # the one device / dtype policy (utils.device)
 
 
 def is_repo_id(text: str) -> bool:

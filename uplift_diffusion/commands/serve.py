@@ -36,19 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
 
 
-def _model_card(args: argparse.Namespace):
-    """(the upsampler's model card if it is a local file, a name for it): the page's line about the model."""
+def _model_quality(args: argparse.Namespace):
+    """(the upsampler's measured quality if it is a local folder with a ``quality.json``, a name for it): the page's
+    line about the model."""
     from pathlib import Path
 
     from uplift_diffusion import builtin
 
     if args.upsampler is None and args.preset in builtin.builtin_names():
         folder = builtin.builtin_upsampler_path(args.preset)
-        return folder / "README.md", f"built-in UPLiFT for {args.preset}"
+        return builtin.read_model_quality(folder), f"built-in UPLiFT for {args.preset}"
     source = args.upsampler or PRESET_PAIRS[args.preset][1]  # a local path or a Hub repo id
     folder = Path(source) if Path(source).is_dir() else Path(source).parent
-    card = folder / "README.md"
-    return (card if Path(source).exists() and card.is_file() else None), f"UPLiFT ({Path(source).name})"
+    return (builtin.read_model_quality(folder) if Path(source).exists() else None), f"UPLiFT ({Path(source).name})"
 
 
 def _log_to_console() -> None:
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
 
+    quality, name = _model_quality(args)  # a malformed quality.json is refused before the models load
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)  # as `upscale` loads them
     pipeline = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler).to(device)
@@ -102,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
     features = app.FeatureStrips.load(args.backbone, args.backbone_weights, args.features_upsampler, device=device)
     if features.extractor is None:  # the page shows no Features tab: the person who started the server learns why
         print(f"uplift-diffusion serve: no Features tab. {features.unavailable}", flush=True)
-    card, name = _model_card(args)
-    demo = app.build_demo(app.PageUpscaler(pipeline, limits), features, model_card=card, model_name=name)
+    demo = app.build_demo(app.PageUpscaler(pipeline, limits), features, quality=quality, model_name=name)
     try:
         app.launch(demo, limits, host=args.host, port=args.port)
     except OSError:  # Gradio's message speaks of launch() arguments: say it in the command's words

@@ -1,0 +1,40 @@
+"""The web page of ``uplift-diffusion serve``: a Gradio app for people who do not write Python.
+
+* **Upscale**: one or more photos (or a click on an example photo), 2x / 4x / 8x (8x only while the output stays under
+  the page's pixel limit), colour correction on / off, optional tiles; one progress bar over the whole request with
+  the time left; a before / after slider with labelled halves (the input, or pixel-bicubic, against UPLiFT); the
+  same crop zoomed (the most detailed region, or wherever the visitor clicks on the full-size view); the result at
+  1:1; PNG downloads and, for several photos, one zip.
+* **Features** (only when a DINO backbone was loaded): the joint-PCA strip (``image | backbone | step 1 | ... |
+  step n``) of the predictive sibling.
+* **API**: ``/upscale`` (photos, scale, colour correction, tiles -> PNG files and a summary), documented under "Use
+  via API" in the footer; the page's own events are private.
+
+Everything a request can get wrong (not an image, empty, too small, too large, ...) becomes a message in the page,
+next to the result, in plain words, kept until the next run; server file paths never appear in them (uploads live in
+temporary folders). The server log gets one line per refused request and a traceback only for real bugs.
+
+The rooms: :mod:`.layout` (the Gradio page, its events, ``launch``), :mod:`.upscaler` (limits, uploads, running
+the pipeline, result files), :mod:`.progress` (multiply-add counting and the time left), :mod:`.views` (slider and
+zoomed crops), :mod:`.features` (the Features tab's model), :mod:`.messages` (errors in the visitor's words).
+"""
+
+from uplift_diffusion.app.features import FeatureStrips
+from uplift_diffusion.app.layout import (
+    EXAMPLE_PHOTOS,
+    SCALE_CHOICES,
+    build_demo,
+    example_photos,
+    launch,
+    model_quality_line,
+    scale_radio,
+)
+from uplift_diffusion.app.messages import PageError, user_message
+from uplift_diffusion.app.progress import RequestProgress, WorkCounter
+from uplift_diffusion.app.upscaler import PageLimits, PageUpscaler, UpscaleResult, crop_box, most_detailed_center
+
+__all__ = [
+    "EXAMPLE_PHOTOS", "SCALE_CHOICES", "FeatureStrips", "PageError", "PageLimits", "PageUpscaler", "RequestProgress",
+    "UpscaleResult", "WorkCounter", "build_demo", "crop_box", "example_photos", "launch", "model_quality_line",
+    "most_detailed_center", "scale_radio", "user_message",
+]

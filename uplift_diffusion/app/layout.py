@@ -1,0 +1,360 @@
+"""The page itself: its Gradio layout (the Upscale part, the Features tab, the ``/upscale`` API endpoint), the event
+handlers that connect it to the shared :class:`PageUpscaler` / :class:`FeatureStrips`, and ``launch``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from uplift_diffusion.app.features import FeatureStrips
+from uplift_diffusion.app.messages import PageError, megapixels, problems_markdown, user_message
+from uplift_diffusion.app.progress import RequestProgress
+from uplift_diffusion.app.upscaler import KEEP_RESULTS_S, SCALES, PageLimits, PageUpscaler, UpscaleResult
+from uplift_diffusion.app.views import slider_labels, slider_pair, zoomed_crops
+from uplift_diffusion.builtin import ModelQuality
+from uplift_diffusion.utils.images import image_size
+
+SCALE_CHOICES = [(f"{scale}×", scale) for scale in SCALES]
+TILE_CHOICES = [("auto", "auto"), ("off (whole image)", "off"), ("256 px", "256"), ("512 px", "512"),
+                ("1024 px", "1024")]
+COMPARE_CHOICES = [("input (enlarged, nearest)", "input"), ("pixel bicubic", "bicubic")]
+PROGRESS = gr.Progress()  # Gradio fills in the request's bar (RequestProgress reports to it)
+EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # files shipped in skimage/data
+PAGE_CSS = """
+#slider-labels .prose { display: flex; justify-content: space-between; font-weight: 600; }
+#crops .grid-wrap, #crops .gallery-container { height: auto !important; min-height: 0 !important;
+                                              max-height: none !important; }
+#crops .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; grid-auto-rows: auto !important; }
+#crops .thumbnail-item { aspect-ratio: 1 / 1; height: auto !important; }
+#full .image-container { overflow: auto !important; max-height: 640px; }
+#full .image-frame, #full button { overflow: visible !important; max-width: none !important; }
+#full img { max-width: none !important; max-height: none !important; width: auto !important;
+            height: auto !important; object-fit: none !important; cursor: crosshair; }
+#message { border-left: 4px solid #dc2626; padding-left: 12px; }
+"""
+
+
+def model_quality_line(quality: ModelQuality | None, name: str) -> str:
+    """One line for the page: the model (its name in ``quality``, else ``name``) and its headline measurement against
+    pixel bicubic, per scale, for the standard (bicubic) low-res protocol, with the dataset and the command that
+    measured it. Nothing is made up: without measurements, only the name."""
+    if quality is None or not quality.measurements:
+        return f"**Model: {name}.**"
+    headline = quality.measurements[0]
+    rows = [row for row in headline.results if row.low_res == "bicubic"] or list(headline.results)
+    if not rows:
+        return f"**Model: {quality.model}.**"
+    protocol = rows[0].low_res
+    scores = "; ".join(f"{row.scale}× {row.model.psnr:.2f} dB / {row.model.ssim:.3f} vs "
+                       f"{row.pixel_bicubic.psnr:.2f} dB / {row.pixel_bicubic.ssim:.3f}" for row in rows)
+    return (f"**Model: {quality.model}.** Measured on {headline.dataset}, {protocol} low-res, PSNR / SSIM against "
+            f"pixel bicubic: {scores} (`{headline.command}`).")
+
+
+def example_photos() -> list[Path]:
+    """scikit-image's shipped sample photos (its ``data`` folder), if scikit-image is installed (the ``eval``
+    extra); none otherwise: the page works without them."""
+    try:
+        import skimage.data
+    except ImportError:
+        return []
+    folder = Path(skimage.data.__file__).parent
+    return [folder / name for name in EXAMPLE_PHOTOS if (folder / name).is_file()]
+
+
+def scale_radio(choices, **kwargs) -> gr.Radio:
+    """The scale radio, documented in the API as what it accepts: an integer, 2, 4 or 8 (Gradio's Radio documents
+    every choice as a string, which its own check then refuses); a numeric string is accepted too. (No JSON-schema
+    ``enum``: gradio_client renders any enum as a Literal of strings.) The two methods are set on the instance: a
+    ``gr.Radio`` subclass would make Gradio write a ``.pyi`` stub beside this module at every import."""
+    radio = gr.Radio(choices, **kwargs)
+    allowed = ", ".join(str(value) for _, value in radio.choices)
+    radio_preprocess = radio.preprocess
+
+    def api_info() -> dict:
+        return {"type": "integer", "title": "Scale", "description": f"upscaling factor: {allowed}"}
+
+    def preprocess(payload):
+        if isinstance(payload, str) and payload.strip().isdigit():
+            payload = int(payload)
+        return radio_preprocess(payload)
+
+    radio.api_info, radio.preprocess = api_info, preprocess
+    return radio
+
+
+# ---------------------------------------------------------------------------------------------------- events
+def _shown(result: UpscaleResult, compare: str, center=None):
+    """What the page shows for one result: the slider's labels, the slider, zoomed crops, the 1:1 view."""
+    return (gr.update(value=slider_labels(compare), visible=True), slider_pair(result, compare),
+            gr.update(value=zoomed_crops(result, center), visible=True),
+            gr.update(value=str(result.output_png), visible=True))
+
+
+def _cleared() -> tuple:
+    """[message, slider labels, slider, crops, 1:1 view, results gallery, downloads, download all, summary] emptied."""
+    hidden = gr.update(visible=False, value=None)
+    return (gr.update(visible=False, value=""), gr.update(visible=False), None, hidden, hidden, hidden, hidden,
+            hidden, "")
+
+
+@dataclass
+class PageEvents:
+    """The page's event handlers, on the shared models (one instance per page)."""
+
+    upscaler: PageUpscaler
+    features: FeatureStrips
+
+    def check_request(self, files) -> None:
+        limits = self.upscaler.limits
+        if not files:
+            raise PageError("Add one or more photos first (or click an example).")
+        if len(files) > limits.max_files:
+            raise PageError(f"{len(files)} photos at once is more than this page takes ({limits.max_files}); "
+                            f"send them in smaller groups.")
+
+    def expected_costs(self, files, scale: int, tiles: str) -> list[float]:
+        costs = []
+        for path in files:
+            try:
+                width, height = image_size(path)
+                tile = None if tiles in ("auto", "off") else int(tiles)
+                costs.append(self.upscaler.expected_cost((width, height), scale, tile))
+            except Exception:  # unreadable: upscale_file will say why; it takes no time on the bar
+                costs.append(0.0)
+        return costs
+
+    def upscale_all(self, files, scale, color_correction, tiles, report) -> tuple[list[UpscaleResult], list[str]]:
+        """Every photo of the request (one bar over all of them); the results and the problems, in order."""
+        self.check_request(files)
+        self.upscaler.prune()
+        scale = int(scale)
+        names = [Path(path).name for path in files]
+        bar = RequestProgress(report, names, self.expected_costs(files, scale, tiles))
+        results, problems = [], []
+        for index, path in enumerate(files):
+            bar.start_photo(index)
+            try:
+                results.append(self.upscaler.upscale_file(path, scale, bool(color_correction), tiles,
+                                                          progress=bar.work))
+            except Exception as err:  # one bad photo does not cost the others their results
+                problems.append(user_message(err))
+            bar.finish_photo(index)
+        return results, problems
+
+    def run_page(self, files, scale, color_correction, tiles, compare, progress=PROGRESS):
+        # First the old results go (a new run must not look finished), then the bar, then the new results.
+        cleared = _cleared()
+        yield [], 0, None, *cleared
+        try:
+            results, problems = self.upscale_all(files, scale, color_correction, tiles, progress)
+        except Exception as err:
+            yield [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled", [user_message(err)]),
+                                         visible=True), *cleared[1:]
+            return
+        if not results:
+            yield [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled", problems), visible=True), \
+                *cleared[1:]
+            return
+        scale = int(scale)
+        lines = [r.summary(scale) for r in results]
+        title = f"{len(problems)} of {len(files)} photos could not be upscaled"
+        message = (gr.update(value=problems_markdown(title, problems), visible=True) if problems
+                   else gr.update(visible=False))
+        several = len(results) > 1
+        yield (
+            results, 0, None, message, *_shown(results[0], compare),
+            gr.Gallery([(str(r.output_png), f"{r.name} → {r.output_size[0]}×{r.output_size[1]}") for r in results],
+                       visible=several),  # a choice to make only with several photos
+            gr.update(value=[str(r.output_png) for r in results], visible=True),
+            gr.update(value=str(self.upscaler.zip_results(results, scale)) if several else None, visible=several),
+            "\n\n".join(lines),
+        )
+
+    def show(self, results, index, compare, center):
+        if not results:
+            return gr.update(value=slider_labels(compare)), None, None, None
+        result = results[min(index, len(results) - 1)]
+        if not result.output_png.is_file():  # pruned after KEEP_RESULTS_S
+            raise gr.Error("This result has expired from the server; upscale the photo again.",
+                           title="Result expired", print_exception=False)
+        return _shown(result, compare, center)
+
+    def select(self, results, compare, event: gr.SelectData):
+        return (event.index, None, *self.show(results, event.index, compare, None))
+
+    def place_crop(self, results, index, event: gr.SelectData):
+        """A click on the full-size view: the zoomed crops move there (``event.index`` is the pixel clicked)."""
+        if not results:
+            return None, None
+        center = (int(event.index[0]), int(event.index[1]))
+        return center, zoomed_crops(results[min(index, len(results) - 1)], center)
+
+    def api_upscale(self, files, scale, color_correction, tiles, progress=PROGRESS):
+        try:
+            results, problems = self.upscale_all(files, scale, color_correction, tiles, progress)
+        except Exception as err:
+            raise gr.Error(user_message(err), title="Nothing was upscaled", print_exception=False) from None
+        if not results:
+            raise gr.Error(" ".join(problems), title="Nothing was upscaled", print_exception=False)
+        lines = [r.summary(int(scale), markdown=False) for r in results] + [f"not upscaled: {p}" for p in problems]
+        return [str(r.output_png) for r in results], "\n".join(lines)
+
+    def run_features(self, path):
+        if not path:
+            raise gr.Error("Add a photo first.", title="No photo", print_exception=False)
+        try:
+            return self.features.strip(path)
+        except Exception as err:
+            raise gr.Error(user_message(err), title="No features", print_exception=False) from None
+
+
+# ---------------------------------------------------------------------------------------------------- layout
+@dataclass
+class Controls:
+    """The Upscale part's inputs."""
+
+    files: gr.File
+    scale: gr.Radio
+    color: gr.Checkbox
+    tiles: gr.Dropdown
+    go: gr.Button
+
+
+@dataclass
+class ResultView:
+    """The Upscale part's outputs."""
+
+    message: gr.Markdown
+    gallery: gr.Gallery
+    labels: gr.HTML
+    slider: gr.ImageSlider
+    compare: gr.Radio
+    info: gr.Markdown
+    crops: gr.Gallery
+    full: gr.Image
+    download: gr.File
+    download_all: gr.DownloadButton
+    summary: gr.Markdown  # the API's second output
+
+
+def _controls(limits: PageLimits, examples: Sequence[Path]) -> Controls:
+    files = gr.File(label="Photos", file_count="multiple", file_types=["image"], type="filepath", elem_id="photos")
+    if examples:
+        gr.Examples([[[str(path)]] for path in examples], inputs=[files],
+                    example_labels=[path.stem for path in examples], elem_id="examples",
+                    label="Or try a sample photo (scikit-image)")
+    scale = scale_radio(SCALE_CHOICES, value=2, label="Scale", elem_id="scale",
+                        info=f"results above {megapixels(limits.max_output_pixels)} are refused (8× suits small "
+                             f"images)")
+    color = gr.Checkbox(value=True, label="Colour correction", elem_id="color",
+                        info="the model's own correction: colours and large shapes from the input, detail from UPLiFT")
+    tiles = gr.Dropdown(TILE_CHOICES, value="auto", label="Tile size", elem_id="tiles",
+                        info=f"auto: whole image up to {megapixels(limits.max_untiled_output_pixels)} of output, "
+                             f"{limits.auto_tile_size}-px tiles above")
+    go = gr.Button("Upscale", variant="primary", elem_id="upscale")
+    gr.Markdown(f"Up to {limits.max_files} photos of at most {megapixels(limits.max_input_pixels)} each.")
+    return Controls(files=files, scale=scale, color=color, tiles=tiles, go=go)
+
+
+def _result_view() -> ResultView:
+    return ResultView(
+        message=gr.Markdown(visible=False, elem_id="message"),
+        gallery=gr.Gallery(label="Results (click one to view it below)", columns=6, rows=1, height=160,
+                           elem_id="results", format="png", object_fit="cover", interactive=False, visible=False),
+        labels=gr.HTML(slider_labels("input"), elem_id="slider-labels", visible=False),
+        slider=gr.ImageSlider(label="before / after (drag)", type="pil", format="png", elem_id="slider",
+                              interactive=False, max_height=600),
+        compare=gr.Radio(COMPARE_CHOICES, value="input", label="Left of the slider", elem_id="compare"),
+        info=gr.Markdown(elem_id="info"),
+        crops=gr.Gallery(label="Zoomed: the most detailed region (click the full-size view below to zoom elsewhere)",
+                         columns=3, rows=1, height="auto", elem_id="crops", visible=False, format="png",
+                         object_fit="contain", interactive=False),
+        full=gr.Image(label="UPLiFT result at 1:1 (scroll; click to zoom there)", type="filepath", elem_id="full",
+                      interactive=False, format="png", buttons=[], visible=False),
+        download=gr.File(label="Download PNG", file_count="multiple", elem_id="download", interactive=False,
+                         visible=False),
+        download_all=gr.DownloadButton("Download all (zip)", elem_id="download-all", visible=False),
+        summary=gr.Markdown(visible=False, label="Summary"),
+    )
+
+
+def _features_tab(events: PageEvents) -> None:
+    with gr.Tab("Features"):
+        gr.Markdown(f"Pixel-dense DINO features with UPLiFT: one joint PCA over the backbone's tokens and every UPLiFT "
+                    f"step (same colour = same feature), images resized to at most {events.features.max_side} px.")
+        with gr.Row():
+            photo = gr.Image(label="Photo", type="filepath", elem_id="feature-photo")
+            strip = gr.Image(label="image | backbone | UPLiFT steps", type="pil", format="png", elem_id="strip",
+                             interactive=False)
+        go = gr.Button("Show features", variant="primary", elem_id="features-go")
+        go.click(events.run_features, photo, strip, concurrency_id="model", api_name="features")
+
+
+def _connect(events: PageEvents, controls: Controls, view: ResultView) -> None:
+    """The Upscale part's events (private) and the ``/upscale`` API endpoint."""
+    results, shown_index, crop_center = gr.State([]), gr.State(0), gr.State(None)
+    controls.go.click(events.run_page, [controls.files, controls.scale, controls.color, controls.tiles, view.compare],
+                      [results, shown_index, crop_center, view.message, view.labels, view.slider, view.crops,
+                       view.full, view.gallery, view.download, view.download_all, view.info],
+                      concurrency_id="model", show_progress_on=[view.slider], api_visibility="private")
+    view.compare.change(events.show, [results, shown_index, view.compare, crop_center],
+                        [view.labels, view.slider, view.crops, view.full], api_visibility="private")
+    view.gallery.select(events.select, [results, view.compare],
+                        [shown_index, crop_center, view.labels, view.slider, view.crops, view.full],
+                        api_visibility="private")
+    view.full.select(events.place_crop, [results, shown_index], [crop_center, view.crops], api_visibility="private")
+    # The API: the page's inputs, typed as accepted, and two named outputs (the PNGs, a summary).
+    gr.on(triggers=[], fn=events.api_upscale, inputs=[controls.files, controls.scale, controls.color, controls.tiles],
+          outputs=[view.download, view.summary], api_name="upscale", concurrency_id="model", show_progress="hidden",
+          api_description="Upscale photos with UPLiFT: returns one PNG per photo (in order) and a summary line per "
+                          "photo. scale: 2, 4 or 8; tiles: 'auto', 'off' or a tile size in pixels.")
+
+
+def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UPLiFT upscaler",
+               quality: ModelQuality | None = None, model_name: str = "UPLiFT") -> gr.Blocks:
+    """The page: the Upscale part (and a Features tab when an extractor is loaded) wired to the shared models, and
+    the ``/upscale`` API endpoint (queue settings are applied by ``launch``).
+
+    Args:
+        upscaler: the shared upscaler.
+        features: the Features tab's model; without an extractor the tab is not shown (the reason is logged).
+        title: the page's title.
+        quality: the upsampler's measured quality (its ``quality.json``), for the line naming the model.
+        model_name: the model's name when there is no ``quality``.
+    """
+    events = PageEvents(upscaler, features)
+    with_features = features.extractor is not None
+    with gr.Blocks(title=title, delete_cache=(600, KEEP_RESULTS_S)) as demo:
+        gr.Markdown(f"# {title}\nLatent super-resolution with UPLiFT: the photo goes through the VAE's latent space, "
+                    f"UPLiFT doubles the latents' resolution once per 2×, the VAE decodes the result.\n\n"
+                    f"{model_quality_line(quality, model_name)}", elem_id="intro")
+        # The Upscale part is the page; it becomes a tab only when there is a second tab to show.
+        with gr.Tabs() if with_features else gr.Column():
+            with gr.Tab("Upscale") if with_features else gr.Column():
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1, min_width=280):
+                        controls = _controls(upscaler.limits, example_photos())
+                    with gr.Column(scale=2, min_width=300):
+                        view = _result_view()
+            if with_features:
+                _features_tab(events)
+        _connect(events, controls, view)
+    return demo
+
+
+def launch(demo: gr.Blocks, limits: PageLimits, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+           **kwargs) -> str:
+    """Queue (bounded, one request on the models at a time) and serve ``demo``; prints and returns the page's
+    address once it answers, then serves until Ctrl+C (``block=True``) or returns (``demo.close()`` stops it)."""
+    demo.queue(max_size=limits.queue_size, default_concurrency_limit=1)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, show_error=False, ssr_mode=False,
+                quiet=True, max_file_size="50mb", footer_links=["api"], css=PAGE_CSS, **kwargs)
+    url = f"http://{host}:{demo.server_port}/"
+    print(f"uplift-diffusion serve: open {url} (Ctrl+C stops the server)", flush=True)
+    if block:
+        demo.block_thread()
+    return url

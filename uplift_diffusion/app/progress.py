@@ -1,0 +1,130 @@
+"""The page's progress bar: multiply-adds counted as the pipeline runs (:class:`WorkCounter`, a torch dispatch mode)
+and one bar over a whole request with the time left (:class:`RequestProgress`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from uplift_diffusion.app.messages import seconds
+
+_CONV_OPS = {"conv2d", "convolution", "_convolution", "mkldnn_convolution", "_convolution_pointwise",
+             "cudnn_convolution", "conv1d", "conv3d"}
+_TRANSPOSED_OPS = {"conv_transpose2d", "conv_transpose1d", "conv_transpose3d", "convolution_transpose"}
+_MATMUL_OPS = {"mm", "bmm", "matmul"}
+_MATMUL_ADD_OPS = {"addmm", "baddbmm"}
+
+
+def _multiply_adds(name: str, args: tuple, out) -> tuple[int, torch.Tensor | None]:
+    """Multiply-adds of one ATen op (convolutions and matrix products; 0 for the rest) and the weight it read."""
+    if not isinstance(out, torch.Tensor):
+        return 0, None
+    if name in _CONV_OPS or name in _TRANSPOSED_OPS:
+        data, weight = args[0], args[1]
+        if not (isinstance(weight, torch.Tensor) and weight.dim() >= 3):
+            return 0, None
+        per_position = weight.shape[1] * weight[0, 0].numel()  # input channels per group x kernel (or, transposed,
+        produced = data.numel() if name in _TRANSPOSED_OPS else out.numel()  # output channels per group x kernel)
+        return produced * per_position, weight
+    if name in _MATMUL_OPS or name in _MATMUL_ADD_OPS:
+        left = args[1] if name in _MATMUL_ADD_OPS else args[0]
+        return (out.numel() * left.shape[-1] if isinstance(left, torch.Tensor) else 0), None
+    return 0, None
+
+
+class WorkCounter(TorchDispatchMode):
+    """Counts, while active in this thread, the multiply-adds of every convolution and matrix product that runs (the
+    arithmetic of the request: the VAE decoder's convolutions are ~80 % of it at 2×) and names the model part a
+    convolution belongs to, by the weight it reads.
+
+    The pipeline's own progress bar sees an untiled decode as one step; counting operations from outside sees every
+    layer of it, needs nothing from the pipeline, and changes no result: each op runs the same kernel on the same
+    tensors (the page's output is tested bit-exact against the pipeline's).
+
+    Args:
+        on_work: called as ``on_work(multiply_adds_so_far, part)`` after each counted op (``part`` may be ``None``).
+        parts: ``{weight data pointer: part name}`` for the weights of the model parts.
+    """
+
+    def __init__(self, on_work: Callable[[int, str | None], None] | None = None, parts: dict[int, str] | None = None):
+        super().__init__()
+        self.on_work = on_work
+        self.parts = parts or {}
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        macs, weight = _multiply_adds(func.overloadpacket.__name__, args, out)
+        if macs:
+            self.total += macs
+            part = None
+            if weight is not None and weight.layout == torch.strided:  # opaque (mkldnn) tensors have no data_ptr
+                part = self.parts.get(weight.data_ptr())
+            if self.on_work is not None:
+                self.on_work(self.total, part)
+        return out
+
+
+class RequestProgress:
+    """One progress bar over a whole request (every photo of a batch), with the time left.
+
+    Each photo's share of the bar is its expected arithmetic (multiply-adds, from its size and scale); within a photo
+    the bar follows the multiply-adds counted so far (:class:`WorkCounter`), so the decode advances it layer by layer
+    like every other part. The time left is the elapsed time scaled by the work left.
+
+    Args:
+        report: ``report(fraction, desc)``, e.g. a ``gr.Progress``.
+        names: the photos' names.
+        costs: expected multiply-adds of each photo (0 for photos that will be refused).
+        min_interval: seconds between two reports (the page gets a few updates a second, not one per op).
+        clock: monotonic clock in seconds.
+    """
+
+    def __init__(self, report: Callable[..., None], names: Sequence[str], costs: Sequence[float],
+                 min_interval: float = 0.25, clock: Callable[[], float] = time.monotonic):
+        self.report, self.names, self.costs = report, list(names), [max(0.0, float(c)) for c in costs]
+        self.total = sum(self.costs) or 1.0
+        self.min_interval, self.clock = min_interval, clock
+        self.start_time = clock()
+        self.last_report = -float("inf")
+        self.index, self.part, self.fraction = 0, None, 0.0
+
+    def start_photo(self, index: int) -> None:
+        self.index, self.part = index, None
+        self._report(sum(self.costs[:index]) / self.total, force=True)
+
+    def finish_photo(self, index: int) -> None:
+        """Photo ``index`` is done (or refused): the bar shows its whole share, whatever the estimate said."""
+        self.part = "saving" if index + 1 == len(self.names) else None
+        self._report(sum(self.costs[:index + 1]) / self.total, force=True)
+
+    def work(self, done: float, part: str | None = None) -> None:
+        """``done`` multiply-adds of the current photo so far (its share is capped: estimates can be short)."""
+        if part is not None:
+            self.part = part
+        cost = self.costs[self.index]
+        self._report((sum(self.costs[:self.index]) + min(done, 0.99 * cost)) / self.total)
+
+    def seconds_left(self, fraction: float) -> float | None:
+        elapsed = self.clock() - self.start_time
+        if fraction < 0.02 or elapsed < 1.0:
+            return None  # too early for an honest estimate
+        return elapsed * (1 - fraction) / fraction
+
+    def _report(self, fraction: float, force: bool = False) -> None:
+        self.fraction = fraction = max(self.fraction, min(fraction, 1.0))  # never moves back
+        now = self.clock()
+        if not force and now - self.last_report < self.min_interval:
+            return
+        self.last_report = now
+        self.report(fraction, desc=self.describe(fraction))
+
+    def describe(self, fraction: float) -> str:
+        count = len(self.names)
+        photo = f"{self.names[self.index]} ({self.index + 1} of {count})" if count > 1 else self.names[self.index]
+        left = self.seconds_left(fraction)
+        when = f"about {seconds(left)} left" if left is not None else "estimating the time left"
+        return " · ".join(p for p in (photo, self.part, when) if p)

@@ -1,0 +1,276 @@
+"""The page's work: an uploaded file checked against the page's limits and read (:meth:`PageUpscaler.read`), the
+tile size chosen (:meth:`PageUpscaler.tile_size_for`), the shared pipeline run under a lock with its multiply-adds
+counted (the progress bar's unit), and the result's files written (the download, the slider's halves)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+import weakref
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uplift_diffusion.app.messages import PageError, megapixels
+from uplift_diffusion.app.progress import WorkCounter
+from uplift_diffusion.utils.errors import ImageConversionWarning
+from uplift_diffusion.utils.images import image_size, load_image
+from uplift_diffusion.utils.io import atomic_write, save_image_atomic
+
+SCALES = (2, 4, 8)
+KEEP_RESULTS_S = 3600  # result files older than this are deleted from the page's work folder
+CROP_SIZE = 192  # output pixels per side of the zoomed crop (the page's detail view)
+CALIBRATION_SIDE = 32  # pixels: the tiny photo whose cost per pixel sizes the progress bar before a first real run
+
+
+@dataclass(frozen=True)
+class PageLimits:
+    """The limits a public page needs.
+
+    Args:
+        max_input_pixels: largest accepted upload (width x height).
+        max_output_pixels: largest result at any scale (larger: choose a smaller scale).
+        max_untiled_output_pixels: largest result computed in one piece; above it ``auto`` tiles and ``off`` is
+            refused with a message suggesting a tile size.
+        min_side: smallest accepted width / height.
+        max_files: photos per request.
+        auto_tile_size: the tile size ``auto`` picks above ``max_untiled_output_pixels``.
+        queue_size: requests waiting in Gradio's queue before new ones are turned away.
+    """
+
+    max_input_pixels: int = 2048 * 2048
+    max_output_pixels: int = 4096 * 4096
+    max_untiled_output_pixels: int = 2048 * 2048
+    min_side: int = 16
+    max_files: int = 8
+    auto_tile_size: int = 512
+    queue_size: int = 16
+
+
+@dataclass
+class UpscaleResult:
+    """One finished photo: the files the page shows and offers, and what it says about them."""
+
+    name: str
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+    seconds: float
+    output_png: Path  # the download
+    input_view: Path  # the input enlarged (nearest) to the output size: the slider's "before"
+    bicubic_view: Path  # pixel-bicubic at the output size
+    tile_size: int | None
+    detail_center: tuple[int, int] = (0, 0)  # output pixel at the centre of the most detailed crop
+    note: str | None = None  # how the upload was converted to RGB, if it was
+
+    def summary(self, scale: int, markdown: bool = True) -> str:
+        (w, h), (ow, oh) = self.input_size, self.output_size
+        tiles = f", {self.tile_size}-px tiles" if self.tile_size else ""
+        note = f" ({self.note})" if self.note else ""
+        name = f"**{self.name}**" if markdown else self.name
+        return f"{name}: {w}×{h} → {ow}×{oh} ({scale}×{tiles}) in {self.seconds:.2f} s{note}"
+
+
+def most_detailed_center(image: Image.Image, window: int) -> tuple[int, int]:
+    """Centre (x, y) of the ``window``-pixel square of ``image`` with the most gradient energy (sum of squared
+    luminance differences to the right and below neighbours): where a zoomed crop has the most to show."""
+    grey = np.asarray(image.convert("L"), dtype=np.float64)
+    height, width = grey.shape
+    window = max(1, min(window, width, height))
+    energy = np.zeros_like(grey)
+    energy[:, :-1] += np.diff(grey, axis=1) ** 2
+    energy[:-1, :] += np.diff(grey, axis=0) ** 2
+    table = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # integral image: window sums in O(1) each
+    sums = (table[window:, window:] - table[:-window, window:] - table[window:, :-window]
+            + table[:-window, :-window])  # [height - window + 1, width - window + 1]
+    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return int(left) + window // 2, int(top) + window // 2
+
+
+def crop_box(size: tuple[int, int], center: tuple[int, int], side: int = CROP_SIZE) -> tuple[int, int, int, int]:
+    """The ``side``-pixel square box around ``center``, moved inside an image of ``size``."""
+    width, height = size
+    side = min(side, width, height)
+    left = min(max(0, center[0] - side // 2), width - side)
+    top = min(max(0, center[1] - side // 2), height - side)
+    return left, top, left + side, top + side
+
+
+class PageUpscaler:
+    """Upscales uploaded photos with one shared :class:`UPLiFTSuperResolutionPipeline`.
+
+    Args:
+        pipeline: the super-resolution pipeline every request uses (built from ``(vae, upsampler)`` only: how the
+            upsampler's output is colour-corrected comes from its own config).
+        limits: the page's limits.
+        workdir: folder for result files (default: a new temporary folder, removed with this object).
+        seed: seed of the upsampler's noise channels, the same for every request (same photo, same result).
+    """
+
+    def __init__(self, pipeline, limits: PageLimits = PageLimits(), workdir: str | Path | None = None, seed: int = 0):
+        self.pipeline = pipeline
+        self.limits = limits
+        self.seed = seed
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="uplift-serve-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, True)
+        self.workdir = Path(workdir)
+        self._lock = threading.Lock()  # one request at a time on the shared model, whatever the queue settings
+        self._macs_per_pixel: dict[tuple[int, int | None], float] = {}  # measured, per (scale, tile size)
+
+    # ------------------------------------------------------------------ checks
+    def read(self, path: str | Path) -> tuple[Image.Image, str | None]:
+        """An uploaded file as RGB, after checking its size from the header (before decoding the pixels), and the
+        conversion it needed (e.g. ``converted RGBA to RGB ...``; ``None``: it was RGB)."""
+        name, limits = Path(path).name, self.limits
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise PageError(f"{name} is an empty file (0 bytes): the upload may have failed, or the file was "
+                            f"saved empty; choose the photo again")
+        try:
+            width, height = image_size(path)
+        except ValueError:  # the header cannot be read (the message names the server path: reword it)
+            raise PageError(f"{name} is not an image this page can read (PNG, JPEG, WebP, ...): it may be corrupt, "
+                            f"truncated or another kind of file") from None
+        if min(width, height) < limits.min_side:
+            raise PageError(f"{name} is {width}×{height} pixels; the smallest image this page upscales is "
+                            f"{limits.min_side}×{limits.min_side}")
+        if width * height > limits.max_input_pixels:
+            raise PageError(f"{name} is {width}×{height} ({megapixels(width * height)}), over this page's limit of "
+                            f"{megapixels(limits.max_input_pixels)} per photo: downscale it first, or upscale it on "
+                            f"your own machine in tiles (uplift-diffusion upscale --tile-size 512)")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ImageConversionWarning)
+                image = load_image(path, name=name)
+        except ValueError:  # the decoder's reason may name the server path: say the same in the page's words
+            raise PageError(f"{name} could not be decoded: it is corrupt or truncated") from None
+        notes = [str(w.message).removeprefix(f"{name}: ") for w in caught
+                 if issubclass(w.category, ImageConversionWarning)]
+        return image, "; ".join(notes) or None
+
+    def tile_size_for(self, image: Image.Image, scale: int, tiles: str, name: str) -> int | None:
+        """The tile size to run with (``None``: whole image); PageError when the result would be too large."""
+        limits = self.limits
+        out_w, out_h = image.width * scale, image.height * scale
+        out_pixels = out_w * out_h
+        if out_pixels > limits.max_output_pixels:
+            pixels = image.width * image.height
+            smaller = [f"{s}×" for s in SCALES if pixels * s * s <= limits.max_output_pixels]
+            hint = f"choose {' or '.join(smaller)}" if smaller else "downscale the photo first"
+            raise PageError(f"{scale}× of {name} ({image.width}×{image.height}) would be {out_w}×{out_h} "
+                            f"({megapixels(out_pixels)}), over this page's limit of "
+                            f"{megapixels(limits.max_output_pixels)}: {hint}, or upscale it on your own machine in "
+                            f"tiles (uplift-diffusion upscale --tile-size 512)")
+        if tiles == "auto":
+            return limits.auto_tile_size if out_pixels > limits.max_untiled_output_pixels else None
+        if tiles == "off":
+            if out_pixels > limits.max_untiled_output_pixels:
+                raise PageError(f"{scale}× of {name} would be {out_w}×{out_h} ({megapixels(out_pixels)}), too large "
+                                f"to compute in one piece here (limit {megapixels(limits.max_untiled_output_pixels)}):"
+                                f" pick a tile size (e.g. 512 px) or a smaller scale")
+            return None
+        return int(tiles)
+
+    # ------------------------------------------------------------------ cost (for the progress bar)
+    def _model_parts(self) -> dict[int, str]:
+        """``{weight data pointer: part}`` for the pipeline's VAE encoder, upsampler and VAE decoder."""
+        parts = {}
+        for module, part in ((getattr(self.pipeline.vae, "encoder", None), "encoding"),
+                             (self.pipeline.upsampler, "UPLiFT"),
+                             (getattr(self.pipeline.vae, "decoder", None), "decoding")):
+            for param in module.parameters() if module is not None else ():
+                parts[param.data_ptr()] = part
+        return parts
+
+    def _run(self, image: Image.Image, scale: int, tile_size: int | None, color_correction: bool,
+             on_work: Callable[[int, str | None], None] | None = None) -> tuple[Image.Image, int]:
+        """The pipeline's result for ``image`` and the multiply-adds it took."""
+        generator = torch.Generator(self.pipeline.device).manual_seed(self.seed)
+        with WorkCounter(on_work, self._model_parts()) as counter:
+            result = self.pipeline(image, scale=scale, generator=generator, tile_size=tile_size,
+                                   color_correction=color_correction).images[0]
+        return result, counter.total
+
+    def expected_cost(self, size: tuple[int, int], scale: int, tile_size: int | None = None) -> float:
+        """Expected multiply-adds to upscale a photo of ``size``: measured per pixel on the last photo with the same
+        scale and tiles, else on a tiny calibration photo (run once per scale, under the model lock)."""
+        pixels = size[0] * size[1]
+        for key in ((scale, tile_size), (scale, None)):
+            if key in self._macs_per_pixel:
+                return self._macs_per_pixel[key] * pixels
+        with self._lock:
+            side = CALIBRATION_SIDE
+            noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+            _, macs = self._run(Image.fromarray(noise), scale, None, True)
+        self._macs_per_pixel[(scale, None)] = macs / side**2
+        return macs / side**2 * pixels
+
+    # ------------------------------------------------------------------ work
+    def upscale_file(self, path: str | Path, scale: int, color_correction: bool, tiles: str,
+                     progress: Callable[[int, str | None], None] | None = None) -> UpscaleResult:
+        """Upscale one uploaded file; PageError (in the page's words) for anything wrong with the request.
+
+        Args:
+            path: the uploaded file.
+            scale: 2, 4 or 8.
+            color_correction: apply the upsampler's own colour correction (on / off; the mode is the model's).
+            tiles: ``"auto"``, ``"off"`` or a tile size in pixels.
+            progress: called as ``progress(multiply_adds_so_far, part)`` while the pipeline runs.
+        """
+        name = Path(path).name
+        image, note = self.read(path)
+        tile_size = self.tile_size_for(image, scale, tiles, name)
+        try:
+            self.pipeline.check_inputs(scale, tile_size, None, "pil")
+        except ValueError as err:
+            raise PageError(f"{name}: {err}") from None
+        with self._lock:
+            start = time.perf_counter()
+            result, macs = self._run(image, scale, tile_size, color_correction, progress)
+            seconds = time.perf_counter() - start
+        self._macs_per_pixel[(scale, tile_size)] = macs / (image.width * image.height)
+        folder = self.workdir / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        views = {
+            "output_png": (result, f"{Path(name).stem}_x{scale}.png"),
+            "input_view": (image.resize(result.size, Image.NEAREST), "input_nearest.png"),
+            "bicubic_view": (image.resize(result.size, Image.BICUBIC), "bicubic.png"),
+        }
+        for picture, filename in views.values():
+            save_image_atomic(picture, folder / filename)
+        files = {key: folder / filename for key, (_, filename) in views.items()}
+        x, y = most_detailed_center(image, max(1, CROP_SIZE // scale))
+        return UpscaleResult(name=name, input_size=image.size, output_size=result.size, seconds=seconds,
+                             tile_size=tile_size, note=note, detail_center=(x * scale, y * scale), **files)
+
+    def zip_results(self, results: Sequence[UpscaleResult], scale: int) -> Path:
+        """One zip of every result PNG (names made unique), for "Download all"."""
+        path = self.workdir / uuid.uuid4().hex / f"uplift_x{scale}_{len(results)}_photos.zip"
+        used: set[str] = set()
+
+        def write(tmp: str) -> None:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+                for result in results:
+                    stem, name, n = result.output_png.stem, result.output_png.name, 1
+                    while name in used:
+                        n += 1
+                        name = f"{stem}_{n}.png"
+                    used.add(name)
+                    archive.write(result.output_png, name)
+
+        return atomic_write(path, write)
+
+    def prune(self, max_age_s: float = KEEP_RESULTS_S) -> None:
+        """Delete result folders older than ``max_age_s`` (the page's files do not pile up)."""
+        cutoff = time.time() - max_age_s
+        for folder in self.workdir.iterdir():
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
