@@ -125,3 +125,14 @@ def test_a_failed_save_keeps_the_previous_checkpoints(tmp_path):
     assert [p.name for p in manager.list()] == ["checkpoint-00000002", "checkpoint-00000003"]
     manifest = json.loads((manager.path_for(3) / "manifest.json").read_text())
     assert manifest["step"] == 3 and set(manifest["files"]) == {"model.safetensors", "training_state.pt"}
+
+
+def test_a_new_trainer_can_export_and_checkpoint_before_training(tmp_path, images):
+    """Everything the trainer's methods read (objective, optimizer, schedule, unwrapped model) exists from
+    construction on: exporting before any step writes the initial model."""
+    trainer = Trainer(tiny_config(tmp_path, images), backbone=tiny_backbone())
+    initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    exported = _weights(trainer.export())
+    assert exported.keys() == initial.keys()
+    assert all(torch.equal(exported[k], initial[k]) for k in initial)
+    assert trainer.scheduler.get_last_lr() and trainer.optimizer.param_groups

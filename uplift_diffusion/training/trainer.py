@@ -202,6 +202,32 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.keep_last)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.elapsed = 0.0  # training seconds across resumes
+        self._build_optimisation()
+
+    def _build_optimisation(self) -> None:
+        """The objective (model + loss), optimizer and learning-rate schedule, prepared by accelerate: everything
+        :meth:`train`, :meth:`export` and the checkpoint methods read exists from construction on."""
+        cfg, acc = self.config, self.accelerator
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                     weight_decay=cfg.optim.weight_decay)
+        if cfg.max_steps is None and cfg.max_minutes is not None and cfg.optim.scheduler in TIME_SCHEDULES:
+            # Only a time budget: a decaying schedule follows the elapsed training time instead of a step count.
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, time_budget_schedule(self, cfg.max_minutes * 60, cfg.optim.scheduler))
+        else:
+            total = cfg.max_steps if cfg.max_steps is not None else 10**9
+            self.scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
+                                           num_training_steps=total)
+        loss = cfg.loss
+        self.objective_pixel = None
+        if loss.pixel_weight > 0:
+            self.objective_pixel = PixelObjective.from_config(self.backbone.decode_differentiable,
+                                                              self.backbone.patch_size, loss)
+        objective = UPLiFTTrainingObjective(self.model, loss.depths, loss.noise_sigma, loss.latent_weight,
+                                            self.objective_pixel)
+        self._sync_batch_norm()
+        self.objective, self.optimizer = acc.prepare(objective, optimizer)
+        self.unwrapped = acc.unwrap_model(self.objective).model
 
     # ------------------------------------------------------------------ features
     def features(self, keys: list[str], images: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -432,26 +458,6 @@ class Trainer:
             prepare_run_folder(self.output_dir, resume, self.overwrite, keep=keep)
         acc.wait_for_everyone()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                     weight_decay=cfg.optim.weight_decay)
-        if cfg.max_steps is None and cfg.max_minutes is not None and cfg.optim.scheduler in TIME_SCHEDULES:
-            # Only a time budget: a decaying schedule follows the elapsed training time instead of a step count.
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, time_budget_schedule(self, cfg.max_minutes * 60, cfg.optim.scheduler))
-        else:
-            total = cfg.max_steps if cfg.max_steps is not None else 10**9
-            self.scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
-                                           num_training_steps=total)
-        loss = cfg.loss
-        self.objective_pixel = None
-        if loss.pixel_weight > 0:
-            self.objective_pixel = PixelObjective.from_config(self.backbone.decode_differentiable,
-                                                              self.backbone.patch_size, loss)
-        objective = UPLiFTTrainingObjective(self.model, loss.depths, loss.noise_sigma, loss.latent_weight,
-                                            self.objective_pixel)
-        self._sync_batch_norm()
-        self.objective, self.optimizer = acc.prepare(objective, optimizer)
-        self.unwrapped = acc.unwrap_model(self.objective).model
         resumed = self._resume() if resume else False
         if resumed and changes:
             self._apply_changes(changes)
