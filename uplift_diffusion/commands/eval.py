@@ -205,6 +205,7 @@ def check_arguments(args) -> None:
     """Numbers, choices and input paths, before torch loads (see uplift_diffusion.commands.checks)."""
     from uplift_diffusion.commands import checks
     from uplift_diffusion.commands.loading import check_model_source
+    from uplift_diffusion.utils.io import refuse_output_folder_in_inputs
 
     checks.at_least("--limit", args.limit, 1)
     checks.at_least("--num-samples", args.num_samples, 1)
@@ -214,6 +215,7 @@ def check_arguments(args) -> None:
     checks.existing("--inception-weights", args.inception_weights, "file")
     if args.benchmark == "sr":
         checks.existing("--images", args.images, "folder")
+        refuse_output_folder_in_inputs(args.output, [args.images], recursive=True, flag="--output")
         checks.power_of_two("--scale", args.scale)
         checks.at_least("--size", args.size, 1)
         checks.at_least("--patch-size", args.patch_size, 1)

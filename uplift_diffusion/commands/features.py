@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from uplift_diffusion.utils.device import resolve_device_dtype
     from uplift_diffusion.utils.errors import InputError, InputNotFoundError, OutputExistsError
     from uplift_diffusion.utils.images import load_image
+    from uplift_diffusion.utils.io import refuse_outputs_onto_inputs
 
     if not args.pca and not args.save:
         raise InputError("nothing to do: pass --pca OUT.png and / or --save OUT.safetensors")
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--iterations must be >= 1, got {args.iterations}")
     if args.save and not args.save.endswith(".safetensors"):
         raise InputError(f"--save must end with .safetensors, got {args.save}")
+    for flag, out in (("--pca", args.pca), ("--save", args.save)):
+        refuse_outputs_onto_inputs([out] if out else [], [args.image], flag)
     for out in (args.pca, args.save):
         if out and Path(out).exists() and not args.overwrite:
             raise OutputExistsError(f"output exists: {out} (pass --overwrite to replace)")

@@ -74,8 +74,8 @@ def check_arguments(args: argparse.Namespace) -> None:
                          f"or a folder")
 
 
-def plan_outputs(inputs: list[Path], output: str, scale: int) -> list[Path]:
-    """Output path per input; a single input may go to an explicit image file."""
+def plan_outputs(inputs: list[Path], output: str, scale: int, create: bool = True) -> list[Path]:
+    """Output path per input; a single input may go to an explicit image file (``create``: make the folder)."""
     from uplift_diffusion.utils.errors import InputError
     from uplift_diffusion.utils.io import ensure_writable_dir
 
@@ -83,9 +83,11 @@ def plan_outputs(inputs: list[Path], output: str, scale: int) -> list[Path]:
     if out.suffix.lower() in OUTPUT_SUFFIXES and not out.is_dir():
         if len(inputs) != 1:
             raise InputError(f"-o {output} is a single file but {len(inputs)} images were given; pass a folder")
-        ensure_writable_dir(out.parent)
+        if create:
+            ensure_writable_dir(out.parent)
         return [out]
-    ensure_writable_dir(out)
+    if create:
+        ensure_writable_dir(out)
     targets = [out / f"{path.stem}_x{scale}.png" for path in inputs]
     clashes = sorted({t.name for t in targets if targets.count(t) > 1})
     if clashes:
@@ -112,11 +114,14 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from uplift_diffusion.utils.errors import InputError, OutputExistsError
-    from uplift_diffusion.utils.images import expand_inputs
+    from uplift_diffusion.utils.images import expand_inputs, input_folders
+    from uplift_diffusion.utils.io import refuse_output_folder_in_inputs, refuse_outputs_onto_inputs
 
     # Cheap checks first (no torch yet): arguments, inputs, outputs; then the weights.
     check_arguments(args)
+    refuse_output_folder_in_inputs(args.output, input_folders(args.inputs), recursive=False)
     inputs = expand_inputs(args.inputs)
+    refuse_outputs_onto_inputs(plan_outputs(inputs, args.output, args.scale, create=False), inputs)
     inputs, unreadable = readable_inputs(inputs)
     if not inputs:
         raise InputError(f"no readable image among the inputs: {'; '.join(unreadable[:3])}"

@@ -113,6 +113,18 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise InputError(f"cannot read image {path}: corrupt or not an image ({err})") from None
 
 
+def input_folders(items: list[str]) -> list[Path]:
+    """The folders :func:`expand_inputs` lists: folders given as such, and the folders of glob patterns."""
+    folders = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            folders.append(path)
+        elif not path.is_file() and glob.has_magic(item):
+            folders += {Path(p).parent for p in glob.glob(item)}
+    return folders
+
+
 def expand_inputs(items: list[str]) -> list[Path]:
     """Image files from paths, folders (their image files, sorted, not recursive) and glob patterns."""
     files: list[Path] = []

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import UnavailableError
+from .errors import InputError, UnavailableError
 
 _UMASK_LOCK = threading.Lock()
 
@@ -126,6 +126,42 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """``obj`` as indented, key-sorted JSON (see :func:`to_json` for the extra types it accepts)."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=True, default=to_json) + "\n"
     return write_text_atomic(path, text)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file however it is reached (spelling, ``..``, symlink, hard link): same device and inode."""
+    try:
+        first, second = a.stat(), b.stat()
+    except OSError:
+        return a.resolve() == b.resolve()  # one does not exist yet: only a spelling of the same path can match
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def refuse_outputs_onto_inputs(outputs: list[str | os.PathLike], inputs: list[str | os.PathLike],
+                               flag: str = "-o") -> None:
+    """:class:`InputError` when an output path is one of the inputs (the same file, a symlink or a hard link to it):
+    writing it would replace the user's original, so it is refused whatever ``--overwrite`` says."""
+    sources = [Path(p) for p in inputs]
+    for out in map(Path, outputs):
+        for source in sources:
+            if _same_file(out, source):
+                raise InputError(f"{flag} {out} is an input ({source}): writing it would replace the original; "
+                                 f"choose another output path")
+
+
+def refuse_output_folder_in_inputs(output: str | os.PathLike, input_folders: list[str | os.PathLike],
+                                   recursive: bool, flag: str = "-o") -> None:
+    """:class:`InputError` when the output folder is an input folder (or, for inputs listed ``recursive``-ly, inside
+    one): the next run would read its outputs as inputs (``a_x2_x2.png``, a results grid scored as a photo)."""
+    out = Path(output).resolve()
+    for folder in map(Path, input_folders):
+        if not folder.is_dir():
+            continue
+        inside = out == folder.resolve() or (recursive and folder.resolve() in out.parents)
+        if inside:
+            raise InputError(f"{flag} {output} is {'inside ' if out != folder.resolve() else ''}the input folder "
+                             f"{folder}: its outputs would be read as inputs on the next run; choose a folder "
+                             f"outside it")
 
 
 def ensure_writable_dir(folder: str | os.PathLike) -> Path:
