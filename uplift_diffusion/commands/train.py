@@ -39,7 +39,6 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     # Everything up to the Trainer is the standard library: a bad config or output folder answers before torch loads.
     from uplift_diffusion.training.config import TrainConfig
-    from uplift_diffusion.training.run import prepare_run_folder, resume_changes
     from uplift_diffusion.utils.errors import InputError
 
     try:  # everything in a config (and its overrides) is the user's input: its errors are one-line messages
@@ -50,13 +49,30 @@ def run(args: argparse.Namespace) -> int:
         config.validate()  # the overrides too, before any weights load
     except ValueError as err:
         raise InputError(str(err)) from None
+    if args.num_processes < 1:
+        raise InputError(f"--num-processes must be >= 1, got {args.num_processes}")
+    from uplift_diffusion.training.launch import LAUNCHED_ENV, tie_to_launcher
+
+    if os.environ.get(LAUNCHED_ENV) == "1":  # a worker of ours: the launcher holds the folder's lock
+        tie_to_launcher()
+        return _train(args, config)
+    if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0":  # `accelerate launch`: rank 0 locks
+        return _train(args, config)
+    from uplift_diffusion.training.run import RunFolderLock
+
+    with RunFolderLock(config.output_dir):
+        return _train(args, config)
+
+
+def _train(args: argparse.Namespace, config) -> int:
+    from uplift_diffusion.training.run import prepare_run_folder, resume_changes
+    from uplift_diffusion.utils.errors import InputError
+
     # Refuse an earlier run, files no run wrote, or a resume that changes what cannot change, before loading anything
     # (the trainer checks again and deletes what --overwrite replaces).
     prepare_run_folder(config.output_dir, args.resume, args.overwrite, keep=[config.data.cache_dir], delete=False)
     if args.resume:
         resume_changes(config.output_dir, config.to_dict())
-    if args.num_processes < 1:
-        raise InputError(f"--num-processes must be >= 1, got {args.num_processes}")
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:  # start the workers (they run the lines below)
         if config.batch_size % args.num_processes:
             raise InputError(f"batch_size {config.batch_size} is the global batch of a step (all processes together) "

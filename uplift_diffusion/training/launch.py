@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from ..utils.errors import UserError
 
 LAUNCHED_ENV = "UPLIFT_LAUNCHED"  # set for the workers started here: user errors go to the launcher, not stderr
+LAUNCHER_PID_ENV = "UPLIFT_LAUNCHER_PID"  # the launcher's pid: a worker ends with it (tie_to_launcher)
+_PR_SET_PDEATHSIG = 1
 
 
 class WorkerError(UserError):
@@ -28,6 +30,35 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tie_to_launcher() -> None:
+    """In a worker started by :func:`launch_workers`: end when the launcher ends, however it ends (SIGKILL too), so no
+    worker goes on training beside a ``--resume`` (the launcher holds the run folder's lock, its workers do not).
+    Linux: the kernel sends SIGKILL at the launcher's death (``prctl(PR_SET_PDEATHSIG)``); elsewhere a thread
+    watches the parent pid."""
+    import signal
+    import sys
+    import threading
+
+    launcher = int(os.environ.get(LAUNCHER_PID_ENV, "0") or 0)
+    if not launcher:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != launcher:  # it died before the prctl
+            os._exit(1)
+        return
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            threading.Event().wait(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="launcher-watchdog").start()
 
 
 def launch_workers(num_processes: int, command: Sequence[str]) -> None:
@@ -43,6 +74,7 @@ def launch_workers(num_processes: int, command: Sequence[str]) -> None:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     os.environ[LAUNCHED_ENV] = "1"
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
     if not torch.cuda.is_available():
         os.environ["ACCELERATE_USE_CPU"] = "1"  # accelerate then joins the processes in one gloo group
     # torch.distributed.run's default: one thread per worker unless set (N processes would oversubscribe the cores)
