@@ -83,6 +83,20 @@ def test_skip_existing_continues_an_interrupted_run(assets, tmp_path, capsys):
     assert "skipping 1 image(s)" in capsys.readouterr().out
 
 
+def test_skip_existing_redoes_an_empty_or_truncated_output(assets, tmp_path, capsys):
+    root, _, models = assets
+    out = tmp_path / "out"
+    assert main(["upscale", str(root / "in"), "-o", str(out), "--scale", "2", *models]) == 0
+    whole = (out / "b_x2.png").read_bytes()
+    (out / "a_x2.png").write_bytes(b"")  # a crash, a full disk, a copy cut short
+    (out / "b_x2.png").write_bytes(whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert main(["upscale", str(root / "in"), "-o", str(out), "--scale", "2", "--skip-existing", *models]) == 0
+    captured = capsys.readouterr()
+    assert (out / "b_x2.png").read_bytes() == whole and Image.open(out / "a_x2.png").size == (96, 80)
+    assert "skipping" not in captured.out and "2 unreadable output(s)" in captured.err
+
+
 def test_tile_overlap_zero_works_in_the_cli_and_the_api(assets, tmp_path, shared_dir):
     root, photo, models = assets
     assert main(["upscale", str(root / "in" / "a.png"), "-o", str(tmp_path / "t.png"), "--scale", "2",

@@ -112,9 +112,10 @@ def readable_inputs(inputs: list[Path]) -> tuple[list[Path], list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    import warnings
 
     from uplift_diffusion.utils.errors import InputError, OutputExistsError
-    from uplift_diffusion.utils.images import expand_inputs, input_folders
+    from uplift_diffusion.utils.images import expand_inputs, image_decodes, input_folders
     from uplift_diffusion.utils.io import refuse_output_folder_in_inputs, refuse_outputs_onto_inputs
 
     # Cheap checks first (no torch yet): arguments, inputs, outputs; then the weights.
@@ -132,11 +133,16 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(str(t) for t in existing[:3])
         raise OutputExistsError(f"output exists: {names}{' ...' if len(existing) > 3 else ''} (pass --overwrite to "
                                 f"replace, or --skip-existing to upscale only the missing ones)")
-    jobs = [(p, t) for p, t in zip(inputs, targets, strict=True) if not (args.skip_existing and t.exists())]
-    if args.skip_existing and existing:
-        print(f"skipping {len(existing)} image(s) whose output exists (--skip-existing)")
-
-    import warnings
+    done = set()
+    if args.skip_existing and existing:  # an output counts as done only when it reads as an image
+        done = {t for t in existing if image_decodes(t)}
+        damaged = [t.name for t in existing if t not in done]
+        if damaged:
+            warnings.warn(f"redoing {len(damaged)} unreadable output(s) (empty or truncated: "
+                          f"{', '.join(damaged[:3])}{' ...' if len(damaged) > 3 else ''}) despite --skip-existing")
+        if done:
+            print(f"skipping {len(done)} image(s) whose output exists (--skip-existing)")
+    jobs = [(p, t) for p, t in zip(inputs, targets, strict=True) if t not in done]
 
     import torch
     from tqdm.auto import tqdm

@@ -1,5 +1,6 @@
-"""The one way to write a file: to a temporary file beside the target, then ``os.replace`` (a reader never sees a
-half-written file, a crash never leaves one). The result gets the permissions a plain ``open(path, "w")`` would give:
+"""The one way to write a file: to a temporary file beside the target, flushed to the disk (``fsync``), then
+``os.replace`` and an ``fsync`` of the folder (a reader never sees a half-written file; a crash, even a power loss,
+never leaves one under the target's name). The result gets the permissions a plain ``open(path, "w")`` would give:
 an existing file keeps its mode, a new one gets ``0o666`` minus the process umask (``tempfile.mkstemp`` alone would
 leave ``0o600``: outputs unreadable to the group and others)."""
 
@@ -36,6 +37,20 @@ def _final_mode(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's data to the disk (a folder: the names in it, e.g. a rename)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # file systems that cannot (some network mounts): the rename still keeps readers safe
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` (any function that writes a file at the path it is given: ``image.save``,
     ``np.savez``, ``safetensors.torch.save_file`` ...) and move the result to ``path`` in one step.
@@ -50,10 +65,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, _final_mode(path))
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
     return path
 
 
@@ -74,9 +91,11 @@ def write_folder_atomic(path: str | os.PathLike, write: Callable[[str], Any]) ->
         for item in [tmp, *tmp.rglob("*")]:
             if not item.is_symlink():
                 os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+                _fsync(item)
         if path.exists() or path.is_symlink():
             os.replace(path, old)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
