@@ -33,6 +33,11 @@ def _overwrite_middle(file, data=b"\xff" * 4000):
         f.write(data)
 
 
+def _finite_garbage(file):
+    """Finite but wrong weights (0.5 as float32), the header intact: no NaN check can see it, the digest does."""
+    _overwrite_middle(file, np.full(1000, 0.5, np.float32).tobytes())
+
+
 def _truncate(file):
     with open(file, "r+b") as f:
         f.truncate(os.path.getsize(file) // 2)
@@ -106,12 +111,13 @@ def test_truncated_folder_wrong_file_and_garbage_are_one_line(tmp_path, image, c
     assert "--upsampler" in err and "preset=" not in err
 
 
-@pytest.mark.parametrize("damage", [_overwrite_middle, _truncate])
-def test_a_damaged_builtin_install_says_reinstall(tmp_path, image, capsys, monkeypatch, damage):
+@pytest.mark.parametrize("part, file", [("uplift-taef2", WEIGHTS), ("taef2", "taef2.safetensors")])
+@pytest.mark.parametrize("damage", [_overwrite_middle, _truncate, _finite_garbage])
+def test_a_damaged_builtin_install_says_reinstall(tmp_path, image, capsys, monkeypatch, damage, part, file):
     folders = {name: _copy_builtin(tmp_path, name) for name in ("uplift-taef2", "taef2")}
-    damage(folders["uplift-taef2"] / WEIGHTS)
+    damage(folders[part] / file)
     monkeypatch.setattr(builtin, "weights_folder", lambda name: folders[name])
     with pytest.raises(CheckpointError, match="reinstall the package"):
-        builtin.load_builtin_upsampler("taef2")
+        (builtin.load_builtin_upsampler if part == "uplift-taef2" else builtin.load_builtin_vae)("taef2")
     err = _upscale_error(capsys, ["upscale", str(image), "-o", str(tmp_path / "out.png")])
     assert "built-in" in err and "reinstall the package" in err
