@@ -97,6 +97,25 @@ def test_skip_existing_redoes_an_empty_or_truncated_output(assets, tmp_path, cap
     assert "skipping" not in captured.out and "2 unreadable output(s)" in captured.err
 
 
+def test_a_closed_stdout_stops_the_printing_not_the_work(assets, tmp_path):
+    """`upscale folder | head -1`: every photo is upscaled, no BrokenPipeError traceback, exit code 0."""
+    root, photo, models = assets
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(4):
+        photo.rotate(90 * i).save(folder / f"p{i}.png")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "uplift_diffusion.cli", "upscale", str(folder), "-o",
+                             str(tmp_path / "out"), "--scale", "2", *models], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert b"p0.png" in first and "Traceback" not in err and "BrokenPipe" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}_x2.png" for i in range(4)]
+
+
 def test_tile_overlap_zero_works_in_the_cli_and_the_api(assets, tmp_path, shared_dir):
     root, photo, models = assets
     assert main(["upscale", str(root / "in" / "a.png"), "-o", str(tmp_path / "t.png"), "--scale", "2",

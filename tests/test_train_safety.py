@@ -290,3 +290,28 @@ def test_a_killed_launcher_takes_its_workers_and_a_second_run_is_refused_while_o
 
     with RunFolderLock(setup / "run"):  # the kernel released the dead launcher's lock
         pass
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_sigterm_of_a_two_process_run_is_one_line(setup):
+    import signal
+    import subprocess
+    import sys
+
+    path = _write_config(setup, max_steps=100000, batch_size=2, checkpoint_every=100000)
+    command = [sys.executable, "-m", "uplift_diffusion.cli", "train", "--config", str(path), "--num-processes", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        log = setup / "run" / "loss_log.csv"
+        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 50, proc)
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "training" not in line]
+    assert proc.returncode == 128 + signal.SIGTERM and lines == ["uplift-diffusion train: interrupted (SIGTERM)"], err
+    assert not any(_alive(w) for w in workers)

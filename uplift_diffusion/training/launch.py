@@ -68,8 +68,10 @@ def launch_workers(num_processes: int, command: Sequence[str]) -> None:
     Raises:
         WorkerError: a worker stopped on a user error (its one-line message).
         ChildFailedError: a worker failed otherwise (torch's report of every failure).
+        Interrupted: Ctrl+C or SIGTERM (the workers are stopped first).
     """
     import torch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -85,6 +87,10 @@ def launch_workers(num_processes: int, command: Sequence[str]) -> None:
     logging.disable(logging.ERROR)  # the agent's "closing signal" / "failed (exitcode: 2)" lines: said below
     try:
         elastic_launch(config, entrypoint=command[0])(*command[1:])
+    except SignalException as err:  # Ctrl+C / SIGTERM: the agent has stopped the workers; one line, not its traceback
+        from ..utils.errors import Interrupted
+
+        raise Interrupted(int(err.sigval)) from None
     except ChildFailedError as err:
         _rank, failure = err.get_first_failure()
         if failure.exitcode == 2 and isinstance(failure.message, str) and failure.error_file_data.get("user_error"):

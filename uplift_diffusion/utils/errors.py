@@ -48,3 +48,12 @@ class UnavailableError(UserError, OSError):
 
 class ImageConversionWarning(UserWarning):
     """An image was converted to 8-bit RGB (high bit depth, alpha, palette, greyscale, CMYK, EXIF rotation)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or another ending signal), handled as Ctrl+C is: the CLI prints one line and exits with 128 + the
+    signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
