@@ -176,6 +176,26 @@ def test_values_of_the_wrong_type_name_file_key_type_and_value(tmp_path, capsys,
     assert str(path) in err and re.search(message, err), err
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"data": {"crop_size": -64}}, r"data.crop_size must be in \[16, 2048\], got -64"),
+    ({"data": {"crop_size": 4096}}, r"data.crop_size must be in \[16, 2048\], got 4096 \(.*memory"),
+    ({"optim": {"lr": float("nan")}}, r"optim.lr must be in \(0, 10\], got nan"),
+    ({"optim": {"betas": [1.5, 0.9]}}, r"optim.betas\[0\] must be in \[0, 1\), got 1.5"),
+    ({"seed": -1}, r"seed must be in \[0, 4294967295\], got -1"),
+    ({"max_minutes": float("inf")}, r"max_minutes must be in \(0, 525600\], got inf"),
+    ({"data": {"num_workers": -2}}, r"data.num_workers must be in \[0, 256\], got -2"),
+    ({"loss": {"noise_sigma": float("nan")}}, r"loss.noise_sigma must be in \[0, 1000.0\], got nan"),
+])
+def test_values_out_of_range_are_refused_before_any_work(tmp_path, capsys, bad, message):
+    import re
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"max_steps": 5, **bad}))
+    assert main(["train", "--config", str(path)]) == 2
+    err = _one_line_error(capsys)
+    assert str(path) in err and re.search(message, err), err
+
+
 @pytest.mark.parametrize("name, text", [("bad.json", '{"max_steps": 5,}'), ("bad.yaml", "max_steps: [5\n"),
                                         ("bad.toml", "max_steps = \n")])
 def test_a_malformed_config_file_is_named(tmp_path, capsys, name, text):
