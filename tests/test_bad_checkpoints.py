@@ -121,3 +121,30 @@ def test_a_damaged_builtin_install_says_reinstall(tmp_path, image, capsys, monke
         (builtin.load_builtin_upsampler if part == "uplift-taef2" else builtin.load_builtin_vae)("taef2")
     err = _upscale_error(capsys, ["upscale", str(image), "-o", str(tmp_path / "out.png")])
     assert "built-in" in err and "reinstall the package" in err
+
+
+def test_a_damaged_local_vae_is_one_line(tmp_path, image, capsys, shared_dir):
+    """A truncated taef2_encoder.pth and a truncated diffusers VAE folder (a partial download) name the folder."""
+    from diffusers import AutoencoderTiny
+
+    pth = tmp_path / "taef2"
+    shutil.copytree(shared_dir / "weights" / "taef2", pth)
+    _truncate(pth / "taef2_encoder.pth")
+    AutoencoderTiny(latent_channels=4, encoder_block_out_channels=(8,) * 4,
+                    decoder_block_out_channels=(8,) * 4).save_pretrained(tmp_path / "tiny")
+    _truncate(tmp_path / "tiny" / WEIGHTS)
+    for folder in (pth, tmp_path / "tiny"):
+        err = _upscale_error(capsys, ["upscale", str(image), "-o", str(tmp_path / "out.png"), "--vae", str(folder),
+                                      "--upsampler", str(shared_dir / "weights" / "taef2"), "--scale", "2"])
+        assert f"--vae {folder}" in err and "damaged or incomplete" in err
+
+
+def test_a_training_config_with_a_missing_backbone_path_is_one_line(tmp_path, capsys):
+    import json
+
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"max_steps": 1, "backbone": {"type": "taef2", "path": str(tmp_path / "nowhere")},
+                                  "output_dir": str(tmp_path / "run")}))
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "backbone.path" in err and "nowhere" in err and str(config) in err

@@ -56,6 +56,21 @@ def _vae_class(config_file: Path, where: str):
     return classes[name]
 
 
+def _load_local_vae(load, spec: str):
+    """``load()`` of a local VAE folder, its failures to read the files (truncated, damaged, a partial download) in
+    one line naming the folder."""
+    try:
+        return load()
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
+        if isinstance(err, (InputError, InputNotFoundError)):
+            raise
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise CheckpointError(f"--vae {spec}: the VAE could not be loaded ({reason}); its files are damaged or "
+                              f"incomplete (an interrupted download or copy?): fetch them again") from None
+
+
 def load_vae(spec: str, dtype: torch.dtype):
     """A VAE from a local folder (diffusers VAE folder, pipeline folder with ``vae/``, taef2 ``*.pth`` files or the
     single-file ``taef2.safetensors``) or a Hub repo id (its ``vae`` subfolder when it has one, else
@@ -66,13 +81,14 @@ def load_vae(spec: str, dtype: torch.dtype):
     if path.is_dir():
         taef2_files = ("taef2_encoder.pth", "taef2.safetensors")
         if any((path / name).is_file() for name in taef2_files) and not (path / "config.json").is_file():
-            return TAEF2.from_pretrained(path, dtype=dtype)
+            return _load_local_vae(lambda: TAEF2.from_pretrained(path, dtype=dtype), spec)
         if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
             path = path / "vae"
         if not (path / "config.json").is_file():
             raise InputNotFoundError(f"--vae {spec}: no config.json, vae/config.json, taef2.safetensors or "
                                     f"taef2_encoder.pth / taef2_decoder.pth in this folder")
-        return _vae_class(path / "config.json", f"--vae {spec}").from_pretrained(path, dtype=dtype)
+        vae_class = _vae_class(path / "config.json", f"--vae {spec}")
+        return _load_local_vae(lambda: vae_class.from_pretrained(path, dtype=dtype), spec)
     if not is_repo_id(spec):
         raise InputNotFoundError(f"--vae {spec}: not a local folder nor a Hub repo id like {DEFAULT_SD_REPO!r}")
 

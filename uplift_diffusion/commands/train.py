@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
         config.validate()  # the overrides too, before any weights load
     except ValueError as err:
         raise InputError(str(err)) from None
+    if config.backbone.path:  # a local path that is missing fails after the imports, deep in a loader, otherwise
+        from uplift_diffusion.commands.loading import check_model_source
+
+        check_model_source(config.backbone.path, f"backbone.path in {args.config}:")
     if args.num_processes < 1:
         raise InputError(f"--num-processes must be >= 1, got {args.num_processes}")
     from uplift_diffusion.training.launch import LAUNCHED_ENV, tie_to_launcher
