@@ -71,14 +71,14 @@ def run(args: argparse.Namespace) -> int:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.BICUBIC)
 
-    from uplift_diffusion.features import UPLiFTFeatureExtractor, pca_strip
+    from uplift_diffusion.commands.loading import load_feature_extractor
+    from uplift_diffusion.features import pca_strip
     from uplift_diffusion.utils.allocator import retain_freed_memory
     from uplift_diffusion.utils.io import atomic_write
 
     retain_freed_memory()  # our own short-lived process: no page faults for maps freed and allocated again
 
-    extractor = UPLiFTFeatureExtractor.from_pretrained(args.backbone, backbone=args.backbone_weights,
-                                                       upsampler=args.upsampler, device=device)
+    extractor = load_feature_extractor(args, device)
     steps, backbone = extractor(image, iterations=args.iterations, output_size=None, return_all_steps=True,
                                 return_backbone=True)
     if args.pca:

@@ -177,3 +177,17 @@ def load_pair(preset: str, vae: str | None, upsampler: str | None, dtype: torch.
     vae_model = load_vae(vae, dtype) if vae else builtin.load_builtin_vae(preset, dtype)
     upsampler_model = load_upsampler(upsampler, dtype) if upsampler else builtin.load_builtin_upsampler(preset, dtype)
     return vae_model, upsampler_model
+
+
+def load_feature_extractor(args, device):
+    """``UPLiFTFeatureExtractor.from_pretrained`` for the ``features`` / ``probe`` flags; offline, the advice names
+    ``--backbone-weights``, not a Python call."""
+    from uplift_diffusion.features import UPLiFTFeatureExtractor
+    from uplift_diffusion.utils.errors import WeightsUnavailableError
+
+    try:
+        return UPLiFTFeatureExtractor.from_pretrained(args.backbone, backbone=args.backbone_weights,
+                                                      upsampler=args.upsampler, device=device)
+    except WeightsUnavailableError as err:
+        raise UnavailableError(f"{err.message} and pass --backbone-weights path/to/model.safetensors (or its "
+                               f"folder)") from None

@@ -64,7 +64,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from uplift_diffusion.features import UPLiFTFeatureExtractor
+    from uplift_diffusion.commands.loading import load_feature_extractor
     from uplift_diffusion.features.probe import ProbeConfig, build_dataset, run_probe_evaluation
     from uplift_diffusion.utils.device import resolve_device_dtype
 
@@ -76,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
     config = ProbeConfig(task=args.task, num_workers=args.num_workers,
                          **{k: v for k, v in chosen.items() if v is not None})
     device, _ = resolve_device_dtype(args.device)
-    extractor = UPLiFTFeatureExtractor.from_pretrained(args.backbone, backbone=args.backbone_weights,
-                                                       upsampler=args.upsampler, device=device)
+    extractor = load_feature_extractor(args, device)
     result = run_probe_evaluation(extractor, train_set, val_set, args.output, args.methods, config, device,
                                   backbone_name=args.backbone)
     print(result.table_path.read_text(), end="")
