@@ -116,6 +116,20 @@ def test_a_closed_stdout_stops_the_printing_not_the_work(assets, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}_x2.png" for i in range(4)]
 
 
+def test_a_tile_larger_than_the_photo_is_not_refused(assets, tmp_path, shared_dir):
+    """The memory estimate counts a tile that covers the photo as the photo, not as tile_size² pixels (a 256-px
+    photo with --tile-size 4096 at 4x: 47.7 GiB estimated before, 0.82 GiB measured; now 1.14 GiB)."""
+    root, photo, models = assets
+    assert main(["upscale", str(root / "in" / "a.png"), "-o", str(tmp_path / "t.png"), "--scale", "4",
+                 "--tile-size", "4096", *models]) == 0
+    from uplift_diffusion.backbones.taef2 import TAEF2
+    from uplift_diffusion.backbones.vae import estimate_sr_memory, memory_advice
+
+    vae = TAEF2.from_pretrained(shared_dir / "weights" / "taef2")
+    assert estimate_sr_memory(vae, 256, 256, 4, 4096).peak == estimate_sr_memory(vae, 256, 256, 4).peak < 1.5 * 2**30
+    assert memory_advice(vae, 256, 256, 4, 4096, available=2 * 2**30) is None
+
+
 def test_tile_overlap_zero_works_in_the_cli_and_the_api(assets, tmp_path, shared_dir):
     root, photo, models = assets
     assert main(["upscale", str(root / "in" / "a.png"), "-o", str(tmp_path / "t.png"), "--scale", "2",
