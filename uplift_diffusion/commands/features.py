@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from uplift_diffusion.commands.checks import int_in
 from uplift_diffusion.utils.device import add_device_arguments
 
 HELP = "Pixel-dense DINOv2 / DINOv3 features with UPLiFT: PCA strip (--pca) and / or features (--save)."
@@ -27,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save", default=None, metavar="OUT.safetensors",
                         help="write the pixel-dense features ([1, C, H, W], key 'features') and the backbone "
                              "features (key 'backbone')")
-    parser.add_argument("--iterations", type=int, default=4, help="UPLiFT 2x steps (default 4)")
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--iterations", type=int_in(None, 8), default=4, help="UPLiFT 2x steps (default 4)")
+    parser.add_argument("--size", type=int_in(None, 16384), default=None,
                         help="resize the image so that its longer side is SIZE pixels first (default: as is)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arguments(parser, dtype=False)

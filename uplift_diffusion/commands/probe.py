@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from uplift_diffusion.commands.checks import SEED_RANGE, float_in, int_in
 from uplift_diffusion.utils.device import add_device_arguments
 
 HELP = "Linear-probe evaluation of pixel-dense DINOv2 / DINOv3 features (segmentation mIoU / depth δ1), resumable."
@@ -19,24 +20,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="seg", choices=TASKS, help="seg (default) or depth (--dataset folder)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="val")
-    parser.add_argument("--num-classes", type=int, default=None, help="classes of a 'folder' segmentation dataset")
-    parser.add_argument("--depth-scale", type=float, default=1000.0, help="PNG depth units per metre (default 1000)")
+    parser.add_argument("--num-classes", type=int_in(None, 255), default=None,
+                        help="classes of a 'folder' segmentation dataset")
+    parser.add_argument("--depth-scale", type=float_in(0, 1e9, low_open=True), default=1000.0,
+                        help="PNG depth units per metre (default 1000)")
     parser.add_argument("-o", "--output", required=True, help="output folder (results.json, results.md, probes/); "
                                                               "rerunning with the same folder resumes")
     parser.add_argument("--backbone", default="dinov2-s14", help="dinov2-s14 (default) or dinov3-splus16")
     parser.add_argument("--backbone-weights", default=None, help="local backbone weights (timm model.safetensors)")
     parser.add_argument("--upsampler", default=None, help="local UPLiFT checkpoint (default: the published one)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--size", type=int, default=448, help="image and feature side (default 448)")
+    parser.add_argument("--size", type=int_in(None, 8192), default=448, help="image and feature side (default 448)")
     # None: the protocol's value from ProbeConfig (one home for the defaults)
-    for flag, kind, what in (("--epochs", int, "training epochs"), ("--batch-size", int, "batch size"),
-                             ("--lr", float, "AdamW learning rate"), ("--seed", int, "seed"),
-                             ("--min-depth", float, "smallest valid depth (m)"),
-                             ("--max-depth", float, "largest valid depth (m)")):
+    for flag, kind, what in (("--epochs", int_in(None, 10**6), "training epochs"),
+                             ("--batch-size", int_in(None, 4096), "batch size"),
+                             ("--lr", float_in(0, 10, low_open=True), "AdamW learning rate"),
+                             ("--seed", int_in(*SEED_RANGE), "seed"),
+                             ("--min-depth", float_in(0, 1e6), "smallest valid depth (m)"),
+                             ("--max-depth", float_in(0, 1e6, low_open=True), "largest valid depth (m)")):
         parser.add_argument(flag, type=kind, default=None, help=f"{what} (default: the JAFAR protocol's)")
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--max-val", type=int, default=None, help="use only the first N validation images")
+    parser.add_argument("--num-workers", type=int_in(None, 256), default=2)
+    parser.add_argument("--max-train", type=int_in(None, 10**9), default=None,
+                        help="use only the first N training images")
+    parser.add_argument("--max-val", type=int_in(None, 10**9), default=None,
+                        help="use only the first N validation images")
     add_device_arguments(parser, dtype=False)
 
 

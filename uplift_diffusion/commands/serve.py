@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from uplift_diffusion.commands.checks import int_in
 from uplift_diffusion.commands.loading import DEFAULT_PRESET, PRESET_PAIRS, add_device_arguments
 
 HELP = "Serve a web page (Gradio) to upscale photos and view UPLiFT features; binds 127.0.0.1 unless told."
@@ -27,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: download")
     parser.add_argument("--features-upsampler", default=None, metavar="PATH",
                         help="local UPLiFT checkpoint for the backbone; default: download the published one")
-    parser.add_argument("--max-pixels", type=int, default=2048 * 2048,
+    parser.add_argument("--max-pixels", type=int_in(None, 2**40), default=2048 * 2048,
                         help="largest photo accepted, in pixels (default 2048*2048)")
-    parser.add_argument("--max-output-pixels", type=int, default=4096 * 4096,
+    parser.add_argument("--max-output-pixels", type=int_in(None, 2**40), default=4096 * 4096,
                         help="largest result, in pixels (default 4096*4096)")
-    parser.add_argument("--queue-size", type=int, default=16,
+    parser.add_argument("--queue-size", type=int_in(None, 10000), default=16,
                         help="requests that may wait in the queue before new ones are turned away (default 16)")
     add_device_arguments(parser)
 

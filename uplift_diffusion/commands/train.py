@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from uplift_diffusion.commands.checks import float_in, int_in
+
 HELP = "Train an UPLiFT model from a JSON / YAML / TOML config (resumable; works under `accelerate launch`)."
 
 
@@ -17,9 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="delete an earlier run in output_dir (and a feature cache made with other settings) "
                              "first; without it (or --resume) a non-empty output_dir is refused")
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
-    parser.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps")
-    parser.add_argument("--max-minutes", type=float, default=None, help="override the config's max_minutes")
-    parser.add_argument("--num-processes", type=int, default=1,
+    parser.add_argument("--max-steps", type=int_in(None, 10**12), default=None, help="override the config's max_steps")
+    parser.add_argument("--max-minutes", type=float_in(None, 525600), default=None,
+                        help="override the config's max_minutes")
+    parser.add_argument("--num-processes", type=int_in(None, 1024), default=1,
                         help="train on N processes of this machine (one per GPU; CPU processes without a GPU), as "
                              "`accelerate launch --multi_gpu --num_processes N` would, but a user error in the workers "
                              "ends in one line instead of the launcher's traceback (default 1)")

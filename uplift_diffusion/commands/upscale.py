@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from uplift_diffusion.commands.checks import SEED_RANGE, int_in
 from uplift_diffusion.commands.loading import (
     DEFAULT_PRESET,
     DEFAULT_SD_REPO,
@@ -20,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders of images or glob patterns")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output folder (files are named <name>_x<scale>.png), or an image file for one input")
-    parser.add_argument("--scale", type=int, default=4, help="upscaling factor, a power of two (default 4)")
+    parser.add_argument("--scale", type=int_in(None, 64), default=4,
+                        help="upscaling factor, a power of two (default 4)")
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESET_PAIRS),
                         help=f"the VAE + upsampler pair (default {DEFAULT_PRESET}: the taef2 pair shipped inside the "
                              f"package, offline; sd15: the SD 1.5 VAE {DEFAULT_SD_REPO} + the published "
@@ -32,10 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upsampler", default=None,
                         help="UPLiFT weights: Hub repo id, .safetensors / .pth file, or folder (published checkpoint "
                              "or UPLiFTModel.save_pretrained); default: the preset's")
-    parser.add_argument("--tile-size", type=int, default=None,
+    parser.add_argument("--tile-size", type=int_in(None, 65536), default=None,
                         help="process the upsampler in tiles of this many input pixels (multiple of 8) to bound memory")
-    parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in input pixels (default 1/4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the upsampler's noise channels (default 0)")
+    parser.add_argument("--tile-overlap", type=int_in(None, 65536), default=None,
+                        help="tile overlap in input pixels (default 1/4)")
+    parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0,
+                        help="seed of the upsampler's noise channels (default 0)")
     parser.add_argument("--no-color-correction", action="store_true",
                         help="skip the colour correction (by default the one the upsampler records: the built-in "
                              "model's 'detail', the published checkpoints' 'mean')")
@@ -139,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         damaged = [t.name for t in existing if t not in done]
         if damaged:
             warnings.warn(f"redoing {len(damaged)} unreadable output(s) (empty or truncated: "
-                          f"{', '.join(damaged[:3])}{' ...' if len(damaged) > 3 else ''}) despite --skip-existing")
+                          f"{', '.join(damaged[:3])}{' ...' if len(damaged) > 3 else ''}) despite --skip-existing",
+                          stacklevel=1)
         if done:
             print(f"skipping {len(done)} image(s) whose output exists (--skip-existing)")
     jobs = [(p, t) for p, t in zip(inputs, targets, strict=True) if t not in done]
