@@ -103,9 +103,13 @@ def test_serve_refuses_an_upsampler_that_does_not_fit_the_vae(tmp_path, capsys):
     assert "does not fit the vae" in err and "Traceback" not in err
 
 
-def test_serve_says_when_the_port_is_taken(capsys):
+def test_serve_says_when_the_port_is_taken(capsys, monkeypatch):
+    """Before the models load: the answer takes a second, not the model loading's."""
     import socket
 
+    from uplift_diffusion.commands import loading
+
+    monkeypatch.setattr(loading, "load_pair", lambda *a, **k: pytest.fail("loaded the models first"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -65,6 +65,31 @@ def _log_to_console() -> None:
         log.propagate = False
 
 
+def _port_error(host: str, port: int):
+    from uplift_diffusion.utils.errors import UnavailableError
+
+    return UnavailableError(f"cannot serve on {host}:{port}: the port is taken or the address is not this "
+                            f"machine's; pick another --port / --host")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go (as the server will, with ``SO_REUSEADDR``): refused now, not after loading
+    the models."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise _port_error(host, port) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            raise _port_error(host, port) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -81,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--queue-size", args.queue_size)):
         if value < 1:
             raise InputError(f"{flag} must be positive, got {value}")
+    _check_port(args.host, args.port)  # before the models load (seconds): a taken port answers at once
     try:
         from uplift_diffusion import app
     except ModuleNotFoundError as err:
@@ -107,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
     demo = app.build_demo(app.PageUpscaler(pipeline, limits), features, model_card=card, model_name=name)
     try:
         app.launch(demo, limits, host=args.host, port=args.port)
-    except OSError:  # Gradio's message speaks of launch() arguments: say it in the command's words
-        raise UnavailableError(f"cannot serve on {args.host}:{args.port}: the port is taken or the address is not "
-                               f"this machine's; pick another --port / --host") from None
+    except OSError:  # taken since the check; Gradio's message speaks of launch() arguments: say it in our words
+        raise _port_error(args.host, args.port) from None
     return 0
