@@ -61,7 +61,7 @@ def _has_upsampler(model: str) -> bool:
 
 
 def load_pipeline(model: str, upsampler: str | None, dtype):
-    from uplift_diffusion.commands.loading import check_model_source, load_upsampler
+    from uplift_diffusion.commands.loading import check_model_source, load_local_pipeline, load_upsampler
     from uplift_diffusion.pipelines import UPLiFTPipeline
     from uplift_diffusion.utils.errors import UnavailableError
     from uplift_diffusion.utils.hub import ensure_hub_reachable
@@ -71,7 +71,7 @@ def load_pipeline(model: str, upsampler: str | None, dtype):
     if upsampler is not None or not _has_upsampler(model):
         kwargs["upsampler"] = load_upsampler(upsampler or DEFAULT_UPSAMPLER, dtype)
     if Path(model).is_dir():
-        return UPLiFTPipeline.from_pretrained(model, dtype=dtype, **kwargs)
+        return load_local_pipeline(lambda: UPLiFTPipeline.from_pretrained(model, dtype=dtype, **kwargs), model)
     ensure_hub_reachable()
     try:
         return UPLiFTPipeline.from_pretrained(model, dtype=dtype, **kwargs)
@@ -86,12 +86,14 @@ def load_flux2(model: str, upsampler: str | None, fast_guide: bool, dtype):
     """An UPLiFT FLUX.2 pipeline (klein or dev, told by the folder's / repo's model_index.json); offline the error
     names the repo and says to pass a local folder with --model DIR."""
     from uplift_diffusion.builtin import load_builtin_vae
-    from uplift_diffusion.commands.loading import load_upsampler
+    from uplift_diffusion.commands.loading import load_local_pipeline, load_upsampler
     from uplift_diffusion.pipelines.flux2 import flux2_pipeline_class, load_flux2_pipeline
 
     flux2_pipeline_class(model)  # a FLUX.2 pipeline that can be fetched, before any weights load
-    return load_flux2_pipeline(model, upsampler=load_upsampler(upsampler, dtype) if upsampler else None,
-                               guide_vae=load_builtin_vae("taef2", dtype) if fast_guide else None, dtype=dtype)
+    load = lambda: load_flux2_pipeline(  # noqa: E731
+        model, upsampler=load_upsampler(upsampler, dtype) if upsampler else None,
+        guide_vae=load_builtin_vae("taef2", dtype) if fast_guide else None, dtype=dtype)
+    return load_local_pipeline(load, model) if Path(model).is_dir() else load()
 
 
 def run(args: argparse.Namespace) -> int:

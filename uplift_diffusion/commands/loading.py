@@ -191,3 +191,28 @@ def load_feature_extractor(args, device):
     except WeightsUnavailableError as err:
         raise UnavailableError(f"{err.message} and pass --backbone-weights path/to/model.safetensors (or its "
                                f"folder)") from None
+
+
+def load_local_pipeline(load, folder: str | Path, flag: str = "--model"):
+    """``load()`` of a local diffusers pipeline folder, after checking that every component its
+    ``model_index.json`` names has its sub-folder; a missing, truncated or damaged component (a partial download) is
+    one line naming the folder, not a traceback from deep in diffusers / transformers."""
+    folder = Path(folder)
+    how = "download it again (`hf download <repo> --local-dir DIR`)"
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        index = {}
+    missing = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
+               and len(value) == 2 and None not in value and not (folder / name).is_dir()]
+    if missing:
+        raise InputNotFoundError(f"{flag} {folder}: component folder(s) {', '.join(missing)} missing (an interrupted "
+                                 f"download?); {how}")
+    try:
+        return load()
+    except (InputError, InputNotFoundError, UnavailableError):
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as err:
+        reason = " ".join(str(err).split())[:240] or type(err).__name__
+        raise CheckpointError(f"{flag} {folder}: the pipeline could not be loaded ({type(err).__name__}: {reason}); "
+                              f"a component is damaged or incomplete: {how}") from None
