@@ -140,7 +140,10 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, name: str | None
             if not path.is_file():
                 raise InputNotFoundError(f"image not found: {path}")
         try:
-            with Image.open(opened) as image:
+            with warnings.catch_warnings():  # Pillow's bomb warning: refused below, in one line of our own
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(opened)
+            with image:
                 _refuse_too_many_pixels(image, name)
                 image.load()
                 image, note = _convert(image, name)
