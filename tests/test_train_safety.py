@@ -289,7 +289,7 @@ def test_a_killed_launcher_takes_its_workers_and_a_second_run_is_refused_while_o
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         log = setup / "run" / "loss_log.csv"
-        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 50, proc)
+        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 120, proc)  # start-up: ~20 s idle
         workers = _children(proc.pid)
         assert len(workers) == 2
 
@@ -324,7 +324,7 @@ def test_sigterm_of_a_two_process_run_is_one_line(setup):
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         log = setup / "run" / "loss_log.csv"
-        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 50, proc)
+        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 120, proc)  # start-up: ~20 s idle
         workers = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=40)
