@@ -31,6 +31,7 @@ from uplift_diffusion.backbones.vae import (
 )
 from uplift_diffusion.color import ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
+from uplift_diffusion.utils.device import warn_float16_on_cpu
 from uplift_diffusion.utils.errors import InputError, UserError
 from uplift_diffusion.utils.images import to_rgb
 
@@ -171,6 +172,12 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "vae->upsampler"
     _optional_components = ["upsampler"]
+
+    def to(self, *args, **kwargs):
+        """``DiffusionPipeline.to``; float16 on the CPU is said once (it runs ~100x slower than float32)."""
+        pipe = super().to(*args, **kwargs)
+        warn_float16_on_cpu(pipe.device, pipe.dtype)
+        return pipe
 
     def __init__(self, vae, upsampler: UPLiFTModel | None = None, color_correction_mode: str | None = None):
         super().__init__()

@@ -33,6 +33,11 @@ def _overwrite_middle(file, data=b"\xff" * 4000):
         f.write(data)
 
 
+def _finite_garbage(file):
+    """Finite but wrong weights (0.5 as float32), the header intact: no NaN check can see it, the digest does."""
+    _overwrite_middle(file, np.full(1000, 0.5, np.float32).tobytes())
+
+
 def _truncate(file):
     with open(file, "r+b") as f:
         f.truncate(os.path.getsize(file) // 2)
@@ -106,12 +111,40 @@ def test_truncated_folder_wrong_file_and_garbage_are_one_line(tmp_path, image, c
     assert "--upsampler" in err and "preset=" not in err
 
 
-@pytest.mark.parametrize("damage", [_overwrite_middle, _truncate])
-def test_a_damaged_builtin_install_says_reinstall(tmp_path, image, capsys, monkeypatch, damage):
+@pytest.mark.parametrize("part, file", [("uplift-taef2", WEIGHTS), ("taef2", "taef2.safetensors")])
+@pytest.mark.parametrize("damage", [_overwrite_middle, _truncate, _finite_garbage])
+def test_a_damaged_builtin_install_says_reinstall(tmp_path, image, capsys, monkeypatch, damage, part, file):
     folders = {name: _copy_builtin(tmp_path, name) for name in ("uplift-taef2", "taef2")}
-    damage(folders["uplift-taef2"] / WEIGHTS)
+    damage(folders[part] / file)
     monkeypatch.setattr(builtin, "weights_folder", lambda name: folders[name])
     with pytest.raises(CheckpointError, match="reinstall the package"):
-        builtin.load_builtin_upsampler("taef2")
+        (builtin.load_builtin_upsampler if part == "uplift-taef2" else builtin.load_builtin_vae)("taef2")
     err = _upscale_error(capsys, ["upscale", str(image), "-o", str(tmp_path / "out.png")])
     assert "built-in" in err and "reinstall the package" in err
+
+
+def test_a_damaged_local_vae_is_one_line(tmp_path, image, capsys, shared_dir):
+    """A truncated taef2_encoder.pth and a truncated diffusers VAE folder (a partial download) name the folder."""
+    from diffusers import AutoencoderTiny
+
+    pth = tmp_path / "taef2"
+    shutil.copytree(shared_dir / "weights" / "taef2", pth)
+    _truncate(pth / "taef2_encoder.pth")
+    AutoencoderTiny(latent_channels=4, encoder_block_out_channels=(8,) * 4,
+                    decoder_block_out_channels=(8,) * 4).save_pretrained(tmp_path / "tiny")
+    _truncate(tmp_path / "tiny" / WEIGHTS)
+    for folder in (pth, tmp_path / "tiny"):
+        err = _upscale_error(capsys, ["upscale", str(image), "-o", str(tmp_path / "out.png"), "--vae", str(folder),
+                                      "--upsampler", str(shared_dir / "weights" / "taef2"), "--scale", "2"])
+        assert f"--vae {folder}" in err and "damaged or incomplete" in err
+
+
+def test_a_training_config_with_a_missing_backbone_path_is_one_line(tmp_path, capsys):
+    import json
+
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"max_steps": 1, "backbone": {"type": "taef2", "path": str(tmp_path / "nowhere")},
+                                  "output_dir": str(tmp_path / "run")}))
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "backbone.path" in err and "nowhere" in err and str(config) in err

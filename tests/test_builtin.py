@@ -195,3 +195,16 @@ def test_upscale_8x_has_no_latent_grid_and_beats_bicubic(shared_dir, tmp_path, n
         gain.append(float(psnr_per_image(uplift, hr)[0] - psnr_per_image(bicubic, hr)[0]))
     assert np.mean(grid) < GRID_8X_MEAN and max(grid) < GRID_8X_MAX, grid
     assert np.mean(gain) > 0.0, gain
+
+
+def test_the_shipped_files_match_their_recorded_digests():
+    """Every weights / config file of each built-in folder has its sha256 recorded (``python -m
+    uplift_diffusion.builtin`` after retraining) and the installed bytes match it."""
+    from uplift_diffusion import builtin
+
+    for pair in builtin.BUILTIN_PAIRS.values():
+        for part in (pair.vae, pair.upsampler):
+            folder = builtin.weights_folder(part)
+            recorded = json.loads((folder / builtin.DIGESTS_FILE).read_text())["sha256"]
+            assert sorted(recorded) == sorted(p.name for p in builtin._digested_files(folder))
+            builtin.verify_installed(folder)

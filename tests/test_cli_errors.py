@@ -181,3 +181,23 @@ def test_the_cheap_checks_know_the_same_names_as_the_library():
     assert checks.FEATURE_BACKBONES == {name: preset.backbone for name, preset in FEATURE_PRESETS.items()}
     assert checks.FEATURE_ALIASES == _ALIASES
     assert checks.SR_METHODS == METHODS
+
+
+@pytest.mark.parametrize("argv", [
+    ["upscale", "a.png", "-o", "out", "--seed", "99999999999999999999999"],
+    ["upscale", "a.png", "-o", "out", "--scale", "1099511627776"],
+    ["upscale", "a.png", "-o", "out", "--tile-size", "1e3"],
+    ["features", "a.png", "--pca", "o.png", "--iterations", "100000"],
+    ["features", "a.png", "--pca", "o.png", "--size", "999999999"],
+    ["train", "--config", "c.json", "--max-minutes", "nan"],
+    ["train", "--config", "c.json", "--max-steps", "10000000000000000000000"],
+    ["probe", "--dataset", "voc", "--root", "r", "-o", "o", "--lr", "inf"],
+    ["eval", "sr", "--images", "i", "--output", "o", "--size", "99999999"],
+])
+def test_numbers_at_the_edges_of_their_types_are_refused_by_the_parser(argv, capsys):
+    """Before any work, naming the flag and its range (not an overflow in torch or a MemoryError)."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {argv[-2]}" in err and ("must be" in err or "expected" in err) and "Traceback" not in err, err

@@ -83,6 +83,53 @@ def test_skip_existing_continues_an_interrupted_run(assets, tmp_path, capsys):
     assert "skipping 1 image(s)" in capsys.readouterr().out
 
 
+def test_skip_existing_redoes_an_empty_or_truncated_output(assets, tmp_path, capsys):
+    root, _, models = assets
+    out = tmp_path / "out"
+    assert main(["upscale", str(root / "in"), "-o", str(out), "--scale", "2", *models]) == 0
+    whole = (out / "b_x2.png").read_bytes()
+    (out / "a_x2.png").write_bytes(b"")  # a crash, a full disk, a copy cut short
+    (out / "b_x2.png").write_bytes(whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert main(["upscale", str(root / "in"), "-o", str(out), "--scale", "2", "--skip-existing", *models]) == 0
+    captured = capsys.readouterr()
+    assert (out / "b_x2.png").read_bytes() == whole and Image.open(out / "a_x2.png").size == (96, 80)
+    assert "skipping" not in captured.out and "2 unreadable output(s)" in captured.err
+
+
+def test_a_closed_stdout_stops_the_printing_not_the_work(assets, tmp_path):
+    """`upscale folder | head -1`: every photo is upscaled, no BrokenPipeError traceback, exit code 0."""
+    root, photo, models = assets
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(4):
+        photo.rotate(90 * i).save(folder / f"p{i}.png")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "uplift_diffusion.cli", "upscale", str(folder), "-o",
+                             str(tmp_path / "out"), "--scale", "2", *models], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert b"p0.png" in first and "Traceback" not in err and "BrokenPipe" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}_x2.png" for i in range(4)]
+
+
+def test_a_tile_larger_than_the_photo_is_not_refused(assets, tmp_path, shared_dir):
+    """The memory estimate counts a tile that covers the photo as the photo, not as tile_size² pixels (a 256-px
+    photo with --tile-size 4096 at 4x: 47.7 GiB estimated before, 0.82 GiB measured; now 1.14 GiB)."""
+    root, photo, models = assets
+    assert main(["upscale", str(root / "in" / "a.png"), "-o", str(tmp_path / "t.png"), "--scale", "4",
+                 "--tile-size", "4096", *models]) == 0
+    from uplift_diffusion.backbones.taef2 import TAEF2
+    from uplift_diffusion.backbones.vae import estimate_sr_memory, memory_advice
+
+    vae = TAEF2.from_pretrained(shared_dir / "weights" / "taef2")
+    assert estimate_sr_memory(vae, 256, 256, 4, 4096).peak == estimate_sr_memory(vae, 256, 256, 4).peak < 1.5 * 2**30
+    assert memory_advice(vae, 256, 256, 4, 4096, available=2 * 2**30) is None
+
+
 def test_tile_overlap_zero_works_in_the_cli_and_the_api(assets, tmp_path, shared_dir):
     root, photo, models = assets
     assert main(["upscale", str(root / "in" / "a.png"), "-o", str(tmp_path / "t.png"), "--scale", "2",

@@ -211,3 +211,21 @@ def test_weights_on_the_meta_device_until_called(batch_norm_model):
     with torch.inference_mode():
         out = offloaded(image, features, iterations=2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, expected, **EXACT)
+
+
+def test_float16_on_the_cpu_is_said_once(monkeypatch):
+    """`pipe.to(torch.float16)` on a CPU runs ~100x slower: one warning per process, not one per call."""
+    import warnings
+
+    from uplift_diffusion import UPLiFTSuperResolutionPipeline
+    from uplift_diffusion.utils import device
+
+    monkeypatch.setattr(device, "_WARNED_FLOAT16_CPU", False)
+    pipe = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe.to(torch.float32)
+        pipe.to(torch.float16)
+        pipe.to(torch.float16)
+    messages = [str(w.message) for w in caught if "float16 on the CPU" in str(w.message)]
+    assert len(messages) == 1 and "100x slower" in messages[0]

@@ -103,3 +103,12 @@ def test_features_command_offline_error(tmp_path, capsys, monkeypatch):
     assert "model.safetensors of Hub repo timm/vit_small_patch14_dinov2.lvd142m" in capsys.readouterr().err
     assert main(["features", str(tmp_path / "in.png")]) == 2
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_offline_without_local_weights_points_to_the_flag(tmp_path, capsys, monkeypatch):
+    """`features IMG --pca OUT` as in the README, offline: the advice is --backbone-weights, not a Python call."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    Image.fromarray(np.zeros((28, 28, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    assert main(["features", str(tmp_path / "in.png"), "--pca", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--backbone-weights" in err and "from_pretrained" not in err, err

@@ -164,6 +164,37 @@ def test_probe_training_resumes_to_the_same_probe(voc_root, tmp_path):
                              ProbeConfig(epochs=5, batch_size=2))
 
 
+def test_a_rerun_with_other_settings_is_refused_not_reused(voc_root, tmp_path):
+    """Finished results are reused only for the same backbone, upsampler, probe settings and data."""
+    extractor = tiny_extractor(14)
+    train = build_dataset("voc", voc_root, "train", size=SIZE)
+    val = build_dataset("voc", voc_root, "val", size=SIZE)
+    run_probe_evaluation(extractor, train, val, tmp_path, ["bilinear", "uplift"], ProbeConfig(epochs=1, batch_size=2))
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(ValueError, match=r"voc/bilinear.*other settings.*epochs: 1 -> 2"):
+        run_probe_evaluation(extractor, train, val, tmp_path, ["bilinear"], ProbeConfig(epochs=2, batch_size=2))
+    other = tiny_extractor(14)
+    with torch.no_grad():
+        next(other.upsampler.parameters()).add_(1.0)  # another upsampler, same backbone
+    run_probe_evaluation(other, train, val, tmp_path, ["bilinear"], ProbeConfig(epochs=1, batch_size=2))  # unused
+    with pytest.raises(ValueError, match=r"voc/uplift.*other settings.*upsampler"):
+        run_probe_evaluation(other, train, val, tmp_path, ["uplift"], ProbeConfig(epochs=1, batch_size=2))
+    assert (tmp_path / "results.json").read_text() == before
+
+
+def test_labels_of_another_size_or_beyond_the_classes_are_refused(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "labels").mkdir(parents=True)
+        Image.new("RGB", (32, 24)).save(tmp_path / split / "images" / "a.png")
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(tmp_path / "train" / "labels" / "a.png")  # half the size
+    Image.fromarray(np.full((24, 32), 7, np.uint8)).save(tmp_path / "val" / "labels" / "a.png")  # class 7 of 3
+    with pytest.raises(ValueError, match=r"labels/a.png is 16x12 but its image .* is 32x24"):
+        build_dataset("folder", tmp_path, "train", num_classes=3, size=SIZE)[0]
+    with pytest.raises(ValueError, match=r"class value\(s\) 7 but there are 3 classes"):
+        build_dataset("folder", tmp_path, "val", num_classes=3, size=SIZE)[0]
+
+
 def test_standard_layouts_map_labels(tmp_path):
     # Cityscapes: labelIds -> the 19 train ids, everything else ignored.
     city = tmp_path / "cityscapes"

@@ -111,3 +111,95 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     with pytest.raises(ZeroDivisionError):
         atomic_write(tmp_path / "c.txt", lambda tmp: 1 / 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.json", "plain.txt"]  # no temp file left
+
+
+# ---------------------------------------------------------------- colour profiles, value ranges, big headers
+def _icc_rgb_profile(colorants, gamma=2.2, name="Display P3") -> bytes:
+    """A minimal ICC v2 matrix / TRC display profile (what cameras and phones embed) with D50-adapted colorants."""
+    import struct
+
+    def s15(v):
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(x, y, z):
+        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256)) + bytes(2)
+    text = name.encode() + b"\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    desc += bytes(-len(desc) % 4)
+    tags = [(b"desc", desc), (b"wtpt", xyz(0.9642, 1.0, 0.8249)), (b"rXYZ", xyz(*colorants[0])),
+            (b"gXYZ", xyz(*colorants[1])), (b"bXYZ", xyz(*colorants[2])), (b"rTRC", curve), (b"gTRC", curve),
+            (b"bTRC", curve), (b"cprt", b"text" + bytes(4) + b"none\0\0\0\0")]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = struct.pack(">I", len(tags)), b""
+    for signature, body in tags:
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body + bytes(-len(body) % 4)
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + bytes(4) + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + bytes(12) + b"acsp"
+              + bytes(4 * 4 + 8 + 4) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(4 + 16 + 28))
+    return header + table + data
+
+
+DISPLAY_P3 = ((0.5151, 0.2412, -0.0011), (0.2919, 0.6922, 0.0419), (0.1572, 0.0666, 0.7841))
+
+
+def test_a_display_p3_photo_is_converted_to_srgb(tmp_path):
+    pixel = (200, 90, 80)
+    Image.new("RGB", (8, 8), pixel).save(tmp_path / "p3.jpg", quality=100,
+                                         icc_profile=_icc_rgb_profile(DISPLAY_P3))
+    image, notes = _load(tmp_path / "p3.jpg")
+    r, g, b = (int(v) for v in np.asarray(image)[4, 4])
+    assert r > pixel[0] + 8 and g < pixel[1] - 8  # P3's red is more saturated than sRGB's: more chroma in sRGB
+    assert len(notes) == 1 and "Display P3" in notes[0] and "sRGB" in notes[0]
+
+    Image.new("RGB", (8, 8), pixel).save(tmp_path / "plain.jpg", quality=100)  # no profile: as it is, no note
+    image, notes = _load(tmp_path / "plain.jpg")
+    assert notes == [] and np.abs(np.asarray(image)[4, 4].astype(int) - pixel).max() <= 2
+
+
+def test_float_and_32_bit_images_keep_their_range_or_are_refused(tmp_path):
+    ramp = np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp, "F").save(tmp_path / "float255.tif")
+    image, notes = _load(tmp_path / "float255.tif")
+    grey = np.asarray(image)[..., 0]
+    assert grey.min() == 0 and grey.max() == 255 and 100 < grey.mean() < 155  # a ramp, not clipped to white
+    Image.fromarray(np.full((8, 8), -3.0, np.float32), "F").save(tmp_path / "negative.tif")
+    with pytest.raises(InputError, match="negative.tif.*values"):
+        load_image(tmp_path / "negative.tif")
+
+
+def test_an_image_too_big_is_refused_from_its_header(tmp_path, monkeypatch):
+    """Refused before decoding: the limit is Pillow's own (Image.MAX_IMAGE_PIXELS); the decoder is never called."""
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", lambda self: pytest.fail("decoded"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=r"big.png.*64x64"):
+            load_image(tmp_path / "big.png")
+    assert not caught  # one line, not Pillow's decompression-bomb warning first
+
+
+def test_atomic_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    atomic_write(tmp_path / "a.txt", lambda tmp: open(tmp, "w").write("x"))
+    assert len(synced) == 2 and ".a." in synced[0] and synced[1] == str(tmp_path)
+
+
+def test_every_entry_of_a_folder_that_is_not_read_is_named(tmp_path):
+    from uplift_diffusion.utils.images import SkippedInputWarning, expand_inputs
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / ".hidden.png")
+    (tmp_path / "more").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert expand_inputs([str(tmp_path)]) == [tmp_path / "a.png"]
+    messages = [str(w.message) for w in caught if issubclass(w.category, SkippedInputWarning)]
+    assert len(messages) == 1 and "skipped 3" in messages[0]
+    assert all(name in messages[0] for name in (".hidden.png", "more/", "notes.txt"))

@@ -434,6 +434,28 @@ def test_generate_family_flux2_errors(tmp_path, capsys, monkeypatch, argv, messa
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_generate_from_a_partial_flux2_download_is_one_line(tmp_path, capsys, damage):
+    """A FLUX.2 folder with a component folder missing, or a weights file cut short (an interrupted download)."""
+    import shutil
+
+    from uplift_diffusion.cli import main
+
+    folder = save_klein_pipeline(tmp_path / "klein", text_layers=CLI_TEXT_LAYERS, is_distilled=True)
+    if damage == "missing":
+        shutil.rmtree(folder / "transformer")
+    else:
+        weights = next((folder / "transformer").glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    argv = ["generate", "a cat", "-o", str(tmp_path / "x.png"), "--family", "flux2", "--model", str(folder),
+            "--steps", "1", "--height", "64", "--width", "48", "--device", "cpu"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "it/s]" not in line]
+    assert len(err) == 1 and str(folder) in err[0] and "hf download" in err[0], err
+    assert ("transformer missing" in err[0]) if damage == "missing" else ("damaged or incomplete" in err[0])
+
+
 # ---------------------------------------------------------------- eval coco / relaion on a FLUX.2 pipeline
 def test_coco_benchmark_with_flux2_rows(pipe, tmp_path):
     from eval_helpers import SmallFeatures

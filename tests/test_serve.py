@@ -95,10 +95,15 @@ def test_serve_argument_errors_are_one_line(argv, expected, capsys):
 
 
 def test_serve_refuses_an_upsampler_that_does_not_fit_the_vae(tmp_path, capsys):
+    import socket
+
     from uplift_diffusion import UPLiFTModel
 
     UPLiFTModel.from_preset("tiny-vae", in_channels=4).save_pretrained(tmp_path / "sd_upsampler")
-    assert main(["serve", "--upsampler", str(tmp_path / "sd_upsampler")]) == 2  # with the built-in taef2 VAE
+    with socket.socket() as probe:  # a free port: the port is checked first, and 7860 may be another server's
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", "--upsampler", str(tmp_path / "sd_upsampler"), "--port", str(port)]) == 2  # built-in VAE
     err = capsys.readouterr().err
     assert "does not fit the vae" in err and "Traceback" not in err
 
@@ -119,9 +124,13 @@ def test_serve_refuses_a_malformed_quality_file_in_one_line(tmp_path, capsys):
     assert "quality.json is not a model quality file" in err and "Traceback" not in err
 
 
-def test_serve_says_when_the_port_is_taken(capsys):
+def test_serve_says_when_the_port_is_taken(capsys, monkeypatch):
+    """Before the models load: the answer takes a second, not the model loading's."""
     import socket
 
+    from uplift_diffusion.commands import loading
+
+    monkeypatch.setattr(loading, "load_pair", lambda *a, **k: pytest.fail("loaded the models first"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

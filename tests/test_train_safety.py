@@ -65,6 +65,31 @@ def test_overwrite_replaces_a_run_and_only_its_files(setup, capsys):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00000001"]
 
 
+def test_overwrite_keeps_the_users_files_inside_the_runs_folders(setup, capsys):
+    path = _write_config(setup)
+    assert main(["train", "--config", str(path)]) == 0
+    run = setup / "run"
+    (run / "previews" / "selected").mkdir()
+    (run / "previews" / "selected" / "best.png").write_bytes(b"mine")
+    (run / "checkpoints" / "keep").mkdir()
+    (run / "checkpoints" / "keep" / "weights.safetensors").write_bytes(b"mine")
+    (run / "tensorboard").mkdir(exist_ok=True)  # (made by the run when tensorboard is installed)
+    (run / "tensorboard" / "notes.md").write_text("mine")
+    assert main(["train", "--config", str(path), "--overwrite", "--max-steps", "1"]) == 0
+    for kept in ("previews/selected/best.png", "checkpoints/keep/weights.safetensors", "tensorboard/notes.md"):
+        assert (run / kept).is_file(), kept
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00000001", "keep"]
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["selected", "step-00000001.png"]
+
+    # the run replaces model/ as a whole when it ends: a file of the user's there is refused, not lost
+    (run / "model" / "README.md").write_text("my model card")
+    capsys.readouterr()
+    for extra in (["--overwrite"], ["--resume", "--max-steps", "3"]):
+        assert main(["train", "--config", str(path), *extra]) == 2
+        assert "model/README.md" in _one_line_error(capsys)
+        assert (run / "model" / "README.md").read_text() == "my model card"
+
+
 # ---------------------------------------------------------------- item: --resume with an edited config
 def _log(run):
     with open(run / "loss_log.csv", newline="") as f:
@@ -151,6 +176,26 @@ def test_values_of_the_wrong_type_name_file_key_type_and_value(tmp_path, capsys,
     assert str(path) in err and re.search(message, err), err
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"data": {"crop_size": -64}}, r"data.crop_size must be in \[16, 2048\], got -64"),
+    ({"data": {"crop_size": 4096}}, r"data.crop_size must be in \[16, 2048\], got 4096 \(.*memory"),
+    ({"optim": {"lr": float("nan")}}, r"optim.lr must be in \(0, 10\], got nan"),
+    ({"optim": {"betas": [1.5, 0.9]}}, r"optim.betas\[0\] must be in \[0, 1\), got 1.5"),
+    ({"seed": -1}, r"seed must be in \[0, 4294967295\], got -1"),
+    ({"max_minutes": float("inf")}, r"max_minutes must be in \(0, 525600\], got inf"),
+    ({"data": {"num_workers": -2}}, r"data.num_workers must be in \[0, 256\], got -2"),
+    ({"loss": {"noise_sigma": float("nan")}}, r"loss.noise_sigma must be in \[0, 1000.0\], got nan"),
+])
+def test_values_out_of_range_are_refused_before_any_work(tmp_path, capsys, bad, message):
+    import re
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"max_steps": 5, **bad}))
+    assert main(["train", "--config", str(path)]) == 2
+    err = _one_line_error(capsys)
+    assert str(path) in err and re.search(message, err), err
+
+
 @pytest.mark.parametrize("name, text", [("bad.json", '{"max_steps": 5,}'), ("bad.yaml", "max_steps: [5\n"),
                                         ("bad.toml", "max_steps = \n")])
 def test_a_malformed_config_file_is_named(tmp_path, capsys, name, text):
@@ -194,3 +239,99 @@ def test_train_on_two_processes_ends_a_user_error_in_one_line(setup):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("trained model saved to") == 1
     assert json.loads((setup / "run" / "model" / "config.json").read_text())["in_channels"] == 4
+
+
+# ---------------------------------------------------------------- item: one run per folder, workers end with it
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_until(condition, timeout: float, proc=None) -> None:
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        assert proc is None or proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+        threading.Event().wait(0.1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_a_killed_launcher_takes_its_workers_and_a_second_run_is_refused_while_one_runs(setup, capsys):
+    """SIGKILL of `train --num-processes 2` leaves no worker training on; while a run holds its folder, a second
+    `train` / `--resume` into it is refused in one line."""
+    import signal
+    import subprocess
+    import sys
+
+    path = _write_config(setup, max_steps=100000, batch_size=2, checkpoint_every=100000)
+    command = [sys.executable, "-m", "uplift_diffusion.cli", "train", "--config", str(path), "--num-processes", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        log = setup / "run" / "loss_log.csv"
+        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 120, proc)  # start-up: ~20 s idle
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+
+        for extra in (["--resume"], ["--overwrite"]):  # (--max-steps 1: a run that is let in ends at once)
+            assert main(["train", "--config", str(path), *extra, "--max-steps", "1"]) == 2
+            err = _one_line_error(capsys)
+            assert "in use by another `train`" in err and str(proc.pid) in err
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        _wait_until(lambda: not any(_alive(w) for w in workers), 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    from uplift_diffusion.training.run import RunFolderLock
+
+    with RunFolderLock(setup / "run"):  # the kernel released the dead launcher's lock
+        pass
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_sigterm_of_a_two_process_run_is_one_line(setup):
+    import signal
+    import subprocess
+    import sys
+
+    path = _write_config(setup, max_steps=100000, batch_size=2, checkpoint_every=100000)
+    command = [sys.executable, "-m", "uplift_diffusion.cli", "train", "--config", str(path), "--num-processes", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        log = setup / "run" / "loss_log.csv"
+        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 120, proc)  # start-up: ~20 s idle
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "training" not in line]
+    assert proc.returncode == 128 + signal.SIGTERM and lines == ["uplift-diffusion train: interrupted (SIGTERM)"], err
+    assert not any(_alive(w) for w in workers)

@@ -12,6 +12,8 @@ its measured quality as data, ``quality.json``: see :func:`read_model_quality`):
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -139,6 +141,58 @@ def read_model_quality(folder: str | Path) -> ModelQuality | None:
         raise CheckpointError(f"{path} is not a model quality file ({type(err).__name__}: {err})") from None
 
 
+DIGESTS_FILE = "digests.json"  # in each weights folder: the sha256 of its files, checked before they load
+_RECORD_COMMAND = "python -m uplift_diffusion.builtin"
+
+
+def _digested_files(folder: Path) -> list[Path]:
+    """The files whose bytes decide what a built-in model computes: its weights and config (not its text files)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json", ".pth")
+                  and p.name != DIGESTS_FILE)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_digests(folder: str | Path) -> Path:
+    """Write ``folder/digests.json`` (the sha256 of each weights / config file); run after (re)training a built-in
+    model: ``python -m uplift_diffusion.builtin``."""
+    from uplift_diffusion.utils.io import write_json_atomic
+
+    folder = Path(folder)
+    return write_json_atomic(folder / DIGESTS_FILE, {"written_by": _RECORD_COMMAND, "sha256": {
+        p.name: _sha256(p) for p in _digested_files(folder)}})
+
+
+@functools.lru_cache(maxsize=None)
+def _check_digests(folder: Path, stamp: tuple) -> None:
+    """Compare the installed files with the digests recorded when the package was built (once per process and
+    file state: ``stamp`` is the files' sizes and modification times). Finite garbage in the weights (a bad copy, a
+    disk error) passes every NaN / shape check and gives a plausible but wrong picture; this does not."""
+    try:
+        recorded = json.loads((folder / DIGESTS_FILE).read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{folder / DIGESTS_FILE} is missing or unreadable ({type(err).__name__})") from None
+    for name, expected in sorted(recorded.items()):
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing")
+        if _sha256(path) != expected:
+            raise ValueError(f"{path} does not match the sha256 recorded when the package was built")
+
+
+def verify_installed(folder: Path) -> None:
+    """Raise ``ValueError`` naming the file when an installed weights folder differs from its recorded digests."""
+    files = _digested_files(folder)
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    _check_digests(folder, stamp)
+
+
 def _place(model: torch.nn.Module, device: str | torch.device | None):
     return (model.to(device) if device is not None else model).eval()
 
@@ -169,6 +223,7 @@ def load_builtin_vae(name: str = "taef2", dtype: torch.dtype | None = None,
 
     def load():
         path = builtin_vae_path(name)
+        verify_installed(path)
         vae = pair.vae_class.from_pretrained(path, dtype=dtype)
         check_finite(vae.state_dict(), path)
         return vae
@@ -186,5 +241,16 @@ def load_builtin_upsampler(name: str = "taef2", dtype: torch.dtype | None = None
         device: where to put the model (default cpu).
     """
     builtin_pair(name)  # an unknown name is the caller's error, not a damaged install
-    load = lambda: UPLiFTModel.from_pretrained(builtin_upsampler_path(name), dtype=dtype)  # noqa: E731
+
+    def load():
+        path = builtin_upsampler_path(name)
+        verify_installed(path)
+        return UPLiFTModel.from_pretrained(path, dtype=dtype)
+
     return _place(_load_installed(name, "upsampler", load), device)
+
+
+if __name__ == "__main__":  # record the digests of every built-in folder (after retraining a built-in model)
+    for pair in BUILTIN_PAIRS.values():
+        for part in (pair.vae, pair.upsampler):
+            print(record_digests(weights_folder(part)))

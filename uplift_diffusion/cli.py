@@ -5,6 +5,8 @@ Error policy: a :class:`~uplift_diffusion.utils.errors.UserError` (something the
 missing input, an output that would be replaced, stale results, no network) and the file-system errors that name a
 path are printed as one line with exit code 2; anything else is a bug and shows its traceback. ``--debug`` shows the
 traceback of every error. Warnings (e.g. an image converted to RGB) are printed as one ``note:`` / ``warning:`` line.
+A closed standard output (``uplift-diffusion upscale folder | head -1``) stops the printing, not the work. Ctrl+C
+and SIGTERM end in one ``interrupted`` line (exit code 128 + the signal's number), in a launched run too.
 Command modules import torch only inside ``run``, so ``--help`` and argument errors answer at once.
 """
 
@@ -15,12 +17,14 @@ import errno
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from typing import Optional, Sequence
 
-from uplift_diffusion.utils.errors import ImageConversionWarning, UserError
+from uplift_diffusion.utils.errors import ImageConversionWarning, Interrupted, UserError
 from uplift_diffusion.utils.logs import silence_empty_float32_notice
 
 # subcommand -> module (imported lazily so that `uplift-diffusion --help` stays fast)
@@ -93,7 +97,59 @@ def _report_to_launcher(message: str) -> bool:
     return os.environ.get("UPLIFT_LAUNCHED") == "1" or os.environ.get("RANK", "0") != "0"
 
 
+class _PipeSafeStdout:
+    """``sys.stdout`` that outlives its reader: once the pipe is closed, output goes to ``os.devnull`` and the
+    command goes on (its results are files; the lines it prints are a log of them)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _drop(self) -> None:
+        devnull = open(os.devnull, "w")
+        try:  # also the interpreter's last flush of the real stream at exit
+            os.dup2(devnull.fileno(), self._stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        self._stream = devnull
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _signal_name(err: BaseException) -> tuple[str, int]:
+    signum = getattr(err, "signum", signal.SIGINT)
+    return signal.Signals(signum).name, 128 + int(signum)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    stdout = sys.stdout
+    sys.stdout = _PipeSafeStdout(stdout)
+    try:
+        return _main(argv)
+    finally:
+        if isinstance(sys.stdout, _PipeSafeStdout):
+            sys.stdout.flush()
+            sys.stdout = stdout
+
+
+def _terminate_as_interrupt(signum, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     silence_empty_float32_notice()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -107,11 +163,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.showwarning = lambda message, category, *_, **__: print(
                 f"{prog}: {'note' if issubclass(category, ImageConversionWarning) else 'warning'}: {message}",
                 file=sys.stderr)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         try:
             return int(args._run(args) or 0)
-        except KeyboardInterrupt:
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as err:
+            name, code = _signal_name(err)
+            if not (os.environ.get("UPLIFT_LAUNCHED") == "1" and "TORCHELASTIC_ERROR_FILE" in os.environ):
+                # (a worker of `train --num-processes`: its launcher says it once)
+                print(f"{prog}: interrupted ({name})", file=sys.stderr)
+            return code
         except Exception as err:
             if args.debug or not is_user_error(err):
                 raise
@@ -119,6 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not _report_to_launcher(message):
                 print(f"{prog}: error: {message}", file=sys.stderr)
             return 2
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

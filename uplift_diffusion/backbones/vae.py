@@ -114,6 +114,10 @@ def estimate_sr_memory(vae, height: int, width: int, scale: int, tile_size: int 
         tile_size (`int`, *optional*): the request's tile in input pixels; ``None``: untiled.
         batch (`int`, defaults to 1): images processed together.
     """
+    if tile_size is not None and tile_size >= max(height, width):
+        # One tile covers the image: the tiled paths then work on the whole image once, as the untiled ones do
+        # (measured: the same peak), never on a tile of tile_size (a 256-px photo with --tile-size 4096 is not 47 GiB)
+        tile_size = None
     factor = vae_scale_factor(vae)
     lat_h, lat_w = -(-height // factor), -(-width // factor)
     out_lat_h, out_lat_w = lat_h * scale, lat_w * scale
@@ -125,9 +129,9 @@ def estimate_sr_memory(vae, height: int, width: int, scale: int, tile_size: int 
         encode = _GENERIC_VAE_BYTES_PER_PIXEL * lat_h * lat_w * factor**2 * batch
         decode = _GENERIC_VAE_BYTES_PER_PIXEL * out_lat_h * out_lat_w * factor**2 * batch
     if tiled:  # one tile of the upsampler, plus the blended latent canvas (latents + weights, float32)
-        tile_lat = -(-tile_size // factor)
-        step = (_UPSCALE_BYTES_PER_OUTPUT_LATENT * (tile_lat * scale) ** 2
-                + _UPSCALE_BYTES_PER_INPUT_LATENT * tile_lat**2)
+        tile_h, tile_w = min(-(-tile_size // factor), lat_h), min(-(-tile_size // factor), lat_w)
+        step = (_UPSCALE_BYTES_PER_OUTPUT_LATENT * tile_h * tile_w * scale**2
+                + _UPSCALE_BYTES_PER_INPUT_LATENT * tile_h * tile_w)
         upscale = batch * (step + (latent_channels(vae) + 1) * 4 * out_lat_h * out_lat_w)
     else:
         upscale = batch * (_UPSCALE_BYTES_PER_OUTPUT_LATENT * out_lat_h * out_lat_w

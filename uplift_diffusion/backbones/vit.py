@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..utils.errors import InputError
+from ..utils.errors import InputError, WeightsUnavailableError
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
@@ -62,11 +62,11 @@ class ViTBackbone(nn.Module):
             except Exception as err:
                 if not pretrained:
                     raise
-                raise OSError(
+                raise WeightsUnavailableError(
                     f"could not download the pretrained weights of timm model {name_or_module!r} "
                     f"({type(err).__name__}). Offline, download them elsewhere (Hub repo "
-                    f"'timm/{name_or_module}', file model.safetensors) and use "
-                    f"ViTBackbone.from_pretrained({name_or_module!r}, weights='path/to/model.safetensors')"
+                    f"'timm/{name_or_module}', file model.safetensors)",
+                    f"use ViTBackbone.from_pretrained({name_or_module!r}, weights='path/to/model.safetensors')"
                 ) from None
         elif isinstance(name_or_module, nn.Module):
             model = name_or_module

@@ -4,6 +4,8 @@ Standard library only. Each raises the user error the CLI prints as one line."""
 
 from __future__ import annotations
 
+import argparse
+import math
 from pathlib import Path
 
 from uplift_diffusion.utils.errors import InputError, InputNotFoundError
@@ -14,6 +16,47 @@ FEATURE_BACKBONES = {"dinov2-s14": "vit_small_patch14_dinov2.lvd142m", "dinov3-s
                      "vit_small_plus_patch16_dinov3.lvd1689m"}  # name -> timm model
 FEATURE_ALIASES = {"dinov2": "dinov2-s14", "dinov3": "dinov3-splus16"}
 SR_METHODS = ("uplift", "latent-bilinear", "latent-nearest", "pixel-bicubic")  # uplift_diffusion.eval.sr.METHODS
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def int_in(low: int | None, high: int):
+    """An argparse ``type``: an integer in ``[low, high]`` (``low=None``: no lower bound here, the command checks it
+    with its own words). argparse then names the flag in one error line, before any work, instead of an overflow deep
+    in torch or a run that allocates without end."""
+    span = f"in [{low}, {high}]" if low is not None else f"<= {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {span}, got {text!r}") from None
+        if (low is not None and value < low) or value > high:
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(low: float | None, high: float, low_open: bool = False):
+    """An argparse ``type``: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``; ``low=None``: no
+    lower bound here). NaN and infinity are refused."""
+    span = f"in {'(' if low_open else '['}{low:g}, {high:g}]" if low is not None else f"<= {high:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        below = low is not None and (value < low or (low_open and value == low))
+        if not math.isfinite(value) or below or value > high:
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def at_least(flag: str, value: int | float | None, minimum: int | float) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from uplift_diffusion.commands.checks import SEED_RANGE, int_in
+
 HELP = ("Offline demo: scikit-image's sample photos downscaled 4x, upscaled back with pixel bicubic and the built-in "
         "UPLiFT; writes a side-by-side figure and prints PSNR / SSIM.")
 
@@ -11,11 +13,13 @@ HELP = ("Offline demo: scikit-image's sample photos downscaled 4x, upscaled back
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="outputs/demo", metavar="OUT",
                         help="output folder: demo.png (the figure) and results.json (default outputs/demo)")
-    parser.add_argument("--scale", type=int, default=4, help="down- / upscaling factor, a power of two (default 4)")
+    parser.add_argument("--scale", type=int_in(None, 64), default=4,
+                        help="down- / upscaling factor, a power of two (default 4)")
     parser.add_argument("--photos", nargs="+", default=None, metavar="NAME",
                         help="scikit-image sample photos (default: astronaut chelsea coffee rocket)")
     parser.add_argument("--builtin", default="taef2", help="the built-in VAE + UPLiFT pair (default taef2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the upsampler's noise channels (default 0)")
+    parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0,
+                        help="seed of the upsampler's noise channels (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo's files in OUT")
 
 

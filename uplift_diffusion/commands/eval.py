@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from uplift_diffusion.commands.checks import SEED_RANGE, float_in, int_in
 from uplift_diffusion.commands.loading import (
     DEFAULT_FLUX2_REPO,
     DEFAULT_SD_REPO,
@@ -25,10 +26,13 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate saved images that were made with other settings (model, VAE, flags, seed, "
                         "steps ...) instead of refusing the folder")
-    p.add_argument("--limit", type=int, default=None, help="only the first N selected samples (quick runs)")
-    p.add_argument("--num-samples", type=int, default=5000, help="random samples drawn from the data (default 5000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling, the crops and the generators")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    p.add_argument("--limit", type=int_in(None, 10**9), default=None,
+                   help="only the first N selected samples (quick runs)")
+    p.add_argument("--num-samples", type=int_in(None, 10**9), default=5000,
+                   help="random samples drawn from the data (default 5000)")
+    p.add_argument("--seed", type=int_in(*SEED_RANGE), default=0,
+                   help="seed of the sampling, the crops and the generators")
+    p.add_argument("--batch-size", type=int_in(None, 4096), default=None, help="images per forward pass")
     p.add_argument("--fid-backend", default="torchmetrics", choices=("torchmetrics", "clean-fid", "none"),
                    help="FID implementation ('none' skips FID and patch-FID)")
     p.add_argument("--fid-mode", default="clean", choices=("clean", "legacy_pytorch"), help="clean-fid mode")
@@ -39,8 +43,8 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-stats", default=None,
                    help="folder for the real images' FID statistics (.npz, reused across runs; default: --output)")
     p.add_argument("--latency", action="store_true", help="also measure latency (3 warm-up + 10 timed batches)")
-    p.add_argument("--latency-warmup", type=int, default=3)
-    p.add_argument("--latency-iterations", type=int, default=10)
+    p.add_argument("--latency-warmup", type=int_in(None, 10**6), default=3)
+    p.add_argument("--latency-iterations", type=int_in(None, 10**6), default=10)
     add_device_arguments(p)
 
 
@@ -66,9 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sr.add_argument("--downsample", default="bilinear", choices=("bilinear", "bicubic"),
                     help="how the low-res inputs are made: bilinear (paper B.2: no antialiasing) or bicubic (PIL, "
                          "antialiased: the standard super-resolution protocol)")
-    sr.add_argument("--size", type=int, default=1024, help="high-res centre crop (default 1024)")
-    sr.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4: two UPLiFT steps)")
-    sr.add_argument("--patch-size", type=int, default=None, help="patch-FID crop (default size / 2)")
+    sr.add_argument("--size", type=int_in(None, 16384), default=1024, help="high-res centre crop (default 1024)")
+    sr.add_argument("--scale", type=int_in(None, 64), default=4, help="upscaling factor (default 4: two UPLiFT steps)")
+    sr.add_argument("--patch-size", type=int_in(None, 16384), default=None, help="patch-FID crop (default size / 2)")
     sr.add_argument("--no-color-correction", action="store_true")
     _common_arguments(sr)
 
@@ -83,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="parquet / CSV with image path + caption columns, or a folder of images with "
                                 "same-name .txt captions")
             p.add_argument("--images-root", default=None, help="folder that relative image paths start from")
-            p.add_argument("--min-side", type=int, default=1024, help="keep images with both sides >= this")
+            p.add_argument("--min-side", type=int_in(None, 16384), default=1024,
+                           help="keep images with both sides >= this")
             p.add_argument("--clip-model", default="openai/clip-vit-base-patch32",
                            help="CLIP score model: a transformers CLIP folder or Hub id (default: the paper's "
                                 "ViT-B/32) or an open_clip model open_clip:ARCH/PRETRAINED (e.g. "
@@ -98,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--steps", default=None,
                        help="comma-separated denoising step counts (default: sd15 " +
                             ("25" if name == "coco" else "25,40") + "; flux2: the checkpoint's, 4 when distilled)")
-        p.add_argument("--guidance-scale", type=float, default=None,
+        p.add_argument("--guidance-scale", type=float_in(0, 100), default=None,
                        help="guidance (default: sd15 7.5; flux2: the checkpoint's, none when distilled)")
         p.add_argument("--no-baseline", action="store_true", help="skip the model without upscaling")
         p.add_argument("--extra-pipeline", action="append", default=[], metavar="ID[:STEPS]",
@@ -205,6 +210,7 @@ def check_arguments(args) -> None:
     """Numbers, choices and input paths, before torch loads (see uplift_diffusion.commands.checks)."""
     from uplift_diffusion.commands import checks
     from uplift_diffusion.commands.loading import check_model_source
+    from uplift_diffusion.utils.io import refuse_output_folder_in_inputs
 
     checks.at_least("--limit", args.limit, 1)
     checks.at_least("--num-samples", args.num_samples, 1)
@@ -214,6 +220,7 @@ def check_arguments(args) -> None:
     checks.existing("--inception-weights", args.inception_weights, "file")
     if args.benchmark == "sr":
         checks.existing("--images", args.images, "folder")
+        refuse_output_folder_in_inputs(args.output, [args.images], recursive=True, flag="--output")
         checks.power_of_two("--scale", args.scale)
         checks.at_least("--size", args.size, 1)
         checks.at_least("--patch-size", args.patch_size, 1)

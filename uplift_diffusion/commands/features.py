@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from uplift_diffusion.commands.checks import int_in
 from uplift_diffusion.utils.device import add_device_arguments
 
 HELP = "Pixel-dense DINOv2 / DINOv3 features with UPLiFT: PCA strip (--pca) and / or features (--save)."
@@ -27,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save", default=None, metavar="OUT.safetensors",
                         help="write the pixel-dense features ([1, C, H, W], key 'features') and the backbone "
                              "features (key 'backbone')")
-    parser.add_argument("--iterations", type=int, default=4, help="UPLiFT 2x steps (default 4)")
-    parser.add_argument("--size", type=int, default=None,
+    parser.add_argument("--iterations", type=int_in(None, 8), default=4, help="UPLiFT 2x steps (default 4)")
+    parser.add_argument("--size", type=int_in(None, 16384), default=None,
                         help="resize the image so that its longer side is SIZE pixels first (default: as is)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arguments(parser, dtype=False)
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from uplift_diffusion.utils.device import resolve_device_dtype
     from uplift_diffusion.utils.errors import InputError, InputNotFoundError, OutputExistsError
     from uplift_diffusion.utils.images import load_image
+    from uplift_diffusion.utils.io import refuse_outputs_onto_inputs
 
     if not args.pca and not args.save:
         raise InputError("nothing to do: pass --pca OUT.png and / or --save OUT.safetensors")
@@ -53,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--iterations must be >= 1, got {args.iterations}")
     if args.save and not args.save.endswith(".safetensors"):
         raise InputError(f"--save must end with .safetensors, got {args.save}")
+    for flag, out in (("--pca", args.pca), ("--save", args.save)):
+        refuse_outputs_onto_inputs([out] if out else [], [args.image], flag)
     for out in (args.pca, args.save):
         if out and Path(out).exists() and not args.overwrite:
             raise OutputExistsError(f"output exists: {out} (pass --overwrite to replace)")
@@ -68,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.BICUBIC)
 
-    from uplift_diffusion.features import UPLiFTFeatureExtractor, pca_strip
+    from uplift_diffusion.commands.loading import load_feature_extractor
+    from uplift_diffusion.features import pca_strip
     from uplift_diffusion.utils.allocator import retain_freed_memory
     from uplift_diffusion.utils.io import atomic_write
 
     retain_freed_memory()  # our own short-lived process: no page faults for maps freed and allocated again
 
-    extractor = UPLiFTFeatureExtractor.from_pretrained(args.backbone, backbone=args.backbone_weights,
-                                                       upsampler=args.upsampler, device=device)
+    extractor = load_feature_extractor(args, device)
     steps, backbone = extractor(image, iterations=args.iterations, output_size=None, return_all_steps=True,
                                 return_backbone=True)
     if args.pca:

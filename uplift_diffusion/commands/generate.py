@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from uplift_diffusion.commands.checks import SEED_RANGE, float_in, int_in
 from uplift_diffusion.commands.loading import (
     DEFAULT_FLUX2_REPO,
     DEFAULT_SD_REPO,
@@ -36,17 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flux2: decode the low-resolution guide image with the built-in taef2 instead of the "
                              "FLUX.2 VAE (faster; the guide and colour reference then come from taef2)")
     parser.add_argument("--negative-prompt", default=None, help="negative prompt (sd15)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=int_in(None, 10000), default=None,
                         help=f"denoising steps (default: sd15 {SD15_STEPS}; flux2 4 for step-distilled checkpoints "
                              f"such as FLUX.2-klein-4B, else 50)")
-    parser.add_argument("--guidance-scale", type=float, default=None,
+    parser.add_argument("--guidance-scale", type=float_in(0, 100), default=None,
                         help=f"classifier-free guidance (default: sd15 {SD15_GUIDANCE}; flux2 1.0 (none) for "
                              f"step-distilled checkpoints, else 4.0)")
-    parser.add_argument("--height", type=int, default=None,
+    parser.add_argument("--height", type=int_in(None, 16384), default=None,
                         help="low-resolution height (default: the model's, 512 for sd15, 1024 for flux2)")
-    parser.add_argument("--width", type=int, default=None,
+    parser.add_argument("--width", type=int_in(None, 16384), default=None,
                         help="low-resolution width (default: the model's, 512 for sd15, 1024 for flux2)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0, help="random seed (default 0)")
     parser.add_argument("--save-low-res", action="store_true", help="also save <output>_lowres.<ext>")
     parser.add_argument("--no-color-correction", action="store_true",
                         help="skip the colour correction (the upsampler's own, recorded in its config)")
@@ -60,7 +61,7 @@ def _has_upsampler(model: str) -> bool:
 
 
 def load_pipeline(model: str, upsampler: str | None, dtype):
-    from uplift_diffusion.commands.loading import check_model_source, load_upsampler
+    from uplift_diffusion.commands.loading import check_model_source, load_local_pipeline, load_upsampler
     from uplift_diffusion.pipelines import UPLiFTPipeline
     from uplift_diffusion.utils.errors import UnavailableError
     from uplift_diffusion.utils.hub import ensure_hub_reachable
@@ -70,7 +71,7 @@ def load_pipeline(model: str, upsampler: str | None, dtype):
     if upsampler is not None or not _has_upsampler(model):
         kwargs["upsampler"] = load_upsampler(upsampler or DEFAULT_UPSAMPLER, dtype)
     if Path(model).is_dir():
-        return UPLiFTPipeline.from_pretrained(model, dtype=dtype, **kwargs)
+        return load_local_pipeline(lambda: UPLiFTPipeline.from_pretrained(model, dtype=dtype, **kwargs), model)
     ensure_hub_reachable()
     try:
         return UPLiFTPipeline.from_pretrained(model, dtype=dtype, **kwargs)
@@ -85,12 +86,14 @@ def load_flux2(model: str, upsampler: str | None, fast_guide: bool, dtype):
     """An UPLiFT FLUX.2 pipeline (klein or dev, told by the folder's / repo's model_index.json); offline the error
     names the repo and says to pass a local folder with --model DIR."""
     from uplift_diffusion.builtin import load_builtin_vae
-    from uplift_diffusion.commands.loading import load_upsampler
+    from uplift_diffusion.commands.loading import load_local_pipeline, load_upsampler
     from uplift_diffusion.pipelines.flux2 import flux2_pipeline_class, load_flux2_pipeline
 
     flux2_pipeline_class(model)  # a FLUX.2 pipeline that can be fetched, before any weights load
-    return load_flux2_pipeline(model, upsampler=load_upsampler(upsampler, dtype) if upsampler else None,
-                               guide_vae=load_builtin_vae("taef2", dtype) if fast_guide else None, dtype=dtype)
+    load = lambda: load_flux2_pipeline(  # noqa: E731
+        model, upsampler=load_upsampler(upsampler, dtype) if upsampler else None,
+        guide_vae=load_builtin_vae("taef2", dtype) if fast_guide else None, dtype=dtype)
+    return load_local_pipeline(load, model) if Path(model).is_dir() else load()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,6 +55,21 @@ def _vae_class(config_file: Path, where: str):
     return classes[name]
 
 
+def _load_local_vae(load, spec: str):
+    """``load()`` of a local VAE folder, its failures to read the files (truncated, damaged, a partial download) in
+    one line naming the folder."""
+    try:
+        return load()
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
+        if isinstance(err, (InputError, InputNotFoundError)):
+            raise
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise CheckpointError(f"--vae {spec}: the VAE could not be loaded ({reason}); its files are damaged or "
+                              f"incomplete (an interrupted download or copy?): fetch them again") from None
+
+
 def load_vae(spec: str, dtype: torch.dtype):
     """A VAE from a local folder (diffusers VAE folder, pipeline folder with ``vae/``, taef2 ``*.pth`` files or the
     single-file ``taef2.safetensors``) or a Hub repo id (its ``vae`` subfolder when it has one, else
@@ -65,13 +80,14 @@ def load_vae(spec: str, dtype: torch.dtype):
     if path.is_dir():
         taef2_files = ("taef2_encoder.pth", "taef2.safetensors")
         if any((path / name).is_file() for name in taef2_files) and not (path / "config.json").is_file():
-            return TAEF2.from_pretrained(path, dtype=dtype)
+            return _load_local_vae(lambda: TAEF2.from_pretrained(path, dtype=dtype), spec)
         if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
             path = path / "vae"
         if not (path / "config.json").is_file():
             raise InputNotFoundError(f"--vae {spec}: no config.json, vae/config.json, taef2.safetensors or "
                                     f"taef2_encoder.pth / taef2_decoder.pth in this folder")
-        return _vae_class(path / "config.json", f"--vae {spec}").from_pretrained(path, dtype=dtype)
+        vae_class = _vae_class(path / "config.json", f"--vae {spec}")
+        return _load_local_vae(lambda: vae_class.from_pretrained(path, dtype=dtype), spec)
     if not is_repo_id(spec):
         raise InputNotFoundError(f"--vae {spec}: not a local folder nor a Hub repo id like {DEFAULT_SD_REPO!r}")
 
@@ -160,3 +176,42 @@ def load_pair(preset: str, vae: str | None, upsampler: str | None, dtype: torch.
     vae_model = load_vae(vae, dtype) if vae else builtin.load_builtin_vae(preset, dtype)
     upsampler_model = load_upsampler(upsampler, dtype) if upsampler else builtin.load_builtin_upsampler(preset, dtype)
     return vae_model, upsampler_model
+
+
+def load_feature_extractor(args, device):
+    """``UPLiFTFeatureExtractor.from_pretrained`` for the ``features`` / ``probe`` flags; offline, the advice names
+    ``--backbone-weights``, not a Python call."""
+    from uplift_diffusion.features import UPLiFTFeatureExtractor
+    from uplift_diffusion.utils.errors import WeightsUnavailableError
+
+    try:
+        return UPLiFTFeatureExtractor.from_pretrained(args.backbone, backbone=args.backbone_weights,
+                                                      upsampler=args.upsampler, device=device)
+    except WeightsUnavailableError as err:
+        raise UnavailableError(f"{err.message} and pass --backbone-weights path/to/model.safetensors (or its "
+                               f"folder)") from None
+
+
+def load_local_pipeline(load, folder: str | Path, flag: str = "--model"):
+    """``load()`` of a local diffusers pipeline folder, after checking that every component its
+    ``model_index.json`` names has its sub-folder; a missing, truncated or damaged component (a partial download) is
+    one line naming the folder, not a traceback from deep in diffusers / transformers."""
+    folder = Path(folder)
+    how = "download it again (`hf download <repo> --local-dir DIR`)"
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        index = {}
+    missing = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
+               and len(value) == 2 and None not in value and not (folder / name).is_dir()]
+    if missing:
+        raise InputNotFoundError(f"{flag} {folder}: component folder(s) {', '.join(missing)} missing (an interrupted "
+                                 f"download?); {how}")
+    try:
+        return load()
+    except (InputError, InputNotFoundError, UnavailableError):
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as err:
+        reason = " ".join(str(err).split())[:240] or type(err).__name__
+        raise CheckpointError(f"{flag} {folder}: the pipeline could not be loaded ({type(err).__name__}: {reason}); "
+                              f"a component is damaged or incomplete: {how}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from uplift_diffusion.commands.checks import SEED_RANGE, float_in, int_in
 from uplift_diffusion.utils.device import add_device_arguments
 
 HELP = "Linear-probe evaluation of pixel-dense DINOv2 / DINOv3 features (segmentation mIoU / depth δ1), resumable."
@@ -19,24 +20,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="seg", choices=TASKS, help="seg (default) or depth (--dataset folder)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="val")
-    parser.add_argument("--num-classes", type=int, default=None, help="classes of a 'folder' segmentation dataset")
-    parser.add_argument("--depth-scale", type=float, default=1000.0, help="PNG depth units per metre (default 1000)")
+    parser.add_argument("--num-classes", type=int_in(None, 255), default=None,
+                        help="classes of a 'folder' segmentation dataset")
+    parser.add_argument("--depth-scale", type=float_in(0, 1e9, low_open=True), default=1000.0,
+                        help="PNG depth units per metre (default 1000)")
     parser.add_argument("-o", "--output", required=True, help="output folder (results.json, results.md, probes/); "
                                                               "rerunning with the same folder resumes")
     parser.add_argument("--backbone", default="dinov2-s14", help="dinov2-s14 (default) or dinov3-splus16")
     parser.add_argument("--backbone-weights", default=None, help="local backbone weights (timm model.safetensors)")
     parser.add_argument("--upsampler", default=None, help="local UPLiFT checkpoint (default: the published one)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--size", type=int, default=448, help="image and feature side (default 448)")
+    parser.add_argument("--size", type=int_in(None, 8192), default=448, help="image and feature side (default 448)")
     # None: the protocol's value from ProbeConfig (one home for the defaults)
-    for flag, kind, what in (("--epochs", int, "training epochs"), ("--batch-size", int, "batch size"),
-                             ("--lr", float, "AdamW learning rate"), ("--seed", int, "seed"),
-                             ("--min-depth", float, "smallest valid depth (m)"),
-                             ("--max-depth", float, "largest valid depth (m)")):
+    for flag, kind, what in (("--epochs", int_in(None, 10**6), "training epochs"),
+                             ("--batch-size", int_in(None, 4096), "batch size"),
+                             ("--lr", float_in(0, 10, low_open=True), "AdamW learning rate"),
+                             ("--seed", int_in(*SEED_RANGE), "seed"),
+                             ("--min-depth", float_in(0, 1e6), "smallest valid depth (m)"),
+                             ("--max-depth", float_in(0, 1e6, low_open=True), "largest valid depth (m)")):
         parser.add_argument(flag, type=kind, default=None, help=f"{what} (default: the JAFAR protocol's)")
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--max-val", type=int, default=None, help="use only the first N validation images")
+    parser.add_argument("--num-workers", type=int_in(None, 256), default=2)
+    parser.add_argument("--max-train", type=int_in(None, 10**9), default=None,
+                        help="use only the first N training images")
+    parser.add_argument("--max-val", type=int_in(None, 10**9), default=None,
+                        help="use only the first N validation images")
     add_device_arguments(parser, dtype=False)
 
 
@@ -64,7 +71,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from uplift_diffusion.features import UPLiFTFeatureExtractor
+    from uplift_diffusion.commands.loading import load_feature_extractor
     from uplift_diffusion.features.probe import ProbeConfig, build_dataset, run_probe_evaluation
     from uplift_diffusion.utils.device import resolve_device_dtype
 
@@ -76,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
     config = ProbeConfig(task=args.task, num_workers=args.num_workers,
                          **{k: v for k, v in chosen.items() if v is not None})
     device, _ = resolve_device_dtype(args.device)
-    extractor = UPLiFTFeatureExtractor.from_pretrained(args.backbone, backbone=args.backbone_weights,
-                                                       upsampler=args.upsampler, device=device)
+    extractor = load_feature_extractor(args, device)
     result = run_probe_evaluation(extractor, train_set, val_set, args.output, args.methods, config, device,
                                   backbone_name=args.backbone)
     print(result.table_path.read_text(), end="")

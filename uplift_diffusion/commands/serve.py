@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from uplift_diffusion.commands.checks import int_in
 from uplift_diffusion.commands.loading import DEFAULT_PRESET, PRESET_PAIRS, add_device_arguments
 
 HELP = "Serve a web page (Gradio) to upscale photos and view UPLiFT features; binds 127.0.0.1 unless told."
@@ -27,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: download")
     parser.add_argument("--features-upsampler", default=None, metavar="PATH",
                         help="local UPLiFT checkpoint for the backbone; default: download the published one")
-    parser.add_argument("--max-pixels", type=int, default=2048 * 2048,
+    parser.add_argument("--max-pixels", type=int_in(None, 2**40), default=2048 * 2048,
                         help="largest photo accepted, in pixels (default 2048*2048)")
-    parser.add_argument("--max-output-pixels", type=int, default=4096 * 4096,
+    parser.add_argument("--max-output-pixels", type=int_in(None, 2**40), default=4096 * 4096,
                         help="largest result, in pixels (default 4096*4096)")
-    parser.add_argument("--queue-size", type=int, default=16,
+    parser.add_argument("--queue-size", type=int_in(None, 10000), default=16,
                         help="requests that may wait in the queue before new ones are turned away (default 16)")
     add_device_arguments(parser)
 
@@ -64,6 +65,31 @@ def _log_to_console() -> None:
         log.propagate = False
 
 
+def _port_error(host: str, port: int):
+    from uplift_diffusion.utils.errors import UnavailableError
+
+    return UnavailableError(f"cannot serve on {host}:{port}: the port is taken or the address is not this "
+                            f"machine's; pick another --port / --host")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go (as the server will, with ``SO_REUSEADDR``): refused now, not after loading
+    the models."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise _port_error(host, port) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            raise _port_error(host, port) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -80,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--queue-size", args.queue_size)):
         if value < 1:
             raise InputError(f"{flag} must be positive, got {value}")
+    _check_port(args.host, args.port)  # before the models load (seconds): a taken port answers at once
     try:
         from uplift_diffusion import app
     except ModuleNotFoundError as err:
@@ -106,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
     demo = app.build_demo(app.PageUpscaler(pipeline, limits), features, quality=quality, model_name=name)
     try:
         app.launch(demo, limits, host=args.host, port=args.port)
-    except OSError:  # Gradio's message speaks of launch() arguments: say it in the command's words
-        raise UnavailableError(f"cannot serve on {args.host}:{args.port}: the port is taken or the address is not "
-                               f"this machine's; pick another --port / --host") from None
+    except OSError:  # taken since the check; Gradio's message speaks of launch() arguments: say it in our words
+        raise _port_error(args.host, args.port) from None
     return 0

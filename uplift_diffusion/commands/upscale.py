@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from uplift_diffusion.commands.checks import SEED_RANGE, int_in
 from uplift_diffusion.commands.loading import (
     DEFAULT_PRESET,
     DEFAULT_SD_REPO,
@@ -20,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders of images or glob patterns")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help="output folder (files are named <name>_x<scale>.png), or an image file for one input")
-    parser.add_argument("--scale", type=int, default=4, help="upscaling factor, a power of two (default 4)")
+    parser.add_argument("--scale", type=int_in(None, 64), default=4,
+                        help="upscaling factor, a power of two (default 4)")
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESET_PAIRS),
                         help=f"the VAE + upsampler pair (default {DEFAULT_PRESET}: the taef2 pair shipped inside the "
                              f"package, offline; sd15: the SD 1.5 VAE {DEFAULT_SD_REPO} + the published "
@@ -32,10 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upsampler", default=None,
                         help="UPLiFT weights: Hub repo id, .safetensors / .pth file, or folder (published checkpoint "
                              "or UPLiFTModel.save_pretrained); default: the preset's")
-    parser.add_argument("--tile-size", type=int, default=None,
+    parser.add_argument("--tile-size", type=int_in(None, 65536), default=None,
                         help="process the upsampler in tiles of this many input pixels (multiple of 8) to bound memory")
-    parser.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in input pixels (default 1/4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the upsampler's noise channels (default 0)")
+    parser.add_argument("--tile-overlap", type=int_in(None, 65536), default=None,
+                        help="tile overlap in input pixels (default 1/4)")
+    parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0,
+                        help="seed of the upsampler's noise channels (default 0)")
     parser.add_argument("--no-color-correction", action="store_true",
                         help="skip the colour correction (by default the one the upsampler records: the built-in "
                              "model's 'detail', the published checkpoints' 'mean')")
@@ -74,8 +78,8 @@ def check_arguments(args: argparse.Namespace) -> None:
                          f"or a folder")
 
 
-def plan_outputs(inputs: list[Path], output: str, scale: int) -> list[Path]:
-    """Output path per input; a single input may go to an explicit image file."""
+def plan_outputs(inputs: list[Path], output: str, scale: int, create: bool = True) -> list[Path]:
+    """Output path per input; a single input may go to an explicit image file (``create``: make the folder)."""
     from uplift_diffusion.utils.errors import InputError
     from uplift_diffusion.utils.io import ensure_writable_dir
 
@@ -83,9 +87,11 @@ def plan_outputs(inputs: list[Path], output: str, scale: int) -> list[Path]:
     if out.suffix.lower() in OUTPUT_SUFFIXES and not out.is_dir():
         if len(inputs) != 1:
             raise InputError(f"-o {output} is a single file but {len(inputs)} images were given; pass a folder")
-        ensure_writable_dir(out.parent)
+        if create:
+            ensure_writable_dir(out.parent)
         return [out]
-    ensure_writable_dir(out)
+    if create:
+        ensure_writable_dir(out)
     targets = [out / f"{path.stem}_x{scale}.png" for path in inputs]
     clashes = sorted({t.name for t in targets if targets.count(t) > 1})
     if clashes:
@@ -110,13 +116,17 @@ def readable_inputs(inputs: list[Path]) -> tuple[list[Path], list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    import warnings
 
     from uplift_diffusion.utils.errors import InputError, OutputExistsError
-    from uplift_diffusion.utils.images import expand_inputs
+    from uplift_diffusion.utils.images import expand_inputs, image_decodes, input_folders
+    from uplift_diffusion.utils.io import refuse_output_folder_in_inputs, refuse_outputs_onto_inputs
 
     # Cheap checks first (no torch yet): arguments, inputs, outputs; then the weights.
     check_arguments(args)
+    refuse_output_folder_in_inputs(args.output, input_folders(args.inputs), recursive=False)
     inputs = expand_inputs(args.inputs)
+    refuse_outputs_onto_inputs(plan_outputs(inputs, args.output, args.scale, create=False), inputs)
     inputs, unreadable = readable_inputs(inputs)
     if not inputs:
         raise InputError(f"no readable image among the inputs: {'; '.join(unreadable[:3])}"
@@ -127,11 +137,17 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(str(t) for t in existing[:3])
         raise OutputExistsError(f"output exists: {names}{' ...' if len(existing) > 3 else ''} (pass --overwrite to "
                                 f"replace, or --skip-existing to upscale only the missing ones)")
-    jobs = [(p, t) for p, t in zip(inputs, targets, strict=True) if not (args.skip_existing and t.exists())]
-    if args.skip_existing and existing:
-        print(f"skipping {len(existing)} image(s) whose output exists (--skip-existing)")
-
-    import warnings
+    done = set()
+    if args.skip_existing and existing:  # an output counts as done only when it reads as an image
+        done = {t for t in existing if image_decodes(t)}
+        damaged = [t.name for t in existing if t not in done]
+        if damaged:
+            warnings.warn(f"redoing {len(damaged)} unreadable output(s) (empty or truncated: "
+                          f"{', '.join(damaged[:3])}{' ...' if len(damaged) > 3 else ''}) despite --skip-existing",
+                          stacklevel=1)
+        if done:
+            print(f"skipping {len(done)} image(s) whose output exists (--skip-existing)")
+    jobs = [(p, t) for p, t in zip(inputs, targets, strict=True) if t not in done]
 
     import torch
     from tqdm.auto import tqdm

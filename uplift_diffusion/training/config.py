@@ -300,6 +300,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.data.views_per_image < 1 or not 0 < self.data.min_crop_fraction <= 1:
             raise ValueError("data.views_per_image must be >= 1 and data.min_crop_fraction in (0, 1]")
+        _check_ranges(self)
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -471,3 +472,41 @@ def _build(cls, data: Any, where: str, key: str = ""):
             _check_type(value, hints[name], f"{key}{name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+# Every number of a config within its range (NaN and infinity refused): values that would fail deep in torch after
+# the weights load, or train on something else than meant. ``None`` (optional settings) is left to validate().
+_CROP_SIZE_LIMIT = 2048  # a training crop's side: beyond it one step's activations outgrow any machine's memory
+_RANGES = (  # (dotted key, low, high, low inclusive)
+    ("max_minutes", 0, 60 * 24 * 365, False), ("seed", 0, 2**32 - 1, True), ("preview_images", 0, 64, True),
+    ("batch_size", 1, 4096, True), ("checkpoint_every", 1, 10**9, True), ("keep_last", 1, 10**6, True),
+    ("log_every", 1, 10**9, True),
+    ("data.crop_size", 16, _CROP_SIZE_LIMIT, True), ("data.views_per_image", 1, 10**4, True),
+    ("data.num_workers", 0, 256, True),
+    ("loss.noise_sigma", 0, 1e3, True), ("loss.latent_weight", 0, 1e6, True), ("loss.pixel_weight", 0, 1e6, True),
+    ("loss.edge_weight", 0, 1e6, True), ("loss.pixel_window", 1, _CROP_SIZE_LIMIT, True),
+    ("loss.pixel_margin", 0, _CROP_SIZE_LIMIT, True), ("loss.detail_sigma", 0, 1e3, False),
+    ("optim.lr", 0, 10, False), ("optim.weight_decay", 0, 10, True), ("optim.warmup_steps", 0, 10**9, True),
+    ("optim.max_grad_norm", 0, 1e9, False),
+)
+
+
+def _check_ranges(config: "TrainConfig") -> None:
+    import math
+
+    for key, low, high, inclusive in _RANGES:
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        below = value < low if inclusive else value <= low
+        if not math.isfinite(value) or below or value > high:
+            extra = (f" (one training step at {value}x{value} px needs far more memory than a machine has; the "
+                     f"photos are resized to it)" if key == "data.crop_size" and value > high else "")
+            raise ValueError(f"{key} must be in {'[' if inclusive else '('}{low}, {high}], got {value}{extra}")
+    for i, beta in enumerate(config.optim.betas):
+        if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
+            raise ValueError(f"optim.betas[{i}] must be in [0, 1), got {beta!r}")
+    if len(config.optim.betas) != 2:
+        raise ValueError(f"optim.betas must be two numbers, got {config.optim.betas!r}")

@@ -3,8 +3,10 @@
 A run marks its ``output_dir`` with ``run.json`` (written first, before any other file) listing the entries a run
 writes (:data:`RUN_ENTRIES`) and every change of settings made on ``--resume``. So:
 
-- ``--overwrite`` deletes only those entries of a folder that holds a run; files the user put there stay, and a
-  folder that holds no run is never emptied (nothing in it was written by a run, so nothing may be deleted).
+- ``--overwrite`` deletes only the files a run writes (:data:`RUN_FILES`: the names its writers give) in a folder that
+  holds a run; files the user put there, also inside the run's folders (``previews/selected/``), stay, and a folder
+  that holds no run is never emptied. ``model/`` is replaced as a whole when a run ends, so a file of the user's
+  there is refused (with ``--overwrite`` and ``--resume``) rather than lost.
 - ``--resume`` compares the config with the run's (``train_config.json``, the config it started with, plus the changes
   in ``run.json``): what fixes the model or its data cannot change (refused with the keys), what can change is applied
   from the resumed step on and recorded in ``run.json`` with that step. ``train_config.json`` is never rewritten, so it
@@ -15,6 +17,7 @@ Only the standard library here: the CLI runs these checks before importing torch
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -28,6 +31,14 @@ RUN_RECORD = "run.json"
 CONFIG_RECORD = "train_config.json"
 # Everything a run writes in output_dir (the feature cache may live there too, but it is kept: see ``keep``).
 RUN_ENTRIES = (RUN_RECORD, CONFIG_RECORD, "loss_log.csv", "checkpoints", "previews", "model", "tensorboard")
+# The files (and whole folders: a checkpoint is written and pruned as one) a run writes, as patterns of their paths
+# in output_dir: training.trainer (records, log, previews, TensorBoard), training.checkpoints (checkpoint-<step>,
+# written through .checkpoint-<step>.tmp-<pid>) and save_pretrained (model/). Nothing else is ever deleted.
+RUN_FILES = (RUN_RECORD, CONFIG_RECORD, "loss_log.csv", "checkpoints/checkpoint-[0-9]*",
+             "checkpoints/.checkpoint-*.tmp-*", "previews/step-[0-9]*.png", "tensorboard/events.out.tfevents.*",
+             "model/config.json", "model/diffusion_pytorch_model*.safetensors", "model/diffusion_pytorch_model*.bin",
+             "model/*.safetensors.index.json")
+LOCK_FILE = ".run.lock"  # held by a running `train` (uplift_diffusion.commands.train): one run per folder at a time
 # Settings a resumed run applies from its next step (read from the config at every use, or re-applied to the optimizer
 # by the trainer). Every other setting fixes the model, its data, its loss or the position in the data / schedule.
 CHANGEABLE = ("max_steps", "max_minutes", "checkpoint_every", "keep_last", "log_every", "preview_images",
@@ -54,7 +65,35 @@ def write_run_record(folder: str | os.PathLike, changes: list[dict] | None = Non
 
 def _entries(folder: Path, keep) -> list[Path]:
     kept = {Path(k).resolve() for k in keep if k}
-    return [p for p in sorted(folder.iterdir()) if p.resolve() not in kept]
+    return [p for p in sorted(folder.iterdir()) if p.resolve() not in kept and p.name != LOCK_FILE]
+
+
+def _written_by_run(relative: str) -> bool:
+    return any(fnmatch.fnmatchcase(relative, pattern) for pattern in RUN_FILES)
+
+
+def _run_files(folder: Path, entries: list[Path]) -> list[Path]:
+    """The files and checkpoint folders in ``entries`` that a run wrote (:data:`RUN_FILES`), deepest first."""
+    found = []
+    for entry in entries:
+        if entry.name not in RUN_ENTRIES:
+            continue
+        stack = [entry]
+        while stack:
+            path = stack.pop()
+            if _written_by_run(path.relative_to(folder).as_posix()):
+                found.append(path)
+            elif path.is_dir() and not path.is_symlink():
+                stack += sorted(path.iterdir())
+    return found
+
+
+def _users_files_in_model(folder: Path) -> list[Path]:
+    model = folder / "model"
+    if not model.is_dir() or model.is_symlink():
+        return []
+    return [p for p in sorted(model.rglob("*")) if not p.is_dir()
+            and not _written_by_run(p.relative_to(folder).as_posix())]
 
 
 def _is_run(folder: Path, entries: list[Path]) -> bool:
@@ -96,14 +135,78 @@ def prepare_run_folder(output_dir: str | os.PathLike, resume: bool, overwrite: b
         raise OutputExistsError(f"output_dir {folder} is not empty and holds no training run ({_names(entries)}); "
                                 f"files a training run did not write are never deleted or mixed with one: choose an "
                                 f"empty or new --output-dir")
-    if resume:
-        return
-    if not overwrite:
+    if not (resume or overwrite):
         raise OutputExistsError(f"output_dir {folder} already holds a training run ({_names(entries)}); pass --resume "
                                 f"to continue it, --overwrite to replace it, or choose another --output-dir")
-    for entry in entries if delete else ():
-        if entry.name in RUN_ENTRIES:
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    foreign = _users_files_in_model(folder)
+    if foreign:
+        names = ", ".join(p.relative_to(folder).as_posix() for p in foreign[:4])
+        raise OutputExistsError(f"{names} in {folder} {'was' if len(foreign) == 1 else 'were'} not written by a run, "
+                                f"and the run replaces model/ as a whole when it ends: move "
+                                f"{'it' if len(foreign) == 1 else 'them'} out of {folder / 'model'} first")
+    if resume or not delete:
+        return
+    for path in _run_files(folder, entries):
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    for entry in entries:  # the run's folders it emptied (the user's files keep theirs)
+        if entry.name in RUN_ENTRIES and entry.is_dir() and not entry.is_symlink():
+            for sub in sorted((p for p in entry.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [entry]:
+                if not any(sub.iterdir()):
+                    sub.rmdir()
+
+
+class RunFolderLock:
+    """One ``train`` per run folder at a time: an exclusive ``flock`` on ``output_dir/.run.lock``, held for the whole
+    run by the process that starts it (the launcher of ``--num-processes N``, or the single process). The kernel
+    releases it when that process ends in any way, SIGKILL included. Used as a context manager.
+
+    Raises (on enter):
+        OutputExistsError: another process holds the lock (the message names its pid).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.folder = Path(output_dir)
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+        self._made_folder = False
+
+    def __enter__(self) -> "RunFolderLock":
+        import fcntl
+
+        self._made_folder = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise OutputExistsError(f"output_dir {self.folder} is in use by another `train` (pid {holder}); wait "
+                                        f"for it to end, or stop it, before starting or resuming a run there") from None
+            try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+            if self._made_folder and not any(self.folder.iterdir()):
+                self.folder.rmdir()  # refused before anything was written: leave no empty folder behind
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
 
 
 def _flat(config: dict) -> dict[str, Any]:

@@ -48,3 +48,21 @@ def resolve_device_dtype(device: str | None, dtype: str | None = None):
         raise InputError("--dtype float16 on the CPU is refused: PyTorch has no fast float16 CPU kernels "
                                 "(a run took ~100x longer than float32); use float32 (the CPU default) or bfloat16")
     return dev, getattr(torch, dtype)
+
+
+_WARNED_FLOAT16_CPU = False
+
+
+def warn_float16_on_cpu(device, dtype) -> None:
+    """Once per process: float16 weights on the CPU run ~100x slower than float32 (PyTorch has no fast float16 CPU
+    kernels). The CLI refuses ``--dtype float16 --device cpu``; a Python caller (``pipe.to(torch.float16)``) is told."""
+    global _WARNED_FLOAT16_CPU
+    import torch
+
+    if _WARNED_FLOAT16_CPU or torch.device(device).type != "cpu" or dtype != torch.float16:
+        return
+    _WARNED_FLOAT16_CPU = True
+    import warnings
+
+    warnings.warn("float16 on the CPU runs about 100x slower than float32 (PyTorch has no fast float16 CPU kernels); "
+                  "use float32 on the CPU (or bfloat16), float16 on a GPU", UserWarning, stacklevel=3)

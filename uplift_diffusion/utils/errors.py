@@ -46,5 +46,27 @@ class UnavailableError(UserError, OSError):
     """Something outside the program is unavailable: the network, a Hub repo, a device, a writable folder."""
 
 
+class WeightsUnavailableError(UnavailableError):
+    """Pretrained weights that could not be downloaded (offline, no network).
+
+    Args:
+        message: what could not be fetched, and from where.
+        api_hint: how to pass local weights in Python words; a command replaces it with its own flag.
+    """
+
+    def __init__(self, message: str, api_hint: str):
+        self.message, self.api_hint = message, api_hint
+        super().__init__(f"{message}; {api_hint}")
+
+
 class ImageConversionWarning(UserWarning):
     """An image was converted to 8-bit RGB (high bit depth, alpha, palette, greyscale, CMYK, EXIF rotation)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or another ending signal), handled as Ctrl+C is: the CLI prints one line and exits with 128 + the
+    signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

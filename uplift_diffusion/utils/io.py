@@ -1,5 +1,6 @@
-"""The one way to write a file: to a temporary file beside the target, then ``os.replace`` (a reader never sees a
-half-written file, a crash never leaves one). The result gets the permissions a plain ``open(path, "w")`` would give:
+"""The one way to write a file: to a temporary file beside the target, flushed to the disk (``fsync``), then
+``os.replace`` and an ``fsync`` of the folder (a reader never sees a half-written file; a crash, even a power loss,
+never leaves one under the target's name). The result gets the permissions a plain ``open(path, "w")`` would give:
 an existing file keeps its mode, a new one gets ``0o666`` minus the process umask (``tempfile.mkstemp`` alone would
 leave ``0o600``: outputs unreadable to the group and others)."""
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import UnavailableError
+from .errors import InputError, UnavailableError
 
 _UMASK_LOCK = threading.Lock()
 
@@ -36,6 +37,20 @@ def _final_mode(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's data to the disk (a folder: the names in it, e.g. a rename)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # file systems that cannot (some network mounts): the rename still keeps readers safe
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` (any function that writes a file at the path it is given: ``image.save``,
     ``np.savez``, ``safetensors.torch.save_file`` ...) and move the result to ``path`` in one step.
@@ -50,10 +65,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, _final_mode(path))
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
     return path
 
 
@@ -74,9 +91,11 @@ def write_folder_atomic(path: str | os.PathLike, write: Callable[[str], Any]) ->
         for item in [tmp, *tmp.rglob("*")]:
             if not item.is_symlink():
                 os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+                _fsync(item)
         if path.exists() or path.is_symlink():
             os.replace(path, old)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -126,6 +145,42 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """``obj`` as indented, key-sorted JSON (see :func:`to_json` for the extra types it accepts)."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=True, default=to_json) + "\n"
     return write_text_atomic(path, text)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file however it is reached (spelling, ``..``, symlink, hard link): same device and inode."""
+    try:
+        first, second = a.stat(), b.stat()
+    except OSError:
+        return a.resolve() == b.resolve()  # one does not exist yet: only a spelling of the same path can match
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def refuse_outputs_onto_inputs(outputs: list[str | os.PathLike], inputs: list[str | os.PathLike],
+                               flag: str = "-o") -> None:
+    """:class:`InputError` when an output path is one of the inputs (the same file, a symlink or a hard link to it):
+    writing it would replace the user's original, so it is refused whatever ``--overwrite`` says."""
+    sources = [Path(p) for p in inputs]
+    for out in map(Path, outputs):
+        for source in sources:
+            if _same_file(out, source):
+                raise InputError(f"{flag} {out} is an input ({source}): writing it would replace the original; "
+                                 f"choose another output path")
+
+
+def refuse_output_folder_in_inputs(output: str | os.PathLike, input_folders: list[str | os.PathLike],
+                                   recursive: bool, flag: str = "-o") -> None:
+    """:class:`InputError` when the output folder is an input folder (or, for inputs listed ``recursive``-ly, inside
+    one): the next run would read its outputs as inputs (``a_x2_x2.png``, a results grid scored as a photo)."""
+    out = Path(output).resolve()
+    for folder in map(Path, input_folders):
+        if not folder.is_dir():
+            continue
+        inside = out == folder.resolve() or (recursive and folder.resolve() in out.parents)
+        if inside:
+            raise InputError(f"{flag} {output} is {'inside ' if out != folder.resolve() else ''}the input folder "
+                             f"{folder}: its outputs would be read as inputs on the next run; choose a folder "
+                             f"outside it")
 
 
 def ensure_writable_dir(folder: str | os.PathLike) -> Path:

@@ -87,12 +87,21 @@ class DenseLabelDataset(torch.utils.data.Dataset):
         values = values.astype(np.uint8)
         if self.label_map is not None:
             values = self.label_map[values]
+        wrong = np.unique(values[(values >= self.num_classes) & (values != IGNORE_INDEX)])
+        if wrong.size:
+            raise InputError(f"label {path} holds class value(s) {', '.join(map(str, wrong[:5].tolist()))} but "
+                             f"there are {self.num_classes} classes (0-{self.num_classes - 1}, {IGNORE_INDEX} = "
+                             f"ignore); pass the right --num-classes or fix the label")
         return Image.fromarray(values, mode="L")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, target_path = self.pairs[index]
-        image = _resize_crop(load_image(image_path), self.size, Image.BILINEAR)
-        target = _resize_crop(self._target(target_path), self.size, Image.NEAREST)
+        image, target = load_image(image_path), self._target(target_path)
+        if image.size != target.size:  # resized separately, a label of another size would be silently misaligned
+            raise InputError(f"label {target_path} is {target.width}x{target.height} but its image {image_path} is "
+                             f"{image.width}x{image.height}; labels must have their image's size")
+        image = _resize_crop(image, self.size, Image.BILINEAR)
+        target = _resize_crop(target, self.size, Image.NEAREST)
         pixels = pil_to_tensor(image)  # [3, S, S]
         array = np.asarray(target).copy()
         return pixels, torch.from_numpy(array.astype(np.int64 if self.task == "seg" else np.float32))

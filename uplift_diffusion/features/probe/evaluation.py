@@ -13,6 +13,7 @@ import torch
 
 from ...utils import tables
 from ...utils.errors import InputError
+from ...utils.fingerprint import canonical, check_fingerprint, weights_hash
 from ...utils.io import atomic_write, write_text_atomic
 from .datasets import DenseLabelDataset
 from .training import METHODS, DenseFeatures, ProbeConfig, _make_probe, evaluate_probe, train_probe
@@ -64,6 +65,24 @@ class ProbeRun:
     results: dict = field(default_factory=dict)
 
 
+def _probe_fingerprint(extractor, method: str, train_set, val_set, config) -> dict:
+    """Everything a finished probe's scores depend on: the backbone's and (for ``uplift``) the upsampler's weights,
+    the probe settings (not the number of data workers) and the data (which pairs, at what size)."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("num_workers", "checkpoint_every")}
+    data = {name: {"pairs": _pairs_digest(ds.pairs), "size": ds.size, "num_classes": ds.num_classes,
+                   "count": len(ds)} for name, ds in (("train", train_set), ("val", val_set))}
+    return {"method": method, "backbone": weights_hash(extractor.backbone), "settings": settings, "data": data,
+            "upsampler": weights_hash(extractor.upsampler) if method == "uplift" else None}
+
+
+def _pairs_digest(pairs) -> str:
+    """A short digest of the (image, label) file names in order (names: the same data from another working
+    directory or mount point is the same data)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(f"{Path(a).name}|{Path(b).name}" for a, b in pairs).encode()).hexdigest()[:16]
+
+
 def run_probe_evaluation(extractor, train_set: DenseLabelDataset, val_set: DenseLabelDataset, output_dir: str | Path,
                          methods: Sequence[str] = METHODS, config: ProbeConfig | None = None,
                          device: str | torch.device | None = None, backbone_name: str = "backbone",
@@ -99,8 +118,12 @@ def run_probe_evaluation(extractor, train_set: DenseLabelDataset, val_set: Dense
     results = _read_results(results_path)
     for method in methods:
         key = f"{val_set.name}/{method}"
-        if key in results["results"]:
-            continue  # finished in an earlier run
+        fingerprint = _probe_fingerprint(extractor, method, train_set, val_set, config)
+        if key in results["results"]:  # finished in an earlier run: reused only when made with these settings
+            check_fingerprint(results["results"][key].get("fingerprint"), fingerprint,
+                              f"the {key} result in {results_path}",
+                              "choose another output folder (-o), or delete that folder to start over")
+            continue
         features = DenseFeatures(extractor, method)
         stem = output / "probes" / f"{val_set.name}_{method}"
         weights = stem.with_suffix(".safetensors")
@@ -118,7 +141,7 @@ def run_probe_evaluation(extractor, train_set: DenseLabelDataset, val_set: Dense
         results["results"][key] = {
             "dataset": val_set.name, "method": method, "task": config.task, "backbone": backbone_name,
             "num_parameters": features.num_parameters, "num_train": len(train_set), "num_val": len(val_set),
-            "size": val_set.size, "config": asdict(config), "scores": scores,
+            "size": val_set.size, "config": asdict(config), "scores": scores, "fingerprint": canonical(fingerprint),
         }
         write_text_atomic(results_path, json.dumps(results, indent=2) + "\n")
         write_text_atomic(table_path, markdown_table(results))
