@@ -74,6 +74,7 @@ def local_attend(
     value: torch.Tensor,
     offsets: Sequence[tuple[int, int]],
     output_size: Sequence[int] | None = None,
+    fast: bool | None = None,
 ) -> torch.Tensor:
     """Convex combination of value tokens: ``out[:, y, x] = sum_k A[k, y, x] * V[:, y//c + di_k, x//c + dj_k]``.
 
@@ -97,12 +98,14 @@ def local_attend(
         output_size: optional (H', W'): the result resized with :func:`~uplift_diffusion.utils.image_ops.
             bilinear_resize` (antialiased, per channel). Eagerly each finished tile of whole channels is resized
             while it is in cache, so the [B, C, cH, cW] map is never stored: same values as resizing afterwards.
+        fast: whether the fast paths (tiles, the small-map matmul) may run; ``None``: the process-wide switch
+            (:func:`uplift_diffusion.fast_paths.fast_paths_enabled`). :class:`LocalAttender` passes its layer plan.
 
     Returns:
         [B, C, cH, cW] (or [B, C, H', W']) in the value's dtype, contiguous.
     """
     if (torch.compiler.is_compiling() or (torch.is_grad_enabled() and (attention.requires_grad or value.requires_grad))
-            or not fast_paths.fast_paths_enabled()):
+            or not (fast_paths.fast_paths_enabled() if fast is None else fast)):
         out = _attend_traced(attention, value, offsets)
         return out if output_size is None else bilinear_resize(out, output_size)
     b, channels, h, w = value.shape
@@ -266,4 +269,9 @@ class LocalAttender(nn.Module):
         if guide.shape[0] != value.shape[0]:
             raise InputError(f"guide batch {guide.shape[0]} != value batch {value.shape[0]}")
         upsample_factor(guide.shape[-2:], value.shape[-2:])
-        return local_attend(self.attention(guide), value.to(guide.dtype).contiguous(), self.offsets, output_size)
+        # The switch, read once for this layer (not while compiling: the compiled forms ignore it).
+        fast = None
+        if not torch.compiler.is_compiling():
+            fast = fast_paths.layer_plan(self, "attend", lambda caps: True) is not None
+        return local_attend(self.attention(guide), value.to(guide.dtype).contiguous(), self.offsets, output_size,
+                            fast)
