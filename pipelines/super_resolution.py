@@ -212,6 +212,19 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
 
         return cls(vae=load_builtin_vae(name, dtype, device), upsampler=load_builtin_upsampler(name, dtype, device))
 
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
+        """diffusers' sequential offload; onto the CPU itself (``device="cpu"``) the hooks load weights to ``"cpu"``,
+        not ``"cpu:0"``: ``Parameter.to("cpu:0")`` returns a plain tensor, which accelerate's re-offload after the
+        call then cannot turn back into a parameter (a ``TypeError``)."""
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        if self._offload_device.type == "cpu":
+            for component in (self.vae, self.upsampler):
+                for module in component.modules():
+                    hook = getattr(module, "_hf_hook", None)
+                    for part in getattr(hook, "hooks", (hook,)):
+                        if getattr(part, "execution_device", None) is not None:
+                            part.execution_device = torch.device("cpu")
+
     def check_inputs(self, scale: int, tile_size: int | None, tile_overlap: int | None, output_type: str,
                      upsampling: str = "uplift") -> None:
         """Validate the call arguments and the components; ValueError naming the problem."""

@@ -262,12 +262,11 @@ BATCH = dict(rtol=1e-4, atol=1e-4)
 OFFLOAD_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Sequential offload onto the CPU fails in accelerate for diffusers' own StableDiffusionPipeline with these components
 # too (set_module_tensor_to_device re-wraps a parameter: "new() received an invalid combination of arguments ...
-# requires_grad"), and TAEF2's CPU fast path reads its conv weights directly, which wait on the meta device
-# (taef2.py, another session's file: it needs fast_paths.resident()). UPLiFTModel itself under sequential offload:
+# requires_grad"). UPLiFTModel itself under sequential offload:
 # tests/test_cpu_backend.py::test_weights_on_the_meta_device_until_called.
 SEQUENTIAL = pytest.param("enable_sequential_cpu_offload", marks=pytest.mark.xfail(
     OFFLOAD_DEVICE == "cpu", strict=True, raises=(TypeError, NotImplementedError),
-    reason="sequential offload onto the CPU: accelerate's re-offload TypeError / TAEF2 fast path on meta weights"))
+    reason="sequential offload onto the CPU: accelerate's re-offload TypeError"))
 
 
 def gens(*seeds):
@@ -315,7 +314,7 @@ def test_sr_bf16_within_tolerance_of_fp32(sr, sr_folder, images):
     assert (low.float() - fp32).abs().max().item() < BF16_MAX_DIFF
 
 
-@pytest.mark.parametrize("offload", ["enable_model_cpu_offload", SEQUENTIAL])
+@pytest.mark.parametrize("offload", ["enable_model_cpu_offload", "enable_sequential_cpu_offload"])
 def test_sr_cpu_offload_equals_plain_run(sr_folder, images, offload):
     plain = sr_run(load_sr(sr_folder), images[:1]).images
     pipe = load_sr(sr_folder)

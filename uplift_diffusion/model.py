@@ -282,7 +282,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         noise = self._noise(x, generator)
         if noise is not None:
             parts.append(noise)
-        return concat_channels(parts)
+        return concat_channels(parts, self)
 
     @apply_forward_hook  # model CPU offload moves the weights in for these entry points too, not only forward
     def encode_image(self, image: torch.Tensor, iterations: int | None = None) -> list[torch.Tensor]:
