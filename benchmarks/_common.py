@@ -73,18 +73,23 @@ class PeakMemory:
         return max(peak - self.base, 0)
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 5) -> list[float]:
-    """Seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (synchronised on CUDA)."""
+def time_calls(fn: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 5,
+               cpu_times: list[float] | None = None) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (synchronised on CUDA). ``cpu_times``:
+    a list that receives each call's process CPU seconds too (``time.process_time``: all threads; it depends less on
+    other processes' load than wall time does)."""
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     sync()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - cpu_start)
     return times
 
 
@@ -94,10 +99,12 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 1, rep
         fn()
     peak = PeakMemory(device)
     peak.start()
-    times = time_calls(fn, device, warmup=0, repeats=repeats)
+    cpu_times: list[float] = []
+    times = time_calls(fn, device, warmup=0, repeats=repeats, cpu_times=cpu_times)
     return {
         "median_s": statistics.median(times),
         "times_s": times,
+        "cpu_s": cpu_times,
         "peak_mib": peak.stop() / _MIB,
         "memory_method": peak.method,
     }

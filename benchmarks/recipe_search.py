@@ -196,22 +196,26 @@ def table(out: Path) -> str:
         return float(np.mean([r["scores"][label][method][metric] for r in runs]))
 
     base = results[BASELINE]
-    floor = {label: (abs(base[0]["scores"][label]["uplift"]["psnr"] - base[1]["scores"][label]["uplift"]["psnr"])
-                     if len(base) > 1 else float("nan")) for label in labels}
+
+    def spread(label, metric):
+        values = [r["scores"][label]["uplift"][metric] for r in base]
+        return max(values) - min(values) if len(values) > 1 else float("nan")
+
+    floor = {label: spread(label, "psnr") for label in labels}
     lines = ["| recipe | runs | steps | " + " | ".join(f"{label} PSNR (Δ) / grid" for label in labels) + " |",
              "| --- " * (3 + len(labels)) + "|"]
     lines.append("| pixel bicubic (PIL) | – | – | " + " | ".join(
         f"{mean(base, label, method='bicubic'):.2f} / {mean(base, label, 'grid', 'bicubic'):.2f}" for label in labels)
         + " |")
-    lines.append("| noise floor: |seed 0 − seed 1| of the baseline | 2 | – | " + " | ".join(
-        f"{floor[label]:.2f}" for label in labels) + " |")
-    for name, runs in sorted(results.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
+    lines.append(f"| noise floor: spread of the baseline's {len(base)} seeds | – | – | " + " | ".join(
+        f"{floor[label]:.2f} / {spread(label, 'grid'):.2f}" for label in labels) + " |")
+    for name, runs in sorted(results.items(), key=lambda kv: (kv[0] != BASELINE, "steps" not in kv[1][0], kv[0])):
         cells = []
         for label in labels:
             value, delta = mean(runs, label), mean(runs, label) - mean(base, label)
             mark = "**" if name != BASELINE and abs(delta) > floor[label] else ""
             cells.append(f"{value:.2f} ({mark}{delta:+.2f}{mark}) / {mean(runs, label, 'grid'):.2f}")
-        steps = "/".join(str(r["steps"]) for r in runs)
+        steps = "/".join(str(r.get("steps", "–")) for r in runs)
         lines.append(f"| {name} | {len(runs)} | {steps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -229,6 +233,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "recipes")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
+    parser.add_argument("--reference", nargs="+", default=[], metavar="NAME=DIR",
+                        help="also score these trained models (save_pretrained folders) as rows, e.g. the shipped one")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--warm-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,6 +244,15 @@ def main() -> None:
         print(table(args.out))
         return None
 
+    for reference in args.reference:  # scored in this process (no training)
+        name, _, folder = reference.partition("=")
+        target = args.out / name / "seed0" / "result.json"
+        if not target.is_file():
+            from uplift_diffusion.utils.io import write_json_atomic
+
+            _threads_one()
+            photos = val_photos(Path(args.val_dir), args.val_count)
+            write_json_atomic(target, {"model": folder, "scores": evaluate(folder, photos)})
     runs = []
     for path in args.recipes:
         if path.name.startswith("_"):

@@ -25,7 +25,10 @@ both trees (an AVX2 CPU without AVX-512; the new tree's JSON rows record what it
     python benchmarks/speed_vs_base.py --base HEAD~1 [--cases dino-8 dino-16 ...] [--variants default bf16]
         [--rounds 3] [--repeats 3] [--warmup 1] [--threads 1] [--env KEY=VALUE ...] [--out DIR]
 
-Prints one row per case and variant: best seconds base / new, the speed-up base / new, peak MiB base / new.
+Prints one row per case and variant: best wall seconds base / new with the spread of the rounds' bests (min-max),
+the speed-up, the same for process CPU seconds (``time.process_time``: it depends less on other processes' load than
+wall time), and peak MiB base / new. Run it under ``nice`` and on one pinned core (``taskset -c 1``; the workers
+inherit both).
 """
 
 from __future__ import annotations
@@ -99,7 +102,14 @@ def worker(args: argparse.Namespace) -> dict:
         extra["backend"] = fast_paths.describe()
     except ImportError:
         extra["backend"] = None
-    return {**vars(args), **result, **extra, "best_s": min(result["times_s"])}
+    return {**vars(args), **result, **extra, "best_s": min(result["times_s"]), "best_cpu_s": min(result["cpu_s"])}
+
+
+def _summary(runs: list[dict]) -> dict:
+    """Best wall seconds over the rounds, the (min, max) of the rounds' bests, best CPU seconds, least peak MiB."""
+    bests = [r["best_s"] for r in runs]
+    return {"s": min(bests), "spread": (min(bests), max(bests)), "cpu": min(r["best_cpu_s"] for r in runs),
+            "mib": min(r["peak_mib"] for r in runs)}
 
 
 def export_tree(commit: str, out: Path) -> Path:
@@ -157,8 +167,8 @@ def main() -> int:
     base_tree = export_tree(args.base, Path(tempfile.gettempdir()))
     print(f"base {args.base} in {base_tree}; new: {ROOT} (working tree); {args.threads} thread(s), "
           f"best of {args.rounds} rounds x {args.repeats} calls", flush=True)
-    print(f"{'case':>9} {'variant':>8} {'base s':>9} {'new s':>9} {'speed-up':>9} {'base MiB':>9} {'new MiB':>9}  note",
-          flush=True)
+    print(f"{'case':>9} {'variant':>8} {'base s (spread)':>22} {'new s (spread)':>22} {'speed-up':>8} "
+          f"{'base CPU s':>10} {'new CPU s':>10} {'CPU speed-up':>12} {'base MiB':>9} {'new MiB':>9}  note", flush=True)
     rows = []
     for case in args.cases:
         runs: dict[str, list[dict]] = {"base": [], **{v: [] for v in args.variants}}
@@ -170,25 +180,30 @@ def main() -> int:
         if not ok["base"]:
             print(f"{case:>9} base failed: {runs['base'][0]['error']}", flush=True)
             continue
-        base_s = min(r["best_s"] for r in ok["base"])
-        base_mib = min(r["peak_mib"] for r in ok["base"])
+        base = _summary(ok["base"])
         for variant in args.variants:
             if not ok[variant]:
                 print(f"{case:>9} {variant:>8} failed: {runs[variant][0]['error']}", flush=True)
                 continue
-            new_s = min(r["best_s"] for r in ok[variant])
-            new_mib = min(r["peak_mib"] for r in ok[variant])
-            row = {"case": case, "variant": variant, "base_s": base_s, "new_s": new_s, "speedup": base_s / new_s,
-                   "base_peak_mib": base_mib, "new_peak_mib": new_mib, "runs": runs[variant], "base_runs": runs["base"]}
+            new = _summary(ok[variant])
+            row = {"case": case, "variant": variant, "base_s": base["s"], "new_s": new["s"],
+                   "speedup": base["s"] / new["s"], "base_spread_s": base["spread"], "new_spread_s": new["spread"],
+                   "base_cpu_s": base["cpu"], "new_cpu_s": new["cpu"], "cpu_speedup": base["cpu"] / new["cpu"],
+                   "base_peak_mib": base["mib"], "new_peak_mib": new["mib"], "rounds": args.rounds,
+                   "load_average": os.getloadavg(), "runs": runs[variant], "base_runs": runs["base"]}
             note = ""
             if case == "attender":
                 elementwise = min(r["elementwise_s"] for r in ok[variant])
                 row["elementwise_s"] = elementwise
-                row["new_over_elementwise"] = new_s / elementwise
-                note = f"new / one elementwise pass = {new_s / elementwise:.1f}x (base {base_s / elementwise:.1f}x)"
+                row["new_over_elementwise"] = new["s"] / elementwise
+                note = (f"new / one elementwise pass = {new['s'] / elementwise:.1f}x "
+                        f"(base {base['s'] / elementwise:.1f}x)")
             rows.append(row)
-            print(f"{case:>9} {variant:>8} {base_s:9.4f} {new_s:9.4f} {base_s / new_s:8.2f}x {base_mib:9.1f} "
-                  f"{new_mib:9.1f}  {note}", flush=True)
+            spread = {k: f"{v['s']:.4f} ({v['spread'][0]:.3f}-{v['spread'][1]:.3f})"
+                      for k, v in (("b", base), ("n", new))}
+            print(f"{case:>9} {variant:>8} {spread['b']:>22} {spread['n']:>22} {base['s'] / new['s']:7.2f}x "
+                  f"{base['cpu']:10.4f} {new['cpu']:10.4f} {base['cpu'] / new['cpu']:11.2f}x {base['mib']:9.1f} "
+                  f"{new['mib']:9.1f}  load {os.getloadavg()[0]:.1f} {note}", flush=True)
     path = args.out / f"speed_vs_base{'_' + args.tag if args.tag else ''}.json"
     write_json(path, {"environment": environment(), "base": args.base, "threads": args.threads, "env": args.env,
                                                   "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

@@ -197,7 +197,7 @@ def tiles(vae: TAEF2, size: int, tile: int, repeats: int) -> dict:
 
 def work_ratios(size: int) -> dict:
     """{"decode <tile>": executed / untiled conv MACs, "encode <tile>": ...} for a ``size``^2 output / image."""
-    from uplift_diffusion.backbones import taef2 as taef2_module
+    from uplift_diffusion.backbones import taef2_tiling as taef2_module
 
     model = TAEF2(channels=4, latent_channels=4).eval()
     executed = []

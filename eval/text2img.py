@@ -148,7 +148,7 @@ def flux2_row(pipe, steps: int | None, upscale: int, guidance_scale: float | Non
     return Row(
         key=f"flux2-{steps}" + ("-uplift" if uplift else ""), model=model, steps=steps,
         method="UPLiFT" if uplift else "-",
-        params_m=pipe.upsampler.num_parameters() / 1e6 if uplift else None,
+        params_m=pipe.upsampler_in_use().num_parameters() / 1e6 if uplift else None,
         resolution=f"{low}->{low * upscale}" if uplift else str(low), generate=generate,
         modules=[m for n, m in pipe.components.items() if isinstance(m, nn.Module) and (uplift or n not in
                                                                                         uplift_parts)],

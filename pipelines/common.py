@@ -11,11 +11,20 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 
-from uplift_diffusion.backbones.vae import decode_latents, latent_channels, vae_scale_factor
+from uplift_diffusion.backbones.vae import (
+    decode_latents,
+    latent_channels,
+    vae_fingerprint,
+    vae_name,
+    vae_scale_factor,
+)
 from uplift_diffusion.color import ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
+from uplift_diffusion.utils.errors import InputError
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -31,6 +40,9 @@ class UPLiFTPipelineOutput(BaseOutput):
             requested.
         nsfw_content_detected (`list[bool]`, *optional*):
             Safety checker flags per image (text-to-image only; ``None`` when no safety checker ran).
+
+    With ``return_dict=False`` every UPLiFT pipeline returns these three fields as a tuple, in this order and always
+    all three: ``(images, low_res_images, nsfw_content_detected)``, ``None`` where a pipeline has none.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list[Any]
@@ -38,12 +50,44 @@ class UPLiFTPipelineOutput(BaseOutput):
     nsfw_content_detected: list[bool] | None = None
 
 
+def pipeline_output(return_dict: bool, images, low_res_images=None, nsfw_content_detected=None):
+    """What a UPLiFT pipeline's ``__call__`` returns: the [`UPLiFTPipelineOutput`], or with ``return_dict=False`` the
+    tuple ``(images, low_res_images, nsfw_content_detected)`` (fixed positions, ``None`` where absent)."""
+    output = UPLiFTPipelineOutput(images=images, low_res_images=low_res_images,
+                                  nsfw_content_detected=nsfw_content_detected)
+    return output if return_dict else (images, low_res_images, nsfw_content_detected)
+
+
 UPSCALE_FACTORS = (1, 2, 4, 8)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+_WARNED_LATENT_SPACES: set[tuple[str, str]] = set()
+
+
+def check_latent_space(upsampler: UPLiFTModel, vae, hint: str = "use an UPLiFT model trained on this VAE's latents"
+                       ) -> None:
+    """The upsampler's recorded latent space (``config.latent_space``) against ``vae``: another channel count is an
+    InputError naming both; the same channels but another VAE fingerprint a warning naming both, once per pair.
+    Nothing to check for an upsampler without the record."""
+    record = upsampler.config.get("latent_space")
+    if record is None or vae is None:
+        return
+    channels, fingerprint = latent_channels(vae), vae_fingerprint(vae)
+    if record["latent_channels"] != channels:
+        raise InputError(f"the upsampler was trained for {record['vae']} ({record['latent_channels']} latent "
+                         f"channels) but the VAE is {vae_name(vae)} ({channels} latent channels): {hint}")
+    if record["fingerprint"] != fingerprint and (record["fingerprint"], fingerprint) not in _WARNED_LATENT_SPACES:
+        _WARNED_LATENT_SPACES.add((record["fingerprint"], fingerprint))
+        logger.warning(f"the upsampler was trained for {record['vae']} (latent space {record['fingerprint']}) but "
+                       f"the VAE is {vae_name(vae)} (latent space {fingerprint}): same channel count, but its "
+                       f"latents may differ; expect blur or colour shifts unless the two VAEs share a latent space")
+
+
 def check_upsampler_fits(upsampler: UPLiFTModel, vae, hint: str = "use an UPLiFT model trained on this VAE") -> None:
-    """ValueError naming both sides when ``upsampler`` was not made for ``vae``'s latents (channels, spatial factor)."""
+    """ValueError naming both sides when ``upsampler`` was not made for ``vae``'s latents (the recorded latent space,
+    channels, spatial factor)."""
+    check_latent_space(upsampler, vae, hint)
     cfg, channels, factor = upsampler.config, latent_channels(vae), vae_scale_factor(vae)
     if cfg.in_channels != channels or cfg.patch_size != factor:
         raise ValueError(
@@ -60,6 +104,16 @@ def check_upscale_arguments(upsampler: UPLiFTModel, vae, upscale: int, output_ty
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     check_upsampler_fits(upsampler, vae, hint)
+
+
+def check_refine_arguments(refine_strength: float, refine_steps: int | None) -> None:
+    """ValueError unless ``refine_strength`` is in [0, 1] and ``refine_steps`` is None or a positive int."""
+    if isinstance(refine_strength, bool) or not isinstance(refine_strength, (int, float)) \
+            or not 0 <= refine_strength <= 1:
+        raise ValueError(f"refine_strength must be a number in [0, 1] (0 = no refine pass), got {refine_strength!r}")
+    if refine_steps is not None and (isinstance(refine_steps, bool) or not isinstance(refine_steps, int)
+                                     or refine_steps < 1):
+        raise ValueError(f"refine_steps must be a positive integer, got {refine_steps!r}")
 
 
 def color_correction_for(upsampler: UPLiFTModel | None, color_correction: bool | str = True,

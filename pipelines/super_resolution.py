@@ -1,7 +1,5 @@
 """UPLiFTSuperResolutionPipeline: upscale images through a VAE's latent space with UPLiFT."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -9,23 +7,26 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models import AutoencoderKL, AutoencoderTiny
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging
 from uplift_diffusion.pipelines.common import (
     OUTPUT_TYPES,
-    UPLiFTPipelineOutput,
+    check_latent_space,
     check_upsampler_fits,
     color_correction_for,
+    pipeline_output,
     uplift_steps,
 )
 from uplift_diffusion.pipelines.tiling import count_tiles, tiled_map
 
-import uplift_diffusion.backbones.taef2  # noqa: F401  (saved pipelines name this module for a TAEF2 vae)
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
+from uplift_diffusion.backbones.taef2 import TAEF2  # saved pipelines name this module for a TAEF2 vae
 from uplift_diffusion.backbones.vae import (
     decode_latents,
     decode_tile_for,
     encode_latents,
+    latent_channels,
     memory_advice,
     vae_scale_factor,
 )
@@ -160,8 +161,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             The autoencoder whose raw latents (``latent_dist.mode()``, not scaled) the upsampler was trained on.
         upsampler ([`~uplift_diffusion.UPLiFTModel`], *optional*):
             A VAE-preset UPLiFT model with ``in_channels`` equal to the VAE's latent channels and ``patch_size`` equal
-            to its spatial factor (8). Only the latent baselines (``upsampling="latent-bilinear"`` / ``"-nearest"``)
-            run without one.
+            to its spatial factor (8). Without one (``None``) the pipeline falls back to the paper's latent-bilinear
+            baseline (``upsampling`` left at its default); asking for ``upsampling="uplift"`` then raises an
+            InputError saying so. :meth:`from_builtin` gives the built-in pair.
         color_correction_mode (`str`, *optional*):
             Overrides what ``color_correction=True`` does: ``"mean"`` (paper B.1: per-channel colour means) or
             ``"detail"`` (low frequencies from the input, detail from UPLiFT). ``None`` (the default) uses the
@@ -179,11 +181,15 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         warn_float16_on_cpu(pipe.device, pipe.dtype)
         return pipe
 
-    def __init__(self, vae, upsampler: UPLiFTModel | None = None, color_correction_mode: str | None = None):
+    # Annotated with the component classes: diffusers' from_pipe / from_pretrained match components by them.
+    def __init__(self, vae: AutoencoderKL | AutoencoderTiny | TAEF2, upsampler: UPLiFTModel | None = None,
+                 color_correction_mode: str | None = None):
         super().__init__()
         if color_correction_mode is not None:
             ColorCorrection(mode=color_correction_mode)  # validates the mode
         self.register_modules(vae=vae, upsampler=upsampler)
+        if upsampler is not None and vae is not None:
+            check_latent_space(upsampler, vae)
         self.register_to_config(color_correction_mode=color_correction_mode)
         self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False)
@@ -205,6 +211,19 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         from uplift_diffusion.builtin import load_builtin_upsampler, load_builtin_vae
 
         return cls(vae=load_builtin_vae(name, dtype, device), upsampler=load_builtin_upsampler(name, dtype, device))
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None):
+        """diffusers' sequential offload; onto the CPU itself (``device="cpu"``) the hooks load weights to ``"cpu"``,
+        not ``"cpu:0"``: ``Parameter.to("cpu:0")`` returns a plain tensor, which accelerate's re-offload after the
+        call then cannot turn back into a parameter (a ``TypeError``)."""
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        if self._offload_device.type == "cpu":
+            for component in (self.vae, self.upsampler):
+                for module in component.modules():
+                    hook = getattr(module, "_hf_hook", None)
+                    for part in getattr(hook, "hooks", (hook,)):
+                        if getattr(part, "execution_device", None) is not None:
+                            part.execution_device = torch.device("cpu")
 
     def check_inputs(self, scale: int, tile_size: int | None, tile_overlap: int | None, output_type: str,
                      upsampling: str = "uplift") -> None:
@@ -229,10 +248,10 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             if tile_overlap is not None and (tile_overlap < 0 or tile_overlap % factor or tile_overlap >= tile_size):
                 raise InputError(f"tile_overlap must be a multiple of {factor} in [0, tile_size), got {tile_overlap}")
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(
         self,
-        image: ImageInput,
+        image: ImageInput | None = None,
         scale: int = 4,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
@@ -240,15 +259,17 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         color_correction: bool | str = True,
         return_dict: bool = True,
-        upsampling: str = "uplift",
+        upsampling: str | None = None,
+        latents: torch.Tensor | None = None,
     ):
-        r"""Upscale images by ``scale``.
+        r"""Upscale images (or the VAE's latents of images) by ``scale``.
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
                 RGB images: PIL (any mode; converted to RGB), numpy [H, W, C] / [B, H, W, C] (uint8, uint16 or float
                 in [0, 1]), tensors [C, H, W] / [B, C, H, W] (uint8 or float in [0, 1]). Any size: sizes that are not
-                multiples of 8 are padded and the output is cropped back to exactly ``scale`` times the input.
+                multiples of 8 are padded and the output is cropped back to exactly ``scale`` times the input. Or pass
+                ``latents`` instead.
             scale (`int`, defaults to 4):
                 Upscaling factor, a power of two (``log2(scale)`` UPLiFT steps).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
@@ -271,16 +292,25 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                 ``False`` returns the decoded image as it is.
             return_dict (`bool`, defaults to True):
                 Return an [`UPLiFTPipelineOutput`] instead of a tuple.
-            upsampling (`str`, defaults to ``"uplift"``):
-                How the latents are enlarged: ``"uplift"``, or the latent baselines of the paper's tables,
+            upsampling (`str`, *optional*):
+                How the latents are enlarged: ``"uplift"`` (the default when the pipeline has an upsampler; without
+                one, ``"latent-bilinear"``), or the latent baselines of the paper's tables,
                 ``"latent-bilinear"`` / ``"latent-nearest"`` (interpolation of the same latents, decoded the same way;
                 they ignore ``generator`` and the upsampler's tiles).
+            latents (`torch.Tensor`, *optional*):
+                Instead of ``image``: the VAE's raw latents [B, C, h, w] (``latent_dist.mode()``, not scaled; e.g.
+                a text-to-image pipeline's latent output divided by ``vae.config.scaling_factor``). The VAE decodes
+                them once into the low-resolution image that guides UPLiFT and is the colour reference; the output
+                is ``scale`` times that image (``8 * scale * h`` pixels high).
 
         Returns:
-            [`UPLiFTPipelineOutput`] (or a tuple ``(images,)``). Images of different sizes are processed one by one and
-            returned as a list for every output type.
+            [`UPLiFTPipelineOutput`] with ``images``; with ``return_dict=False`` the tuple ``(images, None, None)``
+            (``(images, low_res_images, nsfw_content_detected)``, the convention of every UPLiFT pipeline). Images of
+            different sizes are processed one by one and returned as a list for every output type.
         """
         # 1. Check inputs
+        if upsampling is None:
+            upsampling = "uplift" if self.upsampler is not None else "latent-bilinear"
         self.check_inputs(scale, tile_size, tile_overlap, output_type, upsampling)
         iterations = UPLiFTModel.iterations_for_scale(scale)
         if tile_size is not None and tile_overlap is None:
@@ -289,8 +319,16 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
 
         # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch. A list of generators
         #    has one per image (diffusers' convention): image i draws its noise from generator[i] only, so it comes
-        #    out as it would alone with that generator, whatever the images before it.
-        images = images_to_tensors(image)
+        #    out as it would alone with that generator, whatever the images before it. Latents are decoded once.
+        if (image is None) == (latents is None):
+            raise InputError("pass either image or latents (one of them)")
+        if latents is not None:
+            self.check_latents(latents)
+            latents = latents.to(self._execution_device)
+            images = list(decode_latents(self.vae, latents).split(1))
+        else:
+            images = images_to_tensors(image)
+        latent_batches = [latents] if latents is not None else None
         if isinstance(generator, (list, tuple)):
             if len(generator) != len(images):
                 raise InputError(f"got {len(generator)} generators for {len(images)} images: pass one generator per "
@@ -311,7 +349,8 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
 
         # 4. Upscale each batch
         outputs = [self._upscale(batch, iterations, gen, tile_size, tile_overlap, output_type, color_correct,
-                                 upsampling) for batch, gen in batches]
+                                 upsampling, latent_batches[i] if latent_batches else None)
+                   for i, (batch, gen) in enumerate(batches)]
 
         # 5. Postprocess
         if output_type == "latent":
@@ -322,9 +361,18 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             converted = [self.image_processor.postprocess(out, output_type=output_type) for out in outputs]
             result = converted[0] if same_size else [c[0] for c in converted]
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return (result,)
-        return UPLiFTPipelineOutput(images=result)
+        return pipeline_output(return_dict, result)
+
+    def check_latents(self, latents) -> None:
+        """ValueError unless ``latents`` are raw latents [B, C, h, w] of the VAE's channel count."""
+        channels = latent_channels(self.vae)
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a torch.Tensor [B, {channels}, h, w], got {type(latents).__name__}")
+        if latents.ndim != 4 or latents.shape[1] != channels or latents.shape[0] < 1 or min(latents.shape[-2:]) < 1:
+            raise InputError(f"latents must be the VAE's raw latents [B, {channels}, h, w], got shape "
+                             f"{tuple(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise InputError("latents contain NaN or inf values")
 
     def _decode_tiling(self, tile_size: int | None, tile_overlap: int | None) -> tuple[int | None, int | None]:
         """(tile, overlap) of the decode in latents. A VAE whose decoder splits into a whole-map head and a local
@@ -339,8 +387,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         return tile, tile // 4
 
     def _upscale(self, image01: torch.Tensor, iterations: int, generator, tile_size, tile_overlap, output_type,
-                 color_correct: ColorCorrection, upsampling: str = "uplift"):
-        """[B, 3, H, W] in [0, 1] -> [B, 3, H * s, W * s] in [0, 1] (or the upscaled raw latents)."""
+                 color_correct: ColorCorrection, upsampling: str = "uplift", latents: torch.Tensor | None = None):
+        """[B, 3, H, W] in [0, 1] -> [B, 3, H * s, W * s] in [0, 1] (or the upscaled raw latents). ``latents``: the
+        raw latents ``image01`` was decoded from, used instead of encoding it."""
         device, p, s = self._execution_device, self.vae_scale_factor, 2**iterations
         height, width = image01.shape[-2:]
         image01 = image01.to(device)
@@ -357,7 +406,10 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
 
         # One progress bar over every unit of work: the encode (or its tiles), each UPLiFT step (or tile), the
         # decode (or its tiles).
-        encode_units = 1 if encode_tile is None else self.vae.encode_tile_count(*padded.shape[-2:], encode_tile)
+        if latents is not None:
+            encode_units = 0
+        else:
+            encode_units = 1 if encode_tile is None else self.vae.encode_tile_count(*padded.shape[-2:], encode_tile)
         if upsampling != "uplift":  # a latent baseline: one interpolation
             upsample_units = 1
         elif not tiled:
@@ -373,7 +425,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         advance = _advancing(bar)
 
         bar.set_postfix_str("encode")
-        if encode_tile is not None:  # TAEF2: exact tiles, the same latents as the whole-image encode (<= 1e-5)
+        if latents is not None:
+            pass
+        elif encode_tile is not None:  # TAEF2: exact tiles, the same latents as the whole-image encode (<= 1e-5)
             param = next(self.vae.parameters())
             latents = self.vae.encode_tiled((padded * 2 - 1).to(param.device, param.dtype), tile_size=encode_tile,
                                             progress=advance)  # [B, C, Hp/p, Wp/p] raw

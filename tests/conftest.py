@@ -10,6 +10,21 @@ import torch
 
 from uplift_diffusion.testing import SHARED
 
+# diffusers' own pipeline test mixins (third-party, see its SOURCE.md): importable as `diffusers_tests`.
+DIFFUSERS_TESTS = SHARED / "third_party" / "diffusers-tests"
+if DIFFUSERS_TESTS.is_dir():
+    sys.path.insert(0, str(DIFFUSERS_TESTS))
+# The markers the mixins use (registered by diffusers' own tests/conftest.py, which is not ours to load).
+DIFFUSERS_TEST_MARKERS = ("big_accelerator", "lora", "ip_adapter", "training", "attention", "memory", "cpu_offload",
+                          "group_offload", "compile", "single_file", "quantization", "bitsandbytes", "quanto",
+                          "torchao", "gguf", "modelopt", "sdnq", "autoround", "cache", "context_parallel",
+                          "tensor_parallel", "nightly")
+
+
+def pytest_configure(config):
+    for marker in DIFFUSERS_TEST_MARKERS:
+        config.addinivalue_line("markers", f"{marker}: a diffusers pipeline-test marker")
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # torch.compile's on-disk kernel cache does not key on the CPU features a run may use (ATEN_CPU_CAPABILITY,
 # ONEDNN_MAX_CPU_ISA): kernels cached by a native run and reused under an AVX2 limit, or the reverse, crash or give

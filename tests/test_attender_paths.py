@@ -6,10 +6,11 @@ import shutil
 import pytest
 import torch
 
-from uplift_diffusion import NEIGHBOURHOODS, LocalAttender
+from uplift_diffusion import NEIGHBOURHOODS, LocalAttender, fast_paths
 from uplift_diffusion import attender as attender_module
 from uplift_diffusion.attender import local_attend, local_attend_fused
 from uplift_diffusion.testing import direct_local_attend
+from uplift_diffusion.utils.image_ops import bilinear_resize
 
 
 def _inputs(b, channels, h, w, c, n, seed=0, dtype=torch.float32):
@@ -24,6 +25,7 @@ def small_tiles(monkeypatch):
     """Tiles of a few rows and channels, so that small maps cover many tiles and ragged last tiles."""
     monkeypatch.setattr(attender_module, "_TILE_ROW_ELEMENTS", 40)
     monkeypatch.setattr(attender_module, "_TILE_ELEMENTS", 300)
+    monkeypatch.setattr(attender_module, "_GATHER_MAX_TOKENS", 0)  # small maps too: the tile loop, not the matmul
 
 
 @pytest.mark.parametrize("n", sorted(NEIGHBOURHOODS))
@@ -35,6 +37,32 @@ def test_default_path_matches_direct(n, c, small_tiles):
     expected = direct_local_attend(attention.double(), value.double(), NEIGHBOURHOODS[n])
     assert out.shape == (2, 7, 5 * c, 6 * c) and out.is_contiguous()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", sorted(NEIGHBOURHOODS))
+@pytest.mark.parametrize("c", [1, 2, 3])
+def test_small_maps_take_one_matmul_equal_to_direct(n, c, monkeypatch):
+    attention, value = _inputs(2, 7, 5, 6, c, n, seed=n + c)
+    calls = []
+    monkeypatch.setattr(attender_module.torch, "bmm", lambda *a: calls.append(1) or torch.matmul(*a))
+    with torch.inference_mode():
+        out = local_attend(attention, value, NEIGHBOURHOODS[n])
+        resized = local_attend(attention, value, NEIGHBOURHOODS[n], output_size=(11, 9))
+    assert calls == [1, 1]  # one product per call, no tile loop
+    expected = direct_local_attend(attention.double(), value.double(), NEIGHBOURHOODS[n])
+    assert out.shape == (2, 7, 5 * c, 6 * c) and out.is_contiguous()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(resized, bilinear_resize(out, (11, 9)))
+
+
+def test_switched_off_runs_the_plain_sequence(monkeypatch):
+    attention, value = _inputs(1, 40, 48, 40, 2, 17, seed=5)
+    monkeypatch.setattr(attender_module, "_nearest_up", None)  # the tile loop would need it
+    monkeypatch.setattr(attender_module, "_attend_gathered", None)
+    with torch.inference_mode(), fast_paths.fast_paths(False):
+        out = local_attend(attention, value, NEIGHBOURHOODS[17], output_size=(70, 60))
+    expected = direct_local_attend(attention, value, NEIGHBOURHOODS[17])
+    torch.testing.assert_close(out, bilinear_resize(expected, (70, 60)), rtol=1e-5, atol=1e-5)
 
 
 def test_default_tiles_at_library_sizes():

@@ -60,9 +60,11 @@ def components(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, components):
-    """A tiny UPLiFTFlux2KleinPipeline with the built-in upsampler, saved and loaded back."""
+    """A tiny UPLiFTFlux2KleinPipeline with the built-in upsampler as its component, saved and loaded back."""
+    from uplift_diffusion.builtin import load_builtin_upsampler
+
     folder = tmp_path_factory.mktemp("uplift_flux2") / "pipeline"
-    UPLiFTFlux2KleinPipeline(**components).save_pretrained(folder)
+    UPLiFTFlux2KleinPipeline(**components, upsampler=load_builtin_upsampler("taef2")).save_pretrained(folder)
     pipe = UPLiFTFlux2KleinPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     return folder, pipe
@@ -96,7 +98,7 @@ def taef2():
 
 
 # ---------------------------------------------------------------- components, defaults, save / load
-def test_builtin_upsampler_is_the_default_and_saved(saved):
+def test_builtin_upsampler_as_a_component_is_saved(saved):
     from uplift_diffusion.builtin import load_builtin_upsampler
 
     folder, pipe = saved
@@ -109,14 +111,28 @@ def test_builtin_upsampler_is_the_default_and_saved(saved):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
 
 
-def test_from_a_plain_flux2_folder_and_from_pipe(tmp_path, plain):
-    # What a FLUX.2-klein Hub repo holds: no upsampler in model_index.json -> the built-in one, offline.
+def test_from_a_plain_flux2_folder_and_from_pipe(tmp_path, plain, pipe):
+    # What a FLUX.2-klein Hub repo holds: no upsampler in model_index.json -> None, and the built-in one (offline)
+    # runs in its place: the same images as with it as a component.
     folder = save_klein_pipeline(tmp_path / "klein")
     loaded = UPLiFTFlux2KleinPipeline.from_pretrained(folder)
-    assert isinstance(loaded.upsampler, UPLiFTModel) and loaded.upsampler.config.color_correction == "detail"
-    assert loaded.guide_vae is None
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.upsampler is None and loaded.guide_vae is None
+    assert loaded.upsampler_in_use().config.color_correction == "detail"
+    torch.testing.assert_close(run(loaded, output_type="pt").images, run(pipe, output_type="pt").images,
+                               atol=0, rtol=0)
     wrapped = UPLiFTFlux2KleinPipeline.from_pipe(plain)  # shares the plain pipeline's modules
-    assert wrapped.transformer is plain.transformer and isinstance(wrapped.upsampler, UPLiFTModel)
+    assert wrapped.transformer is plain.transformer and wrapped.upsampler is None
+    assert isinstance(wrapped.upsampler_in_use(), UPLiFTModel)
+    back = type(plain).from_pipe(pipe)  # and back to plain FLUX.2
+    assert back.transformer is pipe.transformer and "upsampler" not in back.components
+
+
+def test_saved_without_an_upsampler_loads_back_without_one(tmp_path, components):
+    UPLiFTFlux2KleinPipeline(**components, upsampler=None).save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["upsampler"] == [None, None]
+    assert UPLiFTFlux2KleinPipeline.from_pretrained(tmp_path).upsampler is None
 
 
 def test_save_load_round_trip(pipe, taef2, tmp_path):
@@ -141,7 +157,9 @@ def test_output_sizes(pipe, latents):
 
 
 def test_np_non_square_and_tuple_output(pipe):
-    images, low = run(pipe, upscale=2, height=48, width=80, output_type="np", return_dict=False, return_low_res=True)
+    images, low, nsfw = run(pipe, upscale=2, height=48, width=80, output_type="np", return_dict=False,
+                             return_low_res=True)
+    assert nsfw is None  # (images, low_res_images, nsfw_content_detected): every UPLiFT pipeline's tuple
     assert images.shape == (1, 96, 160, 3) and low.shape == (1, 48, 80, 3)
     assert images.min() >= 0 and images.max() <= 1
 
@@ -375,6 +393,12 @@ def test_clear_errors(pipe):
         run(with_components(pipe, guide_vae=wrong_guide))
     with pytest.raises(ValueError, match="low_res"):
         pipe.upscale_flux2_latents(torch.zeros(1, 32, 8, 8), low_res_images=torch.zeros(1, 3, 32, 32))
+    for bad in (torch.zeros(1, 4, 8, 8), torch.zeros(32, 8, 8), torch.zeros(1, 32, 0, 8)):  # channels, rank, size
+        with pytest.raises(ValueError, match=r"latents must be raw FLUX.2 latents \[B, 32, h, w\]"):
+            pipe.upscale_flux2_latents(bad)
+    with pytest.raises(ValueError, match="negative_prompt_embeds is not an argument of UPLiFTFlux2Pipeline"):
+        dev = UPLiFTFlux2Pipeline(**{k: v for k, v in pipe.components.items() if k != "is_distilled"})
+        dev(prompt_embeds=torch.zeros(1, 4, 48), negative_prompt_embeds=torch.zeros(1, 4, 48))
 
 
 def test_loading_errors_name_the_repo_and_the_way_out(tmp_path, monkeypatch, saved):

@@ -63,13 +63,13 @@ def test_fast_path_runs_onednn_fused_kernels(taef2, photos, monkeypatch):
     # The fast path must really be taken by the public entry points (the exactness test alone passes without it).
     needs_fast_path()
     calls = []
-    original = taef2_module._POINTWISE
+    original = torch.ops.mkldnn._convolution_pointwise
 
     def spy(*args):
         calls.append(args[7])  # the post-op: "relu" / "none"
         return original(*args)
 
-    monkeypatch.setattr(taef2_module, "_POINTWISE", spy)
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", spy)
     taef2.decode(taef2.encode(photos[1][..., :64, :64]).latents)
     assert "relu" in calls
     calls.clear()
@@ -85,7 +85,7 @@ def test_upsample_conv_as_subpixel_conv_equals_upsample_then_conv():
     conv = torch.nn.Conv2d(16, 8, 3, padding=1)
     x = torch.randn(2, 16, 7, 5, generator=gen).contiguous(memory_format=torch.channels_last)
     expected = conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-    assert torch.allclose(taef2_module._upconv_fast(x, conv), expected, atol=1e-5)
+    assert torch.allclose(fast_paths.upsample_conv(x, conv), expected, atol=1e-5)
 
 
 @torch.inference_mode()

@@ -136,3 +136,5 @@ def test_a_new_trainer_can_export_and_checkpoint_before_training(tmp_path, image
     assert exported.keys() == initial.keys()
     assert all(torch.equal(exported[k], initial[k]) for k in initial)
     assert trainer.scheduler.get_last_lr() and trainer.optimizer.param_groups
+    with open(trainer.output_dir / "model" / "config.json") as f:  # the latent space it was trained for
+        assert json.load(f)["latent_space"]["latent_channels"] == trainer.backbone.channels

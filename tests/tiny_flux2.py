@@ -19,8 +19,11 @@ TEXT_OUT_LAYERS = (1, 2, 3)  # the tests' text_encoder_out_layers (3 layers x 16
 CLI_TEXT_LAYERS = 27  # hidden_states[27] exists: klein's default text_encoder_out_layers (9, 18, 27)
 MAX_SEQUENCE_LENGTH = 32  # tests pass this; the CLI uses the pipeline's default (512, still fast at width 16)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-# Qwen's chat template, reduced to what Flux2KleinPipeline uses (user turns, the generation prompt).
-CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+# Qwen's chat template, reduced to what the FLUX.2 pipelines use (turns whose content is a string, as klein writes
+# them, or a list of text parts, as dev writes them; the generation prompt).
+CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+                 "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+                 "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}<|im_end|>\n"
                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
@@ -72,6 +75,23 @@ def build_text_encoder(vocab_size: int, layers: int = len(TEXT_OUT_LAYERS), seed
                          num_attention_heads=2, num_key_value_heads=2, head_dim=8, vocab_size=vocab_size,
                          max_position_embeddings=1024)
     return Qwen3ForCausalLM(config).eval()
+
+
+def build_mistral3_text_encoder(vocab_size: int, layers: int = len(TEXT_OUT_LAYERS), seed: int = 0):
+    """A tiny ``Mistral3ForConditionalGeneration`` (FLUX.2 [dev]'s text encoder) with ``layers`` 16-wide text layers
+    and a one-layer vision tower; the byte-level tokenizer of :func:`build_tokenizer` stands in for its processor."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    config = Mistral3Config(
+        text_config={"model_type": "mistral", "vocab_size": vocab_size, "hidden_size": TEXT_HIDDEN,
+                     "intermediate_size": 16, "max_position_embeddings": 1024, "num_attention_heads": 2,
+                     "num_hidden_layers": layers, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": None},
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "intermediate_size": 16, "image_size": 30, "patch_size": 6, "num_channels": 3},
+        image_seq_length=4, vision_feature_layer=-1, image_token_index=1,
+    )
+    torch.manual_seed(seed)
+    return Mistral3ForConditionalGeneration(config).eval()
 
 
 def build_klein_components(folder: Path, text_layers: int = len(TEXT_OUT_LAYERS)) -> dict:

@@ -13,10 +13,11 @@ from . import fast_paths
 NORM_TYPES = ("batch", "layer")
 
 
-def channels_last_inference(x: torch.Tensor) -> bool:
+def channels_last_inference(x: torch.Tensor, layer: nn.Module | None = None) -> bool:
     """Whether ``x`` takes the CPU backend's channels-last inference path (see :mod:`uplift_diffusion.fast_paths`):
-    fast paths on, a CPU tensor of a dtype oneDNN runs natively here, autograd off, not under ``torch.compile``."""
-    return fast_paths.active(x)
+    fast paths on (for ``layer``: as its plan says), a CPU tensor of a dtype oneDNN runs natively here, autograd
+    off, not under ``torch.compile``."""
+    return fast_paths.active(x, layer)
 
 
 def add_residual(out: torch.Tensor, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -39,9 +40,9 @@ def add_residual(out: torch.Tensor, x: torch.Tensor, inplace: bool = False) -> t
     return torch.cat([out[:, :c_in] + x, out[:, c_in:]], dim=1)
 
 
-def concat_channels(parts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat(parts, dim=1)`` (written channels-last by the backend on the inference path)."""
-    return fast_paths.concat_channels(parts)
+def concat_channels(parts: Sequence[torch.Tensor], layer: nn.Module | None = None) -> torch.Tensor:
+    """``torch.cat(parts, dim=1)`` (written channels-last by the backend on the inference path of ``layer``)."""
+    return fast_paths.concat_channels(parts, layer)
 
 
 class Conv2d(nn.Conv2d):
@@ -70,7 +71,7 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = fast_paths.channel_layer_norm(x, self.weight, self.bias, self.eps)  # channels-last maps: one pass
+        fused = fast_paths.channel_layer_norm(x, self.weight, self.bias, self.eps, self)  # channels-last maps: one pass
         if fused is not None:
             return fused
         x32 = x.float()
@@ -131,13 +132,13 @@ class ConvBlock(nn.Module):
         if stride != 1 and (self.num_convs != 1 or self.training):
             raise ValueError(f"a strided ConvBlock needs num_convs=1 and eval mode (got num_convs={self.num_convs}, "
                              f"training={self.training})")
-        x = fast_paths.inference_layout(x)  # channels-last on the CPU inference path, else unchanged
+        x = fast_paths.inference_layout(x, self)  # channels-last on the CPU inference path, else unchanged
         y = x
         for i in range(0, len(self.conv) - 1, 3):  # (3x3 conv, norm, ReLU) triples, then the 1x1 conv
             conv, norm, relu = self.conv[i : i + 3]
             y = fast_paths.conv_norm_relu(y, conv, norm, relu, stride if i == 0 else 1)
         # The 1x1 conv's output is this block's own tensor: the backend may add the residual into it in place.
-        return add_residual(self.conv[-1](y), x[..., ::stride, ::stride], inplace=fast_paths.active(y))
+        return add_residual(self.conv[-1](y), x[..., ::stride, ::stride], inplace=fast_paths.active(y, self))
 
 
 class BlockGroup(nn.Module):
@@ -187,7 +188,7 @@ class UpStep(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [B, C, h, w] -> [B, C, 2h, 2w]
         skip = F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=True)
-        return add_residual(self.up(x), skip, inplace=channels_last_inference(x))  # up(x) is ours to add into
+        return add_residual(self.up(x), skip, inplace=channels_last_inference(x, self))  # up(x) is ours to add into
 
 
 def nearest_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -146,9 +146,10 @@ _RECORD_COMMAND = "python -m uplift_diffusion.builtin"
 
 
 def _digested_files(folder: Path) -> list[Path]:
-    """The files whose bytes decide what a built-in model computes: its weights and config (not its text files)."""
+    """The files whose bytes decide what a built-in model computes: its weights and config (not its text files, nor
+    its measured quality)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json", ".pth")
-                  and p.name != DIGESTS_FILE)
+                  and p.name not in (DIGESTS_FILE, QUALITY_FILE))
 
 
 def _sha256(path: Path) -> str:

@@ -83,6 +83,21 @@ class UPLiFTDecoder(nn.Module):
                                   second["num_blocks"], second["num_convs"], norm_type)
 
 
+LATENT_SPACE_FIELDS = ("vae", "fingerprint", "latent_channels", "scaling_factor", "shift_factor")
+
+
+def _check_latent_space(record: dict | None, in_channels: int) -> None:
+    """InputError unless ``record`` is None or a latent-space record for ``in_channels``-channel latents."""
+    if record is None:
+        return
+    if not isinstance(record, dict) or set(record) != set(LATENT_SPACE_FIELDS):
+        raise InputError(f"latent_space must be a dict with the keys {', '.join(LATENT_SPACE_FIELDS)}, got "
+                         f"{record!r}")
+    if record["latent_channels"] != in_channels:
+        raise InputError(f"latent_space records {record['latent_channels']} latent channels but in_channels is "
+                         f"{in_channels}")
+
+
 class UPLiFTModel(ModelMixin, ConfigMixin):
     r"""UPLiFT: an iterative 2x feature upsampler guided by the image, built around the Local Attender.
 
@@ -121,6 +136,11 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             quality depends on (see [`~uplift_diffusion.ColorCorrection`]).
         detail_sigma (`float`, defaults to 0.5): the ``"detail"`` correction's Gaussian sigma in units of the
             upscaling factor (the value the model was trained with).
+        latent_space (`dict`, *optional*): the latent space a VAE-preset model was trained for, as
+            ``uplift_diffusion.backbones.vae.latent_space_record`` writes it: ``{"vae": name, "fingerprint": ...,
+            "latent_channels": C, "scaling_factor": s, "shift_factor": t}``. Pipelines refuse a VAE of another
+            channel count (naming both) and warn once when the channels match but the VAE's fingerprint does not.
+            ``None`` (feature presets, models saved before the record): only the channel count is checked.
     """
 
     _supports_gradient_checkpointing = False
@@ -141,6 +161,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         image_normalization: str = "unit",
         color_correction: str = "mean",
         detail_sigma: float = 0.5,
+        latent_space: dict | None = None,
     ):
         super().__init__()
         defaults = get_preset("sd15-vae").config
@@ -164,6 +185,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             raise InputError("in_channels, image_channels and patch_size must be >= 1 and noise_channels >= 0")
         neighbourhood_offsets(neighbourhood_size)  # validates n
         ColorCorrection(mode=color_correction, detail_sigma=detail_sigma)  # validates the usage record
+        _check_latent_space(latent_space, in_channels)
 
         guide_widths = [g["out_channels"] for g in encoder_blocks]
         self.encoder = UPLiFTEncoder(image_channels, encoder_blocks, norm_type)
@@ -260,7 +282,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         noise = self._noise(x, generator)
         if noise is not None:
             parts.append(noise)
-        return concat_channels(parts)
+        return concat_channels(parts, self)
 
     @apply_forward_hook  # model CPU offload moves the weights in for these entry points too, not only forward
     def encode_image(self, image: torch.Tensor, iterations: int | None = None) -> list[torch.Tensor]:

@@ -46,6 +46,12 @@ _DINO_CONFIG = dict(
     image_normalization="imagenet",
 )
 
+# The latent space the published sd15-vae checkpoint was trained for (UPLiFTModel's ``latent_space`` record): the
+# fingerprint is ``backbones.vae.vae_fingerprint`` of the SD 1.5 VAE's config (tests/test_latent_space.py checks it).
+SD15_LATENT_SPACE = {"vae": "stable-diffusion-v1-5/stable-diffusion-v1-5 (vae)",
+                     "fingerprint": "AutoencoderKL-dfc98e8759dc", "latent_channels": 4, "scaling_factor": 0.18215,
+                     "shift_factor": 0.0}
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -61,6 +67,7 @@ PRESETS: dict[str, Preset] = {
                 noise_channels=4,
                 neighbourhood_size=17,
                 image_normalization="unit",
+                latent_space=SD15_LATENT_SPACE,
             ),
             repo_id="UPLiFT-upsampler/uplift_sd1.5vae",
             filename="uplift_sd1.5vae.safetensors",
@@ -117,8 +124,13 @@ def get_preset(name: str) -> Preset:
 
 
 def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
-    """A fresh copy of a preset's model config, with ``overrides`` applied."""
+    """A fresh copy of a preset's model config, with ``overrides`` applied. A preset's latent-space record is dropped
+    when ``in_channels`` is overridden to another channel count (the model is then for other latents)."""
     config = copy.deepcopy(get_preset(name).config)
+    record = config.get("latent_space")
+    if record and "latent_space" not in overrides and overrides.get("in_channels", record["latent_channels"]) != \
+            record["latent_channels"]:
+        config.pop("latent_space")
     config.update(overrides)
     return config
 

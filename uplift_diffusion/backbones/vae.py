@@ -6,7 +6,10 @@ UPLiFT's VAE presets work on *raw* latents: the mode of the latent distribution,
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,6 +24,48 @@ def vae_scale_factor(vae) -> int:
 
 def latent_channels(vae) -> int:
     return int(vae.config.latent_channels)
+
+
+# --- the latent space a VAE encodes to --------------------------------------------------------------------------------
+# Autoencoders of one known latent space, by class: taef2 approximates FLUX.2's AutoencoderKLFlux2 (the same raw
+# latents), so an upsampler trained on either fits both.
+LATENT_SPACE_FAMILIES = {"TAEF2": "flux2", "AutoencoderKLFlux2": "flux2"}
+# The config entries that decide a VAE's latent space (others, e.g. sample_size or tiling flags, do not); a fixed list,
+# so that a diffusers release that adds config entries does not change the fingerprints.
+_FINGERPRINT_KEYS = ("latent_channels", "block_out_channels", "down_block_types", "up_block_types",
+                     "layers_per_block", "norm_num_groups", "act_fn", "scaling_factor", "shift_factor")
+
+
+def vae_fingerprint(vae_or_config, class_name: str | None = None) -> str:
+    """A short name of the latent space a VAE encodes to: its family for known autoencoders (``"flux2"`` for FLUX.2's
+    VAE and taef2), else ``<class>-<12 hex digits>``, a sha256 of the config entries that decide the latent space.
+
+    Accepts a VAE or its config (a mapping; then ``class_name`` names the class)."""
+    config = getattr(vae_or_config, "config", vae_or_config)
+    class_name = class_name or (type(vae_or_config).__name__ if hasattr(vae_or_config, "config")
+                                else config.get("_class_name", "VAE"))
+    if class_name in LATENT_SPACE_FAMILIES:
+        return LATENT_SPACE_FAMILIES[class_name]
+    entries = {key: config.get(key) for key in _FINGERPRINT_KEYS}
+    digest = hashlib.sha256(json.dumps(entries, sort_keys=True, default=list).encode()).hexdigest()
+    return f"{class_name}-{digest[:12]}"
+
+
+def vae_name(vae) -> str:
+    """How messages name a VAE: where it was loaded from when known, else its class."""
+    source = getattr(getattr(vae, "config", None), "_name_or_path", None)
+    return f"{type(vae).__name__} ({source})" if source else type(vae).__name__
+
+
+def latent_space_record(vae, name: str | None = None) -> dict[str, Any]:
+    """The record of ``vae``'s latent space that an upsampler trained on it keeps in its config (``latent_space``):
+    the VAE's name, its :func:`vae_fingerprint`, the latent channels and the scaling / shift factors that turn a
+    pipeline's latents into the raw latents the upsampler works on."""
+    config = vae.config
+    return {"vae": name or vae_name(vae), "fingerprint": vae_fingerprint(vae),
+            "latent_channels": latent_channels(vae),
+            "scaling_factor": float(getattr(config, "scaling_factor", None) or 1.0),
+            "shift_factor": float(getattr(config, "shift_factor", None) or 0.0)}
 
 
 def _input_device(param: torch.Tensor, x: torch.Tensor) -> torch.device:

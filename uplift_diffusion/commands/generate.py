@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-low-res", action="store_true", help="also save <output>_lowres.<ext>")
     parser.add_argument("--no-color-correction", action="store_true",
                         help="skip the colour correction (the upsampler's own, recorded in its config)")
+    parser.add_argument("--refine", type=float, default=0.0, metavar="STRENGTH",
+                        help="a refine pass at the output size: noise the upscaled latents to this strength "
+                             "in [0, 1] and denoise again with the same prompt (0, the default: off; try 0.3)")
+    parser.add_argument("--refine-steps", type=int, default=None, metavar="N",
+                        help="the refine pass's number of steps (it runs about N x STRENGTH; default: --steps)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arguments(parser)
 
@@ -123,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
                              f"{'VAE factor x the 2x2 latent packing' if flux2 else 'VAE factor'}), got {value}")
     if flux2 and args.negative_prompt is not None:
         raise InputError("--negative-prompt is not supported by FLUX.2 pipelines (--family flux2)")
+    if not 0 <= args.refine <= 1:
+        raise InputError(f"--refine must be a strength in [0, 1] (0 = off), got {args.refine}")
+    if args.refine_steps is not None and args.refine_steps < 1:
+        raise InputError(f"--refine-steps must be >= 1, got {args.refine_steps}")
+    if args.refine_steps is not None and not args.refine:
+        raise InputError("--refine-steps needs --refine STRENGTH")
     if args.fast_guide and not flux2:
         raise InputError("--fast-guide needs --family flux2 (it decodes FLUX.2 latents with taef2)")
     check_model_source(model, "--model")
@@ -137,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         dtype = torch.bfloat16  # FLUX.2 ships and runs in bfloat16; float16 overflows its activations (as FLUX.1's)
     generator = torch.Generator(device).manual_seed(args.seed)
     common = dict(height=args.height, width=args.width, upscale=args.upscale, generator=generator,
-                  return_low_res=args.save_low_res, color_correction=not args.no_color_correction)
+                  return_low_res=args.save_low_res, color_correction=not args.no_color_correction,
+                  refine_strength=args.refine, refine_steps=args.refine_steps)
     if flux2:
         from uplift_diffusion.pipelines.flux2 import flux2_defaults
 

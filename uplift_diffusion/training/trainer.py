@@ -36,6 +36,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..backbones.vae import latent_space_record
 from ..color import ColorCorrection
 from ..model import UPLiFTModel
 from ..utils.errors import InputError
@@ -192,6 +193,8 @@ class Trainer:
         set_seed(config.seed)
         self.model = model if model is not None else build_model(config)
         check_compatible(self.model, self.backbone, config)
+        if getattr(self.backbone, "vae", None) is not None:  # the exported model names the latent space it learned
+            self.model.register_to_config(latent_space=latent_space_record(self.backbone.vae))
         self.backbone.to(self.accelerator.device)
         self.cache = None
         if config.data.cache_dir:
