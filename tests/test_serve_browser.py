@@ -495,3 +495,103 @@ def test_without_a_backbone_there_is_no_features_tab(browser, tmp_path):
         page.close()
     finally:
         demo.close()
+
+
+# ---------------------------------------------------------------------------------------------------- the page v3
+SIZES = {"1366": (1366, 900), "390": (390, 844)}  # a laptop and a phone
+
+
+def open_page(browser, url: str, width: int, height: int):
+    phone = width < 500
+    context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=phone, has_touch=phone,
+                                  accept_downloads=True)
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#photos input[type=file]", state="attached")
+    return page
+
+
+@pytest.fixture(params=sorted(SIZES))
+def sized_page(request, browser, server):
+    page = open_page(browser, server[1], *SIZES[request.param])
+    yield page
+    page.context.close()
+
+
+def on_screen(page, selector: str) -> bool:
+    """Whether the element's top edge is within the window (what the eye sees without scrolling)."""
+    return page.eval_on_selector(selector, "e => { const r = e.getBoundingClientRect(); "
+                                           "return r.height > 0 && r.top >= 0 && r.top < window.innerHeight; }")
+
+
+def stopped_jobs(process) -> int:
+    return sum("request stopped" in line for line in process.log)
+
+
+def wait_for_log(process, count: int, timeout_s: float = 120) -> None:
+    """Until the server log has ``count`` lines saying a job stopped (polled: the log is written by another
+    process)."""
+    deadline = time.monotonic() + timeout_s
+    while stopped_jobs(process) < count:
+        assert time.monotonic() < deadline, "".join(process.log[-20:])
+        time.sleep(0.1)
+
+
+def test_upscale_shows_the_progress_and_the_result_where_the_eye_is_and_runs_once(sized_page, photos, tmp_path):
+    page = sized_page
+    upload(page, photos["crop"], photos["small"])
+    joins = []
+    page.on("request", lambda r: joins.append(r.url) if "queue/join" in r.url else None)
+    # The Upscale button at the bottom of the window, as after choosing the settings, then a double click.
+    page.evaluate("() => document.querySelector('#upscale').scrollIntoView({block: 'end'})")
+    page.evaluate("""() => { window.progressOnScreen = false;
+        new MutationObserver(() => {
+            const text = document.querySelector('#slider .progress-text');
+            if (!text) return;
+            const r = text.getBoundingClientRect();
+            if (r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight) window.progressOnScreen = true;
+        }).observe(document.body, {childList: true, subtree: true, characterData: true}); }""")
+    click_upscale(page)
+    page.click("#upscale", force=True, no_wait_after=True)  # the second click of a double click
+    page.wait_for_selector("#slider .progress-text")
+    page.wait_for_selector("#upscale[disabled]")  # busy while it runs
+    assert "Upscaling" in page.inner_text("#upscale") and page.locator("#cancel").is_visible()
+    wait_for_result(page)
+    assert page.evaluate("() => window.progressOnScreen")  # the bar was on screen while it ran ...
+    slider_sizes(page)
+    assert on_screen(page, "#slider")  # ... and so is the result now
+    assert len(joins) == 1, joins  # one job for two clicks
+    assert page.locator("#upscale").is_enabled() and page.inner_text("#upscale") == "Upscale"
+    assert not page.locator("#cancel").is_visible()
+    save_screenshot(page, tmp_path, f"result_in_view_{page.viewport_size['width']}.png")
+
+
+def test_cancel_stops_the_job_and_frees_the_model_for_the_next(page, server, photos):
+    process, _ = server
+    stopped = stopped_jobs(process)
+    upload(page, photos["chelsea"])
+    page.click("#scale >> text=4×")  # seconds of work: time to cancel it on the way
+    click_upscale(page)
+    page.wait_for_selector("#slider .progress-text")
+    page.click("#cancel")
+    assert "cancelled" in page_message(page)
+    wait_for_log(process, stopped + 1)  # the work stopped (a finished job logs nothing of the kind)
+    assert page.locator("#upscale").is_enabled() and not page.locator("#cancel").is_visible()
+    page.locator("#photos button[aria-label='Clear']").click()
+    upload(page, photos["crop"])
+    page.click("#scale >> text=2×")
+    click_upscale(page)
+    assert "160×120 → 320×240" in wait_for_result(page)
+    assert "Traceback" not in "".join(process.log)
+
+
+def test_leaving_the_page_stops_its_job(browser, server, photos):
+    process, url = server
+    stopped = stopped_jobs(process)
+    page = open_page(browser, url, 1366, 900)
+    upload(page, photos["chelsea"])
+    page.click("#scale >> text=4×")
+    click_upscale(page)
+    page.wait_for_selector("#slider .progress-text")
+    page.context.close()  # the visitor closes the tab mid-job
+    wait_for_log(process, stopped + 1)

@@ -3,15 +3,16 @@ handlers that connect it to the shared :class:`PageUpscaler` / :class:`FeatureSt
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
 from uplift_diffusion.app.features import FeatureStrips
-from uplift_diffusion.app.messages import PageError, megapixels, problems_markdown, user_message
-from uplift_diffusion.app.progress import RequestProgress
+from uplift_diffusion.app.messages import PageError, logger, megapixels, problems_markdown, user_message
+from uplift_diffusion.app.progress import JobCancelled, RequestProgress, WorkPlan
 from uplift_diffusion.app.upscaler import KEEP_RESULTS_S, SCALES, PageLimits, PageUpscaler, UpscaleResult
 from uplift_diffusion.app.views import slider_labels, slider_pair, zoomed_crops
 from uplift_diffusion.builtin import ModelQuality
@@ -23,6 +24,13 @@ TILE_CHOICES = [("auto", "auto"), ("off (whole image)", "off"), ("256 px", "256"
 COMPARE_CHOICES = [("input (enlarged, nearest)", "input"), ("pixel bicubic", "bicubic")]
 PROGRESS = gr.Progress()  # Gradio fills in the request's bar (RequestProgress reports to it)
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # files shipped in skimage/data
+# Before the job is sent: the result area (where the progress bar runs and the result appears) comes into view, on a
+# phone too, where it is below the controls. The inputs pass through unchanged.
+SHOW_RESULT_AREA_JS = """(...args) => {
+    const area = document.querySelector('#result-area');
+    if (area) area.scrollIntoView({block: 'start', behavior: 'instant'});
+    return args;
+}"""
 PAGE_CSS = """
 #slider-labels .prose { display: flex; justify-content: space-between; font-weight: 600; }
 #crops .grid-wrap, #crops .gallery-container { height: auto !important; min-height: 0 !important;
@@ -94,6 +102,15 @@ def _shown(result: UpscaleResult, compare: str, center=None):
             gr.update(value=str(result.output_png), visible=True))
 
 
+def _busy() -> tuple:
+    """The Upscale button while a job runs (a second click does nothing), and the Cancel button shown."""
+    return gr.update(value="Upscaling…", interactive=False), gr.update(visible=True)
+
+
+def _idle() -> tuple:
+    return gr.update(value="Upscale", interactive=True), gr.update(visible=False)
+
+
 def _cleared() -> tuple:
     """[message, slider labels, slider, crops, 1:1 view, results gallery, downloads, download all, summary] emptied."""
     hidden = gr.update(visible=False, value=None)
@@ -107,6 +124,7 @@ class PageEvents:
 
     upscaler: PageUpscaler
     features: FeatureStrips
+    jobs: dict[str, threading.Event] = field(default_factory=dict)  # session -> its running job's stop flag
 
     def check_request(self, files) -> None:
         limits = self.upscaler.limits
@@ -116,48 +134,86 @@ class PageEvents:
             raise PageError(f"{len(files)} photos at once is more than this page takes ({limits.max_files}); "
                             f"send them in smaller groups.")
 
-    def expected_costs(self, files, scale: int, tiles: str) -> list[float]:
-        costs = []
+    def expected_plans(self, files, scale: int, tiles: str) -> list[WorkPlan | float]:
+        plans = []
         for path in files:
             try:
                 width, height = image_size(path)
                 tile = None if tiles in ("auto", "off") else int(tiles)
-                costs.append(self.upscaler.expected_cost((width, height), scale, tile))
+                plans.append(self.upscaler.expected_plan((width, height), scale, tile))
             except Exception:  # unreadable: upscale_file will say why; it takes no time on the bar
-                costs.append(0.0)
-        return costs
+                plans.append(0.0)
+        return plans
 
-    def upscale_all(self, files, scale, color_correction, tiles, report) -> tuple[list[UpscaleResult], list[str]]:
-        """Every photo of the request (one bar over all of them); the results and the problems, in order."""
+    def upscale_all(self, files, scale, color_correction, tiles, report, cancelled=None
+                    ) -> tuple[list[UpscaleResult], list[str]]:
+        """Every photo of the request (one bar over all of them); the results and the problems, in order.
+        JobCancelled when ``cancelled()`` turns True."""
         self.check_request(files)
         self.upscaler.prune()
         scale = int(scale)
         names = [Path(path).name for path in files]
-        bar = RequestProgress(report, names, self.expected_costs(files, scale, tiles))
+        bar = RequestProgress(report, names, self.expected_plans(files, scale, tiles), cancelled=cancelled)
         results, problems = [], []
         for index, path in enumerate(files):
             bar.start_photo(index)
             try:
                 results.append(self.upscaler.upscale_file(path, scale, bool(color_correction), tiles,
                                                           progress=bar.work))
+            except JobCancelled:
+                raise
             except Exception as err:  # one bad photo does not cost the others their results
                 problems.append(user_message(err))
             bar.finish_photo(index)
         return results, problems
 
-    def run_page(self, files, scale, color_correction, tiles, compare, progress=PROGRESS):
+    # A job per visitor: the Cancel button and leaving the page (Gradio's unload, on its session) stop it.
+    def _job_started(self, request: gr.Request | None) -> threading.Event:
+        stop = threading.Event()
+        if request is not None and request.session_hash:
+            self.jobs[request.session_hash] = stop
+        return stop
+
+    def _job_ended(self, request: gr.Request | None, stop: threading.Event) -> None:
+        if request is not None and self.jobs.get(request.session_hash) is stop:
+            del self.jobs[request.session_hash]
+
+    def stop_job(self, request: gr.Request) -> None:
+        """Stop the visitor's running job, if any (it stops at its next counted op and frees the model)."""
+        stop = self.jobs.get(request.session_hash) if request is not None else None
+        if stop is not None:
+            stop.set()
+            logger.info("request cancelled")
+
+    def cancel(self, request: gr.Request):
+        self.stop_job(request)
+        return *_idle(), gr.update(value=problems_markdown("Cancelled", ["The upscale was cancelled."]),
+                                  visible=True)
+
+    def run_page(self, files, scale, color_correction, tiles, compare, request: gr.Request = None,
+                 progress=PROGRESS):
         # First the old results go (a new run must not look finished), then the bar, then the new results.
         cleared = _cleared()
-        yield [], 0, None, *cleared
+        yield *_busy(), [], 0, None, *cleared
+        stop = self._job_started(request)
         try:
-            results, problems = self.upscale_all(files, scale, color_correction, tiles, progress)
-        except Exception as err:
-            yield [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled", [user_message(err)]),
-                                         visible=True), *cleared[1:]
+            results, problems = self.upscale_all(files, scale, color_correction, tiles, progress,
+                                                 cancelled=stop.is_set)
+        except JobCancelled:
+            logger.info("request stopped: cancelled or left")  # the model is free for the next request
+            yield *_idle(), [], 0, None, gr.update(value=problems_markdown("Cancelled", ["The upscale was cancelled."]),
+                                                  visible=True), *cleared[1:]
             return
-        if not results:
-            yield [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled", problems), visible=True), \
+        except Exception as err:
+            yield *_idle(), [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled",
+                                                                          [user_message(err)]), visible=True), \
                 *cleared[1:]
+            return
+        finally:
+            self._job_ended(request, stop)
+        if not results:
+            yield *_idle(), [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled", problems),
+                                                  visible=True), *cleared[1:]
             return
         scale = int(scale)
         lines = [r.summary(scale) for r in results]
@@ -166,7 +222,7 @@ class PageEvents:
                    else gr.update(visible=False))
         several = len(results) > 1
         yield (
-            results, 0, None, message, *_shown(results[0], compare),
+            *_idle(), results, 0, None, message, *_shown(results[0], compare),
             gr.Gallery([(str(r.output_png), f"{r.name} → {r.output_size[0]}×{r.output_size[1]}") for r in results],
                        visible=several),  # a choice to make only with several photos
             gr.update(value=[str(r.output_png) for r in results], visible=True),
@@ -222,6 +278,7 @@ class Controls:
     color: gr.Checkbox
     tiles: gr.Dropdown
     go: gr.Button
+    cancel: gr.Button
 
 
 @dataclass
@@ -256,8 +313,9 @@ def _controls(limits: PageLimits, examples: Sequence[Path]) -> Controls:
                         info=f"auto: whole image up to {megapixels(limits.max_untiled_output_pixels)} of output, "
                              f"{limits.auto_tile_size}-px tiles above")
     go = gr.Button("Upscale", variant="primary", elem_id="upscale")
+    cancel = gr.Button("Cancel", variant="secondary", elem_id="cancel", visible=False)
     gr.Markdown(f"Up to {limits.max_files} photos of at most {megapixels(limits.max_input_pixels)} each.")
-    return Controls(files=files, scale=scale, color=color, tiles=tiles, go=go)
+    return Controls(files=files, scale=scale, color=color, tiles=tiles, go=go, cancel=cancel)
 
 
 def _result_view() -> ResultView:
@@ -297,10 +355,14 @@ def _features_tab(events: PageEvents) -> None:
 def _connect(events: PageEvents, controls: Controls, view: ResultView) -> None:
     """The Upscale part's events (private) and the ``/upscale`` API endpoint."""
     results, shown_index, crop_center = gr.State([]), gr.State(0), gr.State(None)
-    controls.go.click(events.run_page, [controls.files, controls.scale, controls.color, controls.tiles, view.compare],
-                      [results, shown_index, crop_center, view.message, view.labels, view.slider, view.crops,
-                       view.full, view.gallery, view.download, view.download_all, view.info],
-                      concurrency_id="model", show_progress_on=[view.slider], api_visibility="private")
+    run = controls.go.click(
+        events.run_page, [controls.files, controls.scale, controls.color, controls.tiles, view.compare],
+        [controls.go, controls.cancel, results, shown_index, crop_center, view.message, view.labels, view.slider,
+         view.crops, view.full, view.gallery, view.download, view.download_all, view.info],
+        concurrency_id="model", show_progress_on=[view.slider], api_visibility="private", trigger_mode="once",
+        js=SHOW_RESULT_AREA_JS)
+    controls.cancel.click(events.cancel, None, [controls.go, controls.cancel, view.message], cancels=[run],
+                          queue=False, api_visibility="private")
     view.compare.change(events.show, [results, shown_index, view.compare, crop_center],
                         [view.labels, view.slider, view.crops, view.full], api_visibility="private")
     view.gallery.select(events.select, [results, view.compare],
@@ -338,11 +400,12 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=280):
                         controls = _controls(upscaler.limits, example_photos())
-                    with gr.Column(scale=2, min_width=300):
+                    with gr.Column(scale=2, min_width=300, elem_id="result-area"):
                         view = _result_view()
             if with_features:
                 _features_tab(events)
         _connect(events, controls, view)
+        demo.unload(events.stop_job)  # a visitor who leaves (reload, close) does not keep the model busy
     return demo
 
 
