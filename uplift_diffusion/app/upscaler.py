@@ -128,9 +128,9 @@ class PageUpscaler:
         self._per_pixel: dict[tuple[int, int | None], WorkPlan] = {}  # measured per input pixel, per (scale, tile)
 
     # ------------------------------------------------------------------ checks
-    def read(self, path: str | Path) -> tuple[Image.Image, str | None]:
-        """An uploaded file as RGB, after checking its size from the header (before decoding the pixels), and the
-        conversion it needed (e.g. ``converted RGBA to RGB ...``; ``None``: it was RGB)."""
+    def check(self, path: str | Path) -> tuple[int, int]:
+        """An uploaded file's (width, height) from its header, checked against the page's limits (PageError):
+        cheap enough to run on every upload, before any Upscale."""
         name, limits = Path(path).name, self.limits
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             raise PageError(f"{name} is an empty file (0 bytes): the upload may have failed, or the file was "
@@ -147,6 +147,13 @@ class PageUpscaler:
             raise PageError(f"{name} is {width}×{height} ({megapixels(width * height)}), over this page's limit of "
                             f"{megapixels(limits.max_input_pixels)} per photo: downscale it first, or upscale it on "
                             f"your own machine in tiles (uplift-diffusion upscale --tile-size 512)")
+        return width, height
+
+    def read(self, path: str | Path) -> tuple[Image.Image, str | None]:
+        """An uploaded file as RGB, after :meth:`check` (before decoding the pixels), and the conversion it needed
+        (e.g. ``converted RGBA to RGB ...``; ``None``: it was RGB)."""
+        name = Path(path).name
+        self.check(path)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ImageConversionWarning)
