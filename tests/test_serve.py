@@ -240,3 +240,36 @@ def test_download_all_zips_every_result_under_a_unique_name(upscaler, tmp_path):
     with zipfile.ZipFile(upscaler.zip_results(results, 2)) as archive:
         assert archive.namelist() == ["a_x2.png", "a_x2_2.png", "b_x2.png"]
         assert archive.read("a_x2_2.png") == results[1].output_png.read_bytes()
+
+
+def test_the_bar_moves_by_expected_seconds_per_part_and_the_files_written():
+    from uplift_diffusion.app.progress import SAVING, WorkPlan
+
+    reports, now = [], [0.0]
+    plan = WorkPlan({"UPLiFT": 100, "decoding": 100, SAVING: 1.0}, {"UPLiFT": 1.0, "decoding": 3.0, SAVING: 1.0})
+    bar = app.RequestProgress(lambda fraction, desc: reports.append((fraction, desc)), ["a.png"], [plan],
+                              min_interval=0, clock=lambda: now[0])
+    bar.start_photo(0)
+    now[0] = 2.0
+    bar.work(100, "UPLiFT")  # all of the upsampler: 1 s of the 5 s expected
+    assert reports[-1] == (pytest.approx(0.2), "a.png · UPLiFT · about 8 s left")  # the pace: 2 s per expected s
+    bar.work(150, "decoding")  # half of the decoder (1.5 s more), at the expected pace
+    now[0] = 2.0 + 1.5
+    bar.work(200)  # an op without a named weight: still the decoder's
+    assert reports[-1][0] == pytest.approx(0.8) and "decoding" in reports[-1][1]
+    now[0] = 60.0
+    bar.work(2 / 3, SAVING)  # two of the three files written: the bar moves while saving, never "0 s" before the end
+    assert reports[-1][0] == pytest.approx(14 / 15) and reports[-1][1] == "a.png · saving · about 4 s left"
+    bar.work(1.0, SAVING)
+    assert reports[-1][0] == pytest.approx(0.99) and "about 1 s left" in reports[-1][1]
+    cancelled = app.RequestProgress(lambda *a, **k: None, ["a.png"], [plan], cancelled=lambda: True)
+    with pytest.raises(app.JobCancelled):
+        cancelled.work(1, "UPLiFT")
+
+
+def test_the_librarys_refusals_reach_the_visitor_in_the_pages_words():
+    from uplift_diffusion.utils.errors import InputError
+
+    message = app.user_message(InputError("a 4000x3000 image at 4x needs about 40.0 GiB of memory; 8.0 GiB is "
+                                          "available: use tiles (--tile-size 256, about 2.0 GiB)"))
+    assert "40.0 GiB" in message and "Advanced → Tile size 256" in message and "Something went wrong" not in message

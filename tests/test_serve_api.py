@@ -5,6 +5,7 @@ hidden, outputs named."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import urllib.request
 
@@ -81,3 +82,21 @@ def test_api_refusals_are_errors_with_the_pages_words(served, tmp_path):
     client = Client(served, verbose=False)
     with pytest.raises(AppError, match="notes.png is not an image this page can read"):
         client.predict([handle_file(str(tmp_path / "notes.png"))], 2, True, "auto", api_name="/upscale")
+
+
+def test_api_wrong_values_are_one_line_errors_without_a_traceback(served, photo, capfd):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(served, verbose=False)
+    capfd.readouterr()
+    for scale, tiles, expected in ((3, "auto", "scale must be one of 2, 4, 8, not 3"),
+                                   (None, "auto", "scale must be one of 2, 4, 8, not None"),
+                                   (2, "300", "tiles must be one of 'auto', 'off', '256', '512', '1024', not '300'")):
+        with pytest.raises(AppError, match=expected):
+            client.predict([handle_file(str(photo))], scale, True, tiles, api_name="/upscale")
+    with pytest.raises(AppError, match="Add one or more photos first"):
+        client.predict(None, 2, True, "auto", api_name="/upscale")
+    # (a closed stream left on the page's logger by another test module makes logging print its own tracebacks)
+    err = re.sub(r"--- Logging error ---.*?\nArguments: [^\n]*\n", "", capfd.readouterr().err, flags=re.S)
+    assert "Traceback" not in err, err

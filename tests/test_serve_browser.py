@@ -394,12 +394,14 @@ def test_examples_and_the_model_line_from_its_measured_numbers(page, photos, tmp
     save_screenshot(page, tmp_path, "first_visit_1366.png")  # what a first-time visitor sees
     headline = read_model_quality(builtin_upsampler_path("taef2")).measurements[0]
     row = next(row for row in headline.results if row.scale == 2 and row.low_res == "bicubic")
-    intro = page.inner_text("#intro")
+    page.click("#about")  # the technical words and numbers, one click away
+    page.wait_for_selector("#model-line", state="visible")
+    intro = page.inner_text("#model-line")
     assert "uplift-taef2" in intro and headline.dataset in intro
     assert f"2× {row.model.psnr:.2f} dB / {row.model.ssim:.3f} vs {row.pixel_bicubic.psnr:.2f} dB" in intro
 
     assert page.locator("#examples button").count() >= 3
-    page.locator("#examples button", has_text="chelsea").click()
+    page.locator("#examples button").first.click()  # chelsea, shown as a picture
     page.wait_for_selector("#photos >> text=chelsea")  # the example photo is now the upload
     # This server has a backbone: a Features tab, its content shown only once the tab is chosen.
     assert page.get_by_role("tab", name="Features").is_visible() and not page.locator("#features-go").is_visible()
@@ -495,3 +497,219 @@ def test_without_a_backbone_there_is_no_features_tab(browser, tmp_path):
         page.close()
     finally:
         demo.close()
+
+
+# ---------------------------------------------------------------------------------------------------- the page v3
+SIZES = {"1366": (1366, 900), "390": (390, 844)}  # a laptop and a phone
+
+
+def open_page(browser, url: str, width: int, height: int):
+    phone = width < 500
+    context = browser.new_context(viewport={"width": width, "height": height}, is_mobile=phone, has_touch=phone,
+                                  accept_downloads=True)
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#photos input[type=file]", state="attached")
+    return page
+
+
+@pytest.fixture(params=sorted(SIZES))
+def sized_page(request, browser, server):
+    page = open_page(browser, server[1], *SIZES[request.param])
+    yield page
+    page.context.close()
+
+
+def on_screen(page, selector: str) -> bool:
+    """Whether the element's top edge is within the window (what the eye sees without scrolling)."""
+    return page.eval_on_selector(selector, "e => { const r = e.getBoundingClientRect(); "
+                                           "return r.height > 0 && r.top >= 0 && r.top < window.innerHeight; }")
+
+
+def stopped_jobs(process) -> int:
+    return sum("request stopped" in line for line in process.log)
+
+
+def wait_for_log(process, count: int, timeout_s: float = 120) -> None:
+    """Until the server log has ``count`` lines saying a job stopped (polled: the log is written by another
+    process)."""
+    deadline = time.monotonic() + timeout_s
+    while stopped_jobs(process) < count:
+        assert time.monotonic() < deadline, "".join(process.log[-20:])
+        time.sleep(0.1)
+
+
+def test_upscale_shows_the_progress_and_the_result_where_the_eye_is_and_runs_once(sized_page, photos, tmp_path):
+    page = sized_page
+    upload(page, photos["crop"], photos["small"])
+    joins = []
+    page.on("request", lambda r: joins.append(r.url) if "queue/join" in r.url else None)
+    # The Upscale button at the bottom of the window, as after choosing the settings, then a double click.
+    page.evaluate("() => document.querySelector('#upscale').scrollIntoView({block: 'end'})")
+    page.evaluate("""() => { window.progressOnScreen = false;
+        new MutationObserver(() => {
+            const text = document.querySelector('#slider .progress-text');
+            if (!text) return;
+            const r = text.getBoundingClientRect();
+            if (r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight) window.progressOnScreen = true;
+        }).observe(document.body, {childList: true, subtree: true, characterData: true}); }""")
+    click_upscale(page)
+    page.click("#upscale", force=True, no_wait_after=True)  # the second click of a double click
+    page.wait_for_selector("#slider .progress-text")
+    page.wait_for_selector("#upscale[disabled]")  # busy while it runs
+    assert "Upscaling" in page.inner_text("#upscale") and page.locator("#cancel").is_visible()
+    wait_for_result(page)
+    assert page.evaluate("() => window.progressOnScreen")  # the bar was on screen while it ran ...
+    slider_sizes(page)
+    assert on_screen(page, "#slider")  # ... and so is the result now
+    assert len(joins) == 1, joins  # one job for two clicks
+    assert page.locator("#upscale").is_enabled() and page.inner_text("#upscale") == "Upscale"
+    assert not page.locator("#cancel").is_visible()
+    save_screenshot(page, tmp_path, f"result_in_view_{page.viewport_size['width']}.png")
+
+
+def test_cancel_stops_the_job_and_frees_the_model_for_the_next(page, server, photos):
+    process, _ = server
+    stopped = stopped_jobs(process)
+    upload(page, photos["chelsea"])
+    page.click("#scale >> text=4×")  # seconds of work: time to cancel it on the way
+    click_upscale(page)
+    page.wait_for_selector("#slider .progress-text")
+    page.click("#cancel")
+    assert "cancelled" in page_message(page)
+    wait_for_log(process, stopped + 1)  # the work stopped (a finished job logs nothing of the kind)
+    assert page.locator("#upscale").is_enabled() and not page.locator("#cancel").is_visible()
+    page.locator("#photos button[aria-label='Clear']").click()
+    upload(page, photos["crop"])
+    page.click("#scale >> text=2×")
+    click_upscale(page)
+    assert "160×120 → 320×240" in wait_for_result(page)
+    assert "Traceback" not in "".join(process.log)
+
+
+def test_leaving_the_page_stops_its_job(browser, server, photos):
+    process, url = server
+    stopped = stopped_jobs(process)
+    page = open_page(browser, url, 1366, 900)
+    upload(page, photos["chelsea"])
+    page.click("#scale >> text=4×")
+    click_upscale(page)
+    page.wait_for_selector("#slider .progress-text")
+    page.context.close()  # the visitor closes the tab mid-job
+    wait_for_log(process, stopped + 1)
+
+
+def test_the_result_view_download_at_hand_batch_thumbnails_switch_the_slider(page, photos, tmp_path):
+    upload(page, photos["crop"], photos["small"])
+    click_upscale(page)
+    wait_for_result(page)
+    slider_sizes(page)
+    page.evaluate("() => window.scrollTo(0, 0)")
+    bottom = page.eval_on_selector("#download-result", "e => e.getBoundingClientRect().bottom")
+    assert 0 < bottom <= 900, bottom  # in the first screen, next to the result
+    with page.expect_download() as download_info:
+        page.click("#download-result")
+    assert download_info.value.suggested_filename == "coffee_crop_x2.png"
+    page.locator("#results button.thumbnail-item").nth(1).click()  # the second photo: only the slider changes
+    page.wait_for_function("() => document.querySelector('#slider img').naturalWidth == 192")
+    assert page.locator("#results .preview").count() == 0  # no preview opened over the page
+    assert "astronaut_crop_x2.png" in page.inner_text("#download-result")
+
+
+def test_the_1to1_view_reaches_every_edge_on_a_phone(browser, server, photos):
+    page = open_page(browser, server[1], 390, 844)
+    upload(page, photos["crop"])
+    page.click("#scale >> text=4×")  # 640×480: wider than the phone
+    click_upscale(page)
+    wait_for_result(page)
+    page.wait_for_function("() => { const i = document.querySelector('#full img'); return i && i.naturalWidth; }")
+    box = "#full .image-container"
+    edges = """b => { const c = b.getBoundingClientRect(), i = b.querySelector('img').getBoundingClientRect();
+                      return [i.left - c.left, c.right - i.right, i.top - c.top, c.bottom - i.bottom]; }"""
+    page.eval_on_selector(box, "b => { b.scrollLeft = 0; b.scrollTop = 0; }")
+    left, _, top, _ = page.eval_on_selector(box, edges)
+    assert left >= -1 and top >= -1, (left, top)  # the top-left corner can be seen ...
+    page.eval_on_selector(box, "b => { b.scrollLeft = b.scrollWidth; b.scrollTop = b.scrollHeight; }")
+    _, right, _, bottom = page.eval_on_selector(box, edges)
+    assert right >= -1 and bottom >= -1, (right, bottom)  # ... and so can the bottom-right one
+    page.context.close()
+
+
+def test_each_scale_says_what_it_measured_against_bicubic(page):
+    from uplift_diffusion.builtin import builtin_upsampler_path, read_model_quality
+
+    headline = read_model_quality(builtin_upsampler_path("taef2")).measurements[0]
+    rows = {row.scale: row for row in headline.results if row.low_res == "bicubic"}
+    assert rows[8].model.psnr < rows[8].pixel_bicubic.psnr  # what the page must not hide
+    assert "no better than bicubic" in page.inner_text("#scale label:has-text('8×')")
+    assert "no better" not in page.inner_text("#scale label:has-text('2×')")
+    note = page.inner_text("#scale-note")
+    assert note.startswith("2×") and f"{rows[2].model.psnr:.2f} dB" in note and "no better" not in note
+    page.click("#scale >> text=8×")
+    page.wait_for_function("() => document.querySelector('#scale-note').innerText.startsWith('8×')")
+    note = page.inner_text("#scale-note")
+    assert "no better than plain enlarging" in note and f"{rows[8].pixel_bicubic.psnr:.2f} dB" in note
+
+
+def test_preview_with_sizes_before_running_examples_as_pictures_and_plain_words_first(sized_page, photos):
+    page = sized_page
+    assert not page.get_by_text("latent", exact=False).first.is_visible()  # experts' words folded away
+    assert not page.locator("#tiles").is_visible() and page.locator("#advanced").is_visible()
+    page.wait_for_selector("#examples img")
+    assert page.locator("#examples img").count() >= 3  # sample photos shown as pictures
+    upload(page, photos["crop"], photos["small"])
+    page.wait_for_selector("#preview img")
+    captions = page.locator("#preview .caption-label").all_inner_texts()
+    assert captions == ["coffee_crop.png: 160×120 → 320×240", "astronaut_crop.png: 96×64 → 192×128"], captions
+    page.click("#scale >> text=4×")
+    page.wait_for_function("() => document.querySelector('#preview .caption-label').innerText.includes('640×480')")
+    page.click("#advanced")
+    page.wait_for_selector("#tiles", state="visible")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= page.viewport_size["width"]
+
+
+CONTRAST_JS = """() => {
+    const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number);
+    const lum = ([r, g, b]) => [r, g, b].map(v => { v /= 255; return v <= 0.03928 ? v / 12.92
+                                                                   : ((v + 0.055) / 1.055) ** 2.4; })
+                                         .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
+    const background = e => { for (; e; e = e.parentElement) { const c = rgb(getComputedStyle(e).backgroundColor);
+                                                               if (c.length < 4 || c[3] > 0.5) return c; }
+                              return [255, 255, 255]; };
+    const low = [];
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let node; (node = walker.nextNode());) {
+        const e = node.parentElement, text = node.textContent.trim();
+        if (!/[\\p{L}\\p{N}]/u.test(text) || !e.checkVisibility() || e.closest('[disabled], .hide, svg')) continue;
+        const r = e.getBoundingClientRect();
+        if (!r.width || !r.height) continue;
+        const style = getComputedStyle(e), fg = rgb(style.color);
+        if (fg.length > 3 && fg[3] < 0.5) continue;
+        const [a, b] = [lum(fg), lum(background(e))].sort((x, y) => y - x);
+        const ratio = (a + 0.05) / (b + 0.05);
+        if (ratio < 4.5) low.push(`${text.slice(0, 40)} ${ratio.toFixed(2)}`);
+    }
+    return low; }"""
+
+
+def test_accessibility_contrast_alt_text_and_no_untranslated_keys(page, photos):
+    upload(page, photos["crop"])
+    click_upscale(page)
+    wait_for_result(page)
+    slider_sizes(page)
+    page.wait_for_selector("#crops img")
+    low = page.evaluate(CONTRAST_JS)
+    assert not low, low  # every text at 4.5:1 or more (WCAG AA)
+    alts = page.eval_on_selector_all("#slider img, #full img, #crops img", "els => els.map(e => e.alt)")
+    assert len(alts) >= 6 and all(alts), alts
+    labels = page.eval_on_selector_all("[aria-label]", "els => els.map(e => e.getAttribute('aria-label'))")
+    keys = [label for label in labels if re.fullmatch(r"[a-z_]+\.[a-z_]+", label)
+            and Path(label).suffix not in (".png", ".jpg", ".jpeg", ".webp")]  # "common.upload", not a file name
+    assert not keys, labels
+
+
+def test_bad_files_are_refused_at_upload_and_the_cap_is_written(page, photos):
+    assert "50 MB" in page.inner_text("#limits")
+    upload(page, photos["notes"])
+    page.wait_for_selector("#message h3")  # before any Upscale
+    assert "notes.png is not an image this page can read" in page.inner_text("#message")

@@ -1,10 +1,12 @@
 """The web page of ``uplift-diffusion serve``: a Gradio app for people who do not write Python.
 
-* **Upscale**: one or more photos (or a click on an example photo), 2x / 4x / 8x (8x only while the output stays under
-  the page's pixel limit), colour correction on / off, optional tiles; one progress bar over the whole request with
-  the time left; a before / after slider with labelled halves (the input, or pixel-bicubic, against UPLiFT); the
-  same crop zoomed (the most detailed region, or wherever the visitor clicks on the full-size view); the result at
-  1:1; PNG downloads and, for several photos, one zip.
+* **Upscale**: one or more photos (or a click on an example photo), previewed with their size before and after;
+  2x / 4x / 8x, each with what it measured against pixel bicubic (8x says it does no better); colour correction
+  and tiles under "Advanced"; one progress bar over the whole request with the time left (from the work measured
+  per model part), brought into view with the result; a busy Upscale button, Cancel, and a job that stops when its
+  visitor leaves; a before / after slider with labelled halves (the input, or pixel-bicubic, against UPLiFT), the
+  full-resolution download beside it; the same crop zoomed (the most detailed region, or wherever the visitor
+  clicks on the full-size view); the result at 1:1; PNG downloads and, for several photos, one zip.
 * **Features** (only when a DINO backbone was loaded): the joint-PCA strip (``image | backbone | step 1 | ... |
   step n``) of the predictive sibling.
 * **API**: ``/upscale`` (photos, scale, colour correction, tiles -> PNG files and a summary), documented under "Use
@@ -30,11 +32,11 @@ from uplift_diffusion.app.layout import (
     scale_radio,
 )
 from uplift_diffusion.app.messages import PageError, user_message
-from uplift_diffusion.app.progress import RequestProgress, WorkCounter
+from uplift_diffusion.app.progress import JobCancelled, RequestProgress, WorkCounter, WorkPlan
 from uplift_diffusion.app.upscaler import PageLimits, PageUpscaler, UpscaleResult, crop_box, most_detailed_center
 
 __all__ = [
-    "EXAMPLE_PHOTOS", "SCALE_CHOICES", "FeatureStrips", "PageError", "PageLimits", "PageUpscaler", "RequestProgress",
-    "UpscaleResult", "WorkCounter", "build_demo", "crop_box", "example_photos", "launch", "model_quality_line",
-    "most_detailed_center", "scale_radio", "user_message",
+    "EXAMPLE_PHOTOS", "SCALE_CHOICES", "FeatureStrips", "JobCancelled", "PageError", "PageLimits", "PageUpscaler",
+    "RequestProgress", "UpscaleResult", "WorkCounter", "WorkPlan", "build_demo", "crop_box", "example_photos", "launch",
+    "model_quality_line", "most_detailed_center", "scale_radio", "user_message",
 ]

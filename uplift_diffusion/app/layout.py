@@ -3,15 +3,16 @@ handlers that connect it to the shared :class:`PageUpscaler` / :class:`FeatureSt
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
 from uplift_diffusion.app.features import FeatureStrips
-from uplift_diffusion.app.messages import PageError, megapixels, problems_markdown, user_message
-from uplift_diffusion.app.progress import RequestProgress
+from uplift_diffusion.app.messages import PageError, logger, megapixels, problems_markdown, user_message
+from uplift_diffusion.app.progress import JobCancelled, RequestProgress, WorkPlan
 from uplift_diffusion.app.upscaler import KEEP_RESULTS_S, SCALES, PageLimits, PageUpscaler, UpscaleResult
 from uplift_diffusion.app.views import slider_labels, slider_pair, zoomed_crops
 from uplift_diffusion.builtin import ModelQuality
@@ -21,8 +22,52 @@ SCALE_CHOICES = [(f"{scale}×", scale) for scale in SCALES]
 TILE_CHOICES = [("auto", "auto"), ("off (whole image)", "off"), ("256 px", "256"), ("512 px", "512"),
                 ("1024 px", "1024")]
 COMPARE_CHOICES = [("input (enlarged, nearest)", "input"), ("pixel bicubic", "bicubic")]
+UPLOAD_CAP = "50 MB"  # Gradio's cap on one uploaded file (launch's max_file_size)
 PROGRESS = gr.Progress()  # Gradio fills in the request's bar (RequestProgress reports to it)
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # files shipped in skimage/data
+# Before the job is sent: the result area (where the progress bar runs and the result appears) comes into view, on a
+# phone too, where it is below the controls. The inputs pass through unchanged.
+SHOW_RESULT_AREA_JS = """(...args) => {
+    const area = document.querySelector('#result-area');
+    if (area) area.scrollIntoView({block: 'start', behavior: 'instant'});
+    return args;
+}"""
+# Alt text for the pictures the page shows (Gradio's image components leave ``alt`` empty), kept as they change.
+ALT_TEXT_JS = """() => {
+    const put = (img, alt) => { if (img.getAttribute('alt') !== alt) img.setAttribute('alt', alt); };
+    const caption = img => (img.closest('button')?.querySelector('.caption-label')?.textContent || '').trim();
+    const label = () => {
+        const before = (document.querySelector('#slider-labels span')?.textContent || 'input').replace('◀', '');
+        document.querySelectorAll('#slider img').forEach((img, i) =>
+            put(img, i === 0 ? `Before: ${before.trim()}` : 'After: the UPLiFT result'));
+        document.querySelectorAll('#full img').forEach(img => put(img, 'The UPLiFT result at full size (1:1)'));
+        const crops = ['input', 'pixel bicubic', 'UPLiFT'];
+        document.querySelectorAll('#crops img').forEach((img, i) => put(img, `Zoomed crop: ${crops[i] || ''}`));
+        document.querySelectorAll('#results img, #preview img, #examples img').forEach(
+            img => put(img, caption(img) || 'photo'));
+    };
+    label();
+    new MutationObserver(label).observe(document.body, {childList: true, subtree: true, attributes: true,
+                                                        attributeFilter: ['src']});
+}"""
+# Gradio's English texts lack some of its own keys (the upload button would be announced as "common.upload").
+PAGE_TEXTS = {"common.upload": "Upload"}
+
+
+def page_theme() -> gr.themes.Base:
+    """Gradio's default look with every text at 4.5:1 contrast or more (WCAG AA): darker helper texts and labels,
+    and a darker orange under the primary buttons' white text."""
+    return gr.themes.Default(primary_hue="orange").set(
+        body_text_color_subdued="*neutral_600", block_info_text_color="*neutral_600",
+        block_label_text_color="*neutral_700", block_title_text_color="*neutral_800",
+        button_primary_background_fill="*primary_700", button_primary_background_fill_hover="*primary_800",
+        button_primary_text_color="white", button_primary_border_color="*primary_700",
+        checkbox_label_text_color="*neutral_800", input_placeholder_color="*neutral_600",
+        link_text_color="*secondary_700", link_text_color_visited="*secondary_800",
+        color_accent="*primary_700",  # the selected tab's text, among others
+    )
+
+
 PAGE_CSS = """
 #slider-labels .prose { display: flex; justify-content: space-between; font-weight: 600; }
 #crops .grid-wrap, #crops .gallery-container { height: auto !important; min-height: 0 !important;
@@ -30,7 +75,8 @@ PAGE_CSS = """
 #crops .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; grid-auto-rows: auto !important; }
 #crops .thumbnail-item { aspect-ratio: 1 / 1; height: auto !important; }
 #full .image-container { overflow: auto !important; max-height: 640px; }
-#full .image-frame, #full button { overflow: visible !important; max-width: none !important; }
+#full .image-frame, #full button { overflow: visible !important; max-width: none !important;
+                                   justify-content: flex-start !important; align-items: flex-start !important; }
 #full img { max-width: none !important; max-height: none !important; width: auto !important;
             height: auto !important; object-fit: none !important; cursor: crosshair; }
 #message { border-left: 4px solid #dc2626; padding-left: 12px; }
@@ -52,6 +98,42 @@ def model_quality_line(quality: ModelQuality | None, name: str) -> str:
                        f"{row.pixel_bicubic.psnr:.2f} dB / {row.pixel_bicubic.ssim:.3f}" for row in rows)
     return (f"**Model: {quality.model}.** Measured on {headline.dataset}, {protocol} low-res, PSNR / SSIM against "
             f"pixel bicubic: {scores} (`{headline.command}`).")
+
+
+def _headline_rows(quality: ModelQuality | None):
+    """The headline measurement (the first) and its rows for the standard (bicubic) low-res protocol."""
+    if quality is None or not quality.measurements:
+        return None, []
+    headline = quality.measurements[0]
+    return headline, [row for row in headline.results if row.low_res == "bicubic"] or list(headline.results)
+
+
+def scale_notes(quality: ModelQuality | None) -> dict[int, str]:
+    """Per measured scale, one plain sentence from the model's own measurements: whether it beats plain enlarging
+    (pixel bicubic) in both PSNR and SSIM, with the numbers; a scale that does not says so."""
+    headline, rows = _headline_rows(quality)
+    notes = {}
+    for row in rows:
+        model, bicubic = row.model, row.pixel_bicubic
+        numbers = (f"{model.psnr:.2f} dB / SSIM {model.ssim:.3f} against {bicubic.psnr:.2f} dB / "
+                   f"{bicubic.ssim:.3f} for plain bicubic enlarging, on {headline.dataset}")
+        if beats_bicubic(row):
+            notes[row.scale] = f"{row.scale}×: measured closer to the real photo than plain enlarging ({numbers})."
+        else:
+            notes[row.scale] = (f"{row.scale}×: measured **no better than plain enlarging** ({numbers}); expect "
+                                f"a visible 8-pixel grid. 2× and 4× do better.")
+    return notes
+
+
+def beats_bicubic(row) -> bool:
+    return row.model.psnr > row.pixel_bicubic.psnr and row.model.ssim > row.pixel_bicubic.ssim
+
+
+def scale_choices(quality: ModelQuality | None) -> list[tuple[str, int]]:
+    """The scale radio's choices; a scale measured no better than pixel bicubic says so in its label."""
+    _, rows = _headline_rows(quality)
+    worse = {row.scale for row in rows if not beats_bicubic(row)}
+    return [(f"{scale}× (no better than bicubic)" if scale in worse else f"{scale}×", scale) for scale in SCALES]
 
 
 def example_photos() -> list[Path]:
@@ -80,25 +162,58 @@ def scale_radio(choices, **kwargs) -> gr.Radio:
     def preprocess(payload):
         if isinstance(payload, str) and payload.strip().isdigit():
             payload = int(payload)
+        if payload not in [value for _, value in radio.choices]:  # a one-line error, no traceback in the log
+            raise gr.Error(f"scale must be one of {allowed}, not {payload!r}", title="Wrong scale",
+                           print_exception=False)
         return radio_preprocess(payload)
 
     radio.api_info, radio.preprocess = api_info, preprocess
     return radio
 
 
+def tiles_dropdown(choices, **kwargs) -> gr.Dropdown:
+    """The tile-size dropdown; a value that is not one of its choices (through the API) is a one-line error."""
+    dropdown = gr.Dropdown(choices, **kwargs)
+    allowed = [value for _, value in dropdown.choices]
+    dropdown_preprocess = dropdown.preprocess
+
+    def preprocess(payload):
+        if payload not in allowed:
+            raise gr.Error(f"tiles must be one of {', '.join(map(repr, allowed))}, not {payload!r}",
+                           title="Wrong tiles", print_exception=False)
+        return dropdown_preprocess(payload)
+
+    dropdown.preprocess = preprocess
+    return dropdown
+
+
 # ---------------------------------------------------------------------------------------------------- events
 def _shown(result: UpscaleResult, compare: str, center=None):
-    """What the page shows for one result: the slider's labels, the slider, zoomed crops, the 1:1 view."""
+    """What the page shows for one result: the slider's labels, the slider, zoomed crops, the 1:1 view, and the
+    full-resolution download right at it."""
+    width, height = result.output_size
     return (gr.update(value=slider_labels(compare), visible=True), slider_pair(result, compare),
             gr.update(value=zoomed_crops(result, center), visible=True),
-            gr.update(value=str(result.output_png), visible=True))
+            gr.update(value=str(result.output_png), visible=True),
+            gr.update(value=str(result.output_png), visible=True,
+                      label=f"⬇ Download {result.output_png.name} ({width}×{height}, full resolution)"))
+
+
+def _busy() -> tuple:
+    """The Upscale button while a job runs (a second click does nothing), and the Cancel button shown."""
+    return gr.update(value="Upscaling…", interactive=False), gr.update(visible=True)
+
+
+def _idle() -> tuple:
+    return gr.update(value="Upscale", interactive=True), gr.update(visible=False)
 
 
 def _cleared() -> tuple:
-    """[message, slider labels, slider, crops, 1:1 view, results gallery, downloads, download all, summary] emptied."""
+    """[message, slider labels, slider, crops, 1:1 view, download, results gallery, downloads, download all,
+    summary] emptied."""
     hidden = gr.update(visible=False, value=None)
     return (gr.update(visible=False, value=""), gr.update(visible=False), None, hidden, hidden, hidden, hidden,
-            hidden, "")
+            hidden, hidden, "")
 
 
 @dataclass
@@ -107,6 +222,7 @@ class PageEvents:
 
     upscaler: PageUpscaler
     features: FeatureStrips
+    jobs: dict[str, threading.Event] = field(default_factory=dict)  # session -> its running job's stop flag
 
     def check_request(self, files) -> None:
         limits = self.upscaler.limits
@@ -116,48 +232,86 @@ class PageEvents:
             raise PageError(f"{len(files)} photos at once is more than this page takes ({limits.max_files}); "
                             f"send them in smaller groups.")
 
-    def expected_costs(self, files, scale: int, tiles: str) -> list[float]:
-        costs = []
+    def expected_plans(self, files, scale: int, tiles: str) -> list[WorkPlan | float]:
+        plans = []
         for path in files:
             try:
                 width, height = image_size(path)
                 tile = None if tiles in ("auto", "off") else int(tiles)
-                costs.append(self.upscaler.expected_cost((width, height), scale, tile))
+                plans.append(self.upscaler.expected_plan((width, height), scale, tile))
             except Exception:  # unreadable: upscale_file will say why; it takes no time on the bar
-                costs.append(0.0)
-        return costs
+                plans.append(0.0)
+        return plans
 
-    def upscale_all(self, files, scale, color_correction, tiles, report) -> tuple[list[UpscaleResult], list[str]]:
-        """Every photo of the request (one bar over all of them); the results and the problems, in order."""
+    def upscale_all(self, files, scale, color_correction, tiles, report, cancelled=None
+                    ) -> tuple[list[UpscaleResult], list[str]]:
+        """Every photo of the request (one bar over all of them); the results and the problems, in order.
+        JobCancelled when ``cancelled()`` turns True."""
         self.check_request(files)
         self.upscaler.prune()
         scale = int(scale)
         names = [Path(path).name for path in files]
-        bar = RequestProgress(report, names, self.expected_costs(files, scale, tiles))
+        bar = RequestProgress(report, names, self.expected_plans(files, scale, tiles), cancelled=cancelled)
         results, problems = [], []
         for index, path in enumerate(files):
             bar.start_photo(index)
             try:
                 results.append(self.upscaler.upscale_file(path, scale, bool(color_correction), tiles,
                                                           progress=bar.work))
+            except JobCancelled:
+                raise
             except Exception as err:  # one bad photo does not cost the others their results
                 problems.append(user_message(err))
             bar.finish_photo(index)
         return results, problems
 
-    def run_page(self, files, scale, color_correction, tiles, compare, progress=PROGRESS):
+    # A job per visitor: the Cancel button and leaving the page (Gradio's unload, on its session) stop it.
+    def _job_started(self, request: gr.Request | None) -> threading.Event:
+        stop = threading.Event()
+        if request is not None and request.session_hash:
+            self.jobs[request.session_hash] = stop
+        return stop
+
+    def _job_ended(self, request: gr.Request | None, stop: threading.Event) -> None:
+        if request is not None and self.jobs.get(request.session_hash) is stop:
+            del self.jobs[request.session_hash]
+
+    def stop_job(self, request: gr.Request) -> None:
+        """Stop the visitor's running job, if any (it stops at its next counted op and frees the model)."""
+        stop = self.jobs.get(request.session_hash) if request is not None else None
+        if stop is not None:
+            stop.set()
+            logger.info("request cancelled")
+
+    def cancel(self, request: gr.Request):
+        self.stop_job(request)
+        return *_idle(), gr.update(value=problems_markdown("Cancelled", ["The upscale was cancelled."]),
+                                  visible=True)
+
+    def run_page(self, files, scale, color_correction, tiles, compare, request: gr.Request = None,
+                 progress=PROGRESS):
         # First the old results go (a new run must not look finished), then the bar, then the new results.
         cleared = _cleared()
-        yield [], 0, None, *cleared
+        yield *_busy(), [], 0, None, *cleared
+        stop = self._job_started(request)
         try:
-            results, problems = self.upscale_all(files, scale, color_correction, tiles, progress)
-        except Exception as err:
-            yield [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled", [user_message(err)]),
-                                         visible=True), *cleared[1:]
+            results, problems = self.upscale_all(files, scale, color_correction, tiles, progress,
+                                                 cancelled=stop.is_set)
+        except JobCancelled:
+            logger.info("request stopped: cancelled or left")  # the model is free for the next request
+            yield *_idle(), [], 0, None, gr.update(value=problems_markdown("Cancelled", ["The upscale was cancelled."]),
+                                                  visible=True), *cleared[1:]
             return
-        if not results:
-            yield [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled", problems), visible=True), \
+        except Exception as err:
+            yield *_idle(), [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled",
+                                                                          [user_message(err)]), visible=True), \
                 *cleared[1:]
+            return
+        finally:
+            self._job_ended(request, stop)
+        if not results:
+            yield *_idle(), [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled", problems),
+                                                  visible=True), *cleared[1:]
             return
         scale = int(scale)
         lines = [r.summary(scale) for r in results]
@@ -166,7 +320,7 @@ class PageEvents:
                    else gr.update(visible=False))
         several = len(results) > 1
         yield (
-            results, 0, None, message, *_shown(results[0], compare),
+            *_idle(), results, 0, None, message, *_shown(results[0], compare),
             gr.Gallery([(str(r.output_png), f"{r.name} → {r.output_size[0]}×{r.output_size[1]}") for r in results],
                        visible=several),  # a choice to make only with several photos
             gr.update(value=[str(r.output_png) for r in results], visible=True),
@@ -174,9 +328,27 @@ class PageEvents:
             "\n\n".join(lines),
         )
 
+    def preview(self, files, scale):
+        """The uploaded photos as thumbnails with their size and the size after upscaling, and the problems found in
+        their headers now, before any Upscale (the same checks run again then)."""
+        shown, problems, scale = [], [], int(scale)
+        for path in files or []:
+            try:
+                width, height = self.upscaler.check(path)
+            except PageError as err:
+                problems.append(str(err))
+                continue
+            out = width * scale * height * scale
+            over = f" (over {megapixels(self.upscaler.limits.max_output_pixels)}: choose a smaller scale)" if (
+                out > self.upscaler.limits.max_output_pixels) else ""
+            shown.append((str(path), f"{Path(path).name}: {width}×{height} → {width * scale}×{height * scale}{over}"))
+        message = (gr.update(value=problems_markdown("Not added: these files will be skipped", problems), visible=True)
+                   if problems else gr.update(visible=False))
+        return gr.update(value=shown or None, visible=bool(shown)), message
+
     def show(self, results, index, compare, center):
         if not results:
-            return gr.update(value=slider_labels(compare)), None, None, None
+            return gr.update(value=slider_labels(compare)), None, None, None, gr.update(visible=False)
         result = results[min(index, len(results) - 1)]
         if not result.output_png.is_file():  # pruned after KEEP_RESULTS_S
             raise gr.Error("This result has expired from the server; upscale the photo again.",
@@ -222,6 +394,11 @@ class Controls:
     color: gr.Checkbox
     tiles: gr.Dropdown
     go: gr.Button
+    cancel: gr.Button
+    preview: gr.Gallery  # the uploaded photos, their size and the size after upscaling
+    example: gr.Image  # a sample photo chosen (hidden: it becomes the upload)
+    scale_note: gr.Markdown  # what the chosen scale measured against plain enlarging
+    notes: dict[int, str]
 
 
 @dataclass
@@ -230,6 +407,7 @@ class ResultView:
 
     message: gr.Markdown
     gallery: gr.Gallery
+    download_result: gr.DownloadButton  # the shown result at full resolution
     labels: gr.HTML
     slider: gr.ImageSlider
     compare: gr.Radio
@@ -241,30 +419,42 @@ class ResultView:
     summary: gr.Markdown  # the API's second output
 
 
-def _controls(limits: PageLimits, examples: Sequence[Path]) -> Controls:
+def _controls(limits: PageLimits, examples: Sequence[Path], quality: ModelQuality | None) -> Controls:
     files = gr.File(label="Photos", file_count="multiple", file_types=["image"], type="filepath", elem_id="photos")
+    gr.Markdown(f"Up to {limits.max_files} photos at once, each at most {megapixels(limits.max_input_pixels)} and "
+                f"{UPLOAD_CAP} (PNG, JPEG, WebP, ...).", elem_id="limits")
+    preview = gr.Gallery(label="Your photos (size now → size after upscaling)", columns=4, height="auto",
+                         elem_id="preview", allow_preview=False, interactive=False, visible=False,
+                         object_fit="contain")
+    example = gr.Image(type="filepath", visible=False, elem_id="example-photo")
     if examples:
-        gr.Examples([[[str(path)]] for path in examples], inputs=[files],
-                    example_labels=[path.stem for path in examples], elem_id="examples",
+        gr.Examples([[str(path)] for path in examples], inputs=[example], elem_id="examples",
                     label="Or try a sample photo (scikit-image)")
-    scale = scale_radio(SCALE_CHOICES, value=2, label="Scale", elem_id="scale",
-                        info=f"results above {megapixels(limits.max_output_pixels)} are refused (8× suits small "
-                             f"images)")
-    color = gr.Checkbox(value=True, label="Colour correction", elem_id="color",
-                        info="the model's own correction: colours and large shapes from the input, detail from UPLiFT")
-    tiles = gr.Dropdown(TILE_CHOICES, value="auto", label="Tile size", elem_id="tiles",
-                        info=f"auto: whole image up to {megapixels(limits.max_untiled_output_pixels)} of output, "
-                             f"{limits.auto_tile_size}-px tiles above")
+    notes = scale_notes(quality)
+    scale = scale_radio(scale_choices(quality), value=2, label="How much larger", elem_id="scale",
+                        info=f"results above {megapixels(limits.max_output_pixels)} are refused")
+    scale_note = gr.Markdown(notes.get(2, ""), elem_id="scale-note")
+    with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+        color = gr.Checkbox(value=True, label="Colour correction", elem_id="color",
+                            info="the model's own correction: colours and large shapes from the input, detail from "
+                                 "UPLiFT")
+        tiles = tiles_dropdown(TILE_CHOICES, value="auto", label="Tile size", elem_id="tiles",
+                            info=f"auto: whole image up to {megapixels(limits.max_untiled_output_pixels)} of output, "
+                                 f"{limits.auto_tile_size}-px tiles above")
     go = gr.Button("Upscale", variant="primary", elem_id="upscale")
-    gr.Markdown(f"Up to {limits.max_files} photos of at most {megapixels(limits.max_input_pixels)} each.")
-    return Controls(files=files, scale=scale, color=color, tiles=tiles, go=go)
+    cancel = gr.Button("Cancel", variant="secondary", elem_id="cancel", visible=False)
+    return Controls(files=files, scale=scale, color=color, tiles=tiles, go=go, cancel=cancel, preview=preview,
+                    example=example, scale_note=scale_note, notes=notes)
 
 
 def _result_view() -> ResultView:
     return ResultView(
         message=gr.Markdown(visible=False, elem_id="message"),
-        gallery=gr.Gallery(label="Results (click one to view it below)", columns=6, rows=1, height=160,
-                           elem_id="results", format="png", object_fit="cover", interactive=False, visible=False),
+        gallery=gr.Gallery(label="Results (click one to show it below)", columns=6, rows=1, height=160,
+                           elem_id="results", format="png", object_fit="cover", interactive=False, visible=False,
+                           allow_preview=False),  # a click switches the slider, nothing else
+        download_result=gr.DownloadButton("Download", elem_id="download-result", visible=False, variant="primary",
+                                          size="md"),
         labels=gr.HTML(slider_labels("input"), elem_id="slider-labels", visible=False),
         slider=gr.ImageSlider(label="before / after (drag)", type="pil", format="png", elem_id="slider",
                               interactive=False, max_height=600),
@@ -297,14 +487,28 @@ def _features_tab(events: PageEvents) -> None:
 def _connect(events: PageEvents, controls: Controls, view: ResultView) -> None:
     """The Upscale part's events (private) and the ``/upscale`` API endpoint."""
     results, shown_index, crop_center = gr.State([]), gr.State(0), gr.State(None)
-    controls.go.click(events.run_page, [controls.files, controls.scale, controls.color, controls.tiles, view.compare],
-                      [results, shown_index, crop_center, view.message, view.labels, view.slider, view.crops,
-                       view.full, view.gallery, view.download, view.download_all, view.info],
-                      concurrency_id="model", show_progress_on=[view.slider], api_visibility="private")
+    run = controls.go.click(
+        events.run_page, [controls.files, controls.scale, controls.color, controls.tiles, view.compare],
+        [controls.go, controls.cancel, results, shown_index, crop_center, view.message, view.labels, view.slider,
+         view.crops, view.full, view.download_result, view.gallery, view.download, view.download_all, view.info],
+        concurrency_id="model", show_progress_on=[view.slider], api_visibility="private", trigger_mode="once",
+        js=SHOW_RESULT_AREA_JS)
+    controls.files.change(events.preview, [controls.files, controls.scale], [controls.preview, view.message],
+                          queue=False, api_visibility="private")
+    controls.scale.change(events.preview, [controls.files, controls.scale], [controls.preview, view.message],
+                          queue=False, api_visibility="private")
+    controls.scale.change(lambda scale: controls.notes.get(int(scale), ""), controls.scale, controls.scale_note,
+                          queue=False, api_visibility="private")
+    controls.example.change(lambda path: [path] if path else gr.update(), controls.example, controls.files,
+                            queue=False, api_visibility="private")
+    controls.cancel.click(events.cancel, None, [controls.go, controls.cancel, view.message], cancels=[run],
+                          queue=False, api_visibility="private")
     view.compare.change(events.show, [results, shown_index, view.compare, crop_center],
-                        [view.labels, view.slider, view.crops, view.full], api_visibility="private")
+                        [view.labels, view.slider, view.crops, view.full, view.download_result],
+                        api_visibility="private")
     view.gallery.select(events.select, [results, view.compare],
-                        [shown_index, crop_center, view.labels, view.slider, view.crops, view.full],
+                        [shown_index, crop_center, view.labels, view.slider, view.crops, view.full,
+                         view.download_result],
                         api_visibility="private")
     view.full.select(events.place_crop, [results, shown_index], [crop_center, view.crops], api_visibility="private")
     # The API: the page's inputs, typed as accepted, and two named outputs (the PNGs, a summary).
@@ -329,20 +533,25 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
     events = PageEvents(upscaler, features)
     with_features = features.extractor is not None
     with gr.Blocks(title=title, delete_cache=(600, KEEP_RESULTS_S)) as demo:
-        gr.Markdown(f"# {title}\nLatent super-resolution with UPLiFT: the photo goes through the VAE's latent space, "
-                    f"UPLiFT doubles the latents' resolution once per 2×, the VAE decodes the result.\n\n"
-                    f"{model_quality_line(quality, model_name)}", elem_id="intro")
+        gr.Markdown(f"# {title}\nMake photos 2, 4 or 8 times larger, with more detail than plain enlarging. Add "
+                    f"photos, choose how much larger, press Upscale; compare before and after, then download.",
+                    elem_id="intro")
+        with gr.Accordion("How it works, and how well", open=False, elem_id="about"):
+            gr.Markdown(f"Latent super-resolution with UPLiFT: the photo goes through the VAE's latent space, UPLiFT "
+                        f"doubles the latents' resolution once per 2×, the VAE decodes the result.\n\n"
+                        f"{model_quality_line(quality, model_name)}", elem_id="model-line")
         # The Upscale part is the page; it becomes a tab only when there is a second tab to show.
         with gr.Tabs() if with_features else gr.Column():
             with gr.Tab("Upscale") if with_features else gr.Column():
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=280):
-                        controls = _controls(upscaler.limits, example_photos())
-                    with gr.Column(scale=2, min_width=300):
+                        controls = _controls(upscaler.limits, example_photos(), quality)
+                    with gr.Column(scale=2, min_width=300, elem_id="result-area"):
                         view = _result_view()
             if with_features:
                 _features_tab(events)
         _connect(events, controls, view)
+        demo.unload(events.stop_job)  # a visitor who leaves (reload, close) does not keep the model busy
     return demo
 
 
@@ -352,7 +561,8 @@ def launch(demo: gr.Blocks, limits: PageLimits, host: str = "127.0.0.1", port: i
     address once it answers, then serves until Ctrl+C (``block=True``) or returns (``demo.close()`` stops it)."""
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=1)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, show_error=False, ssr_mode=False,
-                quiet=True, max_file_size="50mb", footer_links=["api"], css=PAGE_CSS, **kwargs)
+                quiet=True, max_file_size=UPLOAD_CAP.replace(" ", "").lower(), footer_links=["api"], css=PAGE_CSS,
+                theme=page_theme(), js=ALT_TEXT_JS, i18n=gr.I18n(en=PAGE_TEXTS), **kwargs)
     url = f"http://{host}:{demo.server_port}/"
     print(f"uplift-diffusion serve: open {url} (Ctrl+C stops the server)", flush=True)
     if block:

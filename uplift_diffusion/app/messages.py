@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from uplift_diffusion.utils.errors import UserError
+
 logger = logging.getLogger("uplift_diffusion.app")  # the page's one log (``serve`` prints it on the console)
 
 
@@ -14,11 +16,15 @@ class PageError(ValueError):
 
 
 def user_message(err: Exception) -> str:
-    """PageError as is (logged as one line: the visitor's mistake, not the server's); anything else as a generic
-    sentence, its traceback in the server log (a real bug)."""
-    if isinstance(err, PageError):
-        logger.warning("request refused: %s", err)
-        return str(err)
+    """PageError, and the library's own refusals (UserError: e.g. not enough memory for this size, with its advice
+    in the page's words), as they are, logged as one line (the visitor's request, not the server's bug); anything
+    else as a generic sentence, its traceback in the server log (a real bug)."""
+    if isinstance(err, (PageError, UserError)):
+        text = str(err)
+        if not isinstance(err, PageError):  # the command line's flags, as the page's settings
+            text = text.replace("--tile-size ", "Advanced → Tile size ").replace("--scale ", "scale ")
+        logger.warning("request refused: %s", text)
+        return text
     logger.error("request failed", exc_info=err)
     return f"Something went wrong on the server ({type(err).__name__}); the details are in the server log."
 

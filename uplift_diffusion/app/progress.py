@@ -4,7 +4,9 @@ and one bar over a whole request with the time left (:class:`RequestProgress`)."
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -16,6 +18,7 @@ _CONV_OPS = {"conv2d", "convolution", "_convolution", "mkldnn_convolution", "_co
 _TRANSPOSED_OPS = {"conv_transpose2d", "conv_transpose1d", "conv_transpose3d", "convolution_transpose"}
 _MATMUL_OPS = {"mm", "bmm", "matmul"}
 _MATMUL_ADD_OPS = {"addmm", "baddbmm"}
+SAVING = "saving"  # the part after the model: writing the result's files (its "work" is the fraction written)
 
 
 def _multiply_adds(name: str, args: tuple, out) -> tuple[int, torch.Tensor | None]:
@@ -49,11 +52,19 @@ class WorkCounter(TorchDispatchMode):
         parts: ``{weight data pointer: part name}`` for the weights of the model parts.
     """
 
-    def __init__(self, on_work: Callable[[int, str | None], None] | None = None, parts: dict[int, str] | None = None):
+    def __init__(self, on_work: Callable[[int, str | None], None] | None = None, parts: dict[int, str] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         super().__init__()
         self.on_work = on_work
         self.parts = parts or {}
         self.total = 0
+        self.clock = clock
+        # Per part: the multiply-adds, and the seconds up to each counted op (the uncounted ops before it included),
+        # an op without a named weight belonging to the part of the last one that had one.
+        self.macs_by_part: dict[str | None, int] = defaultdict(int)
+        self.seconds_by_part: dict[str | None, float] = defaultdict(float)
+        self._part: str | None = None
+        self._last = clock()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -63,50 +74,98 @@ class WorkCounter(TorchDispatchMode):
             part = None
             if weight is not None and weight.layout == torch.strided:  # opaque (mkldnn) tensors have no data_ptr
                 part = self.parts.get(weight.data_ptr())
+            self._part = part or self._part
+            now = self.clock()
+            self.macs_by_part[self._part] += macs
+            self.seconds_by_part[self._part] += now - self._last
+            self._last = now
             if self.on_work is not None:
                 self.on_work(self.total, part)
         return out
 
 
+@dataclass(frozen=True)
+class WorkPlan:
+    """The expected work of one photo: multiply-adds and seconds per part (``SAVING``: 1 unit, the whole of
+    writing the files), from a measured run. The bar moves through a photo by expected seconds, not by multiply-adds:
+    a decoder's multiply-add costs more time than the upsampler's, and writing the files takes time with none."""
+
+    macs: Mapping[str | None, float]
+    seconds: Mapping[str | None, float]
+
+    @classmethod
+    def uniform(cls, cost: float) -> WorkPlan:
+        """One part, ``cost`` units of work taking ``cost`` units of time."""
+        return cls({None: cost}, {None: cost})
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def position(self, done: Mapping[str | None, float]) -> float:
+        """Expected seconds of work behind ``done`` (units of work per part)."""
+        return sum(min(done.get(part, 0.0), macs) / macs * self.seconds.get(part, 0.0)
+                   for part, macs in self.macs.items() if macs > 0)
+
+
 class RequestProgress:
     """One progress bar over a whole request (every photo of a batch), with the time left.
 
-    Each photo's share of the bar is its expected arithmetic (multiply-adds, from its size and scale); within a photo
-    the bar follows the multiply-adds counted so far (:class:`WorkCounter`), so the decode advances it layer by layer
-    like every other part. The time left is the elapsed time scaled by the work left.
+    Each photo's share of the bar is its expected time (:class:`WorkPlan`, measured on the last run of the same
+    scale and tiles, else on a small calibration photo); within a photo the bar follows the multiply-adds counted so
+    far per part (:class:`WorkCounter`), each part's worth its expected seconds, then the files written. The time
+    left is the elapsed time scaled by the expected time left (what a busier or quieter machine changes is the pace,
+    which the elapsed time measures), never under 1 s before the end.
 
     Args:
         report: ``report(fraction, desc)``, e.g. a ``gr.Progress``.
         names: the photos' names.
-        costs: expected multiply-adds of each photo (0 for photos that will be refused).
+        costs: each photo's :class:`WorkPlan`, or a number (work and time in one unit; 0 for photos that will be
+            refused).
         min_interval: seconds between two reports (the page gets a few updates a second, not one per op).
         clock: monotonic clock in seconds.
+        cancelled: called at every counted op; when it returns True the request stops (:class:`JobCancelled`).
     """
 
-    def __init__(self, report: Callable[..., None], names: Sequence[str], costs: Sequence[float],
-                 min_interval: float = 0.25, clock: Callable[[], float] = time.monotonic):
-        self.report, self.names, self.costs = report, list(names), [max(0.0, float(c)) for c in costs]
+    def __init__(self, report: Callable[..., None], names: Sequence[str], costs: Sequence[float | WorkPlan],
+                 min_interval: float = 0.25, clock: Callable[[], float] = time.monotonic,
+                 cancelled: Callable[[], bool] | None = None):
+        self.report, self.names = report, list(names)
+        self.plans = [c if isinstance(c, WorkPlan) else WorkPlan.uniform(max(0.0, float(c))) for c in costs]
+        self.costs = [plan.total_seconds for plan in self.plans]
         self.total = sum(self.costs) or 1.0
-        self.min_interval, self.clock = min_interval, clock
+        self.min_interval, self.clock, self.cancelled = min_interval, clock, cancelled
         self.start_time = clock()
         self.last_report = -float("inf")
         self.index, self.part, self.fraction = 0, None, 0.0
+        self.done: dict[str | None, float] = defaultdict(float)
+        self.counted = 0.0
 
     def start_photo(self, index: int) -> None:
         self.index, self.part = index, None
+        self.done, self.counted = defaultdict(float), 0.0
         self._report(sum(self.costs[:index]) / self.total, force=True)
 
     def finish_photo(self, index: int) -> None:
         """Photo ``index`` is done (or refused): the bar shows its whole share, whatever the estimate said."""
-        self.part = "saving" if index + 1 == len(self.names) else None
+        self.part = SAVING if index + 1 == len(self.names) else None
         self._report(sum(self.costs[:index + 1]) / self.total, force=True)
 
     def work(self, done: float, part: str | None = None) -> None:
-        """``done`` multiply-adds of the current photo so far (its share is capped: estimates can be short)."""
-        if part is not None:
-            self.part = part
+        """``done`` multiply-adds of the current photo so far (``part`` SAVING: the fraction of its files written).
+        The photo's share is capped: estimates can be short."""
+        if self.cancelled is not None and self.cancelled():
+            raise JobCancelled("the request was cancelled")
+        plan = self.plans[self.index]
+        if part == SAVING:
+            self.part, self.done[SAVING] = SAVING, done
+        else:
+            self.part = part or self.part
+            key = self.part if self.part in plan.macs else None
+            self.done[key] += done - self.counted
+            self.counted = done
         cost = self.costs[self.index]
-        self._report((sum(self.costs[:self.index]) + min(done, 0.99 * cost)) / self.total)
+        self._report((sum(self.costs[:self.index]) + min(plan.position(self.done), 0.99 * cost)) / self.total)
 
     def seconds_left(self, fraction: float) -> float | None:
         elapsed = self.clock() - self.start_time
@@ -126,5 +185,9 @@ class RequestProgress:
         count = len(self.names)
         photo = f"{self.names[self.index]} ({self.index + 1} of {count})" if count > 1 else self.names[self.index]
         left = self.seconds_left(fraction)
-        when = f"about {seconds(left)} left" if left is not None else "estimating the time left"
+        when = f"about {seconds(max(1.0, left))} left" if left is not None else "estimating the time left"
         return " · ".join(p for p in (photo, self.part, when) if p)
+
+
+class JobCancelled(Exception):
+    """The visitor cancelled the request (or left the page): the work stops at the next counted op."""

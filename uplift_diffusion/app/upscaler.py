@@ -4,6 +4,7 @@ counted (the progress bar's unit), and the result's files written (the download,
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import threading
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 
 from uplift_diffusion.app.messages import PageError, megapixels
-from uplift_diffusion.app.progress import WorkCounter
+from uplift_diffusion.app.progress import SAVING, WorkCounter, WorkPlan
 from uplift_diffusion.utils.errors import ImageConversionWarning
 from uplift_diffusion.utils.images import image_size, load_image
 from uplift_diffusion.utils.io import atomic_write, save_image_atomic
@@ -29,7 +30,7 @@ from uplift_diffusion.utils.io import atomic_write, save_image_atomic
 SCALES = (2, 4, 8)
 KEEP_RESULTS_S = 3600  # result files older than this are deleted from the page's work folder
 CROP_SIZE = 192  # output pixels per side of the zoomed crop (the page's detail view)
-CALIBRATION_SIDE = 32  # pixels: the tiny photo whose cost per pixel sizes the progress bar before a first real run
+CALIBRATION_SIDE = 64  # pixels: the small photo whose work per pixel sizes the progress bar before a first real run
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,12 @@ class PageUpscaler:
             self._cleanup = weakref.finalize(self, shutil.rmtree, workdir, True)
         self.workdir = Path(workdir)
         self._lock = threading.Lock()  # one request at a time on the shared model, whatever the queue settings
-        self._macs_per_pixel: dict[tuple[int, int | None], float] = {}  # measured, per (scale, tile size)
+        self._per_pixel: dict[tuple[int, int | None], WorkPlan] = {}  # measured per input pixel, per (scale, tile)
 
     # ------------------------------------------------------------------ checks
-    def read(self, path: str | Path) -> tuple[Image.Image, str | None]:
-        """An uploaded file as RGB, after checking its size from the header (before decoding the pixels), and the
-        conversion it needed (e.g. ``converted RGBA to RGB ...``; ``None``: it was RGB)."""
+    def check(self, path: str | Path) -> tuple[int, int]:
+        """An uploaded file's (width, height) from its header, checked against the page's limits (PageError):
+        cheap enough to run on every upload, before any Upscale."""
         name, limits = Path(path).name, self.limits
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             raise PageError(f"{name} is an empty file (0 bytes): the upload may have failed, or the file was "
@@ -146,6 +147,13 @@ class PageUpscaler:
             raise PageError(f"{name} is {width}×{height} ({megapixels(width * height)}), over this page's limit of "
                             f"{megapixels(limits.max_input_pixels)} per photo: downscale it first, or upscale it on "
                             f"your own machine in tiles (uplift-diffusion upscale --tile-size 512)")
+        return width, height
+
+    def read(self, path: str | Path) -> tuple[Image.Image, str | None]:
+        """An uploaded file as RGB, after :meth:`check` (before decoding the pixels), and the conversion it needed
+        (e.g. ``converted RGBA to RGB ...``; ``None``: it was RGB)."""
+        name = Path(path).name
+        self.check(path)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ImageConversionWarning)
@@ -191,27 +199,42 @@ class PageUpscaler:
         return parts
 
     def _run(self, image: Image.Image, scale: int, tile_size: int | None, color_correction: bool,
-             on_work: Callable[[int, str | None], None] | None = None) -> tuple[Image.Image, int]:
-        """The pipeline's result for ``image`` and the multiply-adds it took."""
+             on_work: Callable[[int, str | None], None] | None = None) -> tuple[Image.Image, WorkCounter]:
+        """The pipeline's result for ``image`` and the counter of the work it took."""
         generator = torch.Generator(self.pipeline.device).manual_seed(self.seed)
         with WorkCounter(on_work, self._model_parts()) as counter:
             result = self.pipeline(image, scale=scale, generator=generator, tile_size=tile_size,
                                    color_correction=color_correction).images[0]
-        return result, counter.total
+        return result, counter
 
-    def expected_cost(self, size: tuple[int, int], scale: int, tile_size: int | None = None) -> float:
-        """Expected multiply-adds to upscale a photo of ``size``: measured per pixel on the last photo with the same
-        scale and tiles, else on a tiny calibration photo (run once per scale, under the model lock)."""
+    def _measure(self, key: tuple[int, int | None], pixels: int, counter: WorkCounter, saving_s: float) -> None:
+        """Keep the run's work and seconds per part, per input pixel: the plan for the next photo of this key."""
+        macs = {part: value / pixels for part, value in counter.macs_by_part.items()}
+        spent = {part: value / pixels for part, value in counter.seconds_by_part.items()}
+        self._per_pixel[key] = WorkPlan({**macs, SAVING: 1.0 / pixels}, {**spent, SAVING: saving_s / pixels})
+
+    def expected_plan(self, size: tuple[int, int], scale: int, tile_size: int | None = None) -> WorkPlan:
+        """The expected work and seconds to upscale a photo of ``size``: measured per pixel on the last photo with
+        the same scale and tiles, else on a small calibration photo (run once per scale, under the model lock)."""
         pixels = size[0] * size[1]
         for key in ((scale, tile_size), (scale, None)):
-            if key in self._macs_per_pixel:
-                return self._macs_per_pixel[key] * pixels
+            if key in self._per_pixel:
+                plan = self._per_pixel[key]
+                return WorkPlan({p: v * pixels for p, v in plan.macs.items()},
+                                {p: v * pixels for p, v in plan.seconds.items()})
         with self._lock:
             side = CALIBRATION_SIDE
             noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
-            _, macs = self._run(Image.fromarray(noise), scale, None, True)
-        self._macs_per_pixel[(scale, None)] = macs / side**2
-        return macs / side**2 * pixels
+            result, counter = self._run(Image.fromarray(noise), scale, None, True)
+            start = time.perf_counter()
+            for _ in range(3):  # the result's three files (see upscale_file)
+                result.save(io.BytesIO(), format="PNG")
+            self._measure((scale, None), side * side, counter, time.perf_counter() - start)
+        return self.expected_plan(size, scale, tile_size)
+
+    def expected_cost(self, size: tuple[int, int], scale: int, tile_size: int | None = None) -> float:
+        """Expected seconds to upscale a photo of ``size`` (see :meth:`expected_plan`)."""
+        return self.expected_plan(size, scale, tile_size).total_seconds
 
     # ------------------------------------------------------------------ work
     def upscale_file(self, path: str | Path, scale: int, color_correction: bool, tiles: str,
@@ -223,7 +246,8 @@ class PageUpscaler:
             scale: 2, 4 or 8.
             color_correction: apply the upsampler's own colour correction (on / off; the mode is the model's).
             tiles: ``"auto"``, ``"off"`` or a tile size in pixels.
-            progress: called as ``progress(multiply_adds_so_far, part)`` while the pipeline runs.
+            progress: called as ``progress(multiply_adds_so_far, part)`` while the pipeline runs, then as
+                ``progress(fraction_of_the_files_written, SAVING)``.
         """
         name = Path(path).name
         image, note = self.read(path)
@@ -234,18 +258,21 @@ class PageUpscaler:
             raise PageError(f"{name}: {err}") from None
         with self._lock:
             start = time.perf_counter()
-            result, macs = self._run(image, scale, tile_size, color_correction, progress)
+            result, counter = self._run(image, scale, tile_size, color_correction, progress)
             seconds = time.perf_counter() - start
-        self._macs_per_pixel[(scale, tile_size)] = macs / (image.width * image.height)
+        saving_start = time.perf_counter()
         folder = self.workdir / uuid.uuid4().hex
         folder.mkdir(parents=True)
         views = {
             "output_png": (result, f"{Path(name).stem}_x{scale}.png"),
-            "input_view": (image.resize(result.size, Image.NEAREST), "input_nearest.png"),
-            "bicubic_view": (image.resize(result.size, Image.BICUBIC), "bicubic.png"),
+            "input_view": (lambda: image.resize(result.size, Image.NEAREST), "input_nearest.png"),
+            "bicubic_view": (lambda: image.resize(result.size, Image.BICUBIC), "bicubic.png"),
         }
-        for picture, filename in views.values():
-            save_image_atomic(picture, folder / filename)
+        for written, (picture, filename) in enumerate(views.values(), 1):
+            save_image_atomic(picture() if callable(picture) else picture, folder / filename)
+            if progress is not None:
+                progress(written / len(views), SAVING)
+        self._measure((scale, tile_size), image.width * image.height, counter, time.perf_counter() - saving_start)
         files = {key: folder / filename for key, (_, filename) in views.items()}
         x, y = most_detailed_center(image, max(1, CROP_SIZE // scale))
         return UpscaleResult(name=name, input_size=image.size, output_size=result.size, seconds=seconds,

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         pipeline.check_inputs(2, None, None, "pil")
     except ValueError as err:
         raise InputError(str(err)) from None
-    pipeline.set_progress_bar_config(leave=False)
+    pipeline.set_progress_bar_config(disable=True)  # the page has its own bar; the log gets no bar per job
     untiled = min(args.max_output_pixels, app.PageLimits.max_untiled_output_pixels)
     limits = app.PageLimits(max_input_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels,
                             max_untiled_output_pixels=untiled, queue_size=args.queue_size)
