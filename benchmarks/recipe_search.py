@@ -15,10 +15,11 @@ The protocol:
   4x (the input is the taef2 round trip of the bicubic low-res photo: what a latent pipeline's decoded guide looks
   like); PSNR, SSIM and the latent-grid ratio, beside pixel bicubic (PIL) of the same input.
 
+A difference is bold when it exceeds the noise floor (and rounds to at least 0.01).
 Two runs go at a time (``--jobs``), each on one thread. Every run writes ``<out>/<recipe>/seed<k>/result.json``
 atomically; a rerun skips finished runs and resumes unfinished ones from their checkpoints.
 
-    python benchmarks/recipe_search.py --recipes configs/recipes/*.json --cpu-minutes 8 --out outputs/recipes
+    python benchmarks/recipe_search.py --cpu-minutes 7 --out outputs/recipes
 
 ``--table`` only prints the table of what is in ``--out``.
 """
@@ -213,7 +214,7 @@ def table(out: Path) -> str:
         cells = []
         for label in labels:
             value, delta = mean(runs, label), mean(runs, label) - mean(base, label)
-            mark = "**" if name != BASELINE and abs(delta) > floor[label] else ""
+            mark = "**" if name != BASELINE and abs(delta) > max(floor[label], 0.005) else ""  # beyond the floor
             cells.append(f"{value:.2f} ({mark}{delta:+.2f}{mark}) / {mean(runs, label, 'grid'):.2f}")
         steps = "/".join(str(r.get("steps", "–")) for r in runs)
         lines.append(f"| {name} | {len(runs)} | {steps} | " + " | ".join(cells) + " |")
