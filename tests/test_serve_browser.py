@@ -562,8 +562,8 @@ def test_upscale_shows_the_progress_and_the_result_where_the_eye_is_and_runs_onc
     assert page.evaluate("() => window.progressOnScreen")  # the bar was on screen while it ran ...
     slider_sizes(page)
     if page.viewport_size["width"] > 1000 and not on_screen(page, "#slider"):
-        # Known gap: on the desktop layout the page keeps the scroll position of the progress box, and the slider's
-        # top edge ends above the window once the result (taller than the box) replaces it.
+        # Known gap (cause not found yet): on the desktop layout the slider's top edge is above the window once the
+        # result arrives; the phone layout keeps it in view.
         pytest.xfail("desktop: the result's top edge is scrolled above the window after the job")
     assert on_screen(page, "#slider")  # ... and so is the result now
     assert len(joins) == 1, joins  # one job for two clicks
