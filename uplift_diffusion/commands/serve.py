@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--queue-size", args.queue_size)):
         if value < 1:
             raise InputError(f"{flag} must be positive, got {value}")
+    quality, name = _model_quality(args)  # a malformed quality.json is refused first (a small file)
     _check_port(args.host, args.port)  # before the models load (seconds): a taken port answers at once
     try:
         from uplift_diffusion import app
@@ -115,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
 
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
 
-    quality, name = _model_quality(args)  # a malformed quality.json is refused before the models load
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)  # as `upscale` loads them
     pipeline = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler).to(device)
