@@ -1,6 +1,6 @@
 """Train the built-in taef2 model's best recipe from scratch on one CUDA device, within minutes, into ``$OUT``.
 
-One command for a lent GPU machine (see the README, "Training the built-in model"):
+One command for a lent GPU machine (see docs/training.md, "On a GPU"):
 
     python benchmarks/train_gpu.py --out "$OUT"            # ~8 minutes on one H100, recipe from configs/recipes/
 
@@ -12,7 +12,7 @@ experiment protocol's held-out photos (``$OUT/result.json``, the columns of ``be
 
 The training photos and the taef2 weights are read from ``--data-root`` / ``--backbone`` (defaults: ``../shared``
 beside the repository, and the package's own taef2). A device machine gets only the repository: copy the photos
-into an ignored folder of it first (``--data-root outputs/gpu_data``), as the README shows. On the CPU the same
+into an ignored folder of it first (``--data-root outputs/gpu_data``), as docs/training.md shows. On the CPU the same
 command runs with ``--max-steps N`` (tests/test_train_gpu_script.py).
 """
 

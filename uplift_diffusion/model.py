@@ -435,7 +435,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         :meth:`forward`, :meth:`encode_image` and :meth:`upscale_step` (what the pipelines call) all run compiled.
 
         Arguments as ``torch.nn.Module.compile``. The default path needs none of this: on CPU the eager
-        channels-last path is as fast (see the README's Speed section); the flag is for GPUs and experiments.
+        channels-last path is as fast (see docs/speed.md); the flag is for GPUs and experiments.
         """
         parts = [self.encoder, self.decoder.block_0, self.decoder.up_1, self.decoder.block_1, self.attender]
         parts += [m for m in (self.refiner, self.refiner_out) if m is not None]

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "interrupted run: outputs are written atomically, so a present file is complete)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the upsampler (UPLiFTModel.compile: every part); pays off on GPUs and "
-                             "for many images, not on CPU (see the README's Speed section)")
+                             "for many images, not on CPU (see docs/speed.md)")
     add_device_arguments(parser)
 
 

@@ -3,7 +3,7 @@
 A forward pass frees and allocates maps of several MiB at every layer. With glibc's defaults, blocks above its
 (adaptive) mmap threshold are returned to the kernel when freed and the heap top is trimmed, so the next map of that
 size is page-faulted in again, 4 KiB at a time: on our 2-core development machine ~15-20 % of a ``dinov2-s14`` 8x8
-pixel-dense call (README, Speed). :func:`retain_freed_memory` keeps freed memory in the process instead: the peak
+pixel-dense call (docs/speed.md). :func:`retain_freed_memory` keeps freed memory in the process instead: the peak
 memory is unchanged, the resident size simply does not shrink after a call.
 
 It is process-wide, so the package never calls it on import; the ``upscale``, ``features`` and ``demo`` commands
