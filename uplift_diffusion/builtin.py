@@ -13,7 +13,6 @@ its measured quality as data, ``quality.json``: see :func:`read_model_quality`):
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -25,6 +24,7 @@ from uplift_diffusion.backbones.taef2 import TAEF2
 from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.reference import check_finite
 from uplift_diffusion.utils.errors import CheckpointError, InputError
+from uplift_diffusion.utils.fingerprint import file_sha256
 from uplift_diffusion.utils.logs import silence_empty_float32_notice
 
 
@@ -152,13 +152,6 @@ def _digested_files(folder: Path) -> list[Path]:
                   and p.name not in (DIGESTS_FILE, QUALITY_FILE))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def record_digests(folder: str | Path) -> Path:
     """Write ``folder/digests.json`` (the sha256 of each weights / config file); run after (re)training a built-in
@@ -167,7 +160,7 @@ def record_digests(folder: str | Path) -> Path:
 
     folder = Path(folder)
     return write_json_atomic(folder / DIGESTS_FILE, {"written_by": _RECORD_COMMAND, "sha256": {
-        p.name: _sha256(p) for p in _digested_files(folder)}})
+        p.name: file_sha256(p) for p in _digested_files(folder)}})
 
 
 @functools.lru_cache(maxsize=None)
@@ -183,7 +176,7 @@ def _check_digests(folder: Path, stamp: tuple) -> None:
         path = folder / name
         if not path.is_file():
             raise ValueError(f"{path} is missing")
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             raise ValueError(f"{path} does not match the sha256 recorded when the package was built")
 
 

@@ -9,7 +9,6 @@ complete. Loading verifies the manifest and refuses a corrupt or truncated check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..utils.errors import CheckpointError
+from ..utils.fingerprint import file_sha256
 from ..utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -32,13 +32,6 @@ STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "manifest.json"
 PREFIX = "checkpoint-"
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def capture_rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -104,7 +97,7 @@ class CheckpointManager:
         atomic_write(tmp / MODEL_FILE, lambda file: save_file(tensors, file))  # safetensors alone writes mode 0600
         torch.save({**training_state, "step": step}, tmp / STATE_FILE)
         manifest = {"format": 1, "step": step,
-                    "files": {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
+                    "files": {n: {"size": (tmp / n).stat().st_size, "sha256": file_sha256(tmp / n)}
                               for n in (MODEL_FILE, STATE_FILE)}}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
         if final.exists():  # re-saving the same step (e.g. a resumed run that stops where it started)
@@ -140,7 +133,7 @@ class CheckpointManager:
             if size != expected.get("size"):
                 raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {name} has {size} bytes, the "
                                       f"manifest says {expected.get('size')}")
-            if _sha256(file) != expected.get("sha256"):
+            if file_sha256(file) != expected.get("sha256"):
                 raise CheckpointError(f"checkpoint {path} is corrupt: the sha256 of {name} does not match its "
                                       f"manifest")
         return manifest

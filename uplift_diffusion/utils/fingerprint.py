@@ -29,14 +29,19 @@ def weights_hash(module) -> str:
     return digest.hexdigest()[:16]
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, 16 hex digits: what an input *is*, whatever its name (an image replaced under the
-    same name changes it)."""
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, 16 hex digits: what an input *is*, whatever its name (an image replaced under the
+    same name changes it)."""
+    return file_sha256(path)[:16]
 
 
 def module_identity(module) -> dict[str, Any] | None:
