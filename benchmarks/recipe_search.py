@@ -69,21 +69,10 @@ def _threads_one() -> None:
 
 def warm_cache(config: dict) -> None:
     """Encode every view once (and decode its guides when the recipe needs them) into the shared cache."""
-    import torch
-    from tqdm.auto import tqdm
-
     from uplift_diffusion.training.config import TrainConfig
-    from uplift_diffusion.training.data import collate_views
     from uplift_diffusion.training.trainer import Trainer
 
-    trainer = Trainer(TrainConfig.from_dict(config))
-    dataset, batch = trainer.dataset, config["batch_size"]
-    with torch.no_grad():
-        for start in tqdm(range(0, len(dataset), batch), desc="feature cache", leave=False):
-            items = collate_views([dataset[i] for i in range(start, min(start + batch, len(dataset)))])
-            features = trainer.features(items["keys"], items["images"])
-            trainer.guides(items["keys"], items["images"], features)
-    trainer.cache.flush()
+    Trainer(TrainConfig.from_dict(config)).fill_cache()
 
 
 def train(config: dict) -> dict:
@@ -110,6 +99,7 @@ def evaluate(model_dir: str, photos: list[Path]) -> dict:
     import torch
     import torch.nn.functional as F
     from PIL import Image
+    from uplift_diffusion.eval.common import float_to_uint8, to_tensor_uint8
     from uplift_diffusion.eval.metrics import grid_ratio_per_image, psnr_per_image, ssim_per_image
 
     from uplift_diffusion import UPLiFTModel, UPLiFTSuperResolutionPipeline
@@ -119,11 +109,8 @@ def evaluate(model_dir: str, photos: list[Path]) -> dict:
     pipe = UPLiFTSuperResolutionPipeline(vae=load_builtin_vae("taef2"), upsampler=upsampler)
     pipe.set_progress_bar_config(disable=True)
 
-    def tensor(image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)[None]
-
     def scores(pred: Image.Image, hr: Image.Image) -> list[float]:
-        p, t = tensor(pred), tensor(hr)
+        p, t = to_tensor_uint8(pred)[None], to_tensor_uint8(hr)[None]
         return [psnr_per_image(p, t).item(), ssim_per_image(p, t).item(), grid_ratio_per_image(p, t).item()]
 
     rows: dict[str, dict[str, list]] = {}
@@ -135,9 +122,9 @@ def evaluate(model_dir: str, photos: list[Path]) -> dict:
         for label, scale, kind in PROTOCOLS:
             size = (w // scale, h // scale)
             if kind == "aliased":
-                x = tensor(hr).float() / 255
+                x = to_tensor_uint8(hr)[None].float() / 255
                 x = F.interpolate(x, size=size[::-1], mode="bilinear", align_corners=False, antialias=False)
-                lr = Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8))
+                lr = Image.fromarray(float_to_uint8(x)[0])
             else:
                 lr = hr.resize(size, Image.Resampling.BICUBIC)
             if kind == "generation":
@@ -154,16 +141,15 @@ def evaluate(model_dir: str, photos: list[Path]) -> dict:
 
 def _taef2_round_trip(pipe, image):
     """taef2 encode -> decode of an image, as 8-bit RGB (a latent pipeline's decoded low-res guide)."""
-    import numpy as np
     import torch
     from PIL import Image
+    from uplift_diffusion.eval.common import float_to_uint8, to_tensor_uint8
 
     from uplift_diffusion.backbones.vae import decode_latents, encode_latents
 
-    x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
-        y = decode_latents(pipe.vae, encode_latents(pipe.vae, x))
-    return Image.fromarray((y[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+        y = decode_latents(pipe.vae, encode_latents(pipe.vae, to_tensor_uint8(image)[None].float() / 255))
+    return Image.fromarray(float_to_uint8(y)[0])
 
 
 def one_run(args: argparse.Namespace) -> None:

@@ -49,12 +49,7 @@ def measure(path: Path, views: int, steps: int, work: Path) -> dict:
     trainer = Trainer(TrainConfig.from_dict(config), overwrite=True)
     trainer.dataset.index = trainer.dataset.index[:views]
     batch_size = config["batch_size"]
-    with torch.no_grad():  # fill the cache (paid once per view)
-        for start in range(0, len(trainer.dataset), batch_size):
-            items = collate_views([trainer.dataset[i] for i in range(start, min(start + batch_size,
-                                                                                 len(trainer.dataset)))])
-            trainer.guides(items["keys"], items["images"], trainer.features(items["keys"], items["images"]))
-    trainer.cache.flush()
+    trainer.fill_cache()  # paid once per view, not timed
 
     start = time.process_time()
     trainer.train()

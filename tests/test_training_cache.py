@@ -98,3 +98,19 @@ def test_processes_see_each_others_shards_after_a_refresh(tmp_path):
     assert "a#v0@4x4" not in rank1
     rank1.refresh()
     assert torch.equal(rank1.get("a#v0@4x4"), torch.ones(2, 4, 4)) and rank1.index["a#v0@4x4"] == shard
+
+
+def test_fill_cache_pays_every_backbone_pass_before_training(tmp_path):
+    from training_helpers import tiny_backbone, tiny_config, write_images
+
+    from uplift_diffusion.training.data import collate_views
+    from uplift_diffusion.training.trainer import Trainer
+
+    write_images(tmp_path / "images", count=2)
+    trainer = Trainer(tiny_config(tmp_path, tmp_path / "images"), backbone=tiny_backbone())
+    trainer.fill_cache()
+    levels = len(trainer.dataset[0]["images"])
+    assert trainer.cache.misses == len(trainer.dataset) * levels
+    items = collate_views([trainer.dataset[i] for i in range(len(trainer.dataset))])
+    trainer.features(items["keys"], items["images"])
+    assert trainer.cache.misses == len(trainer.dataset) * levels  # all served from the cache now

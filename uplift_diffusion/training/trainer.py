@@ -262,6 +262,19 @@ class Trainer:
             guides = [None] + [torch.where(pick, g, x) for g, x in zip(guides[1:], images[1:], strict=True)]
         return guides
 
+    @torch.no_grad()
+    def fill_cache(self) -> None:
+        """Encode every view of the dataset (and decode its guides when the loss needs them) into the feature cache
+        now, so that a run (or several sharing the cache) starts with every backbone pass already paid."""
+        if self.cache is None:
+            raise InputError("fill_cache needs data.cache_dir: there is no feature cache to fill")
+        batch = self.local_batch
+        for start in tqdm(range(0, len(self.dataset), batch), desc="feature cache", leave=False):
+            items = collate_views([self.dataset[i] for i in range(start, min(start + batch, len(self.dataset)))])
+            images = [x.to(self.accelerator.device) for x in items["images"]]
+            self.guides(items["keys"], images, self.features(items["keys"], images))
+        self.cache.flush()
+
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self) -> None:
         acc = self.accelerator
