@@ -266,8 +266,14 @@ def main() -> None:
         with locks[cache]:  # the first run of a data setting fills its cache, before any clock starts
             if cache not in warmed:
                 print(f"filling the feature cache for {name} seed {seed}", flush=True)
-                subprocess.run(base_cmd + ["--one", str(spec), "--warm-only"], env=env, check=True, cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                warm_log = spec.with_suffix(".warm.log")
+                with open(warm_log, "w") as f:
+                    code = subprocess.run(base_cmd + ["--one", str(spec), "--warm-only"], env=env, cwd=REPO,
+                                          stdout=f, stderr=subprocess.STDOUT).returncode
+                if code:
+                    tail = warm_log.read_text().strip().splitlines()[-1:]
+                    raise SystemExit(f"filling the feature cache for {name} seed {seed} failed ({code}): "
+                                     f"{tail[0] if tail else ''} (log {warm_log})")
                 warmed.add(cache)
         print(f"start {name} seed {seed} (log {log})", flush=True)
         with open(log, "w") as f:

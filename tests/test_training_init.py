@@ -1,5 +1,7 @@
 """identity_refiner_init: the refiner starts as the identity on the Local Attender output, and still learns."""
 
+import json
+
 import torch
 
 from uplift_diffusion import UPLiFTModel
@@ -51,6 +53,12 @@ def test_grow_refiner_adds_identity_blocks_to_a_trained_model_and_refuses_other_
         grow_refiner(trained, {"refiner_blocks": {"num_blocks": blocks - 1}})
     with pytest.raises(ValueError, match="can only grow"):
         grow_refiner(trained, {"in_channels": 8})
+
+    # a continuation recipe extends the recipe that made the model: overrides that repeat it are no change
+    same = {k: trained.config[k] for k in ("in_channels", "encoder_blocks", "norm_type")}
+    again = grow_refiner(trained, json.loads(json.dumps(same))).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(image, features, iterations=2), trained(image, features, iterations=2))
 
 
 def test_a_training_config_grows_its_initial_model(tmp_path):

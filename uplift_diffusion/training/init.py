@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 
@@ -34,6 +36,11 @@ def identity_refiner_init(model: nn.Module) -> None:
 GROWABLE_KEYS = ("refiner_blocks",)
 
 
+def _plain(value):
+    """A config value as JSON would write it (tuples and lists alike)."""
+    return json.loads(json.dumps(value))
+
+
 @torch.no_grad()
 def grow_refiner(source: nn.Module, overrides: dict) -> nn.Module:
     """A deeper copy of a trained model that computes exactly what ``source`` computes.
@@ -41,10 +48,11 @@ def grow_refiner(source: nn.Module, overrides: dict) -> nn.Module:
     ``overrides`` may only raise ``refiner_blocks.num_blocks``: the blocks ``source`` has keep their weights, the new
     ones start as the identity (their last 1x1 conv zeroed, so the residual rule passes the input through) and learn
     a correction on top of the trained model. Capacity can then be added to a trained model without starting over.
-    Anything else (other keys, other widths, fewer blocks) is a different architecture and is refused.
+    Other keys may only repeat what ``source`` already is (so that a recipe continuing a model can extend the recipe
+    that made it); anything else (other widths, fewer blocks) is a different architecture and is refused.
     """
     config = {k: v for k, v in source.config.items() if not k.startswith("_")}
-    other = sorted(set(overrides) - set(GROWABLE_KEYS))
+    other = sorted(k for k in set(overrides) - set(GROWABLE_KEYS) if _plain(overrides[k]) != _plain(config.get(k)))
     if other:
         raise ValueError(f"model.overrides with model.init_from can only grow {GROWABLE_KEYS}, got {other}")
     old = config.get("refiner_blocks")
