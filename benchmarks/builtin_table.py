@@ -214,6 +214,9 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="first N photos of each folder (0 = all)")
     parser.add_argument("--jobs", type=int, default=2, help="CLI processes at once (one thread each)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs/builtin_table")
+    parser.add_argument("--write-quality", type=Path, metavar="QUALITY_JSON",
+                        help="update this quality.json (measured quality, stored beside the weights) with the first "
+                             "model's rows: one measurement per dataset, replacing that dataset's earlier one")
     args = parser.parse_args(argv)
 
     models = {} if args.no_builtin else {"UPLiFT built-in (no flags)": None}
@@ -271,7 +274,62 @@ def main(argv=None) -> int:
     text = markdown(results, list(models))
     (args.out / "results.md").write_text(text)
     print(text)
+    if args.write_quality:
+        write_quality(args.write_quality, results, next(iter(models)))
+        print(f"updated {args.write_quality}")
     return 0
+
+
+DATASET_LABELS = {"test50": "BSDS500 test50 ({n} whole photos)", "kodak": "Kodak ({n} whole photos)"}
+
+
+def write_quality(path: Path, results: dict, model: str) -> None:
+    """Record ``model``'s rows in a quality.json (read by ``uplift_diffusion.builtin.read_model_quality``): one
+    measurement per dataset of ``results``, replacing an earlier one of the same dataset and keeping the others (e.g.
+    the demo's). The file is validated by reading it back before it replaces the old one."""
+
+    def rounded(mean: dict) -> dict:
+        return {"psnr": round(mean["psnr"], 2), "ssim": round(mean["ssim"], 3),
+                "grid_ratio": round(mean["grid_ratio"], 2)}
+
+    data = json.loads(path.read_text()) if path.is_file() else {
+        "model": path.parent.name, "metrics": "PSNR in dB and SSIM (scikit-image, Gaussian weights) against the "
+        "original photo, mean over the photos; grid_ratio: the 8-pixel latent-grid peak of the luma spectrum over the "
+        "original's (1 = no more grid than the photo)", "measurements": []}
+    for dataset, per_scale in results["tables"].items():
+        label = DATASET_LABELS.get(dataset, "{name} ({n} photos)").format(n=results["num_images"][dataset],
+                                                                          name=dataset)
+        rows = [{"scale": int(scale), "low_res": protocol, "model": rounded(per_protocol[protocol][model]["mean"]),
+                 "pixel_bicubic": rounded(per_protocol[protocol]["pixel bicubic (PIL)"]["mean"])}
+                for scale, per_protocol in per_scale.items() for protocol in per_protocol]
+        command = f"python benchmarks/builtin_table.py --datasets {dataset}"
+        if results["protocols"] != list(PROTOCOLS):
+            command += " --protocols " + " ".join(results["protocols"])
+        measurement = {"dataset": label, "command": command,
+                       "how": "low-res 8-bit PNGs made by each protocol, upscaled by `uplift-diffusion upscale` with "
+                              "this model (no flags: the built-in one; `--upsampler DIR`: a trained folder)",
+                       "results": rows}
+        same = [i for i, m in enumerate(data["measurements"]) if m["dataset"].split(" (")[0] == label.split(" (")[0]]
+        if same:
+            data["measurements"][same[0]] = measurement
+        else:
+            data["measurements"].append(measurement)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    _check_quality(tmp)
+    tmp.replace(path)
+
+
+def _check_quality(file: Path) -> None:
+    """CheckpointError unless ``file`` reads as a quality.json."""
+    import shutil
+    import tempfile
+
+    from uplift_diffusion.builtin import QUALITY_FILE, read_model_quality
+
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(file, Path(folder) / QUALITY_FILE)
+        read_model_quality(folder)
 
 
 if __name__ == "__main__":
