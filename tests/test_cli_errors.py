@@ -145,6 +145,10 @@ def test_an_offline_hub_model_is_a_short_complete_message(tmp_path, capsys, monk
     (["eval", "coco", "--annotations", "IMG", "--images", "DIR", "--output", "OUT", "--steps", "25,x"], "--steps"),
     (["eval", "relaion", "--data", "NOPE", "--output", "OUT"], "--data NOPE: no such file or folder"),
     (["features", "NOPE.png", "--pca", "OUT.png"], "image not found"),
+    (["features", "DIR", "--pca", "OUT.png"], "image DIR is a folder, not a file"),
+    (["train", "--config", "DIR"], "config file DIR is a folder, not a file"),
+    (["eval", "sr", "--images", "IMG", "--output", "OUT"], "--images IMG is a file, not a folder"),
+    (["eval", "sr", "--images", "DIR", "--output", "OUT", "--num-processes", "0"], "--num-processes must be >= 1"),
     (["features", "IMG", "--pca", "OUT.png", "--backbone", "nope"], "unknown feature backbone 'nope'"),
     (["features", "IMG", "--pca", "OUT.png", "--upsampler", "NOPE.safetensors"], "no such file"),
     (["features", "IMG", "--pca", "OUT.png", "--backbone-weights", "NOPE.safetensors"], "no such file"),
@@ -163,7 +167,7 @@ def test_cheap_arguments_are_checked_before_torch_is_imported(tmp_path, argv, me
              "IMG": str(tmp_path / "img.png"), "CONFIG": str(tmp_path / "config.json")}
     argv = [names.get(a.split(".")[0], a) + ("." + a.split(".", 1)[1] if "." in a and a.split(".")[0] in names else "")
             for a in argv]
-    message = message.replace("NOPE", names["NOPE"])
+    message = message.replace("NOPE", names["NOPE"]).replace("DIR", names["DIR"]).replace("IMG", names["IMG"])
     code = ("import sys\nfrom uplift_diffusion.cli import main\n"
             f"rc = main({argv!r})\n"
             "print('RC', rc, 'TORCH', 'torch' in sys.modules)")

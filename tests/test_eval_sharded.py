@@ -189,6 +189,24 @@ def test_relaion_two_processes_equal_one_and_refuse_stale_folder(tiny_sd, tmp_pa
     assert _mtimes(two) == before
 
 
+def test_eval_on_two_processes_ends_a_broken_photo_in_one_line(sr_args, image_folder, tmp_path):
+    """`eval sr --num-processes 2` starts its processes itself (the launcher `train --num-processes` uses): a
+    truncated JPEG that one process meets is one line naming the file and exit code 2, with neither the other
+    process's traceback nor the launcher's."""
+    import os
+    import subprocess
+
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(image_folder / "cut.jpg")
+    data = (image_folder / "cut.jpg").read_bytes()
+    (image_folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    command = [sys.executable, "-m", "uplift_diffusion.cli", *sr_args(tmp_path / "out", "--num-processes", "2")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip() and "it/s" not in line]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("uplift-diffusion eval: error: cannot read image") and "cut.jpg" in lines[0]
+
+
 def test_fid_statistics_of_shares_merge_to_the_whole():
     """What ``FID.gather`` adds up across processes: the clean-fid backend's statistics of two shares of a set, merged,
     give the FID of the whole set (the torchmetrics backend sums its states with accelerate's reduce)."""

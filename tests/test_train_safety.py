@@ -215,6 +215,27 @@ def test_unreadable_training_images_are_refused_before_step_one(setup, capsys):
     assert not (setup / "run" / "checkpoints").exists()
 
 
+# ---------------------------------------------------------------- item: a crop size the photos cannot fill
+def test_a_crop_size_most_photos_cannot_fill_is_refused_naming_the_sizes(setup, capsys):
+    path = _write_config(setup, data={**json.loads(_write_config(setup).read_text())["data"], "crop_size": 128})
+    assert main(["train", "--config", str(path)]) == 2
+    err = _one_line_error(capsys)
+    assert "data.crop_size 128" in err and "(56x40)" in err and "at most 40" in err, err
+    assert not (setup / "run" / "checkpoints").exists()
+
+
+def test_a_crop_size_a_few_photos_cannot_fill_is_said(setup):
+    from PIL import Image
+
+    from uplift_diffusion.training.data import ViewDataset
+
+    Image.new("RGB", (30, 20)).save(setup / "images" / "small.png")
+    config = tiny_config(setup, setup / "images").data
+    with pytest.warns(UserWarning, match=r"1 of 4 training photo\(s\) have a short side below data.crop_size 32 "
+                                         r"\(images/small.png \(30x20\)\)"):
+        ViewDataset.from_config(config, levels=2, seed=0)
+
+
 # ---------------------------------------------------------------- item: a user error on N processes stays one line
 def test_train_on_two_processes_ends_a_user_error_in_one_line(setup):
     """`train --num-processes 2` starts the workers itself (torch's elastic launcher, as `accelerate launch` does): a
@@ -238,6 +259,32 @@ def test_train_on_two_processes_ends_a_user_error_in_one_line(setup):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("trained model saved to") == 1
     assert json.loads((setup / "run" / "model" / "config.json").read_text())["in_channels"] == 4
+
+
+def _truncated_jpeg(path) -> None:
+    """A JPEG whose header is whole (it passes the check before step one) and whose pixels stop halfway."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_photo_one_worker_cannot_read_mid_run_is_one_line_not_the_other_workers_traceback(setup):
+    """The worker that reads the truncated photo stops on a user error; the other one fails in its collective (a
+    peer left): the user sees the cause alone."""
+    import subprocess
+    import sys
+
+    _truncated_jpeg(setup / "images" / "cut.jpg")
+    path = _write_config(setup, max_steps=2, batch_size=2)
+    command = [sys.executable, "-m", "uplift_diffusion.cli", "train", "--config", str(path), "--num-processes", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip() and "training" not in line]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("uplift-diffusion train: error: cannot read image") and "cut.jpg" in lines[0]
 
 
 # ---------------------------------------------------------------- item: one run per folder, workers end with it
@@ -309,6 +356,37 @@ def test_a_killed_launcher_takes_its_workers_and_a_second_run_is_refused_while_o
 
     with RunFolderLock(setup / "run"):  # the kernel released the dead launcher's lock
         pass
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_a_worker_killed_by_the_kernel_is_one_line_naming_the_log(setup):
+    """A worker ended by SIGKILL (what the kernel does out of memory): one line naming the signal and the log file
+    that holds every process's report, exit code 1."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    path = _write_config(setup, max_steps=100000, batch_size=2, checkpoint_every=100000)
+    command = [sys.executable, "-m", "uplift_diffusion.cli", "train", "--config", str(path), "--num-processes", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        log = setup / "run" / "loss_log.csv"
+        # (a bound, not a wait: start-up takes ~20 s idle, minutes on a loaded machine)
+        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 300, proc)
+        os.kill(max(_children(proc.pid)), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "training" not in line]
+    assert proc.returncode == 1 and len(lines) == 1, err
+    match = re.fullmatch(r"uplift-diffusion train: error: process \d was killed by SIGKILL \(out of memory\?.*\); "
+                         r"every process's traceback is in (\S+\.log)", lines[0])
+    assert match and "SIGKILL" in open(match[1]).read(), lines[0]
+    os.unlink(match[1])
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")

@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
-import json
 import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from typing import Optional, Sequence
 
-from uplift_diffusion.utils.errors import ImageConversionWarning, Interrupted, UserError
+from uplift_diffusion.utils.errors import ImageConversionWarning, Interrupted, UserError, WorkersFailedError
+from uplift_diffusion.utils.launch import is_launched_worker, report_to_launcher
 from uplift_diffusion.utils.logs import silence_empty_float32_notice
 
 # subcommand -> module (imported lazily so that `uplift-diffusion --help` stays fast)
@@ -78,23 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
-
-
-def _report_to_launcher(message: str) -> bool:
-    """In a worker of torch's elastic launcher (``accelerate launch``, ``torchrun``, ``train --num-processes``), put a
-    user error where the launcher's failure report reads it (``TORCHELASTIC_ERROR_FILE``; its report then shows this
-    message instead of a link). Returns True when the worker should stay silent: the launcher is ours
-    (``UPLIFT_LAUNCHED=1``: it prints the message once for all the workers), or this is not rank 0 (the launcher's
-    report lists every failed rank's message; N identical lines would not say more)."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not path:
-        return False
-    try:
-        with open(path, "w") as f:
-            json.dump({"message": message, "timestamp": int(time.time()), "user_error": True}, f)
-    except OSError:
-        return False
-    return os.environ.get("UPLIFT_LAUNCHED") == "1" or os.environ.get("RANK", "0") != "0"
 
 
 class _PipeSafeStdout:
@@ -158,6 +140,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
               f"install it (e.g. pip install 'uplift-diffusion[all]')", file=sys.stderr)
         return 2
     prog = f"uplift-diffusion {args.command}"
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the workers of --num-processes get
     with warnings.catch_warnings():
         if not args.debug:
             warnings.showwarning = lambda message, category, *_, **__: print(
@@ -170,15 +153,28 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             return int(args._run(args) or 0)
         except KeyboardInterrupt as err:
             name, code = _signal_name(err)
-            if not (os.environ.get("UPLIFT_LAUNCHED") == "1" and "TORCHELASTIC_ERROR_FILE" in os.environ):
-                # (a worker of `train --num-processes`: its launcher says it once)
+            if not is_launched_worker():  # (a worker of --num-processes: its launcher says it once)
                 print(f"{prog}: interrupted ({name})", file=sys.stderr)
             return code
+        except WorkersFailedError as err:
+            if args.debug:
+                raise
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return 1
         except Exception as err:
-            if args.debug or not is_user_error(err):
+            if args.debug:
+                raise
+            if previous is not None and is_launched_worker():
+                # the launcher's SIGTERM (it stops the other workers when one fails) must not interrupt the report
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if not is_user_error(err):  # a bug: its traceback, here or (a worker of --num-processes) in the log
+                import traceback
+
+                if report_to_launcher(f"{type(err).__name__}: {err}", traceback.format_exc()):
+                    return 1
                 raise
             message = " ".join(str(err).split()) or type(err).__name__
-            if not _report_to_launcher(message):
+            if not report_to_launcher(message):
                 print(f"{prog}: error: {message}", file=sys.stderr)
             return 2
         finally:

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from uplift_diffusion.utils.errors import InputError, InputNotFoundError
+from uplift_diffusion.utils.io import require_path
 
 # The feature backbones of uplift_diffusion.features.extractor.FEATURE_PRESETS and its aliases (that module imports
 # torch; tests/test_cli_errors.py keeps these lists equal to theirs).
@@ -79,12 +80,8 @@ def power_of_two(flag: str, value: int) -> None:
 
 def existing(flag: str, path: str | None, kind: str = "file or folder") -> None:
     """``path`` (when given) exists, as a ``"file"``, a ``"folder"`` or either."""
-    if path is None:
-        return
-    p = Path(path)
-    ok = p.is_file() if kind == "file" else p.is_dir() if kind == "folder" else p.exists()
-    if not ok:
-        raise InputNotFoundError(f"{flag} {path}: no such {kind}")
+    if path is not None:
+        require_path(path, kind, flag)
 
 
 def feature_backbone(flag: str, name: str, weights_flag: str, weights: str | None) -> None:

@@ -45,6 +45,10 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency", action="store_true", help="also measure latency (3 warm-up + 10 timed batches)")
     p.add_argument("--latency-warmup", type=int_in(None, 10**6), default=3)
     p.add_argument("--latency-iterations", type=int_in(None, 10**6), default=10)
+    p.add_argument("--num-processes", type=int_in(None, 1024), default=1,
+                   help="split the samples across N processes of this machine (one per GPU; CPU processes without a "
+                        "GPU), as `accelerate launch --multi_gpu --num_processes N` would, but an error in the "
+                        "workers ends in one line instead of the launcher's traceback (default 1)")
     add_device_arguments(p)
 
 
@@ -212,6 +216,7 @@ def check_arguments(args) -> None:
     from uplift_diffusion.commands.loading import check_model_source
     from uplift_diffusion.utils.io import refuse_output_folder_in_inputs
 
+    checks.at_least("--num-processes", args.num_processes, 1)
     checks.at_least("--limit", args.limit, 1)
     checks.at_least("--num-samples", args.num_samples, 1)
     checks.at_least("--batch-size", args.batch_size, 1)
@@ -250,6 +255,13 @@ def check_arguments(args) -> None:
 
 def run(args) -> int:
     check_arguments(args)
+    from uplift_diffusion.utils.launch import is_launched_worker, is_worker, launch_workers, tie_to_launcher
+
+    if args.num_processes > 1 and not is_worker():  # start the workers: each runs this command on its share
+        launch_workers(args.num_processes, args.argv, "eval")
+        return 0
+    if is_launched_worker():
+        tie_to_launcher()
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     from accelerate import PartialState
 

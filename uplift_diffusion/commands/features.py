@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from uplift_diffusion.commands import checks
     from uplift_diffusion.commands.loading import check_model_source
     from uplift_diffusion.utils.device import resolve_device_dtype
-    from uplift_diffusion.utils.errors import InputError, InputNotFoundError, OutputExistsError
+    from uplift_diffusion.utils.errors import InputError, OutputExistsError
     from uplift_diffusion.utils.images import load_image
-    from uplift_diffusion.utils.io import refuse_outputs_onto_inputs
+    from uplift_diffusion.utils.io import refuse_outputs_onto_inputs, require_path
 
     if not args.pca and not args.save:
         raise InputError("nothing to do: pass --pca OUT.png and / or --save OUT.safetensors")
@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     for out in (args.pca, args.save):
         if out and Path(out).exists() and not args.overwrite:
             raise OutputExistsError(f"output exists: {out} (pass --overwrite to replace)")
-    if not Path(args.image).is_file():  # the inputs too, before torch loads
-        raise InputNotFoundError(f"image not found: {args.image}")
+    require_path(args.image, "file", "image", f"image not found: {args.image}")  # the inputs too, before torch
     checks.feature_backbone("--backbone", args.backbone, "--backbone-weights", args.backbone_weights)
     if args.upsampler:
         check_model_source(args.upsampler, "--upsampler")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from uplift_diffusion.commands.checks import float_in, int_in
 
@@ -28,17 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "ends in one line instead of the launcher's traceback (default 1)")
 
 
-def _worker_argv(args: argparse.Namespace) -> list[str]:
-    """The command line of one launched worker: these arguments without --num-processes."""
-    argv = ["train", "--config", args.config]
-    argv += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite),
-                                   ("--debug", getattr(args, "debug", False))) if on]
-    for name in ("output_dir", "max_steps", "max_minutes"):
-        if getattr(args, name) is not None:
-            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return argv
-
-
 def run(args: argparse.Namespace) -> int:
     # Everything up to the Trainer is the standard library: a bad config or output folder answers before torch loads.
     from uplift_diffusion.training.config import TrainConfig
@@ -58,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
         check_model_source(config.backbone.path, f"backbone.path in {args.config}:")
     if args.num_processes < 1:
         raise InputError(f"--num-processes must be >= 1, got {args.num_processes}")
-    from uplift_diffusion.training.launch import LAUNCHED_ENV, tie_to_launcher
+    from uplift_diffusion.utils.launch import is_launched_worker, is_worker, tie_to_launcher
 
-    if os.environ.get(LAUNCHED_ENV) == "1":  # a worker of ours: the launcher holds the folder's lock
+    if is_launched_worker():  # a worker of ours: the launcher holds the folder's lock
         tie_to_launcher()
         return _train(args, config)
-    if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") != "0":  # `accelerate launch`: rank 0 locks
+    if is_worker() and os.environ.get("RANK", "0") != "0":  # `accelerate launch`: rank 0 locks
         return _train(args, config)
     from uplift_diffusion.training.run import RunFolderLock
 
@@ -80,13 +68,15 @@ def _train(args: argparse.Namespace, config) -> int:
     prepare_run_folder(config.output_dir, args.resume, args.overwrite, keep=[config.data.cache_dir], delete=False)
     if args.resume:
         resume_changes(config.output_dir, config.to_dict())
-    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:  # start the workers (they run the lines below)
+    from uplift_diffusion.utils.launch import is_worker
+
+    if args.num_processes > 1 and not is_worker():  # start the workers (they run the lines below)
         if config.batch_size % args.num_processes:
             raise InputError(f"batch_size {config.batch_size} is the global batch of a step (all processes together) "
                              f"and must be divisible by --num-processes {args.num_processes}")
-        from uplift_diffusion.training.launch import launch_workers
+        from uplift_diffusion.utils.launch import launch_workers
 
-        launch_workers(args.num_processes, [sys.executable, "-m", "uplift_diffusion.cli", *_worker_argv(args)])
+        launch_workers(args.num_processes, args.argv, "train")
         return 0
 
     from uplift_diffusion.training.trainer import Trainer

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..utils.io import require_path
+
 BACKBONE_TYPES = ("taef2", "vae", "vit")
 SOURCE_TYPES = ("folder", "hf", "webdataset")
 DOWNSCALE_KERNELS = ("bilinear", "bicubic", "bilinear-aliased", "bicubic-jpeg")
@@ -322,8 +324,7 @@ class TrainConfig:
 
 
 def _parse(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+    require_path(path, "file", "config file", f"config file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml", ".toml"):
         raise ValueError(f"config file {path} must end in .json, .yaml, .yml or .toml, got {suffix!r}")

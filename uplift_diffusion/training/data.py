@@ -22,14 +22,13 @@ from tqdm.auto import tqdm
 from ..utils.errors import InputError, InputNotFoundError
 from ..utils.image_ops import bilinear_resize, pil_to_tensor
 from ..utils.images import IMAGE_SUFFIXES, load_image
+from ..utils.io import require_path
 from .config import DOWNSCALE_KERNELS, DataConfig, DataSource
 
 
 def list_image_files(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (recursive), sorted by path."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputNotFoundError(f"image folder not found: {folder}")
+    folder = require_path(folder, "folder", "image folder", f"image folder not found: {folder}")
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -142,15 +141,18 @@ class WebDatasetSource:
         return {**self.__dict__, "_open": {}}
 
 
-def check_images(sources: Sequence, progress_from: int = 2000) -> None:
+def check_images(sources: Sequence, progress_from: int = 2000) -> dict[str, tuple[int, int]]:
     """Open the header of every image of ``sources`` (objects with ``__len__``, ``key(i)`` and ``open_header(i)``), so
     that a file that is not an image stops the run before its first step, not in the middle (the refusal lists every
     bad file: fix them all at once). Headers only: a photo whose data is cut short further on still fails when read.
 
+    Returns:
+        each image's key -> its (width, height).
+
     Raises:
         InputError: naming the unreadable images (up to 10, and how many in all) and why.
     """
-    bad = []
+    bad, sizes = [], {}
     total = sum(len(s) for s in sources)
     with tqdm(total=total, desc="checking training images", disable=total < progress_from, leave=False) as bar:
         for source in sources:
@@ -159,6 +161,7 @@ def check_images(sources: Sequence, progress_from: int = 2000) -> None:
                     with source.open_header(i) as image:
                         if min(image.size) < 1:
                             raise ValueError(f"size {image.size}")
+                        sizes[source.key(i)] = image.size
                 except Exception as err:  # noqa: BLE001  (any reason makes the file unusable; reported below)
                     reason = " ".join(str(err).split())[:80] or type(err).__name__
                     bad.append(f"{source.key(i)} ({reason})")
@@ -167,6 +170,36 @@ def check_images(sources: Sequence, progress_from: int = 2000) -> None:
         shown = ", ".join(bad[:10]) + (f", ... ({len(bad)} in all)" if len(bad) > 10 else "")
         raise InputError(f"{len(bad)} training image(s) cannot be read (corrupt, truncated or not an image): {shown}; "
                          f"remove or replace them")
+    return sizes
+
+
+def check_crop_size(sizes: dict[str, tuple[int, int]], crop_size: int, predownscale: float = 1.0) -> None:
+    """Crops larger than a photo's short side (after ``predownscale``) are enlarged to ``crop_size``: the targets the
+    model learns to produce are then blurred enlargements, not photos, and a step costs the memory of ``crop_size``
+    for nothing. Enlarging a few photos a little is a recipe's choice (ImageNet at 448 px: most photos are 375 px
+    high), said in one warning; a ``crop_size`` over twice the short side of most photos is a mistake, refused.
+
+    Raises:
+        InputError: naming ``data.crop_size``, the photos' sizes and the largest crop size they allow.
+    """
+    import statistics
+    import warnings
+
+    short = {key: max(1, round(min(size) * predownscale)) for key, size in sizes.items()}
+    small = sorted((side, key) for key, side in short.items() if side < crop_size)
+    if not small:
+        return
+    shown = ", ".join(f"{key} ({'x'.join(map(str, sizes[key]))})" for _, key in small[:3])
+    after = " after data.predownscale" if predownscale != 1 else ""
+    photos = (f"{len(small)} of {len(sizes)} training photo(s) have a short side{after} below data.crop_size "
+              f"{crop_size} ({shown}{', ...' if len(small) > 3 else ''})")
+    median = statistics.median_low(list(short.values()))
+    if crop_size > 2 * median:
+        raise InputError(f"{photos}, the median photo {median} px: their crops would be enlarged "
+                         f"{crop_size / median:.1f}x (blurred targets, and memory for nothing); set data.crop_size to "
+                         f"at most {median} or use larger photos")
+    warnings.warn(f"{photos}: their crops are enlarged to {crop_size} px (targets without the detail of a photo of "
+                  f"that size)", stacklevel=2)
 
 
 def build_source(source: DataSource):
@@ -270,7 +303,7 @@ class ViewDataset(torch.utils.data.Dataset):
         if not config.sources:
             raise InputError("data.sources is empty: add at least one image folder, dataset or shard pattern")
         sources = [build_source(s) for s in config.sources]
-        check_images(sources)
+        check_crop_size(check_images(sources), config.crop_size, config.predownscale)
         return cls(sources, config.crop_size, levels, config.views_per_image,
                    config.min_crop_fraction, config.hflip, seed, config.downscale, config.predownscale)
 

@@ -59,6 +59,11 @@ class WeightsUnavailableError(UnavailableError):
         super().__init__(f"{message}; {api_hint}")
 
 
+class WorkersFailedError(Exception):
+    """Processes of a launched run (``--num-processes``) failed on a bug or a signal; the message names the cause and
+    the log file that holds every process's traceback. The CLI prints it as one line (exit code 1)."""
+
+
 class ImageConversionWarning(UserWarning):
     """An image was converted to 8-bit RGB (high bit depth, alpha, palette, greyscale, CMYK, EXIF rotation)."""
 

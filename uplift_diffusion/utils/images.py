@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageConversionWarning, InputError, InputNotFoundError
+from .io import require_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _EXIF_ORIENTATION = 0x0112
@@ -137,8 +138,7 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, name: str | None
         else:
             path = Path(source)
             name, opened = name or str(path), path
-            if not path.is_file():
-                raise InputNotFoundError(f"image not found: {path}")
+            require_path(path, "file", "image", f"image not found: {path}")
         try:
             with warnings.catch_warnings():  # Pillow's bomb warning: refused below, in one line of our own
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -186,9 +186,7 @@ def image_decodes(path: str | os.PathLike) -> bool:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(width, height)`` from the file header (no decoding), with :func:`load_image`'s errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"image not found: {path}")
+    path = require_path(path, "file", "image", f"image not found: {path}")
     try:
         with Image.open(path) as image:
             return image.size

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, UnavailableError
+from .errors import InputError, InputNotFoundError, UnavailableError
 
 _UMASK_LOCK = threading.Lock()
 
@@ -196,3 +196,20 @@ def ensure_writable_dir(folder: str | os.PathLike) -> Path:
         reason = err.strerror or type(err).__name__
         raise UnavailableError(f"output folder {folder} is not writable ({reason})") from None
     return folder
+
+
+def require_path(path: str | os.PathLike, kind: str, what: str, not_found: str | None = None) -> Path:
+    """``path`` exists as a ``"file"``, a ``"folder"`` or (``"file or folder"``) either; returns it as a Path.
+
+    Raises:
+        InputNotFoundError: nothing is there (``not_found``, or a message naming ``what``, e.g. ``"--images"``).
+        InputError: a folder is there where a file is expected, or a file where a folder is.
+    """
+    p = Path(path)
+    if kind == "file" and p.is_dir():
+        raise InputError(f"{what} {p} is a folder, not a file; name a file in it")
+    if kind == "folder" and p.exists() and not p.is_dir():
+        raise InputError(f"{what} {p} is a file, not a folder; name the folder that holds it")
+    if not (p.is_file() if kind == "file" else p.is_dir() if kind == "folder" else p.exists()):
+        raise InputNotFoundError(not_found or f"{what} {p}: no such {kind}")
+    return p
