@@ -32,6 +32,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import _MIB, PeakMemory, environment, run_case, write_json  # noqa: E402
 
+from uplift_diffusion.utils.image_ops import float_to_uint8  # noqa: E402
+
 # name -> tile_size in input pixels (None: whole image)
 CASES = {"untiled": None, "tiles 256": 256, "tiles 128": 128}
 
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
             row["image"] = np.load(save)
             save.unlink()
             png = save.with_suffix(".png")  # to look at the seams
-            Image.fromarray((row["image"] * 255).round().astype(np.uint8)).save(png)
+            Image.fromarray(float_to_uint8(row["image"][None])[0]).save(png)
             row["output_png"] = str(png)
         rows.append(row)
         print(f"{case}: {row.get('seconds', float('nan')):.1f} s", file=sys.stderr)

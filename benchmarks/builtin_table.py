@@ -6,7 +6,7 @@ For every photo folder, scale and low-res protocol:
 * LR = HR downscaled ``scale`` times and saved as an 8-bit PNG, by one of three protocols:
   ``bicubic`` (PIL's antialiased BICUBIC: the standard super-resolution protocol), ``bilinear-antialiased``
   (antialiased bilinear, the training pyramid's kernel) and ``bilinear-aliased`` (``F.interpolate`` bilinear
-  without antialiasing on [-1, 1]: the paper's B.2 / ``eval sr --downsample bilinear`` protocol);
+  without antialiasing on [-1, 1]: the paper's B.2 / ``eval sr --downsample bilinear-aliased`` protocol);
 * each model runs as ``uplift-diffusion upscale LR_DIR -o OUT --scale K [--upsampler DIR]`` in a fresh process
   (no flag: the built-in default, exactly what a user gets); ``--jobs`` of them at once, one thread each;
 * rows: every model, pixel bicubic (PIL, what a user would pick instead), and the taef2 round trip of HR (the
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
-from uplift_diffusion.eval.common import float_to_uint8, to_tensor_uint8
+from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 
 from uplift_diffusion.testing import SHARED
 from uplift_diffusion.training.data import list_image_files
@@ -67,7 +67,7 @@ def downscale(hr: torch.Tensor, scale: int, protocol: str) -> torch.Tensor:
     if protocol == "bicubic":
         return downscale_uint8(hr, scale, "bicubic")
     if protocol == "bilinear-aliased":
-        return downscale_uint8(hr, scale, "bilinear")
+        return downscale_uint8(hr, scale, "bilinear-aliased")
     if protocol == "bilinear-antialiased":
         h, w = hr.shape[-2] // scale, hr.shape[-1] // scale
         return to_tensor_uint8(float_to_uint8(train_downscale(hr[None].float() / 255, (h, w), "bilinear"))[0])

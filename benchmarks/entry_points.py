@@ -80,14 +80,14 @@ def run_doors(root: Path, names: list[str], side: int, scale: int, doors=DOORS,
         out["cli"] = {n: tensor(Image.open(root / "cli" / f"{n}_x{scale}.png")) for n in names}
     if "page" in doors:  # the web page's upscaler with the pipeline `serve` builds (same loader, no colour argument)
         from uplift_diffusion import UPLiFTSuperResolutionPipeline, app
-        from uplift_diffusion.commands.loading import load_pair
+        from uplift_diffusion.builtin import load_builtin_pair
 
-        vae, upsampler = load_pair("taef2", None, None, torch.float32)
+        vae, upsampler = load_builtin_pair("taef2", torch.float32)
         page = app.PageUpscaler(UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler))
         out["page"] = {n: tensor(Image.open(page.upscale_file(root / "lr" / f"{n}.png", scale, True, "off")
                                             .output_png)) for n in names}
     if "eval sr" in doors:  # the benchmark makes the same low-res inputs from hr/ and saves what it scores
-        done = cli("eval", "sr", "--images", str(root / "hr"), "--preset", "taef2", "--output", str(root / "eval"),
+        done = cli("eval", "sr", "--images", str(root / "hr"), "--pair", "taef2", "--output", str(root / "eval"),
                    "--size", str(side), "--scale", str(scale), "--downsample", "bicubic", "--fid-backend", "none",
                    "--methods", "uplift,pixel-bicubic", "--device", "cpu", "--overwrite")
         if done.returncode != 0:

@@ -37,7 +37,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -54,7 +53,7 @@ from uplift_diffusion.training.config import DataSource, TrainConfig  # noqa: E4
 from uplift_diffusion.training.data import RESIZE_KERNELS, downscale, list_image_files  # noqa: E402
 from uplift_diffusion.training.trainer import Trainer  # noqa: E402
 from uplift_diffusion.utils import tables  # noqa: E402
-from uplift_diffusion.utils.image_ops import pil_to_tensor  # noqa: E402
+from uplift_diffusion.utils.image_ops import float_to_uint8, pil_to_tensor  # noqa: E402
 from uplift_diffusion.utils.images import load_image  # noqa: E402
 from uplift_diffusion.utils.io import write_json_atomic  # noqa: E402
 
@@ -187,7 +186,7 @@ def _pair(psnr, ssim, out: torch.Tensor, hr: torch.Tensor) -> tuple[float, float
 
 def save_labelled_grid(grid: torch.Tensor, labels: tuple[str, ...], path: Path, title: str = "") -> None:
     """[3, H, W] grid of equal-width columns in [0, 1] -> PNG with a header naming each column."""
-    array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    array = float_to_uint8(grid[None])[0]
     header = 34 if title else 20
     canvas = Image.new("RGB", (array.shape[1], array.shape[0] + header), "white")
     canvas.paste(Image.fromarray(array), (0, header))

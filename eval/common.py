@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from uplift_diffusion.utils import tables
 from uplift_diffusion.utils.errors import InputError
 from uplift_diffusion.utils.fingerprint import check_fingerprint, write_fingerprint
+from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 from uplift_diffusion.utils.images import load_image
 from uplift_diffusion.utils.io import ensure_writable_dir, save_image_atomic, write_json_atomic, write_text_atomic
 
@@ -92,22 +93,6 @@ def center_crop_square(image: Image.Image, size: int | None = None) -> Image.Ima
     left, top = (w - s) // 2, (h - s) // 2
     image = image.crop((left, top, left + s, top + s))
     return image if size is None or s == size else image.resize((size, size), Image.BICUBIC)
-
-
-def to_tensor_uint8(image: Image.Image | np.ndarray) -> torch.Tensor:
-    """PIL / [H, W, 3] uint8 -> uint8 tensor [3, H, W]."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-def float_to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[B, 3, H, W] tensor or [B, H, W, 3] array in [0, 1] -> [B, H, W, 3] uint8, rounded as diffusers' PIL output
-    (uint8 input is already quantised: returned as it is, channels last)."""
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().permute(0, 2, 3, 1)
-        images = images.numpy() if images.dtype == torch.uint8 else images.float().numpy()
-    if images.dtype == np.uint8:
-        return images
-    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
 
 def process_share(batches: Sequence[list[int]], desc: str) -> Iterator[list[int]]:

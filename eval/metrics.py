@@ -58,8 +58,9 @@ def _missing_weights(what: str, filename: str, url: str, flag: str) -> OSError:
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] float in [0, 1] -> uint8 in [0, 255] (truncating, as the protocol's ``un_normalize_ims``);
-    uint8 input is returned unchanged."""
+    """[B, 3, H, W] float in [0, 1] -> uint8 in [0, 255] for the FID / KID / CLIP inputs: truncating, as the
+    protocol's ``un_normalize_ims`` (images everywhere else are rounded: ``utils.image_ops.float_to_uint8``); uint8
+    input is returned unchanged."""
     if images.dtype == torch.uint8:
         return images
     if not images.is_floating_point():

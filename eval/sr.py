@@ -1,15 +1,16 @@
 """Super-resolution benchmark (paper Table 4, FacesHQ / LHQ protocol of appendix B.2) on any folder of images.
 
-Per image: ``size``² centre crop (1024), downscaled by ``scale`` (``downsample="bilinear"``: the paper's protocol,
-``F.interpolate`` bilinear, ``antialias=False``, ``align_corners=False``, on [-1, 1] tensors; ``"bicubic"``: the
-standard super-resolution protocol, PIL's antialiased ``BICUBIC``) and stored as 8 bits, as a user's low-res file
-would be. Every latent method then runs through :class:`~uplift_diffusion.UPLiFTSuperResolutionPipeline`, the path
-users run (``upscale``, the web page): UPLiFT with the upsampler's own colour correction, and the latent baselines
-(the same latents interpolated bilinearly / nearest, then decoded, not corrected). Pixel bicubic (PIL) is the
-baseline a user would pick. Metrics against the high-res crop: SSIM, PSNR (per image, then the mean), the output's
-saturation and contrast relative to the original's, FID and patch-FID.
+Per image: ``size``² centre crop (1024), downscaled by ``scale`` (``downsample="bilinear-aliased"``: the paper's
+protocol, ``F.interpolate`` bilinear, ``antialias=False``, ``align_corners=False``, on [-1, 1] tensors;
+``"bicubic"``: the standard super-resolution protocol, PIL's antialiased ``BICUBIC``) and stored as 8 bits, as a
+user's low-res file would be. Every latent method then runs through
+:class:`~uplift_diffusion.UPLiFTSuperResolutionPipeline`, the path users run (``upscale``, the web page): UPLiFT with
+the upsampler's own colour correction, and the latent baselines (the same latents interpolated bilinearly / nearest,
+then decoded, not corrected). Pixel bicubic (PIL) is the baseline a user would pick. Metrics against the high-res
+crop: SSIM, PSNR (per image, then the mean), the output's saturation and contrast relative to the original's, FID
+and patch-FID.
 
-Run it with ``uplift-diffusion eval sr --images DIR --preset taef2 --output OUT`` or
+Run it with ``uplift-diffusion eval sr --images DIR --pair taef2 --output OUT`` or
 ``python -m uplift_diffusion eval sr ...`` (same arguments).
 """
 
@@ -28,7 +29,6 @@ from uplift_diffusion.eval.common import (
     Timings,
     apply_limit,
     chunks,
-    float_to_uint8,
     generators,
     markdown_table,
     on_main_process,
@@ -36,24 +36,38 @@ from uplift_diffusion.eval.common import (
     sample,
     save_grid,
     seed_everything,
-    to_tensor_uint8,
 )
 from uplift_diffusion.eval.latency import measure_latency
 from uplift_diffusion.eval.metrics import FID, PairedMetrics, PatchFID
 from uplift_diffusion.pipelines.common import color_correction_for
 
 from uplift_diffusion.model import UPLiFTModel
+from uplift_diffusion.utils.deprecation import warn_renamed
 from uplift_diffusion.utils.errors import InputError, StaleResultsError
 from uplift_diffusion.utils.fingerprint import file_digest, module_identity
+from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 from uplift_diffusion.utils.images import expand_inputs, image_size, load_image
 
 METHODS = ("uplift", "latent-bilinear", "latent-nearest", "pixel-bicubic")
 METHOD_LABELS = {"uplift": "UPLiFT", "latent-bilinear": "Bilinear", "latent-nearest": "Nearest",
                  "pixel-bicubic": "Bicubic (pixels)"}
 DOWNSAMPLES = {
-    "bilinear": "F.interpolate bilinear, antialias=False, align_corners=False, on [-1, 1] (paper B.2); uint8",
+    "bilinear-aliased": "F.interpolate bilinear, antialias=False, align_corners=False, on [-1, 1] (paper B.2); uint8",
     "bicubic": "PIL Image.resize BICUBIC, antialiased (standard SR protocol); uint8",
 }
+# Old names of a protocol, accepted with a deprecation warning: "bilinear" is antialiased everywhere else
+# (training's ``data.downscale``, ``utils.image_ops.bilinear_resize``); the paper's B.2 protocol is not.
+RENAMED_DOWNSAMPLES = {"bilinear": "bilinear-aliased"}
+
+
+def downsample_protocol(name: str) -> str:
+    """A low-res protocol's name (an old name resolved with a deprecation warning); InputError if unknown."""
+    if name in RENAMED_DOWNSAMPLES:
+        warn_renamed(f"the downsample protocol {name!r}", repr(RENAMED_DOWNSAMPLES[name]))
+        name = RENAMED_DOWNSAMPLES[name]
+    if name not in DOWNSAMPLES:
+        raise InputError(f"unknown downsample protocol {name!r}; choose from {tuple(DOWNSAMPLES)}")
+    return name
 TABLE_HEADERS = ("Method", "Iters", "Params (M)", "SSIM ↑", "PSNR ↑", "Sat. ratio", "Contrast ratio", "Grid ratio",
                  "FID ↓", "p-FID ↓")
 
@@ -73,20 +87,20 @@ def select_images(folder: str | os.PathLike, size: int, num_samples: int | None,
     return apply_limit(sample(keep, num_samples, seed), limit), [p.name for p in small]
 
 
-def downscale_uint8(hr: torch.Tensor, scale: int, downsample: str = "bilinear") -> torch.Tensor:
+def downscale_uint8(hr: torch.Tensor, scale: int, downsample: str = "bilinear-aliased") -> torch.Tensor:
     """uint8 [3, H, W] -> uint8 [3, H/scale, W/scale] by the ``downsample`` protocol (see :data:`DOWNSAMPLES`)."""
     h, w = hr.shape[-2] // scale, hr.shape[-1] // scale
-    if downsample == "bilinear":
+    downsample = downsample_protocol(downsample)
+    if downsample == "bilinear-aliased":
         lr = F.interpolate(hr[None].float() / 127.5 - 1, size=(h, w), mode="bilinear", align_corners=False,
                            antialias=False)  # [-1, 1]
         return torch.from_numpy(float_to_uint8((lr + 1) / 2)[0]).permute(2, 0, 1).contiguous()
-    if downsample == "bicubic":
-        image = Image.fromarray(hr.permute(1, 2, 0).numpy()).resize((w, h), Image.BICUBIC)
-        return to_tensor_uint8(image)
-    raise InputError(f"unknown downsample protocol {downsample!r}; choose from {tuple(DOWNSAMPLES)}")
+    image = Image.fromarray(hr.permute(1, 2, 0).numpy()).resize((w, h), Image.BICUBIC)
+    return to_tensor_uint8(image)
 
 
-def load_pair(path: Path, size: int, scale: int, downsample: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+def load_pair(path: Path, size: int, scale: int,
+              downsample: str = "bilinear-aliased") -> tuple[torch.Tensor, torch.Tensor]:
     """The uint8 [3, size, size] centre crop and its uint8 [3, size/scale, size/scale] low-res version."""
     image = load_image(path)
     w, h = image.size
@@ -145,7 +159,7 @@ def check_inputs_unchanged(folder: ResultsFolder, inputs: dict[str, str], method
 
 def sr_fingerprint(method: str, size: int, scale: int, seed: int, batch_size: int, color_correction: str | bool,
                    vae_identity: dict, upsampler_identity: dict | None, device_type: str,
-                   downsample: str = "bilinear") -> dict:
+                   downsample: str = "bilinear-aliased") -> dict:
     """Everything that determines the saved images of one method (the inputs' contents are checked per image, see
     :func:`check_inputs_unchanged`): the protocol, the VAE; the UPLiFT path adds the upsampler, the seed of its
     noise and the colour correction; the baselines are deterministic."""
@@ -180,7 +194,7 @@ def run_sr_benchmark(
     dataset_name: str | None = None,
     extra_config: dict | None = None,
     overwrite: bool = False,
-    downsample: str = "bilinear",
+    downsample: str = "bilinear-aliased",
 ) -> dict | None:
     """Run the super-resolution benchmark; returns the ``results.json`` content (``None`` on the processes other
     than the main one when launched with ``accelerate launch``: each generates and scores its share of the images,
@@ -210,7 +224,8 @@ def run_sr_benchmark(
         extra_config: more entries for ``results.json``'s config (e.g. the model paths).
         overwrite: regenerate a method's saved images when they were made with other settings (see
             :func:`sr_fingerprint`); without it such a folder is refused.
-        downsample: how the low-res inputs are made: ``"bilinear"`` (paper B.2) or ``"bicubic"`` (PIL, antialiased:
+        downsample: how the low-res inputs are made: ``"bilinear-aliased"`` (paper B.2; ``"bilinear"`` is
+            its deprecated name) or ``"bicubic"`` (PIL, antialiased:
             the standard super-resolution protocol).
     """
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
@@ -230,8 +245,7 @@ def run_sr_benchmark(
     if "uplift" in methods and upsampler is None:
         raise InputError("method 'uplift' needs an upsampler (or leave it out of methods)")
     iterations = UPLiFTModel.iterations_for_scale(scale)
-    if downsample not in DOWNSAMPLES:
-        raise InputError(f"unknown downsample protocol {downsample!r}; choose from {tuple(DOWNSAMPLES)}")
+    downsample = downsample_protocol(downsample)
     if size % (scale * 8):
         raise InputError(f"size must be a multiple of {scale * 8} (scale x the VAE's 8x factor), got {size}")
     seed_everything(seed)

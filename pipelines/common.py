@@ -20,7 +20,7 @@ from uplift_diffusion.backbones.vae import (
     vae_name,
     vae_scale_factor,
 )
-from uplift_diffusion.color import ColorCorrection
+from uplift_diffusion.color import OFF, ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.utils.errors import InputError
 
@@ -120,11 +120,14 @@ def color_correction_for(upsampler: UPLiFTModel | None, color_correction: bool |
                          mode: str | None = None) -> ColorCorrection:
     """The colour correction to apply to images decoded from ``upsampler``'s output.
 
-    ``color_correction``: ``False`` (none), a mode name (that mode), or ``True``: ``mode`` when given (a pipeline's
-    explicit override), else the correction recorded in the upsampler's config (``color_correction``, what it was
-    trained with; ``"mean"`` for checkpoints that predate the record). Its ``detail_sigma`` comes from the config too.
+    ``color_correction``: ``"none"`` (off; ``False`` says the same), a mode name (that mode), or ``True``: ``mode``
+    when given (a pipeline's explicit override), else the correction recorded in the upsampler's config
+    (``color_correction``, what it was trained with; ``"mean"`` for checkpoints that predate the record). Its
+    ``detail_sigma`` comes from the config too.
     """
     usage = upsampler.config if upsampler is not None else {}
+    if color_correction == OFF:
+        color_correction = False
     if not isinstance(color_correction, str):
         mode = mode or usage.get("color_correction", "mean")
     else:
@@ -203,7 +206,7 @@ def upscale_latents(
             ([B, 3, H, W] in [0, 1]) or ``"latent"`` (the upscaled latents, scaled like the input).
         color_correction (`bool` or `str`, defaults to True): correct the high-res image against the low-res one
             with the upsampler's own correction (its config's ``color_correction``), or a mode name
-            (``"mean"`` / ``"detail"``); ``False`` for none.
+            (``"mean"`` / ``"detail"``); ``"none"`` (or ``False``) for none.
         low_res (`torch.Tensor`, *optional*): [B, 3, p*h, p*w] in [0, 1], the low-resolution image that guides UPLiFT
             and is the colour reference, when it is already at hand (e.g. decoded by a faster VAE of the same latent
             space, or the photo the latents were encoded from); by default ``pipe.vae`` decodes ``latents``.

@@ -105,14 +105,14 @@ def test_cheap_checks_are_one_line_errors_before_any_weights(tmp_path, capsys, m
 
 
 def test_an_offline_hub_model_is_a_short_complete_message(tmp_path, capsys, monkeypatch):
-    """`--preset sd15` without a network or a download: a few short sentences, not the Hub's text cut mid-word."""
+    """`--pair sd15` without a network or a download: a few short sentences, not the Hub's text cut mid-word."""
     from huggingface_hub import constants
     from PIL import Image
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     Image.new("RGB", (16, 16)).save(tmp_path / "img.png")
-    assert main(["upscale", str(tmp_path / "img.png"), "-o", str(tmp_path / "out.png"), "--preset", "sd15"]) == 2
+    assert main(["upscale", str(tmp_path / "img.png"), "-o", str(tmp_path / "out.png"), "--pair", "sd15"]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(lines) == 1
     message = lines[0].split("error: ", 1)[1]
@@ -123,7 +123,7 @@ def test_an_offline_hub_model_is_a_short_complete_message(tmp_path, capsys, monk
     # the VAE present, the upsampler not: the same
     from uplift_diffusion.builtin import builtin_vae_path
 
-    assert main(["upscale", str(tmp_path / "img.png"), "-o", str(tmp_path / "out.png"), "--preset", "sd15",
+    assert main(["upscale", str(tmp_path / "img.png"), "-o", str(tmp_path / "out.png"), "--pair", "sd15",
                  "--vae", str(builtin_vae_path("taef2"))]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     message = lines[0].split("error: ", 1)[1]
@@ -185,6 +185,39 @@ def test_the_cheap_checks_know_the_same_names_as_the_library():
     assert checks.FEATURE_BACKBONES == {name: preset.backbone for name, preset in FEATURE_PRESETS.items()}
     assert checks.FEATURE_ALIASES == _ALIASES
     assert checks.SR_METHODS == METHODS
+
+
+@pytest.mark.parametrize("argv, dest, value, instead", [
+    (["upscale", "a.png", "-o", "out", "--preset", "sd15"], "pair", "sd15", "--pair sd15"),
+    (["serve", "--preset", "taef2"], "pair", "taef2", "--pair taef2"),
+    (["generate", "a cat", "-o", "x.png", "--no-color-correction"], "color_correction", "none",
+     "--color-correction none"),
+    (["eval", "sr", "--images", "d", "--output", "o", "--downsample", "bilinear"], "downsample", "bilinear-aliased",
+     "--downsample bilinear-aliased"),
+])
+def test_old_spellings_still_work_and_name_the_new_one(argv, dest, value, instead):
+    from uplift_diffusion.cli import build_parser
+
+    with pytest.warns(FutureWarning, match=f"removed in uplift-diffusion 0.2.0; use {instead}$"):
+        args = build_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+
+
+def test_a_deprecation_is_one_warning_line_before_the_run(tmp_path, capsys):
+    assert main(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o.png"), "--preset", "taef2"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["uplift-diffusion upscale: warning: --preset taef2 is deprecated and will be removed in "
+                   "uplift-diffusion 0.2.0; use --pair taef2",
+                   f"uplift-diffusion upscale: error: input not found: {tmp_path / 'missing.png'}"]
+
+
+def test_the_registry_names_each_thing_once():
+    from uplift_diffusion.presets import FEATURE_BACKBONES, PAIRS, PRESETS, resolve_preset_name
+
+    assert set(FEATURE_BACKBONES) <= set(PRESETS) and set(PAIRS) == {"taef2", "sd15"}
+    assert not set(PAIRS) & {alias for p in PRESETS.values() for alias in (p.name, *p.aliases)}
+    with pytest.warns(FutureWarning, match="'sd15' is deprecated .* use 'sd15-vae'"):
+        assert resolve_preset_name("sd15") == "sd15-vae"
 
 
 @pytest.mark.parametrize("argv", [

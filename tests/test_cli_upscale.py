@@ -65,8 +65,8 @@ def test_upscale_errors_are_one_line(assets, tmp_path, capsys, case, expected):
         "scale": [good, "-o", str(tmp_path), "--scale", "3", *models],
         "missing": [str(root / "nope.png"), "-o", str(tmp_path), *models],
         "not_writable": [good, "-o", str(root / "in" / "rgb.png" / "sub"), *models],
-        "offline_upsampler": [good, "-o", str(tmp_path), "--preset", "sd15", models[0], models[1]],
-        "offline_vae": [good, "-o", str(tmp_path), "--preset", "sd15", models[2], models[3]],
+        "offline_upsampler": [good, "-o", str(tmp_path), "--pair", "sd15", models[0], models[1]],
+        "offline_vae": [good, "-o", str(tmp_path), "--pair", "sd15", models[2], models[3]],
     }[case]
     assert main(["upscale", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -34,6 +34,16 @@ def test_disabled_and_shape_errors():
         ColorCorrection()(torch.rand(2, 3, 8, 8), torch.rand(1, 3, 4, 4))
 
 
+def test_none_is_the_name_of_off():
+    from uplift_diffusion.pipelines.common import color_correction_for
+
+    x = torch.rand(1, 3, 8, 8)
+    assert ColorCorrection(mode="none")(x + 1, x).equal(x + 1)
+    assert not color_correction_for(None, "none").enabled and not color_correction_for(None, False).enabled
+    with pytest.raises(ValueError, match="must be one of"):
+        ColorCorrection(mode="off")
+
+
 def test_sr_pipeline_output_keeps_the_input_colour_means(shared_dir):
     from PIL import Image
 

@@ -1,6 +1,6 @@
 """uplift-diffusion: UPLiFT feature upsampling for diffusers."""
 
-from importlib import import_module
+from uplift_diffusion.utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -23,14 +23,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'uplift_diffusion' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_LAZY])
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["__version__", *_LAZY]

@@ -204,6 +204,19 @@ def _load_installed(name: str, part: str, load):
                               ) from None
 
 
+def _load_builtin(name: str, part: str, folder_of, load, device):
+    """``load(folder)`` of a built-in pair's installed weights folder (``folder_of(name)``) after its digests check,
+    placed on ``device``."""
+    builtin_pair(name)  # an unknown name is the caller's error, not a damaged install
+
+    def checked():
+        folder = folder_of(name)
+        verify_installed(folder)
+        return load(folder)
+
+    return _place(_load_installed(name, part, checked), device)
+
+
 def load_builtin_vae(name: str = "taef2", dtype: torch.dtype | None = None,
                      device: str | torch.device | None = None) -> TAEF2:
     """The built-in pair's autoencoder, from the installed package files.
@@ -213,35 +226,26 @@ def load_builtin_vae(name: str = "taef2", dtype: torch.dtype | None = None,
         dtype: weights dtype (default float32).
         device: where to put the model (default cpu).
     """
-    pair = builtin_pair(name)
-
-    def load():
-        path = builtin_vae_path(name)
-        verify_installed(path)
-        vae = pair.vae_class.from_pretrained(path, dtype=dtype)
+    def load(path):
+        vae = builtin_pair(name).vae_class.from_pretrained(path, dtype=dtype)
         check_finite(vae.state_dict(), path)
         return vae
 
-    return _place(_load_installed(name, "autoencoder", load), device)
+    return _load_builtin(name, "autoencoder", builtin_vae_path, load, device)
 
 
 def load_builtin_upsampler(name: str = "taef2", dtype: torch.dtype | None = None,
                            device: str | torch.device | None = None) -> UPLiFTModel:
-    """The built-in pair's UPLiFT model, from the installed package files.
+    """The built-in pair's UPLiFT model, from the installed package files (arguments as :func:`load_builtin_vae`)."""
+    return _load_builtin(name, "upsampler", builtin_upsampler_path,
+                         lambda path: UPLiFTModel.from_pretrained(path, dtype=dtype), device)
 
-    Args:
-        name: a built-in pair (see :func:`builtin_names`).
-        dtype: weights dtype (default float32).
-        device: where to put the model (default cpu).
+
+def load_builtin_pair(name: str = "taef2", dtype: torch.dtype | None = None,
+                      device: str | torch.device | None = None) -> tuple[TAEF2, UPLiFTModel]:
+    """``(autoencoder, upsampler)`` of a built-in pair (what ``upscale`` / ``serve`` load without --vae / --upsampler).
     """
-    builtin_pair(name)  # an unknown name is the caller's error, not a damaged install
-
-    def load():
-        path = builtin_upsampler_path(name)
-        verify_installed(path)
-        return UPLiFTModel.from_pretrained(path, dtype=dtype)
-
-    return _place(_load_installed(name, "upsampler", load), device)
+    return load_builtin_vae(name, dtype, device), load_builtin_upsampler(name, dtype, device)
 
 
 if __name__ == "__main__":  # record the digests of every built-in folder (after retraining a built-in model)

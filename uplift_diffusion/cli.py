@@ -134,7 +134,9 @@ def _terminate_as_interrupt(signum, _frame) -> None:
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     silence_empty_float32_notice()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as parse_warnings:  # (an old flag's spelling) shown below, as the run's
+        warnings.simplefilter("always")
+        args = parser.parse_args(argv)
     if getattr(args, "_missing", None) is not None:
         print(f"uplift-diffusion {args.command}: error: missing package {args._missing.name!r}; "
               f"install it (e.g. pip install 'uplift-diffusion[all]')", file=sys.stderr)
@@ -146,6 +148,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             warnings.showwarning = lambda message, category, *_, **__: print(
                 f"{prog}: {'note' if issubclass(category, ImageConversionWarning) else 'warning'}: {message}",
                 file=sys.stderr)
+        for warning in parse_warnings:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)

@@ -20,6 +20,7 @@ from torch import nn
 from .utils.errors import InputError
 
 MODES = ("mean", "detail")
+OFF = "none"  # the one name of "no colour correction" (a pipeline's color_correction, a config, the CLI)
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -54,9 +55,9 @@ class ColorCorrection(nn.Module):
     inside the training loss too).
 
     Args:
-        enabled (`bool`, defaults to True): when False the module returns the image unchanged.
+        enabled (`bool`, defaults to True): when False the module returns the image unchanged (as ``mode="none"``).
         clamp (`tuple[float, float]`, *optional*): clamp the result to this range (e.g. ``(0, 1)``).
-        mode (`str`, defaults to ``"mean"``): ``"mean"`` or ``"detail"``.
+        mode (`str`, defaults to ``"mean"``): ``"mean"``, ``"detail"`` or ``"none"`` (off).
         detail_sigma (`float`, defaults to 0.5): ``"detail"`` mode: the Gaussian's sigma in units of the upscaling
             factor (output width / reference width).
     """
@@ -64,11 +65,11 @@ class ColorCorrection(nn.Module):
     def __init__(self, enabled: bool = True, clamp: tuple[float, float] | None = None, mode: str = "mean",
                  detail_sigma: float = 0.5):
         super().__init__()
-        if mode not in MODES:
-            raise InputError(f"colour correction mode must be one of {MODES}, got {mode!r}")
+        if mode not in (*MODES, OFF):
+            raise InputError(f"colour correction mode must be one of {(*MODES, OFF)}, got {mode!r}")
         if detail_sigma <= 0:
             raise InputError(f"detail_sigma must be > 0, got {detail_sigma}")
-        self.enabled = enabled
+        self.enabled = enabled and mode != OFF
         self.clamp = clamp
         self.mode = mode
         self.detail_sigma = detail_sigma

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from uplift_diffusion.utils.errors import InputError
+from uplift_diffusion.utils.image_ops import to_tensor_uint8
 
 # skimage.data loaders whose files ship in the scikit-image wheel (others, e.g. `kodim`, need a download)
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -61,7 +62,7 @@ def metric_functions() -> tuple[Callable, Callable]:
         from uplift_diffusion.eval.metrics import psnr_per_image, ssim_per_image
 
         def batch(image: Image.Image) -> torch.Tensor:
-            return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]  # uint8 [1, 3, H, W]
+            return to_tensor_uint8(image)[None]  # uint8 [1, 3, H, W]
 
         return (lambda a, b: float(psnr_per_image(batch(a), batch(b))[0]),
                 lambda a, b: float(ssim_per_image(batch(a), batch(b))[0]))
@@ -79,10 +80,7 @@ def colour_ratios(image: Image.Image, original: Image.Image) -> dict[str, float]
     """The image's saturation and contrast relative to the original's (1 = faithful; a washed-out result < 1)."""
     from uplift_diffusion.eval.metrics import colour_ratios_per_image
 
-    def batch(picture: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.array(picture)).permute(2, 0, 1)[None]  # uint8 [1, 3, H, W]
-
-    saturation, contrast = colour_ratios_per_image(batch(image), batch(original))
+    saturation, contrast = colour_ratios_per_image(to_tensor_uint8(image)[None], to_tensor_uint8(original)[None])
     return {"saturation_ratio": float(saturation[0]), "contrast_ratio": float(contrast[0])}
 
 

@@ -127,6 +127,13 @@ class TAEF2(ModelMixin, ConfigMixin):
         pooled = [i for i, layer in enumerate(dec) if isinstance(layer, TAEBlock) and layer.pool is not None]
         self.decoder_local_from = pooled[-1] + 1
 
+    def _load_part(self, part: str, state: dict, path: Path) -> None:
+        """Load ``encoder`` / ``decoder`` weights read from ``path``; ValueError naming the file if they do not fit."""
+        try:
+            getattr(self, part).load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path} does not fit the taef2 layout: {str(err).splitlines()[0]}") from None
+
     @classmethod
     def from_taesd_files(cls, folder: str | os.PathLike, prefix: str = "taef2", **config) -> "TAEF2":
         """Load ``{prefix}_encoder.pth`` and ``{prefix}_decoder.pth`` (plain state dicts, read with weights_only)."""
@@ -141,10 +148,7 @@ class TAEF2(ModelMixin, ConfigMixin):
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
             except Exception as err:
                 raise ValueError(f"could not read {path}: corrupt or not a state dict ({type(err).__name__})") from None
-            try:
-                getattr(model, part).load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise ValueError(f"{path} does not fit the taef2 layout: {str(err).splitlines()[0]}") from None
+            model._load_part(part, state, path)
         return model.eval()
 
     @classmethod
@@ -163,10 +167,7 @@ class TAEF2(ModelMixin, ConfigMixin):
             raise ValueError(f"could not read {path}: not a safetensors file ({err})") from None
         model = cls(**config)
         for part, sequential_state in from_hub_layout(state, source=str(path)).items():
-            try:
-                getattr(model, part).load_state_dict(sequential_state, strict=True)
-            except RuntimeError as err:
-                raise ValueError(f"{path} does not fit the taef2 layout: {str(err).splitlines()[0]}") from None
+            model._load_part(part, sequential_state, path)
         return model.eval()
 
     @classmethod

@@ -8,18 +8,31 @@ import argparse
 import math
 from pathlib import Path
 
+from uplift_diffusion.presets import FEATURE_ALIASES, FEATURE_BACKBONES, resolve_feature_backbone  # noqa: F401
 from uplift_diffusion.utils.errors import InputError, InputNotFoundError
 from uplift_diffusion.utils.io import require_path
 
-# The feature backbones of uplift_diffusion.features.extractor.FEATURE_PRESETS and its aliases (that module imports
-# torch; tests/test_cli_errors.py keeps these lists equal to theirs).
-FEATURE_BACKBONES = {"dinov2-s14": "vit_small_patch14_dinov2.lvd142m", "dinov3-splus16":
-                     "vit_small_plus_patch16_dinov3.lvd1689m"}  # name -> timm model
-FEATURE_ALIASES = {"dinov2": "dinov2-s14", "dinov3": "dinov3-splus16"}
 SR_METHODS = ("uplift", "latent-bilinear", "latent-nearest", "pixel-bicubic")  # uplift_diffusion.eval.sr.METHODS
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def _argparse_type(name: str, convert, expected: str, must_be: str, in_range, shown):
+    """An argparse ``type`` that converts the text (else "``expected``, got ...") and checks ``in_range(value)`` (else
+    "``must_be``, got ``shown(text, value)``"); argparse names the flag in the one error line."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+        if not in_range(value):
+            raise argparse.ArgumentTypeError(f"{must_be}, got {shown(text, value)}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
 def int_in(low: int | None, high: int):
@@ -27,18 +40,8 @@ def int_in(low: int | None, high: int):
     with its own words). argparse then names the flag in one error line, before any work, instead of an overflow deep
     in torch or a run that allocates without end."""
     span = f"in [{low}, {high}]" if low is not None else f"<= {high}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer {span}, got {text!r}") from None
-        if (low is not None and value < low) or value > high:
-            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
+    return _argparse_type("integer", int, f"expected an integer {span}", f"must be an integer {span}",
+                          lambda value: (low is None or value >= low) and value <= high, lambda text, value: value)
 
 
 def float_in(low: float | None, high: float, low_open: bool = False):
@@ -46,18 +49,12 @@ def float_in(low: float | None, high: float, low_open: bool = False):
     lower bound here). NaN and infinity are refused."""
     span = f"in {'(' if low_open else '['}{low:g}, {high:g}]" if low is not None else f"<= {high:g}"
 
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    def in_range(value: float) -> bool:
         below = low is not None and (value < low or (low_open and value == low))
-        if not math.isfinite(value) or below or value > high:
-            raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text}")
-        return value
+        return math.isfinite(value) and not below and value <= high
 
-    parse.__name__ = "number"
-    return parse
+    return _argparse_type("number", float, "expected a number", f"must be a finite number {span}", in_range,
+                          lambda text, value: text)
 
 
 def at_least(flag: str, value: int | float | None, minimum: int | float) -> None:
@@ -86,9 +83,7 @@ def existing(flag: str, path: str | None, kind: str = "file or folder") -> None:
 
 def feature_backbone(flag: str, name: str, weights_flag: str, weights: str | None) -> None:
     """A known feature backbone, and its local weights (when given) exist."""
-    name = FEATURE_ALIASES.get(name, name)
-    if name not in FEATURE_BACKBONES:
-        raise InputError(f"unknown feature backbone {name!r} ({flag}); available: {', '.join(FEATURE_BACKBONES)}")
+    name = resolve_feature_backbone(name, flag)
     if weights is not None and not Path(weights).exists():
         raise InputNotFoundError(f"{weights_flag} {weights}: no such file or folder (expected the model.safetensors "
                                  f"of Hub repo timm/{FEATURE_BACKBONES[name]}, or a folder with it)")

@@ -9,10 +9,13 @@ from uplift_diffusion.commands.loading import (
     DEFAULT_FLUX2_REPO,
     DEFAULT_SD_REPO,
     DEFAULT_UPSAMPLER,
-    PRESET_PAIRS,
+    add_color_correction_arguments,
     add_device_arguments,
+    add_pair_arguments,
+    color_correction_argument,
     resolve_device_dtype,
 )
+from uplift_diffusion.utils.deprecation import renamed_values
 from uplift_diffusion.utils.dtypes import dtype_name
 from uplift_diffusion.utils.errors import InputError
 
@@ -57,27 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sr = sub.add_parser("sr", help="super-resolution 256->1024 on a folder of images (FacesHQ / LHQ, Table 4)")
     sr.add_argument("--images", required=True, help="folder of high-resolution images")
-    sr.add_argument("--preset", default="sd15", choices=sorted(PRESET_PAIRS),
-                    help="the VAE + upsampler pair, as in `upscale` (default sd15: the paper's Table 4, SD 1.5's VAE "
-                         f"{DEFAULT_SD_REPO} + {DEFAULT_UPSAMPLER} from the Hub; taef2: the pair shipped inside the "
-                         "package, offline); --vae / --upsampler replace either part")
-    sr.add_argument("--vae", default=None,
-                    help="VAE: diffusers folder, pipeline folder, taef2 folder or Hub id (default: the preset's)")
-    sr.add_argument("--upsampler", default=None,
-                    help="UPLiFT checkpoint: save_pretrained folder, published .safetensors file or Hub repo id "
-                         "(default: the preset's)")
+    add_pair_arguments(sr, default="sd15", why=": the paper's Table 4")
     sr.add_argument("--random-upsampler", default=None, metavar="PRESET",
                     help="instead of --upsampler, a randomly initialised model of this preset (in_channels set to "
                          "the VAE's latent channels), e.g. tiny-vae: shows the table before a model is trained")
     sr.add_argument("--methods", default="uplift,latent-bilinear,latent-nearest,pixel-bicubic",
                     help="comma-separated: uplift, latent-bilinear, latent-nearest, pixel-bicubic")
-    sr.add_argument("--downsample", default="bilinear", choices=("bilinear", "bicubic"),
-                    help="how the low-res inputs are made: bilinear (paper B.2: no antialiasing) or bicubic (PIL, "
-                         "antialiased: the standard super-resolution protocol)")
+    sr.add_argument("--downsample", default="bilinear-aliased", choices=("bilinear-aliased", "bicubic"),
+                    type=renamed_values("--downsample", {"bilinear": "bilinear-aliased"}),
+                    help="how the low-res inputs are made: bilinear-aliased (paper B.2: no antialiasing) or bicubic "
+                         "(PIL, antialiased: the standard super-resolution protocol)")
     sr.add_argument("--size", type=int_in(None, 16384), default=1024, help="high-res centre crop (default 1024)")
     sr.add_argument("--scale", type=int_in(None, 64), default=4, help="upscaling factor (default 4: two UPLiFT steps)")
     sr.add_argument("--patch-size", type=int_in(None, 16384), default=None, help="patch-FID crop (default size / 2)")
-    sr.add_argument("--no-color-correction", action="store_true")
+    add_color_correction_arguments(sr)
     _common_arguments(sr)
 
     for name, help_text in (("coco", "COCO 2014 text-to-image 512->1024 (Table 2)"),
@@ -129,15 +125,14 @@ def _fid_factory(args, device):
 def _run_sr(args, device, dtype) -> dict | None:
     from uplift_diffusion import builtin
     from uplift_diffusion.backbones.vae import latent_channels
-    from uplift_diffusion.commands.loading import load_pair, load_vae
+    from uplift_diffusion.commands.loading import load_pair, load_vae, pair_sources
     from uplift_diffusion.eval.sr import run_sr_benchmark
     from uplift_diffusion.model import UPLiFTModel
 
-    hub_pair = PRESET_PAIRS[args.preset]
-    vae_source = args.vae or (hub_pair[0] if hub_pair else f"built-in {args.preset}")
+    vae_spec, upsampler_spec = pair_sources(args.pair, args.vae, args.upsampler)
+    vae_source = vae_spec or f"built-in {args.pair}"
     if args.random_upsampler:
-        vae_spec = args.vae or (hub_pair[0] if hub_pair else None)
-        vae = load_vae(vae_spec, dtype) if vae_spec else builtin.load_builtin_vae(args.preset, dtype)
+        vae = load_vae(vae_spec, dtype) if vae_spec else builtin.load_builtin_vae(args.pair, dtype)
         vae = vae.to(device).eval()
         import torch
 
@@ -146,15 +141,15 @@ def _run_sr(args, device, dtype) -> dict | None:
         upsampler = upsampler.to(dtype=dtype) if dtype != torch.float32 else upsampler
         upsampler_source = f"random init of preset {args.random_upsampler} (seed {args.seed})"
     else:  # the pair `upscale` would load for the same flags
-        vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)
+        vae, upsampler = load_pair(args.pair, args.vae, args.upsampler, dtype)
         vae = vae.to(device).eval()
-        upsampler_source = args.upsampler or (hub_pair[1] if hub_pair else f"built-in {args.preset}")
+        upsampler_source = upsampler_spec or f"built-in {args.pair}"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     return run_sr_benchmark(
         args.images, vae, args.output, upsampler=upsampler.to(device) if "uplift" in methods else None,
         methods=methods, size=args.size, scale=args.scale, num_samples=args.num_samples, limit=args.limit,
         downsample=args.downsample,
-        seed=args.seed, batch_size=args.batch_size or 1, color_correction=not args.no_color_correction,
+        seed=args.seed, batch_size=args.batch_size or 1, color_correction=color_correction_argument(args),
         fid_factory=_fid_factory(args, device), patch_size=args.patch_size or args.size // 2,
         reference_stats=args.reference_stats, latency=args.latency, latency_warmup=args.latency_warmup,
         latency_iterations=args.latency_iterations, overwrite=args.overwrite,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from uplift_diffusion.commands.checks import int_in
+from uplift_diffusion.commands.loading import add_feature_backbone_arguments
 from uplift_diffusion.utils.device import add_device_arguments
 
 HELP = "Pixel-dense DINOv2 / DINOv3 features with UPLiFT: PCA strip (--pca) and / or features (--save)."
@@ -14,15 +15,7 @@ HELP = "Pixel-dense DINOv2 / DINOv3 features with UPLiFT: PCA strip (--pca) and 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMG", help="input image file")
-    parser.add_argument("--backbone", default="dinov2-s14",
-                        help="feature preset: dinov2-s14 (default, timm vit_small_patch14_dinov2.lvd142m) or "
-                             "dinov3-splus16 (vit_small_plus_patch16_dinov3.lvd1689m)")
-    parser.add_argument("--backbone-weights", default=None, metavar="PATH",
-                        help="local backbone weights (the model.safetensors of Hub repo timm/<backbone>, or its "
-                             "folder); default: download")
-    parser.add_argument("--upsampler", default=None, metavar="PATH",
-                        help="local UPLiFT checkpoint (.safetensors / .pth / folder); default: download the published "
-                             "one (UPLiFT-upsampler/uplift_<backbone>)")
+    add_feature_backbone_arguments(parser)
     parser.add_argument("--pca", default=None, metavar="OUT.png",
                         help="write the joint-PCA strip: image | backbone | step 1 | ... | step n")
     parser.add_argument("--save", default=None, metavar="OUT.safetensors",

@@ -12,7 +12,9 @@ from uplift_diffusion.commands.loading import (
     DEFAULT_FLUX2_REPO,
     DEFAULT_SD_REPO,
     DEFAULT_UPSAMPLER,
+    add_color_correction_arguments,
     add_device_arguments,
+    color_correction_argument,
 )
 
 HELP = "Generate an image with Stable Diffusion 1.5 (or FLUX.2) and upscale it in latent space with UPLiFT."
@@ -49,8 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="low-resolution width (default: the model's, 512 for sd15, 1024 for flux2)")
     parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0, help="random seed (default 0)")
     parser.add_argument("--save-low-res", action="store_true", help="also save <output>_lowres.<ext>")
-    parser.add_argument("--no-color-correction", action="store_true",
-                        help="skip the colour correction (the upsampler's own, recorded in its config)")
+    add_color_correction_arguments(parser)
     parser.add_argument("--refine", type=float, default=0.0, metavar="STRENGTH",
                         help="a refine pass at the output size: noise the upscaled latents to this strength "
                              "in [0, 1] and denoise again with the same prompt (0, the default: off; try 0.3)")
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         dtype = torch.bfloat16  # FLUX.2 ships and runs in bfloat16; float16 overflows its activations (as FLUX.1's)
     generator = torch.Generator(device).manual_seed(args.seed)
     common = dict(height=args.height, width=args.width, upscale=args.upscale, generator=generator,
-                  return_low_res=args.save_low_res, color_correction=not args.no_color_correction,
+                  return_low_res=args.save_low_res, color_correction=color_correction_argument(args),
                   refine_strength=args.refine, refine_steps=args.refine_steps)
     if flux2:
         from uplift_diffusion.pipelines.flux2 import flux2_defaults

@@ -1,35 +1,35 @@
-"""Shared by the ``upscale`` and ``generate`` commands: device / dtype choice and loading models from the Hub or
-local folders, with one-line errors that say how to work offline."""
+"""Shared by the commands: the flags that name models (``--pair``, ``--vae``, ``--upsampler``, ``--backbone``) and
+loading them from the registry (``uplift_diffusion.presets``), the Hub or local folders, with one-line errors in the
+commands' words (the VAE loader itself is the library's, ``uplift_diffusion.backbones.loading``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from uplift_diffusion.backbones.loading import is_repo_id, load_vae
+from uplift_diffusion.presets import DEFAULT_PAIR, PAIRS, SD15_REPO
+from uplift_diffusion.utils.deprecation import RenamedFlag
 from uplift_diffusion.utils.device import add_device_arguments, resolve_device_dtype
-from uplift_diffusion.utils.errors import CheckpointError, InputError, InputNotFoundError, UnavailableError
+from uplift_diffusion.utils.errors import (
+    CheckpointError,
+    InputError,
+    InputNotFoundError,
+    UnavailableError,
+    load_reporting_damage,
+)
 from uplift_diffusion.utils.hub import ensure_hub_reachable, hub_is_offline
 
-DEFAULT_SD_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_SD_REPO = SD15_REPO
 DEFAULT_FLUX2_REPO = "black-forest-labs/FLUX.2-klein-4B"  # --family flux2 of generate / eval coco / eval relaion
-DEFAULT_UPSAMPLER = "UPLiFT-upsampler/uplift_sd1.5vae"
-# --preset NAME of `upscale`: the (vae, upsampler) pair used where --vae / --upsampler are not given. None: the pair
-# shipped inside the package under that name (uplift_diffusion.builtin, offline); else Hub ids / local folders.
-PRESET_PAIRS = {"taef2": None, "sd15": (DEFAULT_SD_REPO, DEFAULT_UPSAMPLER)}
-DEFAULT_PRESET = "taef2"
+DEFAULT_UPSAMPLER = PAIRS["sd15"].upsampler
+COLOR_CORRECTIONS = ("auto", "none", "mean", "detail")  # auto: the upsampler's own; then uplift_diffusion.color's
 if TYPE_CHECKING:
     import torch
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-__all__ = ["add_device_arguments", "resolve_device_dtype"]  # the one device / dtype policy (utils.device)
-
-
-def is_repo_id(text: str) -> bool:
-    """``owner/name`` that is not a local path: neither the path nor its parent folder (``outputs/model``) exists."""
-    path = Path(text)
-    return bool(_REPO_ID.match(text)) and not path.exists() and not path.parent.exists()
+__all__ = ["add_device_arguments", "resolve_device_dtype", "is_repo_id", "load_vae"]  # (utils.device, backbones)
 
 
 def check_model_source(spec: str, flag: str) -> None:
@@ -37,101 +37,6 @@ def check_model_source(spec: str, flag: str) -> None:
     if not Path(spec).exists() and not is_repo_id(spec):
         raise InputNotFoundError(f"{flag} {spec}: no such file or folder (and not a Hub repo id like "
                                  f"{DEFAULT_SD_REPO!r})")
-
-
-def _vae_classes() -> dict:
-    from diffusers import AutoencoderKL, AutoencoderTiny
-
-    from uplift_diffusion.backbones.taef2 import TAEF2
-
-    return {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny, "TAEF2": TAEF2}
-
-
-def _vae_class(config_file: Path, where: str):
-    name = json.loads(config_file.read_text()).get("_class_name")
-    classes = _vae_classes()
-    if name not in classes:
-        raise InputError(f"{where}: unsupported VAE class {name!r}; supported: {', '.join(classes)}")
-    return classes[name]
-
-
-def _load_local_vae(load, spec: str):
-    """``load()`` of a local VAE folder, its failures to read the files (truncated, damaged, a partial download) in
-    one line naming the folder."""
-    try:
-        return load()
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
-        if isinstance(err, (InputError, InputNotFoundError)):
-            raise
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
-        raise CheckpointError(f"--vae {spec}: the VAE could not be loaded ({reason}); its files are damaged or "
-                              f"incomplete (an interrupted download or copy?): fetch them again") from None
-
-
-def load_vae(spec: str, dtype: torch.dtype):
-    """A VAE from a local folder (diffusers VAE folder, pipeline folder with ``vae/``, taef2 ``*.pth`` files or the
-    single-file ``taef2.safetensors``) or a Hub repo id (its ``vae`` subfolder when it has one, else
-    ``taef2.safetensors``)."""
-    from uplift_diffusion.backbones.taef2 import TAEF2
-
-    path = Path(spec)
-    if path.is_dir():
-        taef2_files = ("taef2_encoder.pth", "taef2.safetensors")
-        if any((path / name).is_file() for name in taef2_files) and not (path / "config.json").is_file():
-            return _load_local_vae(lambda: TAEF2.from_pretrained(path, dtype=dtype), spec)
-        if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file():
-            path = path / "vae"
-        if not (path / "config.json").is_file():
-            raise InputNotFoundError(f"--vae {spec}: no config.json, vae/config.json, taef2.safetensors or "
-                                    f"taef2_encoder.pth / taef2_decoder.pth in this folder")
-        vae_class = _vae_class(path / "config.json", f"--vae {spec}")
-        return _load_local_vae(lambda: vae_class.from_pretrained(path, dtype=dtype), spec)
-    if not is_repo_id(spec):
-        raise InputNotFoundError(f"--vae {spec}: not a local folder nor a Hub repo id like {DEFAULT_SD_REPO!r}")
-
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    ensure_hub_reachable()
-    how = f"Download it elsewhere (hf download {spec} --include 'vae/*') and pass the local folder with --vae DIR."
-    config, first_error = None, None
-    for subfolder in ("vae", None):
-        try:
-            config = Path(hf_hub_download(spec, "config.json", subfolder=subfolder))
-            break
-        except Exception as err:  # noqa: BLE001  (kept and reported below)
-            first_error = first_error or err
-            if isinstance(err, LocalEntryNotFoundError) or not isinstance(err, (EntryNotFoundError,
-                                                                               RepositoryNotFoundError)):
-                break  # no connection / offline mode: every other layout would fail the same way
-    if config is None and not isinstance(first_error, LocalEntryNotFoundError):
-        try:  # no diffusers config: the single-file taef2 layout (madebyollin/taef2)
-            return TAEF2.from_pretrained(spec, dtype=dtype)
-        except Exception as err:  # noqa: BLE001
-            first_error = first_error or err
-    if config is None:
-        raise UnavailableError(f"{_fetch_failure(f'The VAE of {spec}', spec, first_error)} {how}") from None
-    cls = _vae_class(config, f"--vae {spec}")
-    try:
-        return cls.from_pretrained(spec, subfolder=subfolder, dtype=dtype)
-    except OSError as err:
-        raise UnavailableError(f"{_fetch_failure(f'The VAE weights of {spec}', spec, err)} {how}") from None
-
-
-def _fetch_failure(what: str, repo: str, err: BaseException | None) -> str:
-    """Why ``what`` could not come from the Hub, as one short sentence: the Hub's own messages are paragraphs that a
-    one-line error would cut mid-word, so only their kind is told (``--debug`` shows them whole)."""
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    if isinstance(err, LocalEntryNotFoundError) or hub_is_offline():
-        return f"{what} is not downloaded and this machine is offline."
-    if isinstance(err, RepositoryNotFoundError):
-        return f"The Hub has no repo {repo} (or it is private: log in with hf auth login)."
-    if isinstance(err, EntryNotFoundError):
-        return f"{repo} holds neither vae/config.json nor taef2.safetensors."
-    return f"{what} could not be fetched ({type(err).__name__})."
 
 
 def load_upsampler(spec: str, dtype: torch.dtype):
@@ -164,18 +69,76 @@ def load_upsampler(spec: str, dtype: torch.dtype):
                                f"download {spec}) and pass the local file with --upsampler FILE.") from None
 
 
-def load_pair(preset: str, vae: str | None, upsampler: str | None, dtype: torch.dtype):
-    """``(vae, upsampler)`` models: ``--preset``'s pair, either part replaced by ``--vae`` / ``--upsampler``."""
+def add_pair_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_PAIR, why: str = "") -> None:
+    """``--pair NAME`` (a VAE + upsampler pair of the registry, ``presets.PAIRS``) and ``--vae`` / ``--upsampler``,
+    which replace either part; ``--preset`` is its old spelling."""
+    pairs = "; ".join(f"{p.name}: " + ("the pair shipped inside the package, offline" if p.builtin else
+                                        f"the VAE of {p.vae} + {p.upsampler}, from the Hub") for p in PAIRS.values())
+    parser.add_argument("--pair", default=default, choices=sorted(PAIRS),
+                        help=f"the VAE + upsampler pair (default {default}{why}; {pairs}); --vae / --upsampler "
+                             f"replace either part")
+    parser.add_argument("--preset", dest="pair", action=RenamedFlag, new="--pair", choices=sorted(PAIRS),
+                        default=argparse.SUPPRESS)
+    parser.add_argument("--vae", default=None,
+                        help="Hub repo id or local folder of the VAE: a diffusers VAE folder, a pipeline folder with "
+                             "vae/, or a folder with taef2.safetensors or taef2_encoder.pth / taef2_decoder.pth "
+                             "(default: the pair's)")
+    parser.add_argument("--upsampler", default=None,
+                        help="UPLiFT weights: Hub repo id, .safetensors / .pth file, or folder (published checkpoint "
+                             "or UPLiFTModel.save_pretrained); default: the pair's")
+
+
+def add_color_correction_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--color-correction auto|none|mean|detail`` (``--no-color-correction`` is its old spelling of ``none``)."""
+    parser.add_argument("--color-correction", default="auto", choices=COLOR_CORRECTIONS,
+                        help="the colour correction: auto (default: the one the upsampler records: the built-in "
+                             "model's 'detail', the published checkpoints' 'mean'), none (off), mean or detail")
+    parser.add_argument("--no-color-correction", dest="color_correction", action=RenamedFlag, nargs=0, const="none",
+                        new="--color-correction", default=argparse.SUPPRESS)
+
+
+def color_correction_argument(args: argparse.Namespace) -> bool | str:
+    """``--color-correction`` as a pipeline's ``color_correction``: True (the upsampler's own), False (off) or a
+    mode."""
+    return {"auto": True, "none": False}.get(args.color_correction, args.color_correction)
+
+
+def pair_sources(pair: str, vae: str | None, upsampler: str | None) -> tuple[str | None, str | None]:
+    """``(vae, upsampler)`` sources of ``--pair`` with ``--vae`` / ``--upsampler``: Hub ids or paths; ``None`` for a
+    part that comes from the built-in pair."""
+    if pair not in PAIRS:
+        raise InputError(f"unknown pair {pair!r}; available: {', '.join(PAIRS)}")
+    return vae or PAIRS[pair].vae, upsampler or PAIRS[pair].upsampler
+
+
+def load_pair(pair: str, vae: str | None, upsampler: str | None, dtype: torch.dtype):
+    """``(vae, upsampler)`` models: ``--pair``'s, either part replaced by ``--vae`` / ``--upsampler``."""
     from uplift_diffusion import builtin
 
-    if preset not in PRESET_PAIRS:
-        raise InputError(f"unknown preset {preset!r}; available: {', '.join(PRESET_PAIRS)}")
-    hub_pair = PRESET_PAIRS[preset]
-    if hub_pair is not None:
-        vae, upsampler = vae or hub_pair[0], upsampler or hub_pair[1]
-    vae_model = load_vae(vae, dtype) if vae else builtin.load_builtin_vae(preset, dtype)
-    upsampler_model = load_upsampler(upsampler, dtype) if upsampler else builtin.load_builtin_upsampler(preset, dtype)
+    vae, upsampler = pair_sources(pair, vae, upsampler)
+    if vae is None and upsampler is None:
+        return builtin.load_builtin_pair(pair, dtype)
+    vae_model = load_vae(vae, dtype) if vae else builtin.load_builtin_vae(pair, dtype)
+    upsampler_model = load_upsampler(upsampler, dtype) if upsampler else builtin.load_builtin_upsampler(pair, dtype)
     return vae_model, upsampler_model
+
+
+def add_feature_backbone_arguments(parser, default: str | None = "dinov2-s14", upsampler_flag: str = "--upsampler",
+                                   without: str = "") -> None:
+    """``--backbone NAME`` (a feature backbone of the registry, ``presets.FEATURE_BACKBONES``), ``--backbone-weights``
+    and the flag of its UPLiFT checkpoint, for every command that computes DINO features; ``without``: what no
+    ``--backbone`` means when ``default`` is None."""
+    from uplift_diffusion.presets import FEATURE_BACKBONES
+
+    names = " or ".join(f"{name} (timm {timm_name})" for name, timm_name in FEATURE_BACKBONES.items())
+    parser.add_argument("--backbone", default=default, metavar="NAME",
+                        help=f"feature backbone: {names}; default: {default or without}")
+    parser.add_argument("--backbone-weights", default=None, metavar="PATH",
+                        help="local backbone weights (the model.safetensors of Hub repo timm/<backbone>, or its "
+                             "folder); default: download")
+    parser.add_argument(upsampler_flag, default=None, metavar="PATH",
+                        help="local UPLiFT checkpoint for the backbone (.safetensors / .pth / folder); default: "
+                             "download the published one (UPLiFT-upsampler/uplift_<backbone>)")
 
 
 def load_feature_extractor(args, device):
@@ -207,11 +170,6 @@ def load_local_pipeline(load, folder: str | Path, flag: str = "--model"):
     if missing:
         raise InputNotFoundError(f"{flag} {folder}: component folder(s) {', '.join(missing)} missing (an interrupted "
                                  f"download?); {how}")
-    try:
-        return load()
-    except (InputError, InputNotFoundError, UnavailableError):
-        raise
-    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as err:
-        reason = " ".join(str(err).split())[:240] or type(err).__name__
-        raise CheckpointError(f"{flag} {folder}: the pipeline could not be loaded ({type(err).__name__}: {reason}); "
-                              f"a component is damaged or incomplete: {how}") from None
+    return load_reporting_damage(load, lambda err, reason: (
+        f"{flag} {folder}: the pipeline could not be loaded ({type(err).__name__}: {reason}); a component is damaged "
+        f"or incomplete: {how}"), limit=240)

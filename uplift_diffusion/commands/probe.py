@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from uplift_diffusion.commands.checks import SEED_RANGE, float_in, int_in
+from uplift_diffusion.commands.loading import add_feature_backbone_arguments
 from uplift_diffusion.utils.device import add_device_arguments
 
 HELP = "Linear-probe evaluation of pixel-dense DINOv2 / DINOv3 features (segmentation mIoU / depth δ1), resumable."
@@ -26,9 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PNG depth units per metre (default 1000)")
     parser.add_argument("-o", "--output", required=True, help="output folder (results.json, results.md, probes/); "
                                                               "rerunning with the same folder resumes")
-    parser.add_argument("--backbone", default="dinov2-s14", help="dinov2-s14 (default) or dinov3-splus16")
-    parser.add_argument("--backbone-weights", default=None, help="local backbone weights (timm model.safetensors)")
-    parser.add_argument("--upsampler", default=None, help="local UPLiFT checkpoint (default: the published one)")
+    add_feature_backbone_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--size", type=int_in(None, 8192), default=448, help="image and feature side (default 448)")
     # None: the protocol's value from ProbeConfig (one home for the defaults)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 
 from uplift_diffusion.commands.checks import int_in
-from uplift_diffusion.commands.loading import DEFAULT_PRESET, PRESET_PAIRS, add_device_arguments
+from uplift_diffusion.commands.loading import (
+    add_device_arguments,
+    add_feature_backbone_arguments,
+    add_pair_arguments,
+)
 
 HELP = "Serve a web page (Gradio) to upscale photos and view UPLiFT features; binds 127.0.0.1 unless told."
 
@@ -14,20 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for everyone)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESET_PAIRS),
-                        help=f"as in `upscale`: the VAE + upsampler pair (default {DEFAULT_PRESET}: the pair shipped "
-                             f"inside the package, offline); --vae / --upsampler replace either part")
-    parser.add_argument("--vae", default=None, help="as in `upscale`: Hub repo id or local folder of the VAE")
-    parser.add_argument("--upsampler", default=None,
-                        help="as in `upscale`: UPLiFT weights for that VAE (Hub repo id, file or folder)")
-    parser.add_argument("--backbone", default=None, metavar="PRESET",
-                        help="DINO feature preset for the Features tab (dinov2-s14 or dinov3-splus16); default: no "
-                             "Features tab content")
-    parser.add_argument("--backbone-weights", default=None, metavar="PATH",
-                        help="local backbone weights (model.safetensors of Hub repo timm/<backbone>); "
-                             "default: download")
-    parser.add_argument("--features-upsampler", default=None, metavar="PATH",
-                        help="local UPLiFT checkpoint for the backbone; default: download the published one")
+    add_pair_arguments(parser, why=", as in `upscale`")
+    add_feature_backbone_arguments(parser, default=None, upsampler_flag="--features-upsampler",
+                                   without="no Features tab content")
     parser.add_argument("--max-pixels", type=int_in(None, 2**40), default=2048 * 2048,
                         help="largest photo accepted, in pixels (default 2048*2048)")
     parser.add_argument("--max-output-pixels", type=int_in(None, 2**40), default=4096 * 4096,
@@ -44,10 +37,12 @@ def _model_quality(args: argparse.Namespace):
 
     from uplift_diffusion import builtin
 
-    if args.upsampler is None and args.preset in builtin.builtin_names():
-        folder = builtin.builtin_upsampler_path(args.preset)
-        return builtin.read_model_quality(folder), f"built-in UPLiFT for {args.preset}"
-    source = args.upsampler or PRESET_PAIRS[args.preset][1]  # a local path or a Hub repo id
+    from uplift_diffusion.commands.loading import pair_sources
+
+    source = pair_sources(args.pair, args.vae, args.upsampler)[1]  # a local path or a Hub repo id
+    if source is None:
+        folder = builtin.builtin_upsampler_path(args.pair)
+        return builtin.read_model_quality(folder), f"built-in UPLiFT for {args.pair}"
     folder = Path(source) if Path(source).is_dir() else Path(source).parent
     return (builtin.read_model_quality(folder) if Path(source).exists() else None), f"UPLiFT ({Path(source).name})"
 
@@ -117,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
-    vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)  # as `upscale` loads them
+    vae, upsampler = load_pair(args.pair, args.vae, args.upsampler, dtype)  # as `upscale` loads them
     pipeline = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler).to(device)
     try:  # a VAE / upsampler mismatch fails now, not on the first request
         pipeline.check_inputs(2, None, None, "pil")

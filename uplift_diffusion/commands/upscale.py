@@ -7,11 +7,10 @@ from pathlib import Path
 
 from uplift_diffusion.commands.checks import SEED_RANGE, int_in
 from uplift_diffusion.commands.loading import (
-    DEFAULT_PRESET,
-    DEFAULT_SD_REPO,
-    DEFAULT_UPSAMPLER,
-    PRESET_PAIRS,
+    add_color_correction_arguments,
     add_device_arguments,
+    add_pair_arguments,
+    color_correction_argument,
 )
 
 HELP = "Upscale images through a VAE's latent space with UPLiFT (2x, 4x, 8x, ...)."
@@ -23,26 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (files are named <name>_x<scale>.png), or an image file for one input")
     parser.add_argument("--scale", type=int_in(None, 64), default=4,
                         help="upscaling factor, a power of two (default 4)")
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESET_PAIRS),
-                        help=f"the VAE + upsampler pair (default {DEFAULT_PRESET}: the taef2 pair shipped inside the "
-                             f"package, offline; sd15: the SD 1.5 VAE {DEFAULT_SD_REPO} + the published "
-                             f"{DEFAULT_UPSAMPLER}, from the Hub); --vae / --upsampler replace either part")
-    parser.add_argument("--vae", default=None,
-                        help="Hub repo id or local folder of the VAE: a diffusers VAE folder, a pipeline folder with "
-                             "vae/, or a folder with taef2.safetensors or taef2_encoder.pth / taef2_decoder.pth "
-                             "(default: the preset's)")
-    parser.add_argument("--upsampler", default=None,
-                        help="UPLiFT weights: Hub repo id, .safetensors / .pth file, or folder (published checkpoint "
-                             "or UPLiFTModel.save_pretrained); default: the preset's")
+    add_pair_arguments(parser)
     parser.add_argument("--tile-size", type=int_in(None, 65536), default=None,
                         help="process the upsampler in tiles of this many input pixels (multiple of 8) to bound memory")
     parser.add_argument("--tile-overlap", type=int_in(None, 65536), default=None,
                         help="tile overlap in input pixels (default 1/4)")
     parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0,
                         help="seed of the upsampler's noise channels (default 0)")
-    parser.add_argument("--no-color-correction", action="store_true",
-                        help="skip the colour correction (by default the one the upsampler records: the built-in "
-                             "model's 'detail', the published checkpoints' 'mean')")
+    add_color_correction_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--skip-existing", action="store_true",
                         help="leave existing output files as they are and upscale only the missing ones (continue an "
@@ -162,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     retain_freed_memory()  # our own short-lived process: no page faults for maps freed and allocated again
-    vae, upsampler = load_pair(args.preset, args.vae, args.upsampler, dtype)
+    vae, upsampler = load_pair(args.pair, args.vae, args.upsampler, dtype)
     pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler)  # the upsampler's own colour correction
     pipe.to(device)
     if args.compile:
@@ -175,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             image = load_image(path)
         generator = torch.Generator(device).manual_seed(args.seed)
         result = pipe(image, scale=args.scale, generator=generator, tile_size=args.tile_size,
-                      tile_overlap=args.tile_overlap, color_correction=not args.no_color_correction).images[0]
+                      tile_overlap=args.tile_overlap, color_correction=color_correction_argument(args)).images[0]
         save_image_atomic(result, target)
         print(f"{path} ({image.width}x{image.height}) -> {target} ({result.width}x{result.height})")
     if unreadable:

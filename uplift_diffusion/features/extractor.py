@@ -20,7 +20,7 @@ from torch import nn
 
 from ..backbones.vit import ViTBackbone
 from ..model import UPLiFTModel
-from ..presets import get_preset
+from ..presets import FEATURE_ALIASES, FEATURE_BACKBONES, get_preset, resolve_feature_backbone
 from ..utils.errors import InputError
 from ..utils.image_ops import bilinear_resize
 from ..utils.images import load_image
@@ -36,18 +36,13 @@ class FeaturePreset:
     upsampler_preset: str
 
 
-FEATURE_PRESETS = {
-    "dinov2-s14": FeaturePreset("vit_small_patch14_dinov2.lvd142m", "dinov2-s14"),
-    "dinov3-splus16": FeaturePreset("vit_small_plus_patch16_dinov3.lvd1689m", "dinov3-splus16"),
-}
-_ALIASES = {"dinov2": "dinov2-s14", "dinov3": "dinov3-splus16"}
+# The registry's feature backbones (presets.FEATURE_BACKBONES), each with the published upsampler of the same name.
+FEATURE_PRESETS = {name: FeaturePreset(timm_name, name) for name, timm_name in FEATURE_BACKBONES.items()}
+_ALIASES = FEATURE_ALIASES
 
 
 def resolve_feature_preset(name: str) -> str:
-    name = _ALIASES.get(name, name)
-    if name not in FEATURE_PRESETS:
-        raise InputError(f"unknown feature backbone {name!r}; available: {', '.join(FEATURE_PRESETS)}")
-    return name
+    return resolve_feature_backbone(name)
 
 
 def _to_float_chw(image: ImageInput) -> torch.Tensor:

@@ -10,12 +10,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from ..utils.errors import InputError
+from ..utils.image_ops import float_to_uint8
 from ..utils.io import atomic_write
 
 
@@ -127,8 +127,7 @@ def pca_strip(image, backbone_features: torch.Tensor, steps: Sequence[torch.Tens
     pca = fit_joint_pca(maps)
     panels = [pixels] + [F.interpolate(pca.to_rgb(m), size=(height, width), mode="nearest")[0] for m in maps]
     strip = torch.cat(panels, dim=-1)  # [3, H, (n + 2) * W]
-    array = (strip.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-    return Image.fromarray(array)
+    return Image.fromarray(float_to_uint8(strip[None])[0])
 
 
 def save_pca_strip(path: str | os.PathLike, image, backbone_features: torch.Tensor,

@@ -6,7 +6,7 @@
 or ``uplift-diffusion train --config configs/taef2_bsds.json [--resume]`` (also under ``accelerate launch``).
 """
 
-from importlib import import_module
+from uplift_diffusion.utils.lazy import lazy_exports
 
 # Lazy exports (as the package's): `uplift-diffusion train` reads and checks its config and output folder
 # (training.config, training.run: standard library only) before torch is imported.
@@ -20,14 +20,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'uplift_diffusion.training' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_LAZY])
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = list(_LAZY)

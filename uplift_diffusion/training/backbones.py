@@ -11,7 +11,6 @@ from torch import nn
 
 from ..backbones.vae import decode_latents, encode_latents, latent_channels, vae_scale_factor
 from ..utils.dtypes import DTYPE_NAMES, to_dtype
-from ..utils.errors import InputError
 from ..utils.fingerprint import weights_hash
 from ..utils.image_ops import imagenet_normalize
 from .config import BackboneConfig
@@ -123,19 +122,10 @@ def load_backbone(config: BackboneConfig) -> FeatureBackbone:
         taef2 = TAEF2.from_pretrained(config.path)
         return VAEBackbone(taef2 if dtype == torch.float32 else taef2.to(dtype), name="taef2")
     if config.type == "vae":
-        from diffusers import AutoencoderKL, AutoencoderTiny
+        from ..backbones.loading import load_vae
 
-        kwargs = {"subfolder": config.subfolder} if config.subfolder else {}
-        try:
-            vae = AutoencoderKL.from_pretrained(config.path, dtype=dtype, **kwargs)
-        except (OSError, ValueError) as kl_error:  # not an AutoencoderKL: try the tiny autoencoder, keep both causes
-            try:
-                vae = AutoencoderTiny.from_pretrained(config.path, dtype=dtype, **kwargs)
-            except (OSError, ValueError) as tiny_error:
-                raise InputError(f"backbone.path {config.path!r} (subfolder {config.subfolder!r}) is neither an "
-                                 f"AutoencoderKL ({type(kl_error).__name__}: {str(kl_error).splitlines()[0][:200]}) "
-                                 f"nor an AutoencoderTiny ({type(tiny_error).__name__}: "
-                                 f"{str(tiny_error).splitlines()[0][:200]})") from kl_error
+        vae = load_vae(config.path, dtype, subfolder=config.subfolder or None,
+                       label=f"backbone.path {config.path!r} (subfolder {config.subfolder!r})")
         return VAEBackbone(vae, name=f"vae:{config.path}/{config.subfolder or ''}")
     if config.type == "vit":
         from ..backbones.vit import ViTBackbone

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..utils.errors import InputError, InputNotFoundError
-from ..utils.image_ops import bilinear_resize, pil_to_tensor
+from ..utils.image_ops import bilinear_resize, float_to_uint8, pil_to_tensor
 from ..utils.images import IMAGE_SUFFIXES, load_image
 from ..utils.io import require_path
 from .config import DOWNSCALE_KERNELS, DataConfig, DataSource
@@ -245,8 +245,7 @@ def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
     out = []
     for x in image:
         buffer = io.BytesIO()
-        array = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
-        Image.fromarray(array).save(buffer, format="JPEG", quality=int(quality))
+        Image.fromarray(float_to_uint8(x[None])[0]).save(buffer, format="JPEG", quality=int(quality))
         out.append(pil_to_tensor(Image.open(buffer)))
     return torch.stack(out)
 

@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..color import bicubic_upscale, detail_transfer
+from ..utils.deprecation import warn_renamed
 from .config import PIXEL_LOSSES, LossConfig
 
 Generators = torch.Generator | list[torch.Generator] | None
@@ -102,7 +103,7 @@ class PixelObjective:
         window: side of the decoded latent window (``None``: the whole feature map).
         margin: latents at each side of the window excluded from the comparison (where the window is not at the
             border of the feature map).
-        color_correction: ``None`` or ``"detail"``: compare what the pipeline outputs with
+        color_correction: ``"none"`` or ``"detail"``: compare what the pipeline outputs with
             ``ColorCorrection(mode="detail")`` (bicubic low-res input + the decoded image's high frequencies), so the
             model learns exactly the detail the input lacks.
         detail_sigma: sigma of that correction in units of the upscaling factor.
@@ -119,7 +120,7 @@ class PixelObjective:
     depths: Sequence[int] | None = None
     window: int | None = None
     margin: int = 0
-    color_correction: str | None = None
+    color_correction: str = "none"
     detail_sigma: float = 0.5
     items: int | None = None
     schedule: str = "all"
@@ -131,9 +132,14 @@ class PixelObjective:
         """The term the ``pixel_*`` fields of ``loss`` describe."""
         return cls(decode, patch_size, weight=loss.pixel_weight, kind=loss.pixel_loss, edge_weight=loss.edge_weight,
                    depths=loss.pixel_depths, window=loss.pixel_window, margin=loss.pixel_margin,
-                   color_correction=None if loss.pixel_color_correction == "none" else loss.pixel_color_correction,
+                   color_correction=loss.pixel_color_correction,
                    detail_sigma=loss.detail_sigma, items=loss.pixel_items, schedule=loss.pixel_depth_schedule,
                    grid_weight=loss.grid_weight)
+
+    def __post_init__(self):
+        if self.color_correction is None:
+            warn_renamed("color_correction=None", 'color_correction="none"')
+            self.color_correction = "none"
 
     def applies_to(self, depth: int) -> bool:
         """Whether ``depth`` ever takes the term (the loss log's columns)."""

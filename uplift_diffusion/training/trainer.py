@@ -40,6 +40,7 @@ from ..backbones.vae import latent_space_record
 from ..color import ColorCorrection
 from ..model import UPLiFTModel
 from ..utils.errors import InputError
+from ..utils.image_ops import float_to_uint8
 from ..utils.io import write_folder_atomic, write_json_atomic
 from .backbones import FeatureBackbone, load_backbone
 from .cache import FeatureCache, cache_fingerprint
@@ -96,11 +97,6 @@ def build_model(config: TrainConfig) -> UPLiFTModel:
     detail = config.loss.pixel_color_correction == "detail"
     model.register_to_config(color_correction="detail" if detail else "mean", detail_sigma=config.loss.detail_sigma)
     return model
-
-
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [0, 1] -> [B, H, W, 3] uint8."""
-    return (images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def _pca_rgb(features: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -411,7 +407,7 @@ class Trainer:
             basis = torch.linalg.svd(flat - mean, full_matrices=False).Vh[:3].T  # [C, 3]
             columns = [hr_image] + [F.interpolate(_pca_rgb(f.float(), basis, mean), size=size, mode="nearest")
                                     for f in (lr_feats, bilinear, up, hr_feats)]
-        grid = np.concatenate([np.concatenate(list(_to_uint8(col)), axis=0) for col in columns], axis=1)
+        grid = np.concatenate([np.concatenate(list(float_to_uint8(col)), axis=0) for col in columns], axis=1)
         path = self.output_dir / "previews" / f"step-{self.step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(path)

@@ -64,6 +64,23 @@ class WorkersFailedError(Exception):
     the log file that holds every process's traceback. The CLI prints it as one line (exit code 1)."""
 
 
+# What reading damaged or incomplete model files raises, from torch, safetensors, diffusers or the json reader.
+READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError)
+
+
+def load_reporting_damage(load, describe, limit: int = 300):
+    """``load()``; a failure to read its files (truncated, damaged, a partial download) becomes one
+    :class:`CheckpointError` line, ``describe(err, reason)`` (``reason``: the error's text, at most ``limit``
+    characters); user errors pass unchanged."""
+    try:
+        return load()
+    except UserError:
+        raise
+    except READ_ERRORS as err:
+        reason = " ".join(str(err).split())[:limit] or type(err).__name__
+        raise CheckpointError(describe(err, reason)) from None
+
+
 class ImageConversionWarning(UserWarning):
     """An image was converted to 8-bit RGB (high bit depth, alpha, palette, greyscale, CMYK, EXIF rotation)."""
 

@@ -1,5 +1,6 @@
 """Image tensor helpers used across the package: ImageNet normalisation, the antialiased bilinear resize of the
-reference implementation, and PIL -> tensor."""
+reference implementation, and the conversions between images and tensors (the one float -> uint8 rule:
+:func:`float_to_uint8`)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,20 @@ def bilinear_resize(x: torch.Tensor, size: Sequence[int], out: torch.Tensor | No
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB -> [3, H, W] float32 in [0, 1]."""
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def to_tensor_uint8(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """PIL / [H, W, 3] uint8 -> uint8 tensor [3, H, W]."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def float_to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[B, 3, H, W] tensor or [B, H, W, 3] array in [0, 1] -> [B, H, W, 3] uint8: clamped to [0, 1] and rounded, as
+    diffusers' PIL output (uint8 input is already quantised: returned as it is, channels last). The metrics'
+    FID / KID inputs keep their protocol's truncation instead (``eval.metrics.to_uint8``)."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().permute(0, 2, 3, 1)
+        images = images.numpy() if images.dtype == torch.uint8 else images.float().numpy()
+    if images.dtype == np.uint8:
+        return images
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
