@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
-from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 
 from uplift_diffusion.testing import SHARED
 from uplift_diffusion.training.data import list_image_files
+from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {"test50": SHARED / "data/bsds500/test50", "kodak": SHARED / "data/kodak"}

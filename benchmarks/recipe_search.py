@@ -99,11 +99,11 @@ def evaluate(model_dir: str, photos: list[Path]) -> dict:
     import torch
     import torch.nn.functional as F
     from PIL import Image
-    from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
     from uplift_diffusion.eval.metrics import grid_ratio_per_image, psnr_per_image, ssim_per_image
 
     from uplift_diffusion import UPLiFTModel, UPLiFTSuperResolutionPipeline
     from uplift_diffusion.builtin import load_builtin_vae
+    from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 
     upsampler = UPLiFTModel.from_pretrained(model_dir)
     pipe = UPLiFTSuperResolutionPipeline(vae=load_builtin_vae("taef2"), upsampler=upsampler)
@@ -143,9 +143,9 @@ def _taef2_round_trip(pipe, image):
     """taef2 encode -> decode of an image, as 8-bit RGB (a latent pipeline's decoded low-res guide)."""
     import torch
     from PIL import Image
-    from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 
     from uplift_diffusion.backbones.vae import decode_latents, encode_latents
+    from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 
     with torch.no_grad():
         y = decode_latents(pipe.vae, encode_latents(pipe.vae, to_tensor_uint8(image)[None].float() / 255))

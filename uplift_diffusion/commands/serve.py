@@ -36,7 +36,6 @@ def _model_quality(args: argparse.Namespace):
     from pathlib import Path
 
     from uplift_diffusion import builtin
-
     from uplift_diffusion.commands.loading import pair_sources
 
     source = pair_sources(args.pair, args.vae, args.upsampler)[1]  # a local path or a Hub repo id
