@@ -16,6 +16,7 @@ Run it with ``uplift-diffusion eval sr --images DIR --pair taef2 --output OUT`` 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,7 +40,7 @@ from uplift_diffusion.eval.common import (
 )
 from uplift_diffusion.eval.latency import measure_latency
 from uplift_diffusion.eval.metrics import FID, PairedMetrics, PatchFID
-from uplift_diffusion.pipelines.common import color_correction_for
+from uplift_diffusion.pipelines.common import check_scale_or_size, color_correction_for, power_of_two_for
 
 from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.utils.deprecation import warn_renamed
@@ -87,9 +88,16 @@ def select_images(folder: str | os.PathLike, size: int, num_samples: int | None,
     return apply_limit(sample(keep, num_samples, seed), limit), [p.name for p in small]
 
 
-def downscale_uint8(hr: torch.Tensor, scale: int, downsample: str = "bilinear-aliased") -> torch.Tensor:
-    """uint8 [3, H, W] -> uint8 [3, H/scale, W/scale] by the ``downsample`` protocol (see :data:`DOWNSAMPLES`)."""
-    h, w = hr.shape[-2] // scale, hr.shape[-1] // scale
+def low_res_side(side: int, scale: float) -> int:
+    """The low-res side of a ``side``-pixel high-res image at ``scale``: ``side / scale`` rounded half up (exact for a
+    power of two dividing ``side``); the upscalers then enlarge it back to exactly ``side``."""
+    return max(1, math.floor(side / scale + 0.5))
+
+
+def downscale_uint8(hr: torch.Tensor, scale: float, downsample: str = "bilinear-aliased") -> torch.Tensor:
+    """uint8 [3, H, W] -> uint8 [3, H/scale, W/scale] (:func:`low_res_side`) by the ``downsample`` protocol (see
+    :data:`DOWNSAMPLES`)."""
+    h, w = low_res_side(hr.shape[-2], scale), low_res_side(hr.shape[-1], scale)
     downsample = downsample_protocol(downsample)
     if downsample == "bilinear-aliased":
         lr = F.interpolate(hr[None].float() / 127.5 - 1, size=(h, w), mode="bilinear", align_corners=False,
@@ -99,7 +107,7 @@ def downscale_uint8(hr: torch.Tensor, scale: int, downsample: str = "bilinear-al
     return to_tensor_uint8(image)
 
 
-def load_pair(path: Path, size: int, scale: int,
+def load_pair(path: Path, size: int, scale: float,
               downsample: str = "bilinear-aliased") -> tuple[torch.Tensor, torch.Tensor]:
     """The uint8 [3, size, size] centre crop and its uint8 [3, size/scale, size/scale] low-res version."""
     image = load_image(path)
@@ -109,29 +117,29 @@ def load_pair(path: Path, size: int, scale: int,
     return hr, downscale_uint8(hr, scale, downsample)
 
 
-def pixel_bicubic(low_res: torch.Tensor, scale: int) -> torch.Tensor:
-    """uint8 [B, 3, h, w] -> uint8 [B, 3, scale*h, scale*w] with PIL's bicubic resize (the user's baseline)."""
-    h, w = low_res.shape[-2:]
-    return torch.stack([to_tensor_uint8(Image.fromarray(x.permute(1, 2, 0).numpy()).resize((w * scale, h * scale),
+def pixel_bicubic(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [B, 3, h, w] -> uint8 [B, 3, *size] with PIL's bicubic resize (the user's baseline)."""
+    return torch.stack([to_tensor_uint8(Image.fromarray(x.permute(1, 2, 0).numpy()).resize((size[1], size[0]),
                                                                                             Image.BICUBIC))
                         for x in low_res])
 
 
 @torch.no_grad()
-def super_resolve(method: str, low_res: torch.Tensor, pipeline, scale: int,
+def super_resolve(method: str, low_res: torch.Tensor, pipeline, size: tuple[int, int],
                   generator: list[torch.Generator] | None = None, color_correction: bool = True) -> torch.Tensor:
-    """uint8 [B, 3, h, w] -> uint8 [B, 3, scale*h, scale*w], the images a user of the pipeline gets.
+    """uint8 [B, 3, h, w] -> uint8 [B, 3, *size] (the high-res images' (height, width)), the images a user of the
+    pipeline gets (a power-of-two factor runs UPLiFT alone; any other the pipeline's default resampling after it).
 
     ``"uplift"``: :class:`~uplift_diffusion.UPLiFTSuperResolutionPipeline` as ``upscale`` runs it (the upsampler's
     own colour correction unless ``color_correction`` is False); ``"latent-bilinear"`` / ``"latent-nearest"``: the
     same pipeline interpolating the latents (no colour correction); ``"pixel-bicubic"``: PIL bicubic.
     """
     if method == "pixel-bicubic":
-        return pixel_bicubic(low_res, scale)
+        return pixel_bicubic(low_res, size)
     if method not in METHODS:
         raise InputError(f"unknown super-resolution method {method!r}; choose from {METHODS}")
     baseline = method != "uplift"
-    out = pipeline(low_res, scale=scale, generator=None if baseline else generator, output_type="pil",
+    out = pipeline(low_res, size=size, generator=None if baseline else generator, output_type="pil",
                    color_correction=color_correction and not baseline, upsampling=method)
     return torch.stack([to_tensor_uint8(image) for image in out.images])
 
@@ -178,7 +186,7 @@ def run_sr_benchmark(
     upsampler: UPLiFTModel | None = None,
     methods: Sequence[str] = METHODS,
     size: int = 1024,
-    scale: int = 4,
+    scale: float = 4,
     num_samples: int | None = 5000,
     limit: int | None = None,
     seed: int = 0,
@@ -208,7 +216,8 @@ def run_sr_benchmark(
         upsampler: UPLiFT model (``in_channels`` = the VAE's latent channels); required for ``"uplift"``.
         methods: any of ``"uplift"``, ``"latent-bilinear"``, ``"latent-nearest"``.
         size: side of the high-res centre crop (1024); images with a smaller side are skipped (listed in the config).
-        scale: upscaling factor (4: 256 -> 1024, two UPLiFT steps).
+        scale: upscaling factor, any number >= 1 (4: 256 -> 1024, two UPLiFT steps; 1.5: 683 -> 1024, UPLiFT to 2x
+            then the pipeline's resampling); the low-res side is ``size / scale`` rounded half up.
         num_samples: seeded random subset of the folder (5000 in the paper); ``None`` for all.
         limit: only the first ``limit`` selected images (quick runs).
         seed: selects the images, the patch-FID crops and (with the image index) the upsampler's noise.
@@ -244,10 +253,13 @@ def run_sr_benchmark(
             raise InputError(f"unknown method {m!r}; choose from {METHODS}")
     if "uplift" in methods and upsampler is None:
         raise InputError("method 'uplift' needs an upsampler (or leave it out of methods)")
-    iterations = UPLiFTModel.iterations_for_scale(scale)
+    check_scale_or_size(scale, None)
     downsample = downsample_protocol(downsample)
-    if size % (scale * 8):
-        raise InputError(f"size must be a multiple of {scale * 8} (scale x the VAE's 8x factor), got {size}")
+    power = float(scale).is_integer() and int(scale) >= 2 and not int(scale) & (int(scale) - 1)
+    if power and size % (int(scale) * 8):
+        raise InputError(f"size must be a multiple of {int(scale) * 8} (scale x the VAE's 8x factor), got {size}")
+    low_side = low_res_side(size, scale)
+    iterations = int(math.log2(power_of_two_for(low_side, low_side, (size, size))))
     seed_everything(seed)
     folder = ResultsFolder(output_dir)
     files, skipped = select_images(images, size, num_samples, seed, limit)
@@ -281,7 +293,8 @@ def run_sr_benchmark(
 
     for method in methods:
         def make(idx, method=method):
-            return super_resolve(method, low_res_batch(idx), pipeline, scale, generators(seed, idx), color_correction)
+            return super_resolve(method, low_res_batch(idx), pipeline, (size, size), generators(seed, idx),
+                                 color_correction)
 
         folder.generate_missing(method, names, batch_size, make, timings, desc=f"sr {method}")
     state.wait_for_everyone()
@@ -338,7 +351,7 @@ def run_sr_benchmark(
         low_res = low_res_batch([0])
         param = next(upsampler.parameters())
         metrics["uplift"]["latency"] = measure_latency(
-            lambda: super_resolve("uplift", low_res, pipeline, scale, generators(seed, [0]), color_correction),
+            lambda: super_resolve("uplift", low_res, pipeline, (size, size), generators(seed, [0]), color_correction),
             device=param.device, dtype=param.dtype, batch_size=1, warmup=latency_warmup,
             iterations=latency_iterations)
 
@@ -346,7 +359,7 @@ def run_sr_benchmark(
     rows = [(METHOD_LABELS[m], metrics[m]["iterations"], metrics[m]["params_m"], metrics[m]["ssim"],
              metrics[m]["psnr"], metrics[m]["saturation_ratio"], metrics[m]["contrast_ratio"], metrics[m]["grid_ratio"],
              metrics[m].get("fid"), metrics[m].get("patch_fid")) for m in methods]
-    table = (f"Super-resolution {size // scale}->{size} on {len(files)} images of {dataset_name}\n\n"
+    table = (f"Super-resolution {low_side}->{size} on {len(files)} images of {dataset_name}\n\n"
              + markdown_table(TABLE_HEADERS, rows))
     grid = []
     for i in range(min(4, len(files))):
@@ -356,7 +369,7 @@ def run_sr_benchmark(
     save_grid(grid, folder.root / "samples.png")
     config = dict(
         images=str(images), dataset=dataset_name, num_images=len(files), num_samples=num_samples, limit=limit,
-        size=size, scale=scale, low_res=size // scale, methods=methods, seed=seed, batch_size=batch_size,
+        size=size, scale=scale, low_res=low_side, methods=methods, seed=seed, batch_size=batch_size,
         color_correction=correction, patch_size=patch_size, num_crops=num_crops,
         fid=full_fid.name if full_fid is not None else None, skipped_too_small=skipped,
         downsample=DOWNSAMPLES[downsample], pipeline="UPLiFTSuperResolutionPipeline (as `upscale` runs it)",

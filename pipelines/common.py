@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,44 @@ UPSCALE_FACTORS = (1, 2, 4, 8)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+RESAMPLE_METHODS = ("pixel", "latent")
+
+
+def check_scale_or_size(scale: float | None, size: tuple[int, int] | None) -> None:
+    """``scale`` a finite number >= 1, or ``size`` a (height, width) pair of positive integers; not both. ValueError
+    naming the problem."""
+    if scale is not None and size is not None:
+        raise InputError(f"pass either scale or size, not both (got scale={scale!r}, size={size!r})")
+    if size is not None:
+        if (not isinstance(size, (tuple, list)) or len(size) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size)):
+            raise InputError(f"size must be (height, width), two positive integers, got {size!r}")
+    elif scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating))
+                                or not math.isfinite(scale) or scale < 1):
+        raise InputError(f"scale must be a finite number >= 1 (e.g. 1.5, 2, 3, 4), got {scale!r}")
+
+
+def output_size(height: int, width: int, scale: float | None, size: tuple[int, int] | None) -> tuple[int, int]:
+    """The output (height, width) of a ``height`` x ``width`` input: ``size`` itself (each side at least the input's),
+    or each side times ``scale`` rounded half up (``floor(side * scale + 0.5)``)."""
+    if size is not None:
+        target = (int(size[0]), int(size[1]))
+        if target[0] < height or target[1] < width:
+            raise InputError(f"size {target[0]}x{target[1]} (height x width) is smaller than the input "
+                             f"{height}x{width}: an upscaler only enlarges (downscale the result instead)")
+        return target
+    return math.floor(height * scale + 0.5), math.floor(width * scale + 0.5)
+
+
+def power_of_two_for(height: int, width: int, target: tuple[int, int]) -> int:
+    """The smallest power of two ``s >= 2`` (UPLiFT steps) with ``s * height >= target[0]`` and
+    ``s * width >= target[1]``: UPLiFT runs to ``s``, one resampling step then reaches ``target``."""
+    s = 2
+    while s * height < target[0] or s * width < target[1]:
+        s *= 2
+    return s
+
+
 _WARNED_LATENT_SPACES: set[tuple[str, str]] = set()
 
 
@@ -100,7 +139,9 @@ def check_upscale_arguments(upsampler: UPLiFTModel, vae, upscale: int, output_ty
                             hint: str = "use an UPLiFT model trained on this VAE") -> None:
     """Validate ``upscale``, ``output_type`` and that the upsampler fits the VAE; ValueError naming the problem."""
     if isinstance(upscale, bool) or upscale not in UPSCALE_FACTORS:
-        raise ValueError(f"upscale must be one of {UPSCALE_FACTORS}, got {upscale!r}")
+        raise ValueError(f"upscale must be one of {UPSCALE_FACTORS}, got {upscale!r} (text-to-image upscales the "
+                         f"latent grid by powers of two; for another size, give the image to "
+                         f"UPLiFTSuperResolutionPipeline with scale= or size=)")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     check_upsampler_fits(upsampler, vae, hint)

@@ -1,5 +1,6 @@
 """UPLiFTSuperResolutionPipeline: upscale images through a VAE's latent space with UPLiFT."""
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -12,10 +13,14 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging
 from uplift_diffusion.pipelines.common import (
     OUTPUT_TYPES,
+    RESAMPLE_METHODS,
     check_latent_space,
+    check_scale_or_size,
     check_upsampler_fits,
     color_correction_for,
+    output_size,
     pipeline_output,
+    power_of_two_for,
     uplift_steps,
 )
 from uplift_diffusion.pipelines.tiling import count_tiles, tiled_map
@@ -135,6 +140,20 @@ def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
 UPSAMPLING_METHODS = ("uplift", "latent-bilinear", "latent-nearest")
 
 
+def resize_latents(latents: torch.Tensor, factors: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
+    """Resize [B, C, h, w] latents by ``factors`` (< 1: antialiased bilinear) to ``size`` latents. The sample grid is
+    the factors' own (``align_corners=False``), not one stretched to ``size``: output latent ``i`` lies at input
+    ``(i + 0.5) / factor - 0.5``, so the decoded image lines up with the input pixel for pixel. Two replicated
+    latents at the bottom / right give the rows and columns that ``size`` (rounded up to whole latents) reaches past
+    the factor's floor."""
+    padded = F.pad(latents.float(), (0, 2, 0, 2), mode="replicate")
+    out = F.interpolate(padded, scale_factor=factors, mode="bilinear", align_corners=False, antialias=True,
+                        recompute_scale_factor=False)
+    if out.shape[-2] < size[0] or out.shape[-1] < size[1]:
+        raise AssertionError(f"resized latents {tuple(out.shape[-2:])} do not cover {size}")
+    return out[..., : size[0], : size[1]].to(latents.dtype)
+
+
 class DamagedOutputError(UserError, FloatingPointError):
     """The pipeline computed a result that cannot be a picture (NaN / inf, or flat): damaged weights, an overflow."""
 
@@ -225,10 +244,13 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                         if getattr(part, "execution_device", None) is not None:
                             part.execution_device = torch.device("cpu")
 
-    def check_inputs(self, scale: int, tile_size: int | None, tile_overlap: int | None, output_type: str,
-                     upsampling: str = "uplift") -> None:
+    def check_inputs(self, scale: float | None, tile_size: int | None, tile_overlap: int | None, output_type: str,
+                     upsampling: str = "uplift", size: tuple[int, int] | None = None, resample: str = "pixel"
+                     ) -> None:
         """Validate the call arguments and the components; ValueError naming the problem."""
-        UPLiFTModel.iterations_for_scale(scale)
+        check_scale_or_size(scale, size)
+        if resample not in RESAMPLE_METHODS:
+            raise InputError(f"resample must be one of {RESAMPLE_METHODS}, got {resample!r}")
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if upsampling not in UPSAMPLING_METHODS:
@@ -252,7 +274,7 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
     def __call__(
         self,
         image: ImageInput | None = None,
-        scale: int = 4,
+        scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         tile_size: int | None = None,
@@ -261,8 +283,10 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         return_dict: bool = True,
         upsampling: str | None = None,
         latents: torch.Tensor | None = None,
+        size: tuple[int, int] | None = None,
+        resample: str = "pixel",
     ):
-        r"""Upscale images (or the VAE's latents of images) by ``scale``.
+        r"""Upscale images (or the VAE's latents of images) by ``scale``, or to an exact ``size``.
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
@@ -270,8 +294,11 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                 in [0, 1]), tensors [C, H, W] / [B, C, H, W] (uint8 or float in [0, 1]). Any size: sizes that are not
                 multiples of 8 are padded and the output is cropped back to exactly ``scale`` times the input. Or pass
                 ``latents`` instead.
-            scale (`int`, defaults to 4):
-                Upscaling factor, a power of two (``log2(scale)`` UPLiFT steps).
+            scale (`float`, *optional*, defaults to 4 when ``size`` is not given):
+                Upscaling factor, any finite number >= 1 (1.5, 2, 3, 6, ...). Each output side is the input side times
+                ``scale``, rounded half up (``floor(side * scale + 0.5)``). A power of two runs ``log2(scale)``
+                UPLiFT steps and nothing else; any other factor runs UPLiFT to the next power of two (at least 2)
+                and then one ``resample`` step down to the exact size.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 Generator for the upsampler's noise channels (reproducible outputs); a list holds one per image, and
                 image ``i`` with ``generator[i]`` gives the same output as image ``i`` alone with that generator.
@@ -302,6 +329,16 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                 a text-to-image pipeline's latent output divided by ``vae.config.scaling_factor``). The VAE decodes
                 them once into the low-resolution image that guides UPLiFT and is the colour reference; the output
                 is ``scale`` times that image (``8 * scale * h`` pixels high).
+            size (`tuple[int, int]`, *optional*):
+                Instead of ``scale``: the exact output ``(height, width)`` in pixels, for every image. Each side must
+                be at least the input's; the aspect ratio may change (each axis is resampled on its own).
+            resample (`str`, defaults to ``"pixel"``):
+                How a factor that is not a power of two reaches its size after UPLiFT: ``"pixel"`` resizes the
+                decoded, colour-corrected power-of-two image (antialiased bicubic); ``"latent"`` resizes the
+                upscaled latents (antialiased bilinear) and decodes and colour-corrects at the target size. Pixel
+                resizing measured better on photos (docs/pipelines.md). Unused for power-of-two factors. With
+                ``output_type="latent"`` the latents returned are the ones that are decoded: the power-of-two ones
+                for ``"pixel"``, the resized ones for ``"latent"``.
 
         Returns:
             [`UPLiFTPipelineOutput`] with ``images``; with ``return_dict=False`` the tuple ``(images, None, None)``
@@ -311,8 +348,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         # 1. Check inputs
         if upsampling is None:
             upsampling = "uplift" if self.upsampler is not None else "latent-bilinear"
-        self.check_inputs(scale, tile_size, tile_overlap, output_type, upsampling)
-        iterations = UPLiFTModel.iterations_for_scale(scale)
+        self.check_inputs(scale, tile_size, tile_overlap, output_type, upsampling, size, resample)
+        if scale is None and size is None:
+            scale = 4
         if tile_size is not None and tile_overlap is None:
             tile_overlap = tile_size // 4 // self.vae_scale_factor * self.vae_scale_factor
         color_correct = color_correction_for(self.upsampler, color_correction, self.config.color_correction_mode)
@@ -340,19 +378,25 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         else:
             batches = [(t, generator[i] if isinstance(generator, list) else generator) for i, t in enumerate(images)]
 
-        # 3. Will it fit? Refuse now, with the tile size or scale that fits, rather than die in the allocator later
+        # 3. The output size of each batch, and the power of two UPLiFT runs to before resampling to it
+        targets = [output_size(*batch.shape[-2:], scale, size) for batch, _ in batches]
+        powers = [power_of_two_for(*batch.shape[-2:], target)
+                  for (batch, _), target in zip(batches, targets, strict=True)]
+
+        # 4. Will it fit? Refuse now, with the tile size or scale that fits, rather than die in the allocator later.
+        #    The power-of-two stage is the peak: the resampled output is smaller than it.
         if self._execution_device.type == "cpu":
-            for batch, _ in batches:
-                advice = memory_advice(self.vae, *batch.shape[-2:], scale, tile_size, batch.shape[0])
+            for (batch, _), s in zip(batches, powers, strict=True):
+                advice = memory_advice(self.vae, *batch.shape[-2:], s, tile_size, batch.shape[0])
                 if advice is not None:
                     raise InputError(advice)
 
-        # 4. Upscale each batch
-        outputs = [self._upscale(batch, iterations, gen, tile_size, tile_overlap, output_type, color_correct,
-                                 upsampling, latent_batches[i] if latent_batches else None)
-                   for i, (batch, gen) in enumerate(batches)]
+        # 5. Upscale each batch
+        outputs = [self._upscale(batch, int(math.log2(s)), gen, tile_size, tile_overlap, output_type, color_correct,
+                                 upsampling, latent_batches[i] if latent_batches else None, target, resample)
+                   for i, ((batch, gen), s, target) in enumerate(zip(batches, powers, targets, strict=True))]
 
-        # 5. Postprocess
+        # 6. Postprocess
         if output_type == "latent":
             result = outputs[0] if same_size else outputs
         elif output_type == "pil":
@@ -387,15 +431,21 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         return tile, tile // 4
 
     def _upscale(self, image01: torch.Tensor, iterations: int, generator, tile_size, tile_overlap, output_type,
-                 color_correct: ColorCorrection, upsampling: str = "uplift", latents: torch.Tensor | None = None):
-        """[B, 3, H, W] in [0, 1] -> [B, 3, H * s, W * s] in [0, 1] (or the upscaled raw latents). ``latents``: the
-        raw latents ``image01`` was decoded from, used instead of encoding it."""
+                 color_correct: ColorCorrection, upsampling: str = "uplift", latents: torch.Tensor | None = None,
+                 target: tuple[int, int] | None = None, resample: str = "pixel"):
+        """[B, 3, H, W] in [0, 1] -> [B, 3, *target] in [0, 1] (default target: [H * s, W * s]; or the upscaled raw
+        latents). ``latents``: the raw latents ``image01`` was decoded from, used instead of encoding it."""
         device, p, s = self._execution_device, self.vae_scale_factor, 2**iterations
         height, width = image01.shape[-2:]
+        target = target or (height * s, width * s)
+        resampled = target != (height * s, width * s)
+        latent_resize = resampled and resample == "latent"
         image01 = image01.to(device)
         padded = pad_to_multiple(image01, p)  # [B, 3, Hp, Wp]
         latent_size = (padded.shape[-2] // p, padded.shape[-1] // p)
         upscaled_size = (latent_size[0] * s, latent_size[1] * s)
+        # the latents the decoder sees: the upscaled ones, or with latent resampling the target's (whole latents)
+        decode_size = (-(-target[0] // p), -(-target[1] // p)) if latent_resize else upscaled_size
         decode_tile, decode_overlap = self._decode_tiling(tile_size, tile_overlap)
 
         # A VAE with exact tiled encode / decode (TAEF2) works in tiles whenever the request is tiled, so that the
@@ -417,9 +467,9 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         else:
             upsample_units = count_tiles(latent_size, tile_size // p, tile_overlap // p)
         if exact_decode_tile is not None:
-            decode_units = self.vae.decode_tile_count(*upscaled_size, exact_decode_tile)
+            decode_units = self.vae.decode_tile_count(*decode_size, exact_decode_tile)
         else:
-            decode_units = 1 if not tiled else count_tiles(upscaled_size, decode_tile, decode_overlap)
+            decode_units = 1 if not tiled else count_tiles(decode_size, decode_tile, decode_overlap)
         decode_units *= output_type != "latent"
         bar = self.progress_bar(total=encode_units + upsample_units + decode_units)
         advance = _advancing(bar)
@@ -457,6 +507,8 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             raise DamagedOutputError("the upscaled latents contain NaN or inf values: the upsampler's weights are "
                                      "damaged or this dtype / device path overflowed (try float32; reinstall or "
                                      "re-download the weights)")
+        if latent_resize:
+            upscaled = resize_latents(upscaled, (target[0] / (s * height), target[1] / (s * width)), decode_size)
         if output_type == "latent":
             bar.close()
             return upscaled
@@ -476,13 +528,21 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             def decode_feature_tile(y0, y1, x0, x1):
                 return self.vae.decode_local(features[..., y0:y1, x0:x1]).float().add(1).div(2).clamp(0, 1)
 
-            decoded = tiled_map(decode_feature_tile, upscaled_size, decode_tile, decode_overlap, p, progress=advance)
+            decoded = tiled_map(decode_feature_tile, decode_size, decode_tile, decode_overlap, p, progress=advance)
         else:
             def decode_latent_tile(y0, y1, x0, x1):
                 return decode_latents(self.vae, upscaled[..., y0:y1, x0:x1])
 
-            decoded = tiled_map(decode_latent_tile, upscaled_size, decode_tile, decode_overlap, p, progress=advance)
+            decoded = tiled_map(decode_latent_tile, decode_size, decode_tile, decode_overlap, p, progress=advance)
         bar.close()
+        if latent_resize:  # decoded at the target size: crop, correct against the input there
+            decoded = decoded[..., : target[0], : target[1]].float()
+            check_output(decoded, image01)
+            return color_correct(decoded, image01.float())
         decoded = decoded[..., : height * s, : width * s].float()  # crop the padding back
         check_output(decoded, image01)
-        return color_correct(decoded, image01.float())
+        corrected = color_correct(decoded, image01.float())
+        if resampled:
+            corrected = F.interpolate(corrected, size=target, mode="bicubic", align_corners=False,
+                                      antialias=True).clamp_(0, 1)
+        return corrected

@@ -51,7 +51,7 @@ def test_single_output_file_and_no_overwrite(assets, tmp_path, capsys):
 
 @pytest.mark.parametrize("case,expected", [
     ("corrupt", "cannot read image"),
-    ("scale", "power of two"),
+    ("size", "is smaller than"),
     ("missing", "input not found"),
     ("not_writable", "not writable"),
     ("offline_upsampler", "UPLiFT-upsampler/uplift_sd1.5vae"),
@@ -62,7 +62,7 @@ def test_upscale_errors_are_one_line(assets, tmp_path, capsys, case, expected):
     good = str(root / "in" / "rgb.png")
     args = {
         "corrupt": [str(root / "corrupt.png"), "-o", str(tmp_path), *models],
-        "scale": [good, "-o", str(tmp_path), "--scale", "3", *models],
+        "size": [good, "-o", str(tmp_path), "--size", "40x40", *models],
         "missing": [str(root / "nope.png"), "-o", str(tmp_path), *models],
         "not_writable": [good, "-o", str(root / "in" / "rgb.png" / "sub"), *models],
         "offline_upsampler": [good, "-o", str(tmp_path), "--pair", "sd15", models[0], models[1]],

@@ -92,8 +92,8 @@ def test_save_and_load_round_trip(taef2, photo, tmp_path):
 
 def test_clear_errors(taef2, photo):
     pipe = make_pipe(taef2)
-    with pytest.raises(ValueError, match="power of two"):
-        pipe(photo, scale=3)
+    with pytest.raises(ValueError, match="scale must be a finite number >= 1"):
+        pipe(photo, scale=0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         pipe(torch.rand(1, 3, 16, 16) * 2 - 1)
     with pytest.raises(TypeError, match="PIL images, numpy arrays or torch tensors"):

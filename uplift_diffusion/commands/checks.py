@@ -69,6 +69,18 @@ def positive(flag: str, value: int | float | None) -> None:
         raise InputError(f"{flag} must be > 0, got {value}")
 
 
+def output_size_arg(text: str) -> tuple[int, int]:
+    """An argparse ``type``: an exact output size ``WIDTHxHEIGHT`` (as image tools write it, e.g. ``1920x1080``) ->
+    ``(width, height)``, both positive integers."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels (e.g. 1920x1080), got {text!r}")
+    width, height = (int(p) for p in parts)
+    if width < 1 or height < 1 or max(width, height) > 65536:
+        raise argparse.ArgumentTypeError(f"width and height must be in [1, 65536] pixels, got {text!r}")
+    return width, height
+
+
 def power_of_two(flag: str, value: int) -> None:
     """An upscaling factor: 2, 4, 8, ... (UPLiFTModel.iterations_for_scale)."""
     if value < 2 or value & (value - 1):

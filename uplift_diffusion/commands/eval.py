@@ -71,7 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="how the low-res inputs are made: bilinear-aliased (paper B.2: no antialiasing) or bicubic "
                          "(PIL, antialiased: the standard super-resolution protocol)")
     sr.add_argument("--size", type=int_in(None, 16384), default=1024, help="high-res centre crop (default 1024)")
-    sr.add_argument("--scale", type=int_in(None, 64), default=4, help="upscaling factor (default 4: two UPLiFT steps)")
+    sr.add_argument("--scale", type=float_in(1, 64), default=4,
+                    help="upscaling factor, any number >= 1 (default 4: two UPLiFT steps; 1.5: UPLiFT to 2x, then the "
+                         "pipeline's resampling to the crop's size)")
     sr.add_argument("--patch-size", type=int_in(None, 16384), default=None, help="patch-FID crop (default size / 2)")
     add_color_correction_arguments(sr)
     _common_arguments(sr)
@@ -147,7 +149,8 @@ def _run_sr(args, device, dtype) -> dict | None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     return run_sr_benchmark(
         args.images, vae, args.output, upsampler=upsampler.to(device) if "uplift" in methods else None,
-        methods=methods, size=args.size, scale=args.scale, num_samples=args.num_samples, limit=args.limit,
+        methods=methods, size=args.size, scale=int(args.scale) if float(args.scale).is_integer() else args.scale,
+        num_samples=args.num_samples, limit=args.limit,
         downsample=args.downsample,
         seed=args.seed, batch_size=args.batch_size or 1, color_correction=color_correction_argument(args),
         fid_factory=_fid_factory(args, device), patch_size=args.patch_size or args.size // 2,
@@ -221,7 +224,6 @@ def check_arguments(args) -> None:
     if args.benchmark == "sr":
         checks.existing("--images", args.images, "folder")
         refuse_output_folder_in_inputs(args.output, [args.images], recursive=True, flag="--output")
-        checks.power_of_two("--scale", args.scale)
         checks.at_least("--size", args.size, 1)
         checks.at_least("--patch-size", args.patch_size, 1)
         unknown = [m for m in (m.strip() for m in args.methods.split(",")) if m and m not in checks.SR_METHODS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from uplift_diffusion.commands.checks import SEED_RANGE, int_in
+from uplift_diffusion.commands.checks import SEED_RANGE, float_in, int_in, output_size_arg
 from uplift_diffusion.commands.loading import (
     add_color_correction_arguments,
     add_device_arguments,
@@ -13,15 +13,25 @@ from uplift_diffusion.commands.loading import (
     color_correction_argument,
 )
 
-HELP = "Upscale images through a VAE's latent space with UPLiFT (2x, 4x, 8x, ...)."
+HELP = "Upscale images through a VAE's latent space with UPLiFT (any factor >= 1, or an exact size)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders of images or glob patterns")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help="output folder (files are named <name>_x<scale>.png), or an image file for one input")
-    parser.add_argument("--scale", type=int_in(None, 64), default=4,
-                        help="upscaling factor, a power of two (default 4)")
+                        help="output folder (files are named <name>_x<scale>.png, or <name>_<W>x<H>.png with "
+                             "--size), or an image file for one input")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float_in(1, 64), default=None,
+                      help="upscaling factor, any number >= 1 (default 4): powers of two are UPLiFT steps alone; "
+                           "other factors run UPLiFT to the next power of two, then resize (see --resample); each "
+                           "side is rounded half up")
+    size.add_argument("--size", type=output_size_arg, default=None, metavar="WxH",
+                      help="exact output size in pixels, WIDTHxHEIGHT (e.g. 1920x1080), for every input; each side "
+                           "at least the input's (the aspect ratio may change)")
+    parser.add_argument("--resample", default="pixel", choices=("pixel", "latent"),
+                        help="how a factor that is not a power of two reaches its size: resize the decoded image "
+                             "(pixel, default: better on photos, docs/pipelines.md) or the upscaled latents (latent)")
     add_pair_arguments(parser)
     parser.add_argument("--tile-size", type=int_in(None, 65536), default=None,
                         help="process the upsampler in tiles of this many input pixels (multiple of 8) to bound memory")
@@ -46,10 +56,8 @@ OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 def check_arguments(args: argparse.Namespace) -> None:
     """The checks that need no model and no torch: a wrong flag is reported at once, before the heavy imports."""
-    from uplift_diffusion.commands.checks import power_of_two
     from uplift_diffusion.utils.errors import InputError
 
-    power_of_two("--scale", args.scale)
     if args.tile_overlap is not None and args.tile_size is None:
         raise InputError("--tile-overlap needs --tile-size (without tiles there is nothing to overlap)")
     if args.tile_size is not None and (args.tile_size < 32 or args.tile_size % 8):
@@ -65,8 +73,14 @@ def check_arguments(args: argparse.Namespace) -> None:
                          f"or a folder")
 
 
-def plan_outputs(inputs: list[Path], output: str, scale: int, create: bool = True) -> list[Path]:
-    """Output path per input; a single input may go to an explicit image file (``create``: make the folder)."""
+def output_suffix(scale: float | None, size: tuple[int, int] | None) -> str:
+    """What the output file name says was done: ``_x4``, ``_x1.5`` or ``_1920x1080`` (``size`` is (width, height))."""
+    return f"_{size[0]}x{size[1]}" if size is not None else f"_x{scale:g}"
+
+
+def plan_outputs(inputs: list[Path], output: str, suffix: str, create: bool = True) -> list[Path]:
+    """Output path per input (``<stem><suffix>.png`` in a folder); a single input may go to an explicit image file
+    (``create``: make the folder)."""
     from uplift_diffusion.utils.errors import InputError
     from uplift_diffusion.utils.io import ensure_writable_dir
 
@@ -79,25 +93,30 @@ def plan_outputs(inputs: list[Path], output: str, scale: int, create: bool = Tru
         return [out]
     if create:
         ensure_writable_dir(out)
-    targets = [out / f"{path.stem}_x{scale}.png" for path in inputs]
+    targets = [out / f"{path.stem}{suffix}.png" for path in inputs]
     clashes = sorted({t.name for t in targets if targets.count(t) > 1})
     if clashes:
         raise InputError(f"several inputs would be written to the same output name(s): {', '.join(clashes)}")
     return targets
 
 
-def readable_inputs(inputs: list[Path]) -> tuple[list[Path], list[str]]:
-    """The inputs that open as images (conversion notes shown once, here) and one line per unreadable one."""
+def readable_inputs(inputs: list[Path], size: tuple[int, int] | None = None) -> tuple[list[Path], list[str]]:
+    """The inputs that open as images (conversion notes shown once, here) and one line per unreadable one. With an
+    exact output ``size`` (width, height), an input larger than it on either side is an InputError, before any work."""
     from uplift_diffusion.utils.errors import InputError
     from uplift_diffusion.utils.images import load_image
 
     good, bad = [], []
     for path in inputs:
         try:
-            load_image(path)
+            image = load_image(path)
             good.append(path)
         except InputError as err:
             bad.append(str(err))
+            continue
+        if size is not None and (image.width > size[0] or image.height > size[1]):
+            raise InputError(f"--size {size[0]}x{size[1]} is smaller than {path} ({image.width}x{image.height}): "
+                             f"an upscaler only enlarges; pick a size at least the input's on both sides")
     return good, bad
 
 
@@ -113,12 +132,14 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     refuse_output_folder_in_inputs(args.output, input_folders(args.inputs), recursive=False)
     inputs = expand_inputs(args.inputs)
-    refuse_outputs_onto_inputs(plan_outputs(inputs, args.output, args.scale, create=False), inputs)
-    inputs, unreadable = readable_inputs(inputs)
+    scale = args.scale if args.scale is not None or args.size is not None else 4
+    suffix = output_suffix(scale, args.size)
+    refuse_outputs_onto_inputs(plan_outputs(inputs, args.output, suffix, create=False), inputs)
+    inputs, unreadable = readable_inputs(inputs, args.size)
     if not inputs:
         raise InputError(f"no readable image among the inputs: {'; '.join(unreadable[:3])}"
                          f"{' ...' if len(unreadable) > 3 else ''}")
-    targets = plan_outputs(inputs, args.output, args.scale)
+    targets = plan_outputs(inputs, args.output, suffix)
     existing = [t for t in targets if t.exists()]
     if existing and not (args.overwrite or args.skip_existing):
         names = ", ".join(str(t) for t in existing[:3])
@@ -154,15 +175,17 @@ def run(args: argparse.Namespace) -> int:
     pipe.to(device)
     if args.compile:
         pipe.upsampler.compile()
-    pipe.check_inputs(args.scale, args.tile_size, args.tile_overlap, "pil")
+    size = (args.size[1], args.size[0]) if args.size is not None else None  # the pipeline's (height, width)
+    pipe.check_inputs(scale, args.tile_size, args.tile_overlap, "pil", size=size, resample=args.resample)
     pipe.set_progress_bar_config(leave=False)
     for path, target in tqdm(jobs, desc="images", disable=len(jobs) < 2):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ImageConversionWarning)  # already noted above
             image = load_image(path)
         generator = torch.Generator(device).manual_seed(args.seed)
-        result = pipe(image, scale=args.scale, generator=generator, tile_size=args.tile_size,
-                      tile_overlap=args.tile_overlap, color_correction=color_correction_argument(args)).images[0]
+        result = pipe(image, scale=scale, size=size, resample=args.resample, generator=generator,
+                      tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+                      color_correction=color_correction_argument(args)).images[0]
         save_image_atomic(result, target)
         print(f"{path} ({image.width}x{image.height}) -> {target} ({result.width}x{result.height})")
     if unreadable:
