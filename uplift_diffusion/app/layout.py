@@ -83,8 +83,17 @@ PAGE_JS = r"""() => {
         sliderState(wrap);
         if (wrap.dataset.operable) return;
         wrap.dataset.operable = '1';
-        wrap.addEventListener('click', event => {
-            if (!event.target.closest('[data-testid=slider]')) moveTo(wrap, event.clientX);
+        // The value follows the divider wherever it goes (drag, keys, click, the image laid out).
+        new MutationObserver(() => sliderState(wrap)).observe(handle, {attributes: true, attributeFilter: ['style']});
+        // A press and release in place (a click, a tap: Gradio's image takes the touches, so no click comes).
+        let pressed = null;
+        wrap.addEventListener('pointerdown', event => {
+            pressed = event.target.closest('[data-testid=slider]') ? null : [event.clientX, event.clientY];
+        });
+        wrap.addEventListener('pointerup', event => {
+            if (pressed && Math.hypot(event.clientX - pressed[0], event.clientY - pressed[1]) < 10)
+                moveTo(wrap, event.clientX);
+            pressed = null;
         });
         handle.addEventListener('keydown', event => {
             const box = imageBox(wrap), here = wrap.getBoundingClientRect().left + dividerX(wrap);
@@ -141,7 +150,6 @@ PAGE_CSS = """
                                    justify-content: flex-start !important; align-items: flex-start !important; }
 #full img { max-width: none !important; max-height: none !important; width: auto !important;
             height: auto !important; object-fit: none !important; cursor: crosshair; }
-#result-area { overflow-anchor: none; }  /* the result arriving above what is on screen does not scroll it away */
 footer .show-api.show-api, footer .show-api-divider.show-api-divider { display: flex !important; }  /* phones too */
 #message { border-left: 4px solid #dc2626; padding-left: 12px; }
 """
