@@ -1,14 +1,17 @@
 """The web page's time left against the real time left, through whole jobs, in headless Chromium.
 
-Starts ``uplift-diffusion serve`` (no flags but the port), opens the page, uploads one photo and presses Upscale
+Starts ``uplift-diffusion serve`` (no flags but the port), opens the page, uploads the photos and presses Upscale
 ``--runs`` times (the first run includes the page's calibration; later runs use the work measured on the one before),
 recording every change of the progress text with the browser's clock. The real time left at a moment is the time
 from then until the result appears. Printed per run: the worst relative error of "about N s left" after the first
 ``--after`` seconds, whether "0 s" (or no estimate) was shown while more than 1 s remained, and the longest time the
-bar stood still. Saves the samples as CSV, and a PNG chart when matplotlib is installed.
+bar stood still, with the machine's load average. Saves the samples as CSV, and a PNG chart when matplotlib is
+installed.
 
     nice -n 10 python benchmarks/page_time_left.py --photo ../shared/data/photos/chelsea.png --scale 4 \\
         --out outputs/page_time_left
+    nice -n 10 python benchmarks/page_time_left.py --photo ../shared/data/photos/{chelsea,coffee,astronaut,rocket}* \
+        --scale 2 --out outputs/page_time_left_batch   # a 4-photo batch
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ def start_server(port: int, env: dict) -> subprocess.Popen:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photo", type=Path, default=SHARED / "data" / "photos" / "chelsea.png")
+    parser.add_argument("--photo", type=Path, nargs="+", default=[SHARED / "data" / "photos" / "chelsea.png"],
+                        help="one photo, or several: one request with all of them")
     parser.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--after", type=float, default=2.0, help="seconds after the click before errors count")
@@ -117,8 +121,8 @@ def main() -> None:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=["--headless", "--no-sandbox"])
             page = browser.new_page(viewport={"width": args.width, "height": 900})
             page.goto(f"http://127.0.0.1:{port}/")
-            page.locator("#photos input[type=file]").set_input_files(str(args.photo))
-            page.wait_for_selector(f"#photos >> text={args.photo.stem}")
+            page.locator("#photos input[type=file]").set_input_files([str(photo) for photo in args.photo])
+            page.wait_for_selector(f"#photos >> text={args.photo[-1].stem}")
             page.click(f"#scale >> text={args.scale}×")
             for run in range(1, args.runs + 1):
                 page.evaluate("() => document.querySelectorAll('#info p').forEach(e => e.dataset.old = '1')")
@@ -127,18 +131,23 @@ def main() -> None:
                 page.click("#upscale")
                 page.wait_for_function("() => window.doneAt", timeout=1_800_000)
                 samples, done = page.evaluate("() => [window.samples, window.doneAt]")
-                result = {"run": run, **score(samples, clicked, done, args.after)}
+                result = {"run": run, **score(samples, clicked, done, args.after), "load": os.getloadavg()[0]}
                 results.append(result)
                 rows += [{"run": run, **{k: s[k] for k in ("elapsed", "real_left", "page_left", "text")}}
                          for s in samples]
                 print(f"run {run}: {result['seconds']:.1f} s; worst error of the time left after {args.after:g} s: "
                       f"{result['worst_error']:+.0%} ({result['estimates']} estimates); '0 s' or none while > 1 s "
                       f"left: {result['zero_or_none_while_over_1s']}; longest stall of the bar: "
-                      f"{result['longest_stall_s']:.2f} s", flush=True)
+                      f"{result['longest_stall_s']:.2f} s; load average {result['load']:.1f} on {os.cpu_count()} "
+                      f"cores", flush=True)
             browser.close()
     finally:
         server.terminate()
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     with open(args.out / "samples.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["run", "elapsed", "real_left", "page_left", "text"])
         writer.writeheader()
@@ -158,7 +167,10 @@ def main() -> None:
                   label="real" if result["run"] == 1 else None)
         axis.plot([r["elapsed"] for r in run if r["page_left"] is not None],
                   [r["page_left"] for r in run if r["page_left"] is not None], ".-", label=f"page, run {result['run']}")
-    axis.set(xlabel="seconds since Upscale", ylabel="seconds left", title=f"{args.photo.name}, {args.scale}×")
+    names = args.photo[0].name if len(args.photo) == 1 else f"{len(args.photo)} photos"
+    loads = ", ".join(f"{r['load']:.1f}" for r in results)
+    axis.set(xlabel="seconds since Upscale", ylabel="seconds left",
+             title=f"{names}, {args.scale}× (load average {loads} on {os.cpu_count()} cores)")
     axis.legend()
     figure.savefig(args.out / "time_left.png", dpi=100, bbox_inches="tight")
     print(f"chart: {args.out / 'time_left.png'}; samples: {args.out / 'samples.csv'}")

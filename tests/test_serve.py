@@ -273,3 +273,37 @@ def test_the_librarys_refusals_reach_the_visitor_in_the_pages_words():
     message = app.user_message(InputError("a 4000x3000 image at 4x needs about 40.0 GiB of memory; 8.0 GiB is "
                                           "available: use tiles (--tile-size 256, about 2.0 GiB)"))
     assert "40.0 GiB" in message and "Advanced → Tile size 256" in message and "Something went wrong" not in message
+
+
+def test_between_counts_the_bar_goes_on_at_the_measured_pace_at_most_the_longest_stretch_ahead():
+    import threading
+
+    from uplift_diffusion.app.progress import SAVING, WorkPlan
+
+    reports, now = [], [0.0]
+    plan = WorkPlan({"decoding": 100, SAVING: 1.0}, {"decoding": 4.0, SAVING: 1.0}, longest=1.0)
+    bar = app.RequestProgress(lambda fraction, desc: reports.append((fraction, desc)), ["a.png"], [plan],
+                              min_interval=0, clock=lambda: now[0])
+    bar.start_photo(0)
+    now[0] = 4.0
+    bar.work(50, "decoding")  # 2 expected seconds in 4 s: the pace is 2 s per expected second
+    now[0] = 5.0
+    bar.tick()  # one more second: half an expected second more
+    assert reports[-1][0] == pytest.approx(2.5 / 5) and "decoding" in reports[-1][1]
+    now[0] = 30.0
+    bar.tick()  # a long op: the bar goes no further than the longest stretch measured (1 expected second)
+    assert reports[-1][0] == pytest.approx(3 / 5)
+    bar.work(60)  # the op ended short of where the bar ran to: the bar waits, never moves back
+    assert reports[-1][0] == pytest.approx(3 / 5)
+    bar.finish_photo(0)
+    count = len(reports)
+    bar.tick()  # the request is done: nothing more to move
+    assert len(reports) == count and reports[-1][0] == 1.0
+
+    # ``ticking``: a thread moves the bar while the work runs (in this thread's context, where gr.Progress looks).
+    moved = threading.Event()
+    ticked = app.RequestProgress(lambda fraction, desc: moved.set() if fraction > 0 else None, ["a.png"],
+                                 [WorkPlan({None: 1.0}, {None: 100.0}, longest=50.0)], min_interval=0)
+    ticked.start_photo(0)
+    with ticked.ticking():
+        assert moved.wait(timeout=30)

@@ -8,6 +8,7 @@ import json
 import re
 import socket
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,7 @@ def test_api_is_documented_typed_and_hides_the_pages_internal_events(served):
     assert list(params) == ["files", "scale", "color_correction", "tiles"]
     assert params["scale"]["python_type"]["type"] == "int" and params["scale"]["parameter_default"] == 2
     assert params["color_correction"]["python_type"]["type"] == "bool"
+    assert [Path(f["path"]).suffix for f in params["files"]["example_input"]] == [".png"]  # a photo, not a PDF
     assert [r["label"] for r in endpoint["returns"]] == ["Download PNG", "Summary"]  # no value_17
 
 

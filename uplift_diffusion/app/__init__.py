@@ -4,9 +4,10 @@
   2x / 4x / 8x, each with what it measured against pixel bicubic (8x says it does no better); colour correction
   and tiles under "Advanced"; one progress bar over the whole request with the time left (from the work measured
   per model part), brought into view with the result; a busy Upscale button, Cancel, and a job that stops when its
-  visitor leaves; a before / after slider with labelled halves (the input, or pixel-bicubic, against UPLiFT), the
-  full-resolution download beside it; the same crop zoomed (the most detailed region, or wherever the visitor
-  clicks on the full-size view); the result at 1:1; PNG downloads and, for several photos, one zip.
+  visitor leaves; a before / after slider with labelled halves (the input, or pixel-bicubic, against UPLiFT; its
+  divider moved by arrow keys or a click), the full-resolution download beside it; the same crop zoomed (the most
+  detailed region, or wherever the visitor clicks on the full-size view); the result at 1:1; PNG downloads and, for
+  several photos, one zip.
 * **Features** (only when a DINO backbone was loaded): the joint-PCA strip (``image | backbone | step 1 | ... |
   step n``) of the predictive sibling.
 * **API**: ``/upscale`` (photos, scale, colour correction, tiles -> PNG files and a summary), documented under "Use

@@ -22,6 +22,8 @@ SCALE_CHOICES = [(f"{scale}×", scale) for scale in SCALES]
 TILE_CHOICES = [("auto", "auto"), ("off (whole image)", "off"), ("256 px", "256"), ("512 px", "512"),
                 ("1024 px", "1024")]
 COMPARE_CHOICES = [("input (enlarged, nearest)", "input"), ("pixel bicubic", "bicubic")]
+# A photo on the web for the API panel's example call (Gradio's own test photo, the one its image examples use).
+API_EXAMPLE_PHOTO = "https://raw.githubusercontent.com/gradio-app/gradio/main/test/test_files/bus.png"
 UPLOAD_CAP = "50 MB"  # Gradio's cap on one uploaded file (launch's max_file_size)
 PROGRESS = gr.Progress()  # Gradio fills in the request's bar (RequestProgress reports to it)
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # files shipped in skimage/data
@@ -32,23 +34,92 @@ SHOW_RESULT_AREA_JS = """(...args) => {
     if (area) area.scrollIntoView({block: 'start', behavior: 'instant'});
     return args;
 }"""
-# Alt text for the pictures the page shows (Gradio's image components leave ``alt`` empty), kept as they change.
-ALT_TEXT_JS = """() => {
-    const put = (img, alt) => { if (img.getAttribute('alt') !== alt) img.setAttribute('alt', alt); };
+# What the page adds to Gradio's components, kept as they change: alt text on the pictures (Gradio leaves ``alt``
+# empty); one name per radio group (Gradio names each input apart, which stops the arrow keys moving between the
+# choices); a before / after slider whose divider is a keyboard-operable ``role=slider`` and moves where the slider is
+# clicked or tapped (Gradio's moves only when dragged: both go through its own drag handler, as a press and release
+# at the new place); focus on the scale choice once chosen photos replace the upload button it was on.
+PAGE_JS = r"""() => {
+    const put = (el, name, value) => { if (el.getAttribute(name) !== value) el.setAttribute(name, value); };
     const caption = img => (img.closest('button')?.querySelector('.caption-label')?.textContent || '').trim();
-    const label = () => {
+    const altText = () => {
         const before = (document.querySelector('#slider-labels span')?.textContent || 'input').replace('◀', '');
         document.querySelectorAll('#slider img').forEach((img, i) =>
-            put(img, i === 0 ? `Before: ${before.trim()}` : 'After: the UPLiFT result'));
-        document.querySelectorAll('#full img').forEach(img => put(img, 'The UPLiFT result at full size (1:1)'));
+            put(img, 'alt', i === 0 ? `Before: ${before.trim()}` : 'After: the UPLiFT result'));
+        document.querySelectorAll('#full img').forEach(img => put(img, 'alt', 'The UPLiFT result at full size (1:1)'));
         const crops = ['input', 'pixel bicubic', 'UPLiFT'];
-        document.querySelectorAll('#crops img').forEach((img, i) => put(img, `Zoomed crop: ${crops[i] || ''}`));
+        document.querySelectorAll('#crops img').forEach((img, i) => put(img, 'alt', `Zoomed crop: ${crops[i] || ''}`));
         document.querySelectorAll('#results img, #preview img, #examples img').forEach(
-            img => put(img, caption(img) || 'photo'));
+            img => put(img, 'alt', caption(img) || 'photo'));
     };
-    label();
-    new MutationObserver(label).observe(document.body, {childList: true, subtree: true, attributes: true,
-                                                        attributeFilter: ['src']});
+    const radioGroups = () => document.querySelectorAll('input[type=radio]').forEach(input => {
+        const block = input.closest('.block');
+        if (block) put(input, 'name', `choice-${block.id}`);
+    });
+    // The divider: its x in the slider (Gradio's translateX) and the shown image's box.
+    const divider = wrap => wrap.querySelector('[data-testid=slider]');
+    const dividerX = wrap => parseFloat((divider(wrap).style.transform.match(/translateX\(([-\d.]+)px/) || [])[1] || 0);
+    const imageBox = wrap => (wrap.querySelector('img') || wrap).getBoundingClientRect();
+    const moveTo = (wrap, clientX) => {
+        const box = imageBox(wrap), x = Math.min(Math.max(clientX, box.left), box.right);
+        const at = {bubbles: true, cancelable: true, view: window, clientX: x, clientY: box.top + 1, button: 0};
+        divider(wrap).dispatchEvent(new MouseEvent('mousedown', at));
+        window.dispatchEvent(new MouseEvent('mouseup', at));
+        requestAnimationFrame(() => sliderState(wrap));
+    };
+    const sliderState = wrap => {
+        const handle = divider(wrap), box = imageBox(wrap), left = box.left - wrap.getBoundingClientRect().left;
+        const percent = box.width ? Math.round(100 * (dividerX(wrap) - left) / box.width) : 50;
+        put(handle, 'aria-valuenow', String(Math.min(100, Math.max(0, percent))));
+    };
+    const slider = () => document.querySelectorAll('#slider .wrap').forEach(wrap => {
+        const handle = divider(wrap);
+        if (!handle || !wrap.querySelector('img')) return;
+        put(handle, 'role', 'slider');
+        put(handle, 'tabindex', '0');
+        put(handle, 'aria-label', 'Divider between before (left) and after (right)');
+        put(handle, 'aria-valuemin', '0');
+        put(handle, 'aria-valuemax', '100');
+        sliderState(wrap);
+        if (wrap.dataset.operable) return;
+        wrap.dataset.operable = '1';
+        // The value follows the divider wherever it goes (drag, keys, click, the image laid out).
+        new MutationObserver(() => sliderState(wrap)).observe(handle, {attributes: true, attributeFilter: ['style']});
+        // A press and release in place (a click, a tap: Gradio's image takes the touches, so no click comes).
+        let pressed = null;
+        wrap.addEventListener('pointerdown', event => {
+            pressed = event.target.closest('[data-testid=slider]') ? null : [event.clientX, event.clientY];
+        });
+        wrap.addEventListener('pointerup', event => {
+            if (pressed && Math.hypot(event.clientX - pressed[0], event.clientY - pressed[1]) < 10)
+                moveTo(wrap, event.clientX);
+            pressed = null;
+        });
+        handle.addEventListener('keydown', event => {
+            const box = imageBox(wrap), here = wrap.getBoundingClientRect().left + dividerX(wrap);
+            const step = box.width / (event.key.startsWith('Page') ? 4 : 20);
+            const target = {ArrowLeft: here - step, ArrowDown: here - step, PageDown: here - step,
+                            ArrowRight: here + step, ArrowUp: here + step, PageUp: here + step,
+                            Home: box.left, End: box.right}[event.key];
+            if (target === undefined) return;
+            event.preventDefault();
+            moveTo(wrap, target);
+        });
+    });
+    let chosen = false;
+    document.addEventListener('change', event => {
+        if (event.target.matches && event.target.matches('#photos input[type=file]')) chosen = true;
+    }, true);
+    const keepFocus = () => {
+        if (!chosen || !document.querySelector('#photos .file-preview, #photos table')) return;
+        chosen = false;
+        if (!document.activeElement || document.activeElement === document.body)
+            document.querySelector('#scale input:checked, #scale input')?.focus();
+    };
+    const update = () => { altText(); radioGroups(); slider(); keepFocus(); };
+    update();
+    new MutationObserver(update).observe(document.body, {childList: true, subtree: true, attributes: true,
+                                                         attributeFilter: ['src']});
 }"""
 # Gradio's English texts lack some of its own keys (the upload button would be announced as "common.upload").
 PAGE_TEXTS = {"common.upload": "Upload"}
@@ -79,6 +150,7 @@ PAGE_CSS = """
                                    justify-content: flex-start !important; align-items: flex-start !important; }
 #full img { max-width: none !important; max-height: none !important; width: auto !important;
             height: auto !important; object-fit: none !important; cursor: crosshair; }
+footer .show-api.show-api, footer .show-api-divider.show-api-divider { display: flex !important; }  /* phones too */
 #message { border-left: 4px solid #dc2626; padding-left: 12px; }
 """
 
@@ -253,16 +325,17 @@ class PageEvents:
         names = [Path(path).name for path in files]
         bar = RequestProgress(report, names, self.expected_plans(files, scale, tiles), cancelled=cancelled)
         results, problems = [], []
-        for index, path in enumerate(files):
-            bar.start_photo(index)
-            try:
-                results.append(self.upscaler.upscale_file(path, scale, bool(color_correction), tiles,
-                                                          progress=bar.work))
-            except JobCancelled:
-                raise
-            except Exception as err:  # one bad photo does not cost the others their results
-                problems.append(user_message(err))
-            bar.finish_photo(index)
+        with bar.ticking():
+            for index, path in enumerate(files):
+                bar.start_photo(index)
+                try:
+                    results.append(self.upscaler.upscale_file(path, scale, bool(color_correction), tiles,
+                                                              progress=bar.work))
+                except JobCancelled:
+                    raise
+                except Exception as err:  # one bad photo does not cost the others their results
+                    problems.append(user_message(err))
+                bar.finish_photo(index)
         return results, problems
 
     # A job per visitor: the Cancel button and leaving the page (Gradio's unload, on its session) stop it.
@@ -419,8 +492,20 @@ class ResultView:
     summary: gr.Markdown  # the API's second output
 
 
+def photos_input(**kwargs) -> gr.File:
+    """The photos' upload, whose example in the API panel is a photo (Gradio's is a PDF, which the endpoint would
+    refuse); set on the instance, as :func:`scale_radio` does."""
+    files = gr.File(**kwargs)
+    example = {"path": API_EXAMPLE_PHOTO, "url": API_EXAMPLE_PHOTO, "orig_name": Path(API_EXAMPLE_PHOTO).name,
+               "meta": {"_type": "gradio.FileData"}}  # what gradio_client's handle_file gives
+    files.example_payload = lambda: [example]
+    files.example_value = lambda: [API_EXAMPLE_PHOTO]
+    return files
+
+
 def _controls(limits: PageLimits, examples: Sequence[Path], quality: ModelQuality | None) -> Controls:
-    files = gr.File(label="Photos", file_count="multiple", file_types=["image"], type="filepath", elem_id="photos")
+    files = photos_input(label="Photos", file_count="multiple", file_types=["image"], type="filepath",
+                         elem_id="photos")
     gr.Markdown(f"Up to {limits.max_files} photos at once, each at most {megapixels(limits.max_input_pixels)} and "
                 f"{UPLOAD_CAP} (PNG, JPEG, WebP, ...).", elem_id="limits")
     preview = gr.Gallery(label="Your photos (size now → size after upscaling)", columns=4, height="auto",
@@ -562,7 +647,7 @@ def launch(demo: gr.Blocks, limits: PageLimits, host: str = "127.0.0.1", port: i
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=1)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, show_error=False, ssr_mode=False,
                 quiet=True, max_file_size=UPLOAD_CAP.replace(" ", "").lower(), footer_links=["api"], css=PAGE_CSS,
-                theme=page_theme(), js=ALT_TEXT_JS, i18n=gr.I18n(en=PAGE_TEXTS), **kwargs)
+                theme=page_theme(), js=PAGE_JS, i18n=gr.I18n(en=PAGE_TEXTS), **kwargs)
     url = f"http://{host}:{demo.server_port}/"
     print(f"uplift-diffusion serve: open {url} (Ctrl+C stops the server)", flush=True)
     if block:

@@ -3,9 +3,12 @@ and one bar over a whole request with the time left (:class:`RequestProgress`)."
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +66,14 @@ class WorkCounter(TorchDispatchMode):
         # an op without a named weight belonging to the part of the last one that had one.
         self.macs_by_part: dict[str | None, int] = defaultdict(int)
         self.seconds_by_part: dict[str | None, float] = defaultdict(float)
+        self.longest = 0.0  # seconds: the longest stretch between two counted ops (one large convolution)
         self._part: str | None = None
         self._last = clock()
+
+    @property
+    def last_op_at(self) -> float:
+        """The clock's time when the last counted op finished."""
+        return self._last
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -78,6 +87,7 @@ class WorkCounter(TorchDispatchMode):
             now = self.clock()
             self.macs_by_part[self._part] += macs
             self.seconds_by_part[self._part] += now - self._last
+            self.longest = max(self.longest, now - self._last)
             self._last = now
             if self.on_work is not None:
                 self.on_work(self.total, part)
@@ -87,16 +97,24 @@ class WorkCounter(TorchDispatchMode):
 @dataclass(frozen=True)
 class WorkPlan:
     """The expected work of one photo: multiply-adds and seconds per part (``SAVING``: 1 unit, the whole of
-    writing the files), from a measured run. The bar moves through a photo by expected seconds, not by multiply-adds:
-    a decoder's multiply-add costs more time than the upsampler's, and writing the files takes time with none."""
+    finishing the picture and writing the files), from a measured run. The bar moves through a photo by expected
+    seconds, not by multiply-adds: a decoder's multiply-add costs more time than the upsampler's, and writing the
+    files takes time with none. ``longest``: the expected seconds of the longest stretch without a count (one large
+    convolution, one file written), how far the bar may run ahead of the counts at the measured pace."""
 
     macs: Mapping[str | None, float]
     seconds: Mapping[str | None, float]
+    longest: float = 0.0
 
     @classmethod
     def uniform(cls, cost: float) -> WorkPlan:
         """One part, ``cost`` units of work taking ``cost`` units of time."""
         return cls({None: cost}, {None: cost})
+
+    def scaled(self, factor: float) -> WorkPlan:
+        """The plan for ``factor`` times the work (a plan per pixel, for a photo of ``factor`` pixels)."""
+        return WorkPlan({p: v * factor for p, v in self.macs.items()},
+                        {p: v * factor for p, v in self.seconds.items()}, self.longest * factor)
 
     @property
     def total_seconds(self) -> float:
@@ -113,9 +131,11 @@ class RequestProgress:
 
     Each photo's share of the bar is its expected time (:class:`WorkPlan`, measured on the last run of the same
     scale and tiles, else on a small calibration photo); within a photo the bar follows the multiply-adds counted so
-    far per part (:class:`WorkCounter`), each part's worth its expected seconds, then the files written. The time
-    left is the elapsed time scaled by the expected time left (what a busier or quieter machine changes is the pace,
-    which the elapsed time measures), never under 1 s before the end.
+    far per part (:class:`WorkCounter`), each part's worth its expected seconds, then the files written. Between two
+    counts (one large convolution, one file being written: seconds on a busy machine) the bar goes on at the
+    measured pace, at most the plan's ``longest`` ahead (:meth:`ticking` moves it). The time left is the elapsed time
+    scaled by the expected time left (what a busier or quieter machine changes is the pace, which the elapsed time
+    measures), never under 1 s before the end.
 
     Args:
         report: ``report(fraction, desc)``, e.g. a ``gr.Progress``.
@@ -140,16 +160,22 @@ class RequestProgress:
         self.index, self.part, self.fraction = 0, None, 0.0
         self.done: dict[str | None, float] = defaultdict(float)
         self.counted = 0.0
+        self.finished = False
+        # Where the counts put the bar (expected seconds into the request) and when: the pace and the start of the
+        # bar's run ahead between counts.
+        self.counted_position, self.counted_at = 0.0, self.start_time
+        self._lock = threading.RLock()
 
     def start_photo(self, index: int) -> None:
         self.index, self.part = index, None
         self.done, self.counted = defaultdict(float), 0.0
-        self._report(sum(self.costs[:index]) / self.total, force=True)
+        self._count(sum(self.costs[:index]), force=True)
 
     def finish_photo(self, index: int) -> None:
         """Photo ``index`` is done (or refused): the bar shows its whole share, whatever the estimate said."""
         self.part = SAVING if index + 1 == len(self.names) else None
-        self._report(sum(self.costs[:index + 1]) / self.total, force=True)
+        self.finished = index + 1 == len(self.names)
+        self._count(sum(self.costs[:index + 1]), force=True)
 
     def work(self, done: float, part: str | None = None) -> None:
         """``done`` multiply-adds of the current photo so far (``part`` SAVING: the fraction of its files written).
@@ -165,7 +191,47 @@ class RequestProgress:
             self.done[key] += done - self.counted
             self.counted = done
         cost = self.costs[self.index]
-        self._report((sum(self.costs[:self.index]) + min(plan.position(self.done), 0.99 * cost)) / self.total)
+        self._count(sum(self.costs[:self.index]) + min(plan.position(self.done), 0.99 * cost))
+
+    def _count(self, position: float, force: bool = False) -> None:
+        """The counts put the bar at ``position`` expected seconds."""
+        with self._lock:
+            self.counted_position = max(self.counted_position, position)
+            self.counted_at = self.clock()
+        self._report(position / self.total, force=force)
+
+    def tick(self) -> None:
+        """Between two counts: the bar goes on at the measured pace (real seconds per expected second so far), at
+        most the current plan's ``longest`` beyond the counts and never past 99 % of the photo's share."""
+        with self._lock:
+            if self.finished:
+                return
+            now, position = self.clock(), self.counted_position
+            pace = (self.counted_at - self.start_time) / position if position > 0 else 1.0
+            plan, cost = self.plans[self.index], self.costs[self.index]
+            ahead = min((now - self.counted_at) / max(pace, 1e-9), plan.longest)
+            end = sum(self.costs[:self.index]) + 0.99 * cost
+        if ahead > 0 and position < end:
+            self._report(min(position + ahead, end) / self.total)
+
+    @contextlib.contextmanager
+    def ticking(self) -> Iterator[RequestProgress]:
+        """Within: a thread calls :meth:`tick` every ``min_interval`` seconds (in this thread's context: a
+        ``gr.Progress`` finds its request there)."""
+        stop = threading.Event()
+        context = contextvars.copy_context()
+
+        def run() -> None:
+            while not stop.wait(max(self.min_interval, 0.05)):
+                context.run(self.tick)
+
+        thread = threading.Thread(target=run, name="progress-ticker", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
     def seconds_left(self, fraction: float) -> float | None:
         elapsed = self.clock() - self.start_time
@@ -174,12 +240,13 @@ class RequestProgress:
         return elapsed * (1 - fraction) / fraction
 
     def _report(self, fraction: float, force: bool = False) -> None:
-        self.fraction = fraction = max(self.fraction, min(fraction, 1.0))  # never moves back
-        now = self.clock()
-        if not force and now - self.last_report < self.min_interval:
-            return
-        self.last_report = now
-        self.report(fraction, desc=self.describe(fraction))
+        with self._lock:
+            self.fraction = fraction = max(self.fraction, min(fraction, 1.0))  # never moves back
+            now = self.clock()
+            if not force and now - self.last_report < self.min_interval:
+                return
+            self.last_report = now
+            self.report(fraction, desc=self.describe(fraction))  # in the lock: the reports arrive in order
 
     def describe(self, fraction: float) -> str:
         count = len(self.names)

@@ -4,7 +4,6 @@ counted (the progress bar's unit), and the result's files written (the download,
 
 from __future__ import annotations
 
-import io
 import shutil
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from uplift_diffusion.utils.io import atomic_write, save_image_atomic
 SCALES = (2, 4, 8)
 KEEP_RESULTS_S = 3600  # result files older than this are deleted from the page's work folder
 CROP_SIZE = 192  # output pixels per side of the zoomed crop (the page's detail view)
+ZOOM_DISPLAY = 384  # the zoomed crops are enlarged (nearest) to at least this many pixels per side
 CALIBRATION_SIDE = 64  # pixels: the small photo whose work per pixel sizes the progress bar before a first real run
 
 
@@ -71,6 +71,7 @@ class UpscaleResult:
     tile_size: int | None
     detail_center: tuple[int, int] = (0, 0)  # output pixel at the centre of the most detailed crop
     note: str | None = None  # how the upload was converted to RGB, if it was
+    crops: tuple[Path, ...] = ()  # the zoomed crops of input, bicubic and UPLiFT at ``detail_center``
 
     def summary(self, scale: int, markdown: bool = True) -> str:
         (w, h), (ow, oh) = self.input_size, self.output_size
@@ -103,6 +104,18 @@ def crop_box(size: tuple[int, int], center: tuple[int, int], side: int = CROP_SI
     left = min(max(0, center[0] - side // 2), width - side)
     top = min(max(0, center[1] - side // 2), height - side)
     return left, top, left + side, top + side
+
+
+def zoomed_side(box: tuple[int, int, int, int]) -> int:
+    """Pixels per side of a zoomed crop of ``box``: enlarged (nearest) to at least ZOOM_DISPLAY, by a whole factor."""
+    side = box[2] - box[0]
+    return side * max(1, -(-ZOOM_DISPLAY // side))
+
+
+def zoomed(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """The crop ``box`` of ``image`` enlarged (nearest) so that its pixels show."""
+    side = zoomed_side(box)
+    return image.crop(box).resize((side, side), Image.NEAREST)
 
 
 class PageUpscaler:
@@ -207,11 +220,14 @@ class PageUpscaler:
                                    color_correction=color_correction).images[0]
         return result, counter
 
-    def _measure(self, key: tuple[int, int | None], pixels: int, counter: WorkCounter, saving_s: float) -> None:
+    def _measure(self, key: tuple[int, int | None], pixels: int, counter: WorkCounter, saving_s: float,
+                 longest_write_s: float) -> None:
         """Keep the run's work and seconds per part, per input pixel: the plan for the next photo of this key."""
         macs = {part: value / pixels for part, value in counter.macs_by_part.items()}
         spent = {part: value / pixels for part, value in counter.seconds_by_part.items()}
-        self._per_pixel[key] = WorkPlan({**macs, SAVING: 1.0 / pixels}, {**spent, SAVING: saving_s / pixels})
+        longest = max(counter.longest, longest_write_s) / pixels
+        self._per_pixel[key] = WorkPlan({**macs, SAVING: 1.0 / pixels}, {**spent, SAVING: saving_s / pixels},
+                                        longest)
 
     def expected_plan(self, size: tuple[int, int], scale: int, tile_size: int | None = None) -> WorkPlan:
         """The expected work and seconds to upscale a photo of ``size``: measured per pixel on the last photo with
@@ -219,26 +235,64 @@ class PageUpscaler:
         pixels = size[0] * size[1]
         for key in ((scale, tile_size), (scale, None)):
             if key in self._per_pixel:
-                plan = self._per_pixel[key]
-                return WorkPlan({p: v * pixels for p, v in plan.macs.items()},
-                                {p: v * pixels for p, v in plan.seconds.items()})
+                return self._per_pixel[key].scaled(pixels)
         with self._lock:
             side = CALIBRATION_SIDE
-            noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
-            result, counter = self._run(Image.fromarray(noise), scale, None, True)
-            start = time.perf_counter()
-            for _ in range(3):  # the result's three files (see upscale_file)
-                result.save(io.BytesIO(), format="PNG")
-            self._measure((scale, None), side * side, counter, time.perf_counter() - start)
+            noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
+            result, counter = self._run(noise, scale, None, True)
+            folder = self.workdir / uuid.uuid4().hex
+            try:
+                self._write_views(folder, "calibration.png", noise, result, scale, counter.last_op_at,
+                                  (scale, None), counter)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
         return self.expected_plan(size, scale, tile_size)
 
     def expected_cost(self, size: tuple[int, int], scale: int, tile_size: int | None = None) -> float:
         """Expected seconds to upscale a photo of ``size`` (see :meth:`expected_plan`)."""
         return self.expected_plan(size, scale, tile_size).total_seconds
 
+    def _write_views(self, folder: Path, name: str, image: Image.Image, result: Image.Image, scale: int,
+                     since: float, key: tuple[int, int | None], counter: WorkCounter,
+                     progress: Callable[[float, str | None], None] | None = None) -> dict:
+        """Write the result's files into ``folder`` (the download, the slider's halves, the zoomed crops of the most
+        detailed region: everything the page then shows is ready, nothing is encoded after the bar ends), reporting
+        the share of their pixels written; measure the time from ``since`` (the end of the model's last counted op:
+        the pipeline's own finishing is part of it) as the plan's SAVING. Returns UpscaleResult's file fields."""
+        x, y = most_detailed_center(image, max(1, CROP_SIZE // scale))
+        center = (x * scale, y * scale)
+        box = crop_box(result.size, center)
+        nearest = image.resize(result.size, Image.NEAREST)
+        bicubic = image.resize(result.size, Image.BICUBIC)
+        stem = Path(name).stem
+        files = {
+            "output_png": (result, f"{stem}_x{scale}.png"),
+            "input_view": (nearest, f"{stem}_input_nearest.png"),
+            "bicubic_view": (bicubic, f"{stem}_bicubic.png"),
+            "crop_input": (lambda: zoomed(nearest, box), "crop_input.png"),
+            "crop_bicubic": (lambda: zoomed(bicubic, box), "crop_bicubic.png"),
+            "crop_uplift": (lambda: zoomed(result, box), "crop_uplift.png"),
+        }
+        crop_pixels = zoomed_side(box) ** 2
+        weights = [result.width * result.height] * 3 + [crop_pixels] * 3
+        folder.mkdir(parents=True)
+        written, last, longest = 0, since, 0.0
+        for weight, (picture, filename) in zip(weights, files.values(), strict=True):
+            save_image_atomic(picture() if callable(picture) else picture, folder / filename)
+            written += weight
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+            if progress is not None:
+                progress(written / sum(weights), SAVING)
+        self._measure(key, image.width * image.height, counter, last - since, longest)
+        paths = {key: folder / filename for key, (_, filename) in files.items()}
+        return {"output_png": paths["output_png"], "input_view": paths["input_view"],
+                "bicubic_view": paths["bicubic_view"], "detail_center": center,
+                "crops": (paths["crop_input"], paths["crop_bicubic"], paths["crop_uplift"])}
+
     # ------------------------------------------------------------------ work
     def upscale_file(self, path: str | Path, scale: int, color_correction: bool, tiles: str,
-                     progress: Callable[[int, str | None], None] | None = None) -> UpscaleResult:
+                     progress: Callable[[float, str | None], None] | None = None) -> UpscaleResult:
         """Upscale one uploaded file; PageError (in the page's words) for anything wrong with the request.
 
         Args:
@@ -247,7 +301,7 @@ class PageUpscaler:
             color_correction: apply the upsampler's own colour correction (on / off; the mode is the model's).
             tiles: ``"auto"``, ``"off"`` or a tile size in pixels.
             progress: called as ``progress(multiply_adds_so_far, part)`` while the pipeline runs, then as
-                ``progress(fraction_of_the_files_written, SAVING)``.
+                ``progress(share_of_the_files_written, SAVING)``.
         """
         name = Path(path).name
         image, note = self.read(path)
@@ -260,23 +314,10 @@ class PageUpscaler:
             start = time.perf_counter()
             result, counter = self._run(image, scale, tile_size, color_correction, progress)
             seconds = time.perf_counter() - start
-        saving_start = time.perf_counter()
-        folder = self.workdir / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        views = {
-            "output_png": (result, f"{Path(name).stem}_x{scale}.png"),
-            "input_view": (lambda: image.resize(result.size, Image.NEAREST), "input_nearest.png"),
-            "bicubic_view": (lambda: image.resize(result.size, Image.BICUBIC), "bicubic.png"),
-        }
-        for written, (picture, filename) in enumerate(views.values(), 1):
-            save_image_atomic(picture() if callable(picture) else picture, folder / filename)
-            if progress is not None:
-                progress(written / len(views), SAVING)
-        self._measure((scale, tile_size), image.width * image.height, counter, time.perf_counter() - saving_start)
-        files = {key: folder / filename for key, (_, filename) in views.items()}
-        x, y = most_detailed_center(image, max(1, CROP_SIZE // scale))
+        files = self._write_views(self.workdir / uuid.uuid4().hex, name, image, result, scale, counter.last_op_at,
+                                  (scale, tile_size), counter, progress)
         return UpscaleResult(name=name, input_size=image.size, output_size=result.size, seconds=seconds,
-                             tile_size=tile_size, note=note, detail_center=(x * scale, y * scale), **files)
+                             tile_size=tile_size, note=note, **files)
 
     def zip_results(self, results: Sequence[UpscaleResult], scale: int) -> Path:
         """One zip of every result PNG (names made unique), for "Download all"."""

@@ -5,32 +5,33 @@ from __future__ import annotations
 
 from PIL import Image
 
-from uplift_diffusion.app.upscaler import UpscaleResult, crop_box
+from uplift_diffusion.app.upscaler import UpscaleResult, crop_box, zoomed
 
-ZOOM_DISPLAY = 384  # the zoomed crops are enlarged (nearest) to at least this many pixels per side
 COMPARE_LABELS = {"input": "input (nearest)", "bicubic": "pixel bicubic"}
 
 
-def zoomed_crops(result: UpscaleResult, center: tuple[int, int] | None = None) -> list[tuple[Image.Image, str]]:
+CROP_CAPTIONS = ("input", "pixel bicubic", "UPLiFT")
+
+
+def zoomed_crops(result: UpscaleResult, center: tuple[int, int] | None = None
+                 ) -> list[tuple[Image.Image | str, str]]:
     """The same crop of the input, pixel-bicubic and UPLiFT around ``center`` (output pixels; default: the most
-    detailed region), enlarged (nearest) so that pixels show."""
+    detailed region, written with the result), enlarged (nearest) so that pixels show."""
+    if center is None and result.crops:
+        return [(str(path), caption) for path, caption in zip(result.crops, CROP_CAPTIONS, strict=True)]
     box = crop_box(result.output_size, center or result.detail_center)
-    side = box[2] - box[0]
-    zoom = max(1, -(-ZOOM_DISPLAY // side))
     crops = []
-    for path, caption in ((result.input_view, "input"), (result.bicubic_view, "pixel bicubic"),
-                          (result.output_png, "UPLiFT")):
+    for path, caption in zip((result.input_view, result.bicubic_view, result.output_png), CROP_CAPTIONS, strict=True):
         with Image.open(path) as image:
-            crop = image.crop(box)
-        crops.append((crop.resize((side * zoom, side * zoom), Image.NEAREST), caption))
+            crops.append((zoomed(image, box), caption))
     return crops
 
 
-def slider_pair(result: UpscaleResult, compare: str) -> tuple[Image.Image, Image.Image]:
-    """The slider's (before, after): the input enlarged or pixel-bicubic, against UPLiFT."""
+def slider_pair(result: UpscaleResult, compare: str) -> tuple[str, str]:
+    """The slider's (before, after) files: the input enlarged or pixel-bicubic, against UPLiFT (written with the
+    result: shown as they are, not encoded again)."""
     before = result.bicubic_view if compare == "bicubic" else result.input_view
-    with Image.open(before) as left, Image.open(result.output_png) as right:
-        return left.copy(), right.copy()
+    return str(before), str(result.output_png)
 
 
 def slider_labels(compare: str) -> str:
