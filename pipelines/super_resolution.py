@@ -39,7 +39,7 @@ from uplift_diffusion.color import ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
 from uplift_diffusion.utils.device import warn_float16_on_cpu
 from uplift_diffusion.utils.errors import InputError, UserError
-from uplift_diffusion.utils.images import to_rgb
+from uplift_diffusion.utils.image_ops import images_to_tensors as _images_to_tensors
 
 logger = logging.get_logger(__name__)
 
@@ -49,75 +49,9 @@ ENCODE_TILE_MIN = 256  # pixels: smaller exact TAEF2 encoder tiles recompute too
 LOCAL_DECODE_OVERLAP = 8  # latents: covers the receptive field of a decoder's local part (TAEF2.decode_local: ~8)
 
 
-def _array_to_unit(array: np.ndarray) -> torch.Tensor:
-    """[H, W], [H, W, C] or [B, H, W, C] uint8 / uint16 / float in [0, 1] -> [B, 3, H, W] float32 in [0, 1]."""
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
-        raise InputError(f"numpy images must be [H, W], [H, W, C] or [B, H, W, C] with C in (1, 3, 4); got shape "
-                         f"{array.shape}")
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
-        array = array.astype(np.float32) / 65535.0
-    elif not np.issubdtype(array.dtype, np.floating):
-        raise InputError(f"numpy images must be uint8, uint16 or float in [0, 1]; got dtype {array.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 3, 1, 2)
-
-
-def _tensor_to_unit(tensor: torch.Tensor) -> torch.Tensor:
-    """[C, H, W] or [B, C, H, W] (uint8, or float in [0, 1]) -> [B, 3, H, W] float32 in [0, 1]."""
-    if tensor.ndim == 3:
-        tensor = tensor[None]
-    if tensor.ndim != 4 or tensor.shape[1] not in (1, 3, 4):
-        raise InputError(f"tensor images must be [C, H, W] or [B, C, H, W] with C in (1, 3, 4); got shape "
-                         f"{tuple(tensor.shape)}")
-    if tensor.dtype != torch.uint8 and not tensor.dtype.is_floating_point:
-        raise InputError(f"tensor images must be uint8 (0..255) or float in [0, 1]; got dtype {tensor.dtype} "
-                         f"(convert it, e.g. tensor.to(torch.uint8) for 0..255 integers)")
-    return tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
-
-
-def _to_rgb_channels(batch: torch.Tensor) -> torch.Tensor:
-    """Grey -> RGB (repeat), RGBA -> RGB (alpha over white); checks the size and the [0, 1] range."""
-    if batch.numel() == 0:
-        raise InputError(f"empty image: shape {tuple(batch.shape)} has no pixels")
-    if not torch.isfinite(batch).all():
-        raise InputError("image contains NaN or inf values")
-    lo, hi = batch.min().item(), batch.max().item()
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise InputError(f"float images must be in [0, 1]; got values in [{lo:.3f}, {hi:.3f}] (a [-1, 1] image? "
-                         f"map it with (x + 1) / 2)")
-    if batch.shape[1] == 1:
-        batch = batch.expand(-1, 3, -1, -1)
-    elif batch.shape[1] == 4:
-        rgb, alpha = batch[:, :3], batch[:, 3:]
-        batch = rgb * alpha + (1 - alpha)
-    return batch.clamp(0, 1)
-
-
 def images_to_tensors(image: ImageInput) -> list[torch.Tensor]:
-    """PIL / numpy / tensor, single or batched (or a list of them) -> a list of [1, 3, H, W] float32 in [0, 1]."""
-    items = list(image) if isinstance(image, (list, tuple)) else [image]
-    if not items:
-        raise InputError("no images given")
-    out = []
-    for item in items:
-        if isinstance(item, PIL.Image.Image):
-            rgb, note = to_rgb(item)
-            if note:
-                logger.warning(note)
-            batch = _array_to_unit(np.asarray(rgb))
-        elif isinstance(item, np.ndarray):
-            batch = _array_to_unit(item)
-        elif isinstance(item, torch.Tensor):
-            batch = _tensor_to_unit(item)
-        else:
-            raise TypeError(f"images must be PIL images, numpy arrays or torch tensors; got {type(item).__name__}")
-        out += list(_to_rgb_channels(batch).split(1))
-    return out
+    """:func:`uplift_diffusion.utils.image_ops.images_to_tensors`, its conversion notes on the diffusers logger."""
+    return _images_to_tensors(image, on_note=logger.warning)
 
 
 def _advancing(bar) -> Callable[[Iterable], Iterator]:

@@ -127,7 +127,7 @@ def test_clear_errors():
         extractor([_image(32, 32), _image(32, 48)])
     with pytest.raises(ValueError, match="output_size"):
         extractor(_image(32, 32), output_size="big")
-    with pytest.raises(TypeError, match="PIL images, numpy arrays or tensors"):
+    with pytest.raises(TypeError, match="PIL images, numpy arrays or torch tensors"):
         extractor("image.png")
     with pytest.raises(ValueError, match="does not fit the backbone"):
         UPLiFTFeatureExtractor(extractor.backbone, tiny_upsampler(16, channels=WIDTH + 1))

@@ -22,8 +22,7 @@ from ..backbones.vit import ViTBackbone
 from ..model import UPLiFTModel
 from ..presets import FEATURE_ALIASES, FEATURE_BACKBONES, get_preset, resolve_feature_backbone
 from ..utils.errors import InputError
-from ..utils.image_ops import bilinear_resize
-from ..utils.images import load_image
+from ..utils.image_ops import bilinear_resize, images_to_tensors
 
 ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]
 
@@ -46,37 +45,13 @@ def resolve_feature_preset(name: str) -> str:
 
 
 def _to_float_chw(image: ImageInput) -> torch.Tensor:
-    """One image or a batch -> float [B, 3, H, W] in [0, 1]."""
-    if isinstance(image, Image.Image):
-        image = np.asarray(load_image(image))
-    if isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 2:
-            array = np.repeat(array[..., None], 3, axis=-1)
-        if array.ndim not in (3, 4) or array.shape[-1] != 3:
-            raise InputError(f"numpy images must be [H, W, 3] or [B, H, W, 3] (RGB, channels last), got "
-                             f"{array.shape}")
-        tensor = torch.from_numpy(np.array(array, copy=True))
-        tensor = tensor.movedim(-1, -3)  # [..., 3, H, W]
-    elif isinstance(image, torch.Tensor):
-        tensor = image.detach()
-        if tensor.ndim not in (3, 4) or tensor.shape[-3] != 3:
-            raise InputError(f"tensor images must be [3, H, W] or [B, 3, H, W] (RGB, channels first), got "
-                             f"{tuple(tensor.shape)}")
-    else:
-        raise TypeError(f"images must be PIL images, numpy arrays or tensors (or a list of them), got "
-                        f"{type(image).__name__}")
-    if tensor.dtype == torch.uint8:
-        tensor = tensor.float() / 255.0
-    elif not tensor.is_floating_point():
-        raise TypeError(f"integer images must be uint8, got {tensor.dtype}")
-    tensor = tensor.float()
-    if tensor.ndim == 3:
-        tensor = tensor[None]
-    if tensor.numel() and (tensor.min() < -1e-3 or tensor.max() > 1 + 1e-3):
-        raise InputError(f"float images must be RGB in [0, 1] (not ImageNet-normalised; the extractor normalises), "
-                         f"got values in [{tensor.min().item():.3g}, {tensor.max().item():.3g}]")
-    return tensor.clamp(0, 1)
+    """One image or a batch -> float [B, 3, H, W] in [0, 1] (the package's one input rule, ``images_to_tensors``)."""
+    parts = images_to_tensors(image, range_hint="not ImageNet-normalised: the extractor normalises")
+    sizes = sorted({tuple(p.shape[-2:]) for p in parts})
+    if len(sizes) > 1:
+        raise InputError(f"images in one batch must share their size, got sizes {sizes}; call the extractor "
+                         f"once per size or resize them first")
+    return torch.cat(parts)
 
 
 def images_to_tensor(images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
