@@ -155,6 +155,11 @@ def wait_for_result(page) -> str:
     return page.inner_text("#info")
 
 
+def wait_for_upload_refusal(page) -> None:
+    """The files refused when chosen are named at once (so that a message read after Upscale is the run's own)."""
+    page.wait_for_selector("#message h3:has-text('Not added')", timeout=RUN_TIMEOUT_MS)
+
+
 def page_message(page) -> str:
     """The message shown next to the result (errors stay there until the next run)."""
     page.wait_for_selector("#message h3:not([data-old])", timeout=RUN_TIMEOUT_MS)
@@ -281,6 +286,7 @@ def test_progress_covers_the_whole_request_in_one_bar_and_old_results_go(page, p
 def test_errors_stay_next_to_the_result_until_the_next_run(page, server, photos, tmp_path):
     process, _ = server
     upload(page, photos["empty"])
+    wait_for_upload_refusal(page)  # refused as soon as it is chosen; the run then says so again
     click_upscale(page)
     message = page_message(page)
     assert message.startswith("Nothing was upscaled") and "empty.png is an empty file (0 bytes)" in message
@@ -291,6 +297,7 @@ def test_errors_stay_next_to_the_result_until_the_next_run(page, server, photos,
     # One photo good, one bad: the result and, above it, which photo failed and why.
     page.locator("#photos button[aria-label='Clear']").click()
     upload(page, photos["crop"], photos["notes"])
+    wait_for_upload_refusal(page)
     click_upscale(page)
     page.wait_for_selector("#message", state="hidden")  # the old message goes when the new run starts
     assert "160×120 → 320×240" in wait_for_result(page)
