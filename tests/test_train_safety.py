@@ -320,12 +320,9 @@ def _wait_until(condition, timeout: float, proc=None) -> None:
         assert proc is None or proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
         threading.Event().wait(0.1)
 
-
-@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
-def test_a_killed_launcher_takes_its_workers_and_a_second_run_is_refused_while_one_runs(setup, capsys):
-    """SIGKILL of `train --num-processes 2` leaves no worker training on; while a run holds its folder, a second
-    `train` / `--resume` into it is refused in one line."""
-    import signal
+def _start_two_process_run(setup):
+    """``train --num-processes 2`` of a long run in a child process, once its first step is logged; returns the
+    process and the config's path. (A bound, not a wait: start-up takes ~20 s idle, minutes on a loaded machine.)"""
     import subprocess
     import sys
 
@@ -333,9 +330,25 @@ def test_a_killed_launcher_takes_its_workers_and_a_second_run_is_refused_while_o
     command = [sys.executable, "-m", "uplift_diffusion.cli", "train", "--config", str(path), "--num-processes", "2"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    log = setup / "run" / "loss_log.csv"
     try:
-        log = setup / "run" / "loss_log.csv"
-        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 120, proc)  # start-up: ~20 s idle
+        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 300, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, path
+
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
+def test_a_killed_launcher_takes_its_workers_and_a_second_run_is_refused_while_one_runs(setup, capsys):
+    """SIGKILL of `train --num-processes 2` leaves no worker training on; while a run holds its folder, a second
+    `train` / `--resume` into it is refused in one line."""
+    import signal
+
+    proc, path = _start_two_process_run(setup)
+    try:
         workers = _children(proc.pid)
         assert len(workers) == 2
 
@@ -364,17 +377,9 @@ def test_a_worker_killed_by_the_kernel_is_one_line_naming_the_log(setup):
     that holds every process's report, exit code 1."""
     import re
     import signal
-    import subprocess
-    import sys
 
-    path = _write_config(setup, max_steps=100000, batch_size=2, checkpoint_every=100000)
-    command = [sys.executable, "-m", "uplift_diffusion.cli", "train", "--config", str(path), "--num-processes", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    proc, path = _start_two_process_run(setup)
     try:
-        log = setup / "run" / "loss_log.csv"
-        # (a bound, not a wait: start-up takes ~20 s idle, minutes on a loaded machine)
-        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 300, proc)
         os.kill(max(_children(proc.pid)), signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -392,16 +397,9 @@ def test_a_worker_killed_by_the_kernel_is_one_line_naming_the_log(setup):
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
 def test_sigterm_of_a_two_process_run_is_one_line(setup):
     import signal
-    import subprocess
-    import sys
 
-    path = _write_config(setup, max_steps=100000, batch_size=2, checkpoint_every=100000)
-    command = [sys.executable, "-m", "uplift_diffusion.cli", "train", "--config", str(path), "--num-processes", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    proc, path = _start_two_process_run(setup)
     try:
-        log = setup / "run" / "loss_log.csv"
-        _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) > 1, 120, proc)  # start-up: ~20 s idle
         workers = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=40)
