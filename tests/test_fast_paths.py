@@ -117,14 +117,43 @@ def test_strided_conv_block_equals_subsampled_block(norm_type):
         ConvBlock(6, 10, 1, norm_type).train()(x, stride=2)  # batch statistics over every pixel
 
 
+@pytest.mark.parametrize("norm_type", ["batch", "layer"])
+@pytest.mark.parametrize("stride", [4, 8])
+def test_packed_block_pair_equals_subsampled_pair(norm_type, stride):
+    from uplift_diffusion.blocks import BlockGroup
+
+    torch.manual_seed(0)
+    group = BlockGroup(6, 10, 3, 1, norm_type).eval()
+    with torch.no_grad():
+        randomise_batch_norms(group)
+    x = torch.randn(2, 6, 3 * stride, 2 * stride)
+    assert group.blocks[-2].can_pack(x, stride) and not group.blocks[-2].can_pack(x, 2)
+    for grad in (True, False):  # the reference sequence and the channels-last path
+        with torch.set_grad_enabled(grad):
+            full, packed = group(x)[..., ::stride, ::stride], group(x, last_stride=stride)
+        torch.testing.assert_close(packed, full, **EXACT)
+    with torch.no_grad():
+        packed_map = group.blocks[-2].forward_packed(group.blocks[0](x), stride)
+    assert packed_map.shape[-2:] == (9, 6)
+    assert not packed_map[:, :, 0].any() and not packed_map[:, :, :, 0].any()  # row / column -1: the zero padding
+    with pytest.raises(ValueError, match="num_convs=1"):
+        ConvBlock(10, 10, 2, norm_type).eval().forward_from_packed(packed_map)
+
+
 @pytest.mark.parametrize("preset, tokens, iterations, stride", [
     ("dinov2-s14", 4, 4, 2),  # no refiner: the last step reads the deepest map at half resolution
     ("tiny-vae", 8, 1, 4),  # refiner: read at the step's output size, 16x16 of the 64x64 image
     ("tiny-vae", 4, 4, 1),  # a step reads it beyond the image's resolution: nothing to skip
+    ("tiny-vae-deep", 8, 1, 4),  # two blocks in the deepest group (as sd15-vae): the first one packed
 ])
 def test_encoder_computes_only_what_the_steps_read(preset, tokens, iterations, stride):
     torch.manual_seed(0)
-    model = UPLiFTModel.from_preset(preset).eval()
+    if preset == "tiny-vae-deep":
+        widths = (8, 8, 16, 16, 16)
+        model = UPLiFTModel.from_preset("tiny-vae", encoder_blocks=[
+            {"out_channels": c, "num_blocks": 2, "num_convs": 1} for c in widths]).eval()
+    else:
+        model = UPLiFTModel.from_preset(preset).eval()
     p, c = model.config.patch_size, model.config.in_channels
     image = model.normalize_image(torch.rand(1, 3, p * tokens, p * tokens))
     features = torch.randn(1, c, tokens, tokens)

@@ -137,8 +137,56 @@ class ConvBlock(nn.Module):
         for i in range(0, len(self.conv) - 1, 3):  # (3x3 conv, norm, ReLU) triples, then the 1x1 conv
             conv, norm, relu = self.conv[i : i + 3]
             y = fast_paths.conv_norm_relu(y, conv, norm, relu, stride if i == 0 else 1)
+        return self._finish(y, x[..., ::stride, ::stride])
+
+    def _finish(self, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         # The 1x1 conv's output is this block's own tensor: the backend may add the residual into it in place.
-        return add_residual(self.conv[-1](y), x[..., ::stride, ::stride], inplace=fast_paths.active(y, self))
+        return add_residual(self.conv[-1](y), residual, inplace=fast_paths.active(y, self))
+
+    def can_pack(self, x: torch.Tensor, stride: int) -> bool:
+        """Whether :meth:`forward_packed` can serve a strided next block here: a single-conv block in eval mode
+        with its weights on ``x``'s device, and a map of at least two whole cells of ``stride`` >= 4 pixels (at 2
+        or 3 the next block reads every pixel)."""
+        h, w = x.shape[-2:]
+        return (stride >= 4 and self.num_convs == 1 and not self.training and h % stride == 0 and w % stride == 0
+                and h >= 2 * stride and w >= 2 * stride and fast_paths.resident(x, self.conv[0]))
+
+    def forward_packed(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        """This block's output only at the pixels that a next block strided by s reads: rows and columns
+        ``s*i - 1, s*i, s*i + 1``, packed three per cell ([B, C_out, 3H/s, 3W/s]; packed row ``3*i + j`` is row
+        ``s*i - 1 + j``, and the packed row and column of index -1 are zeros, the next conv's padding).
+
+        Same values as ``forward(x)`` at those pixels, up to float rounding, at 9/s^2 of its cost: the 3x3 conv
+        runs as nine convs strided by s, one for each pixel of the cell (see :meth:`can_pack`), and everything
+        after it is per pixel. :meth:`forward_from_packed` of the next block reads the result.
+        """
+        x = fast_paths.inference_layout(x, self)
+        conv, norm, relu = self.conv[:3]
+        b, _, h, w = x.shape
+        cells = (h // stride, w // stride)
+        y = x.new_zeros(b, conv.out_channels, 3 * cells[0], 3 * cells[1]).contiguous(memory_format=_layout(x))
+        grid = y.view(b, conv.out_channels, cells[0], 3, cells[1], 3)
+        # Per axis and offset d of -1, 0, 1: where the strided conv's input starts, its padding, and which cells
+        # its output fills (offset -1 of the first cell lies outside the image).
+        axis = ((stride - 2, 0, slice(1, None)), (0, 1, slice(None)), (0, 0, slice(None)))
+        for j, (top, pad_rows, rows) in enumerate(axis):
+            for k, (left, pad_cols, cols) in enumerate(axis):
+                grid[:, :, rows, j, cols, k] = fast_paths.conv2d(conv, x[:, :, top:, left:], stride,
+                                                                 (pad_rows, pad_cols))
+        y = self._finish(relu(norm(y)), _pack_around(x, stride))
+        y[:, :, 0].zero_()
+        y[:, :, :, 0].zero_()
+        return y
+
+    def forward_from_packed(self, packed: torch.Tensor) -> torch.Tensor:
+        """``forward(x, stride=s)`` from the previous block's :meth:`forward_packed` map (the same s): the 3x3 conv
+        of every output pixel reads exactly one packed 3 x 3 cell, so it runs strided by 3 without padding."""
+        if self.num_convs != 1 or self.training:
+            raise ValueError("a block reading a packed map needs num_convs=1 and eval mode")
+        packed = fast_paths.inference_layout(packed, self)
+        conv, norm, relu = self.conv[:3]
+        y = fast_paths.conv_norm_relu(packed, conv, norm, relu, 3, padding=(0, 0))
+        return self._finish(y, packed[..., 1::3, 1::3])
 
 
 class BlockGroup(nn.Module):
@@ -164,6 +212,11 @@ class BlockGroup(nn.Module):
     def forward(self, x: torch.Tensor, last_stride: int = 1) -> torch.Tensor:
         """``last_stride`` s > 1: the last block computes only the output pixels ``[::s, ::s]`` (see
         :meth:`ConvBlock.forward`); the group's output is then [B, C_out, H/s, W/s]."""
+        if len(self.blocks) >= 2 and self.blocks[-2].can_pack(x, last_stride):
+            # The block before the strided one computes only the pixels that one reads (9 / s^2 of them).
+            for block in self.blocks[:-2]:
+                x = block(x)
+            return self.blocks[-1].forward_from_packed(self.blocks[-2].forward_packed(x, last_stride))
         for i, block in enumerate(self.blocks):
             x = block(x, last_stride) if i == len(self.blocks) - 1 and last_stride != 1 else block(x)
         return x
@@ -189,6 +242,26 @@ class UpStep(nn.Module):
         # [B, C, h, w] -> [B, C, 2h, 2w]
         skip = F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear", align_corners=True)
         return add_residual(self.up(x), skip, inplace=channels_last_inference(x, self))  # up(x) is ours to add into
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+
+
+def _pack_around(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The pixels of x at rows and columns ``s*i - 1, s*i, s*i + 1``, packed three per cell as
+    :meth:`ConvBlock.forward_packed` packs them (zeros for index -1)."""
+    b, c, h, w = x.shape
+    n, m = h // stride, w // stride
+    out = x.new_zeros(b, c, 3 * n, 3 * m).contiguous(memory_format=_layout(x))
+    grid = out.view(b, c, n, 3, m, 3)
+    inner_rows = x[:, :, stride - 1 :].unfold(2, 3, stride)  # [B, C, n-1, W, 3]: rows s*i-1.. for i >= 1
+    grid[:, :, 1:, :, 1:, :] = inner_rows[:, :, :, stride - 1 :].unfold(3, 3, stride).permute(0, 1, 2, 4, 3, 5)
+    grid[:, :, 0, 1:, 1:, :] = x[:, :, :2, stride - 1 :].unfold(3, 3, stride)  # rows 0, 1 of the first cell row
+    grid[:, :, 1:, :, 0, 1:] = inner_rows[:, :, :, :2].permute(0, 1, 2, 4, 3)  # columns 0, 1 of the first cells
+    grid[:, :, 0, 1:, 0, 1:] = x[:, :, :2, :2]
+    return out
 
 
 def nearest_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

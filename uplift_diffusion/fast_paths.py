@@ -254,7 +254,8 @@ def _pointwise_eligible(conv: nn.Conv2d, caps: Capabilities) -> bool:
             and conv.padding_mode == "zeros")
 
 
-def conv2d(conv: nn.Conv2d, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+def conv2d(conv: nn.Conv2d, x: torch.Tensor, stride: int = 1, padding: Sequence[int] | None = None
+           ) -> torch.Tensor:
     """``conv(x)``, or ``conv(x)[..., ::stride, ::stride]`` computed strided (zero padding) for ``stride > 1``.
 
     A 1x1 conv of a channels-last inference map runs on oneDNN (``torch.mkldnn_convolution``) when the probe
@@ -264,6 +265,8 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         conv (`nn.Conv2d`): the convolution.
         x (`torch.Tensor`): its [B, C, H, W] input.
         stride (`int`, defaults to 1): compute only every ``stride``-th output pixel (zero-padded convs).
+        padding (`(int, int)`, *optional*): with ``stride > 1``, the zero padding (rows, columns) instead of the
+            conv's own; the caller then needs the weights resident (:func:`resident`).
     """
     if _emulated_bf16(x, conv):
         # ATen's own bf16 convolution without oneDNN's bf16 is a naive loop (dinov2-s14 at 4x4 tokens under the AVX2
@@ -274,11 +277,13 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         if conv.padding_mode != "zeros":
             return conv._conv_forward(x.float(), weight, bias).to(x.dtype)[..., ::stride, ::stride]
         conv_stride = (stride, stride) if stride != 1 else conv.stride
-        return F.conv2d(x.float(), weight, bias, conv_stride, conv.padding, conv.dilation, conv.groups).to(x.dtype)
+        conv_padding = conv.padding if padding is None or stride == 1 else tuple(padding)
+        return F.conv2d(x.float(), weight, bias, conv_stride, conv_padding, conv.dilation, conv.groups).to(x.dtype)
     if stride != 1:
-        if not resident(x, conv):  # offloaded weights arrive only through the module's call: full conv, subsampled
+        if padding is None and not resident(x, conv):  # offloaded weights arrive only through the module's call
             return conv(x)[..., ::stride, ::stride]
-        return F.conv2d(x, conv.weight, conv.bias, stride, conv.padding, conv.dilation, conv.groups)
+        conv_padding = conv.padding if padding is None else tuple(padding)
+        return F.conv2d(x, conv.weight, conv.bias, stride, conv_padding, conv.dilation, conv.groups)
     if (
         x.dtype == conv.weight.dtype
         and x.is_contiguous(memory_format=torch.channels_last)
@@ -290,8 +295,8 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
     return conv._conv_forward(x, conv.weight, conv.bias)
 
 
-def conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, relu: nn.Module, stride: int = 1
-                   ) -> torch.Tensor:
+def conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, relu: nn.Module, stride: int = 1,
+                   padding: Sequence[int] | None = None) -> torch.Tensor:
     """``relu(norm(conv(x)))`` (the conv strided by ``stride``), as one oneDNN kernel when it can be.
 
     Fused when ``x`` is on the inference path, the norm is an eval-mode BatchNorm (folded into the conv's weight)
@@ -303,6 +308,8 @@ def conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, relu: nn.M
         norm (`nn.Module`): its norm (``nn.BatchNorm2d`` or the channel LayerNorm).
         relu (`nn.Module`): the activation.
         stride (`int`, defaults to 1): compute only every ``stride``-th output pixel.
+        padding (`(int, int)`, *optional*): with ``stride > 1``, the zero padding instead of the conv's own (see
+            :func:`conv2d`).
     """
     if (
         not norm.training
@@ -314,10 +321,11 @@ def conv_norm_relu(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module, relu: nn.M
     ):
         weight, bias = _folded_conv_bn(conv, norm, x.dtype)
         strides = [stride, stride] if stride != 1 else list(conv.stride)
+        paddings = list(conv.padding) if padding is None or stride == 1 else list(padding)
         return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, list(conv.padding), strides, list(conv.dilation), conv.groups, "relu", [], ""
+            x, weight, bias, paddings, strides, list(conv.dilation), conv.groups, "relu", [], ""
         )
-    return relu(norm(conv(x) if stride == 1 else conv2d(conv, x, stride)))
+    return relu(norm(conv(x) if stride == 1 else conv2d(conv, x, stride, padding)))
 
 
 def resident(x: torch.Tensor, *modules: nn.Module) -> bool:
