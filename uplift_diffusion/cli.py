@@ -6,7 +6,8 @@ missing input, an output that would be replaced, stale results, no network) and 
 path are printed as one line with exit code 2; anything else is a bug and shows its traceback. ``--debug`` shows the
 traceback of every error. An argument error is one line too (the option, the problem, the command's ``--help``).
 Warnings (e.g. an image converted to RGB) are printed as one ``note:`` / ``warning:`` line. A closed standard output
-(``uplift-diffusion upscale folder | head -1``) stops the printing, not the work. Ctrl+C and SIGTERM end in one ``interrupted`` line (exit code 128 + the signal's number), in a launched run too.
+(``uplift-diffusion upscale folder | head -1``) stops the printing, not the work. Ctrl+C and SIGTERM end
+in one ``interrupted`` line (exit code 128 + the signal's number), in a launched run too.
 Command modules import torch only inside ``run``, so ``--help`` and argument errors answer at once.
 """
 
