@@ -58,11 +58,10 @@ def _config(tmp_path, shared_dir, **changes) -> dict:
 def test_the_estimate_is_between_the_measured_peak_and_twice_it(tmp_path, shared_dir, changes):
     config = _config(tmp_path, shared_dir, **changes)
     proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(config)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     line = [x for x in proc.stdout.splitlines() if x.startswith("MEASURED")]
     assert line, proc.stderr[-2000:]
     measured = json.loads(line[0].split(" ", 1)[1])
-    print(changes, measured)
     assert measured["peak"] <= measured["estimate"] <= 2 * measured["peak"], measured
 
 
