@@ -155,6 +155,7 @@ def test_an_offline_hub_model_is_a_short_complete_message(tmp_path, capsys, monk
     (["probe", "--dataset", "voc", "--root", "DIR", "-o", "OUT", "--epochs", "0"], "--epochs must be >= 1"),
     (["probe", "--dataset", "voc", "--root", "DIR", "-o", "OUT", "--backbone", "nope"], "unknown feature backbone"),
     (["probe", "--dataset", "folder", "--root", "DIR", "-o", "OUT"], "needs --num-classes"),
+    (["eval", "sr", "--images", "DIR", "--output", "OUT", "--pair", "taef2"], "no images"),
 ])
 def test_cheap_arguments_are_checked_before_torch_is_imported(tmp_path, argv, message):
     """Bad numbers, choices and missing files answer in well under a second: before torch / diffusers load (11-30 s
@@ -232,6 +233,7 @@ def test_the_registry_names_each_thing_once():
     ["eval", "sr", "--images", "i", "--output", "o", "--scale", "0.5"],
     ["upscale", "a.png", "-o", "out", "--scale", "nan"],
     ["upscale", "a.png", "-o", "out", "--size", "1920by1080"],
+    ["generate", "a cat", "-o", "x.png", "--refine", "0.3", "--refine-steps", "10000000000000000000000"],
 ])
 def test_numbers_at_the_edges_of_their_types_are_refused_by_the_parser(argv, capsys):
     """Before any work, naming the flag and its range (not an overflow in torch or a MemoryError)."""
@@ -240,3 +242,23 @@ def test_numbers_at_the_edges_of_their_types_are_refused_by_the_parser(argv, cap
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {argv[-2]}" in err and ("must be" in err or "expected" in err) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["upscale", "a.png"], ["-o/--output", "required"]),
+    (["upscale", "a.png", "-o", "out", "--pair", "sd16"], ["--pair", "invalid choice"]),
+    (["upscale", "a.png", "-o", "out", "--scale", "-inf"], ["--scale", "--scale=-1"]),
+    (["eval", "sr", "--images", "i", "--output", "o", "--size", "x"], ["--size", "expected an integer"]),
+    (["serve", "--port", "nan"], ["--port", "invalid int value"]),
+    (["upscale", "a.png", "-o", "out", "--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
+    (["bogus"], ["invalid choice: 'bogus'"]),
+])
+def test_argument_errors_are_one_line_naming_the_option(argv, names, capsys):
+    """No usage block above the cause: one line with the option, and where the options are listed."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "usage:" not in err, err
+    prog = " ".join(["uplift-diffusion", *(a for a in argv[:2] if a in ("upscale", "eval", "sr", "serve"))])
+    assert err.startswith(f"{prog}: error: ") and f"{prog} --help" in err, err
+    assert all(name in err for name in names), err

@@ -4,9 +4,10 @@ exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; this file 
 Error policy: a :class:`~uplift_diffusion.utils.errors.UserError` (something the user can fix: a bad argument, a
 missing input, an output that would be replaced, stale results, no network) and the file-system errors that name a
 path are printed as one line with exit code 2; anything else is a bug and shows its traceback. ``--debug`` shows the
-traceback of every error. Warnings (e.g. an image converted to RGB) are printed as one ``note:`` / ``warning:`` line.
-A closed standard output (``uplift-diffusion upscale folder | head -1``) stops the printing, not the work. Ctrl+C
-and SIGTERM end in one ``interrupted`` line (exit code 128 + the signal's number), in a launched run too.
+traceback of every error. An argument error is one line too (the option, the problem, the command's ``--help``).
+Warnings (e.g. an image converted to RGB) are printed as one ``note:`` / ``warning:`` line. A closed standard output
+(``uplift-diffusion upscale folder | head -1``) stops the printing, not the work. Ctrl+C and SIGTERM end
+in one ``interrupted`` line (exit code 128 + the signal's number), in a launched run too.
 Command modules import torch only inside ``run``, so ``--help`` and argument errors answer at once.
 """
 
@@ -63,8 +64,19 @@ def _available_commands():
                 yield name, err
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming the option and where the options are listed, not a usage block that
+    buries the cause; sub-commands' parsers are of this class too (argparse makes them of the parent's)."""
+
+    def error(self, message: str):
+        if message.endswith("expected one argument"):  # a value that starts with '-' (-1, -inf) reads as a flag
+            flag = message.split(":")[0].removeprefix("argument ").split("/")[-1]
+            message += f" (a value that starts with '-' is written {flag}=-1)"
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uplift-diffusion", description="UPLiFT latent and feature upsampling.")
+    parser = ArgumentParser(prog="uplift-diffusion", description="UPLiFT latent and feature upsampling.")
     _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in _available_commands():
@@ -75,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         _add_debug(p, argparse.SUPPRESS)  # also accepted after the command name
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
@@ -136,7 +148,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     with warnings.catch_warnings(record=True) as parse_warnings:  # (an old flag's spelling) shown below, as the run's
         warnings.simplefilter("always")
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the command's parser, which names the command and its --help
+            getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "_missing", None) is not None:
         print(f"uplift-diffusion {args.command}: error: missing package {args._missing.name!r}; "
               f"install it (e.g. pip install 'uplift-diffusion[all]')", file=sys.stderr)

@@ -208,6 +208,18 @@ def _run_text2img(args, device, dtype) -> dict | None:
                                  batch_size=args.batch_size or 1, **common)
 
 
+def _require_images(folder: str) -> None:
+    """A folder without an image is refused from its listing, before torch and the models load; its other notes
+    (files left out) are the run's to print, once."""
+    import warnings
+
+    from uplift_diffusion.utils.images import expand_inputs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expand_inputs([folder])
+
+
 def check_arguments(args) -> None:
     """Numbers, choices and input paths, before torch loads (see uplift_diffusion.commands.checks)."""
     from uplift_diffusion.commands import checks
@@ -236,6 +248,7 @@ def check_arguments(args) -> None:
         for flag, spec in (("--vae", args.vae), ("--upsampler", args.upsampler)):
             if spec:
                 check_model_source(spec, flag)
+        _require_images(args.images)
         return
     if args.benchmark == "coco":
         checks.existing("--annotations", args.annotations, "file")

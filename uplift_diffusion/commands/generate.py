@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refine", type=float, default=0.0, metavar="STRENGTH",
                         help="a refine pass at the output size: noise the upscaled latents to this strength "
                              "in [0, 1] and denoise again with the same prompt (0, the default: off; try 0.3)")
-    parser.add_argument("--refine-steps", type=int, default=None, metavar="N",
+    parser.add_argument("--refine-steps", type=int_in(None, 10000), default=None, metavar="N",
                         help="the refine pass's number of steps (it runs about N x STRENGTH; default: --steps)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arguments(parser)

@@ -49,6 +49,7 @@ from .config import TrainConfig
 from .data import ViewDataset, collate_views, epoch_batches
 from .init import grow_refiner, identity_refiner_init
 from .losses import PixelObjective, UPLiFTTrainingObjective, loss_term_names
+from .memory import device_memory_available, step_memory_advice
 from .run import (
     CONFIG_RECORD,
     RUN_RECORD,
@@ -452,6 +453,17 @@ class Trainer:
             return
         nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # in place: the model's root is not a norm layer
 
+    def check_memory(self) -> None:
+        """Refuse, in one line naming the value to lower, a step that the memory left cannot hold (estimated from the
+        crop size, the batch, the model's widths and the depths): without this the kernel kills the run silently.
+        The processes of a CPU run share the machine's memory; each accelerator has its own."""
+        acc = self.accelerator
+        processes = acc.num_processes if acc.device.type == "cpu" else 1
+        advice = step_memory_advice(self.config, self.unwrapped, self.backbone, self.local_batch, processes,
+                                    device_memory_available(acc.device))
+        if advice is not None:
+            raise InputError(advice)
+
     def train(self, resume: bool = False, callback: StepCallback | None = None) -> Path:
         """Run (or continue, with ``resume=True``) training; returns the folder of the exported model.
 
@@ -461,6 +473,7 @@ class Trainer:
                 that process's share of the batch).
         """
         cfg, acc = self.config, self.accelerator
+        self.check_memory()
         keep = [cfg.data.cache_dir]
         # Every process checks (the same refusal everywhere, nobody left waiting); then the main one deletes.
         prepare_run_folder(self.output_dir, resume, self.overwrite, keep=keep, delete=False)
