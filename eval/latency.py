@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from uplift_diffusion.utils.device import synchronize
 from uplift_diffusion.utils.dtypes import dtype_name
 from uplift_diffusion.utils.errors import InputError
 
@@ -23,13 +24,6 @@ def compile_modules(modules: Iterable[nn.Module | None]) -> None:
     for module in modules:
         if module is not None:
             module.compile()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def measure_latency(
@@ -63,10 +57,10 @@ def measure_latency(
         fn()
     times = []
     for _ in range(iterations):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _synchronize(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     mean = statistics.fmean(times)
     return {

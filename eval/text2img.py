@@ -30,12 +30,14 @@ from uplift_diffusion.eval.common import (
 )
 from uplift_diffusion.eval.latency import compile_modules, measure_latency
 from uplift_diffusion.eval.metrics import FID, CLIPScorer, PatchFID
+from uplift_diffusion.pipelines.common import STAGES, record_stage_times
 
 from uplift_diffusion.utils.errors import InputError, StaleResultsError, UnavailableError
 from uplift_diffusion.utils.fingerprint import module_identity
 from uplift_diffusion.utils.images import load_image
 
 PAIRS_FILE = "pairs.json"
+STAGE_HEADERS = {"base s": "base", "UPLiFT s": "uplift", "refine s": "refine", "decode s": "decode"}
 
 
 @dataclass
@@ -72,29 +74,52 @@ def _pipeline_modules(pipe) -> list[nn.Module]:
     return [m for m in pipe.components.values() if isinstance(m, nn.Module)]
 
 
+def refine_arguments(upscale: int, refine_strength: float, refine_steps: int | None) -> dict:
+    """The pipeline arguments of a refine pass (none for ``refine_strength=0``: the row is UPLiFT alone, with the
+    same key, fingerprint and images); a refine pass needs UPLiFT (``upscale > 1``)."""
+    if not refine_strength:
+        return {}
+    if upscale < 2:
+        raise InputError(f"a refine pass refines UPLiFT's output: it needs upscale > 1, got upscale={upscale}")
+    return dict(refine_strength=refine_strength, **({"refine_steps": refine_steps} if refine_steps else {}))
+
+
+def _refine_label(refine: dict) -> tuple[str, str]:
+    """(row key suffix, method) of a refine pass: ``("-refine0.3-20steps", "UPLiFT + refine 0.3 (20 steps)")``."""
+    if not refine:
+        return "", "UPLiFT"
+    steps = refine.get("refine_steps")
+    return (f"-refine{refine['refine_strength']:g}" + (f"-{steps}steps" if steps else ""),
+            f"UPLiFT + refine {refine['refine_strength']:g}" + (f" ({steps} steps)" if steps else ""))
+
+
 def uplift_row(pipe, steps: int, upscale: int, guidance_scale: float = 7.5, model: str = "SD1.5",
-               identity: dict | None = None, pipeline_kwargs: dict | None = None) -> Row:
+               identity: dict | None = None, pipeline_kwargs: dict | None = None, refine_strength: float = 0.0,
+               refine_steps: int | None = None) -> Row:
     """A row of an :class:`~uplift_diffusion.pipelines.UPLiFTPipeline` (``upscale=1``: the plain SD 1.5 baseline).
     ``identity``: :func:`pipeline_identity` of ``pipe`` when already computed (hashing the weights takes seconds);
-    ``pipeline_kwargs``: more keyword arguments of every pipeline call (recorded in the fingerprint)."""
+    ``pipeline_kwargs``: more keyword arguments of every pipeline call (recorded in the fingerprint);
+    ``refine_strength`` / ``refine_steps``: UPLiFT + a refine pass (the pipeline's own arguments; 0 = UPLiFT alone)."""
     low = pipe.unet.config.sample_size * pipe.vae_scale_factor
     uplift = upscale > 1
+    refine = refine_arguments(upscale, refine_strength, refine_steps)
     identity = identity if identity is not None else pipeline_identity(pipe)
     components = {k: v for k, v in identity.items() if uplift or k != "upsampler"}
+    suffix, method = _refine_label(refine)
 
     def generate(prompts, gens):
         return pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance_scale, upscale=upscale,
-                    generator=gens, output_type="np", **(pipeline_kwargs or {})).images
+                    generator=gens, output_type="np", **refine, **(pipeline_kwargs or {})).images
 
     return Row(
-        key=f"sd15-{steps}" + ("-uplift" if uplift else ""), model=model, steps=steps,
-        method="UPLiFT" if uplift else "-",
+        key=f"sd15-{steps}" + ("-uplift" + suffix if uplift else ""), model=model, steps=steps,
+        method=method if uplift else "-",
         params_m=pipe.upsampler.num_parameters() / 1e6 if uplift else None,
         resolution=f"{low}->{low * upscale}" if uplift else str(low), generate=generate,
         modules=_pipeline_modules(pipe) if uplift else [m for n, m in pipe.components.items()
                                                           if isinstance(m, nn.Module) and n != "upsampler"],
         fingerprint=dict(pipeline=type(pipe).__name__, components=components, steps=steps,
-                         guidance_scale=guidance_scale, upscale=upscale, color_correction=True,
+                         guidance_scale=guidance_scale, upscale=upscale, color_correction=True, **refine,
                          **({"pipeline_kwargs": pipeline_kwargs} if pipeline_kwargs else {})),
     )
 
@@ -114,7 +139,8 @@ def low_resolution(pipe) -> int:
 
 
 def flux2_row(pipe, steps: int | None, upscale: int, guidance_scale: float | None = None, size: int | None = None,
-              model: str = "FLUX.2", identity: dict | None = None, pipeline_kwargs: dict | None = None) -> Row:
+              model: str = "FLUX.2", identity: dict | None = None, pipeline_kwargs: dict | None = None,
+              refine_strength: float = 0.0, refine_steps: int | None = None) -> Row:
     """A row of an UPLiFT FLUX.2 pipeline (:class:`~uplift_diffusion.pipelines.UPLiFTFlux2KleinPipeline` or
     ``UPLiFTFlux2Pipeline``): FLUX.2 at ``size``² and UPLiFT ``size`` -> ``upscale * size`` (``upscale=1``: the plain
     FLUX.2 baseline, decoded by its VAE).
@@ -129,6 +155,7 @@ def flux2_row(pipe, steps: int | None, upscale: int, guidance_scale: float | Non
         identity: :func:`pipeline_identity` of ``pipe`` when already computed (hashing the weights takes seconds).
         pipeline_kwargs: more keyword arguments of every pipeline call (e.g. ``max_sequence_length``; recorded in
             the fingerprint).
+        refine_strength / refine_steps: UPLiFT + a refine pass (the pipeline's own arguments; 0 = UPLiFT alone).
     """
     from uplift_diffusion.pipelines.flux2 import flux2_defaults
 
@@ -137,42 +164,50 @@ def flux2_row(pipe, steps: int | None, upscale: int, guidance_scale: float | Non
     guidance_scale = default_guidance if guidance_scale is None else guidance_scale
     low = size or low_resolution(pipe)
     uplift = upscale > 1
+    refine = refine_arguments(upscale, refine_strength, refine_steps)
     identity = identity if identity is not None else pipeline_identity(pipe)
     uplift_parts = ("upsampler", "guide_vae")  # the baseline does not depend on them
     components = {k: v for k, v in identity.items() if uplift or k not in uplift_parts}
+    suffix, method = _refine_label(refine)
 
     def generate(prompts, gens):
         return pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance_scale, height=low, width=low,
-                    upscale=upscale, generator=gens, output_type="np", **(pipeline_kwargs or {})).images
+                    upscale=upscale, generator=gens, output_type="np", **refine, **(pipeline_kwargs or {})).images
 
     return Row(
-        key=f"flux2-{steps}" + ("-uplift" if uplift else ""), model=model, steps=steps,
-        method="UPLiFT" if uplift else "-",
+        key=f"flux2-{steps}" + ("-uplift" + suffix if uplift else ""), model=model, steps=steps,
+        method=method if uplift else "-",
         params_m=pipe.upsampler_in_use().num_parameters() / 1e6 if uplift else None,
         resolution=f"{low}->{low * upscale}" if uplift else str(low), generate=generate,
         modules=[m for n, m in pipe.components.items() if isinstance(m, nn.Module) and (uplift or n not in
                                                                                         uplift_parts)],
         fingerprint=dict(pipeline=type(pipe).__name__, components=components, steps=steps,
                          guidance_scale=guidance_scale, upscale=upscale, height=low, width=low, color_correction=True,
-                         pipeline_kwargs=pipeline_kwargs or {}),
+                         **refine, pipeline_kwargs=pipeline_kwargs or {}),
     )
 
 
 def default_rows(pipe, steps: Sequence[int | None], baseline: bool = True, guidance_scale: float | None = None,
-                 size: int | None = None, pipeline_kwargs: dict | None = None) -> list[Row]:
-    """For each step count: the model without upscaling (``baseline``) and with UPLiFT 2x. SD 1.5 (an
+                 size: int | None = None, pipeline_kwargs: dict | None = None, refine_strength: float = 0.0,
+                 refine_steps: int | None = None) -> list[Row]:
+    """For each step count: the model without upscaling (``baseline``), with UPLiFT 2x, and with UPLiFT 2x + a refine
+    pass when ``refine_strength`` > 0 (``refine_steps``: its schedule's length, default the step count). SD 1.5 (an
     :class:`~uplift_diffusion.pipelines.UPLiFTPipeline`): 512 -> 1024, guidance 7.5 unless given; FLUX.2 (an UPLiFT
     FLUX.2 pipeline, :func:`flux2_row`): ``size`` (default 1024) -> 2x, its checkpoint's steps / guidance for
     ``None``. ``pipeline_kwargs``: more keyword arguments of every pipeline call."""
     rows, identity = [], pipeline_identity(pipe)
+    configs = [(1, 0.0)] if baseline else []
+    configs += [(2, 0.0)] + ([(2, refine_strength)] if refine_strength else [])
     for s in steps:
-        for upscale in ((1, 2) if baseline else (2,)):
+        for upscale, strength in configs:
             if is_flux2(pipe):
                 rows.append(flux2_row(pipe, s, upscale, guidance_scale, size=size, identity=identity,
-                                      pipeline_kwargs=pipeline_kwargs))
+                                      pipeline_kwargs=pipeline_kwargs, refine_strength=strength,
+                                      refine_steps=refine_steps))
             else:
                 rows.append(uplift_row(pipe, s, upscale, 7.5 if guidance_scale is None else guidance_scale,
-                                       identity=identity, pipeline_kwargs=pipeline_kwargs))
+                                       identity=identity, pipeline_kwargs=pipeline_kwargs, refine_strength=strength,
+                                       refine_steps=refine_steps))
     return rows
 
 
@@ -282,7 +317,8 @@ def run_text2img_benchmark(
         rows: the configurations (:func:`default_rows`, :func:`pipeline_row`).
         output_dir: results folder (``images/<row>/<index>.png``, ``pairs.json``, ``results.json``, ``table.md``).
         headers: table columns, from ``"Model", "Steps", "Method", "Params (M)", "Resolution", "s/img ↓",
-            "CLIP ↑", "FID ↓", "p-FID ↓"``.
+            "CLIP ↑", "FID ↓", "p-FID ↓"``; the stage columns (:data:`STAGE_HEADERS`: seconds per image of each
+            stage in the latency runs) follow them.
         limit: only the first ``limit`` pairs.
         seed: image ``i`` is generated with ``torch.Generator().manual_seed(seed + i)``.
         batch_size: prompts per pipeline call while generating.
@@ -292,7 +328,10 @@ def run_text2img_benchmark(
         patch_size / num_crops: patch-FID crops (rows whose images are not ``real_size`` get no patch-FID).
         reference_stats: folder for the real FID statistics (default ``output_dir``).
         latency / latency_batch / latency_warmup / latency_iterations / compile: the latency protocol per row (on the
-            main process only, after the others finished generating: its device is not shared while it is timed).
+            main process only, after the others finished generating: its device is not shared while it is timed),
+            split into the pipeline's stages (``latency.stage_seconds_per_image``: base generation, UPLiFT, refine,
+            decode; see :func:`~uplift_diffusion.pipelines.common.record_stage_times`). The stages of the images
+            generated in this run are summed in ``timings`` (``generate/<row>/<stage>``) with or without it.
         extra_config: more entries for the config in ``results.json``.
         overwrite: regenerate saved images made with other settings or pairs instead of refusing the folder.
     """
@@ -320,10 +359,17 @@ def run_text2img_benchmark(
 
     on_main_process(claim)
     state = PartialState()
+
+    def make(idx: list[int], row: Row) -> np.ndarray:
+        with record_stage_times() as seconds:
+            images = row.generate([captions[i] for i in idx], generators(seed, idx))
+        for stage, value in seconds.items():
+            timings.add(f"generate/{row.key}/{stage}", value)
+        return images
+
     for row in rows:
-        folder.generate_missing(row.key, names, batch_size,
-                                lambda idx, row=row: row.generate([captions[i] for i in idx], generators(seed, idx)),
-                                timings, desc=f"{benchmark} {row.key}")
+        folder.generate_missing(row.key, names, batch_size, lambda idx, row=row: make(idx, row), timings,
+                                desc=f"{benchmark} {row.key}")
     state.wait_for_everyone()
 
     # 2. Real statistics (once per data set, reusable) and per-row metrics from the saved images. Under `accelerate
@@ -380,27 +426,41 @@ def run_text2img_benchmark(
     if not state.is_main_process:
         return None
 
-    # 3. Latency per row (appendix B.2: optional torch.compile, 3 warm-up + 10 timed batches)
+    # 3. Latency per row (appendix B.2: optional torch.compile, 3 warm-up + 10 timed batches), split into stages
     if latency:
         prompts = [captions[i % len(captions)] for i in range(latency_batch)]
         for row in rows:
             if compile:
                 compile_modules(row.modules)
             param = next((p for m in row.modules for p in m.parameters()), torch.empty(0))
-            metrics[row.key]["latency"] = measure_latency(
-                lambda row=row: row.generate(prompts, generators(seed, range(latency_batch))), device=param.device,
-                dtype=param.dtype, batch_size=latency_batch, warmup=latency_warmup, iterations=latency_iterations,
-                compiled=compile)
+            calls: list[dict[str, float]] = []
+
+            def timed_call(row=row, calls=calls):
+                with record_stage_times() as seconds:
+                    row.generate(prompts, generators(seed, range(latency_batch)))
+                calls.append(seconds)
+
+            entry = measure_latency(timed_call, device=param.device, dtype=param.dtype, batch_size=latency_batch,
+                                    warmup=latency_warmup, iterations=latency_iterations, compiled=compile)
+            timed = calls[-latency_iterations:]
+            entry["stage_seconds_per_image"] = {
+                stage: sum(c.get(stage, 0.0) for c in timed) / len(timed) / latency_batch
+                for stage in STAGES if any(stage in c for c in timed)}
+            metrics[row.key]["latency"] = entry
 
     # 4. Table in the paper's layout, grid, results.json
     columns = {"Model": "model", "Steps": "steps", "Method": "method", "Params (M)": "params_m",
                "Resolution": "resolution", "CLIP ↑": "clip_score", "FID ↓": "fid", "p-FID ↓": "patch_fid"}
     table_rows = []
     for row in rows:
-        m = metrics[row.key]
+        m, stages = metrics[row.key], metrics[row.key].get("latency", {}).get("stage_seconds_per_image", {})
         table_rows.append([m.get("latency", {}).get("seconds_per_image") if h.startswith("s/img")
-                           else m.get(columns[h]) for h in headers])
-    table = f"{benchmark}: {len(pairs)} captions\n\n" + markdown_table(headers, table_rows)
+                           else m.get(columns[h]) for h in headers]
+                          + [stages.get(stage) for stage in STAGE_HEADERS.values()])
+    table = (f"{benchmark}: {len(pairs)} captions\n\n" + markdown_table([*headers, *STAGE_HEADERS], table_rows)
+             + "\ns/img and the stage columns: seconds per image of the latency runs (--latency); base = "
+               "denoising at the low resolution, UPLiFT = the guide's decode + the UPLiFT steps, refine = the "
+               "refine pass, decode = the output's decode + colour correction\n")
     grid = [[real_image(pairs[i][1], 256)] + [folder.load(r.key, names[i]) for r in rows]
             for i in range(min(4, len(pairs)))]
     save_grid(grid, folder.root / "samples.png")

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ from uplift_diffusion.backbones.vae import (
 )
 from uplift_diffusion.color import OFF, ColorCorrection
 from uplift_diffusion.model import UPLiFTModel
+from uplift_diffusion.utils.device import synchronize
 from uplift_diffusion.utils.errors import InputError
 
 logger = logging.get_logger(__name__)
@@ -57,6 +61,46 @@ def pipeline_output(return_dict: bool, images, low_res_images=None, nsfw_content
     output = UPLiFTPipelineOutput(images=images, low_res_images=low_res_images,
                                   nsfw_content_detected=nsfw_content_detected)
     return output if return_dict else (images, low_res_images, nsfw_content_detected)
+
+
+STAGES = ("base", "uplift", "refine", "decode")
+_STAGE_SECONDS: ContextVar[dict[str, float] | None] = ContextVar("uplift_stage_seconds", default=None)
+
+
+@contextmanager
+def record_stage_times() -> Iterator[dict[str, float]]:
+    """Seconds spent in each stage of the UPLiFT text-to-image calls made inside the block, summed per stage:
+    ``"base"`` (denoising at the low resolution, prompt encoding included), ``"uplift"`` (the low-resolution decode
+    that guides UPLiFT, and the UPLiFT steps), ``"refine"`` (the refine pass), ``"decode"`` (decoding the output and
+    its colour correction). A stage that did not run has no entry. Each stage waits for its device's queued work
+    before and after (only while recording: calls outside the block are not slowed down).
+
+    >>> with record_stage_times() as seconds:
+    ...     pipe(prompt, upscale=2, refine_strength=0.3)
+    >>> seconds  # {"base": ..., "uplift": ..., "refine": ..., "decode": ...}
+    """
+    seconds: dict[str, float] = {}
+    token = _STAGE_SECONDS.set(seconds)
+    try:
+        yield seconds
+    finally:
+        _STAGE_SECONDS.reset(token)
+
+
+@contextmanager
+def timed_stage(name: str, device: torch.device | str) -> Iterator[None]:
+    """Count the block's wall-clock seconds as stage ``name`` of :func:`record_stage_times` (when it records)."""
+    seconds = _STAGE_SECONDS.get()
+    if seconds is None:
+        yield
+        return
+    synchronize(device)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        synchronize(device)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 UPSCALE_FACTORS = (1, 2, 4, 8)
@@ -258,28 +302,30 @@ def upscale_latents(
     """
     check_upscale_arguments(upsampler, pipe.vae, upscale, output_type)
     raw = to_raw_latents(pipe.vae, latents)
-    if low_res is None:
-        low_res = decode_latents(pipe.vae, raw)  # [B, 3, p*h, p*w] in [0, 1]
-    else:
-        p = vae_scale_factor(pipe.vae)
-        expected = (raw.shape[0], 3, p * raw.shape[-2], p * raw.shape[-1])
-        if tuple(low_res.shape) != expected:
-            raise ValueError(f"low_res must have shape {expected} for latents of shape {tuple(raw.shape)}, got "
-                             f"{tuple(low_res.shape)}")
-        low_res = low_res.to(raw.device, torch.float32)
-    raw_high = raw
-    if upscale > 1:
-        guide = upsampler.normalize_image(low_res)
-        raw_high = uplift_steps(upsampler, raw, guide, UPLiFTModel.iterations_for_scale(upscale), generator,
-                                progress=getattr(pipe, "progress_bar", None))  # [B, C, s*h, s*w]
+    with timed_stage("uplift" if upscale > 1 else "decode", raw.device):  # without UPLiFT this decode is the output
+        if low_res is None:
+            low_res = decode_latents(pipe.vae, raw)  # [B, 3, p*h, p*w] in [0, 1]
+        else:
+            p = vae_scale_factor(pipe.vae)
+            expected = (raw.shape[0], 3, p * raw.shape[-2], p * raw.shape[-1])
+            if tuple(low_res.shape) != expected:
+                raise ValueError(f"low_res must have shape {expected} for latents of shape {tuple(raw.shape)}, got "
+                                 f"{tuple(low_res.shape)}")
+            low_res = low_res.to(raw.device, torch.float32)
+        raw_high = raw
+        if upscale > 1:
+            guide = upsampler.normalize_image(low_res)
+            raw_high = uplift_steps(upsampler, raw, guide, UPLiFTModel.iterations_for_scale(upscale), generator,
+                                    progress=getattr(pipe, "progress_bar", None))  # [B, C, s*h, s*w]
     if output_type == "latent":
         return UPLiFTPipelineOutput(images=from_raw_latents(pipe.vae, raw_high), low_res_images=latents)
 
-    image = decode_latents(pipe.vae, raw_high) if upscale > 1 else low_res  # [B, 3, s*p*h, s*p*w] in [0, 1]
-    if upscale > 1:
-        image = color_correction_for(upsampler, color_correction)(image, low_res)
-    return UPLiFTPipelineOutput(images=images_from_unit(image, output_type),
-                                low_res_images=images_from_unit(low_res, output_type))
+    with timed_stage("decode", raw.device):
+        image = decode_latents(pipe.vae, raw_high) if upscale > 1 else low_res  # [B, 3, s*p*h, s*p*w] in [0, 1]
+        if upscale > 1:
+            image = color_correction_for(upsampler, color_correction)(image, low_res)
+        return UPLiFTPipelineOutput(images=images_from_unit(image, output_type),
+                                    low_res_images=images_from_unit(low_res, output_type))
 
 
 def images_from_unit(image01: torch.Tensor, output_type: str):

@@ -43,6 +43,7 @@ from uplift_diffusion.pipelines.common import (
     color_correction_for,
     images_from_unit,
     pipeline_output,
+    timed_stage,
     upscale_latents,
 )
 
@@ -163,7 +164,8 @@ class _UPLiFTFlux2Mixin:
         self.check_upscale_inputs(upscale, output_type)
         self.check_raw_latents(latents)
         if low_res_images is None and upscale > 1 and self.guide_vae is not None:
-            low_res_images = decode_latents(self.guide_vae, latents)  # [B, 3, 8h, 8w] in [0, 1], the fast guide
+            with timed_stage("uplift", latents.device):
+                low_res_images = decode_latents(self.guide_vae, latents)  # [B, 3, 8h, 8w] in [0, 1], the fast guide
         if vae_tiling is None:
             vae_tiling = (latents.shape[-2] * latents.shape[-1] * (8 * upscale) ** 2 > TILED_DECODE_ABOVE
                           and hasattr(self.vae, "use_tiling"))
@@ -279,9 +281,10 @@ class _UPLiFTFlux2Mixin:
             attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             max_sequence_length=max_sequence_length)
-        latents = super().__call__(height=height, width=width, num_inference_steps=num_inference_steps,
-                                   sigmas=sigmas, latents=latents, **parent_kwargs).images
-        latents = self._raw_latents(latents)
+        with timed_stage("base", self._execution_device):
+            latents = super().__call__(height=height, width=width, num_inference_steps=num_inference_steps,
+                                       sigmas=sigmas, latents=latents, **parent_kwargs).images
+            latents = self._raw_latents(latents)
 
         # 3. UPLiFT: the low-res decode guides it, log2(upscale) steps, decode with the VAE, colour-correct; or, with
         #    a refine pass, the upscaled latents denoised again at the output size before decoding
@@ -291,8 +294,11 @@ class _UPLiFTFlux2Mixin:
             images, low_res = out.images, out.low_res_images
         else:
             high = self.upscale_flux2_latents(latents, upscale, generator, output_type="latent").images
-            high = self._refine(high, refine_strength, refine_steps or num_inference_steps, generator, parent_kwargs)
-            images, low_res = self._decode_refined(high, latents, output_type, color_correction, vae_tiling)
+            with timed_stage("refine", self._execution_device):
+                high = self._refine(high, refine_strength, refine_steps or num_inference_steps, generator,
+                                    parent_kwargs)
+            with timed_stage("decode", self._execution_device):
+                images, low_res = self._decode_refined(high, latents, output_type, color_correction, vae_tiling)
         self.maybe_free_model_hooks()
         return pipeline_output(return_dict, images, low_res if return_low_res else None)
 

@@ -20,6 +20,7 @@ from uplift_diffusion.pipelines.common import (
     check_upscale_arguments,
     color_correction_for,
     pipeline_output,
+    timed_stage,
     to_raw_latents,
     upscale_latents,
 )
@@ -184,16 +185,17 @@ class UPLiFTPipeline(StableDiffusionPipeline):
         check_refine_arguments(refine_strength, refine_steps)
 
         # 2. Denoise at the low resolution: latents [B, 4, height/8, width/8] (scaled, UNet space)
-        latents = super().__call__(
-            prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps, timesteps=timesteps,
-            sigmas=sigmas, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt, eta=eta, generator=generator, latents=latents,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds, output_type="latent",
-            return_dict=True, cross_attention_kwargs=cross_attention_kwargs, guidance_rescale=guidance_rescale,
-            clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        ).images
+        with timed_stage("base", self._execution_device):
+            latents = super().__call__(
+                prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps,
+                timesteps=timesteps, sigmas=sigmas, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+                num_images_per_prompt=num_images_per_prompt, eta=eta, generator=generator, latents=latents,
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+                output_type="latent", return_dict=True, cross_attention_kwargs=cross_attention_kwargs,
+                guidance_rescale=guidance_rescale, clip_skip=clip_skip, callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            ).images
 
         # 3. UPLiFT: decode the low-res latents once, log2(upscale) steps on the raw latents, decode, colour-correct;
         #    or, with a refine pass, the upscaled latents denoised again at the output size before decoding
@@ -207,21 +209,23 @@ class UPLiFTPipeline(StableDiffusionPipeline):
             high = upscale_latents(self, latents, self.upsampler, upscale, generator, output_type="latent").images
             refiner = StableDiffusionImg2ImgPipeline.from_pipe(self)
             refiner.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
-            high = refiner(
-                prompt=prompt, image=high, strength=refine_strength,
-                num_inference_steps=refine_steps or num_inference_steps, guidance_scale=guidance_scale,
-                negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt, eta=eta,
-                generator=generator, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-                ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
-                output_type="latent", cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip,
-                callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            ).images
+            with timed_stage("refine", self._execution_device):
+                high = refiner(
+                    prompt=prompt, image=high, strength=refine_strength,
+                    num_inference_steps=refine_steps or num_inference_steps, guidance_scale=guidance_scale,
+                    negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt, eta=eta,
+                    generator=generator, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                    ip_adapter_image=ip_adapter_image, ip_adapter_image_embeds=ip_adapter_image_embeds,
+                    output_type="latent", cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip,
+                    callback_on_step_end=callback_on_step_end,
+                    callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                ).images
             image, low_res = high, latents
             if output_type != "latent":
-                low_res = decode_latents(self.vae, to_raw_latents(self.vae, latents))  # [B, 3, 8h, 8w] in [0, 1]
-                image = decode_latents(self.vae, to_raw_latents(self.vae, high))
-                image = color_correction_for(self.upsampler, color_correction)(image, low_res)
+                with timed_stage("decode", self._execution_device):
+                    low_res = decode_latents(self.vae, to_raw_latents(self.vae, latents))  # [B, 3, 8h, 8w] in [0, 1]
+                    image = decode_latents(self.vae, to_raw_latents(self.vae, high))
+                    image = color_correction_for(self.upsampler, color_correction)(image, low_res)
 
         # 4. Safety checker (on the final images), postprocess
         if output_type != "latent":

@@ -9,16 +9,25 @@ from eval_helpers import SmallFeatures, tiny_clip
 from PIL import Image
 from tiny_sd import build_pipeline
 from uplift_diffusion.eval.coco import load_coco_pairs, run_coco_benchmark
+from uplift_diffusion.eval.common import generators
 from uplift_diffusion.eval.metrics import FID, CLIPScorer
 from uplift_diffusion.eval.relaion import load_relaion_pairs, run_relaion_benchmark
-from uplift_diffusion.eval.text2img import default_rows
+from uplift_diffusion.eval.text2img import default_rows, uplift_row
+
+from uplift_diffusion.cli import main
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    pipe = build_pipeline(tmp_path_factory.mktemp("tiny_sd"))  # 64x64 low res, 128x128 with UPLiFT
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_sd")
+    pipe = build_pipeline(folder)  # 64x64 low res, 128x128 with UPLiFT; saved to folder / "pipeline"
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return folder / "pipeline", pipe
+
+
+@pytest.fixture(scope="module")
+def pipe(saved):
+    return saved[1]
 
 
 @pytest.fixture
@@ -41,13 +50,18 @@ def _stable(results):
     return {k: v for k, v in results.items() if k != "timings"}
 
 
-def test_coco_end_to_end_and_resume(pipe, real_images, tmp_path):
-    annotations = tmp_path / "captions.json"
+def _coco_annotations(folder):
+    annotations = folder / "captions.json"
     annotations.write_text(json.dumps({
         "images": [{"id": i, "file_name": f"im{i}.png"} for i in range(4)] + [{"id": 9, "file_name": "gone.png"}],
         "annotations": [{"image_id": i, "caption": c} for i, c in [(0, "a cat"), (0, "cat"), (1, "a dog"),
                                                                     (2, "cat dog"), (3, "dog"), (9, "x")]],
     }))
+    return annotations
+
+
+def test_coco_end_to_end_and_resume(pipe, real_images, tmp_path):
+    annotations = _coco_annotations(tmp_path)
     pairs = load_coco_pairs(annotations, real_images, num_samples=3, seed=0)
     assert len(pairs) == 3 and all("gone" not in p for _, p in pairs)
 
@@ -97,3 +111,70 @@ def test_relaion_end_to_end_with_clip(pipe, real_images, tmp_path):
     with pytest.raises(ValueError, match="caption column"):
         (tmp_path / "bad.csv").write_text("image_path,words\nim0.png,x\n")
         load_relaion_pairs(tmp_path / "bad.csv")
+
+
+# ---------------------------------------------------------------- UPLiFT + refine rows, the time of each stage
+REFINE_KEY = "sd15-2-uplift-refine0.5-4steps"
+
+
+def test_refine_strength_zero_is_uplift_alone(pipe):
+    plain, zero = uplift_row(pipe, 2, 2), uplift_row(pipe, 2, 2, refine_strength=0.0, refine_steps=4)
+    assert (zero.key, zero.method, zero.fingerprint) == (plain.key, plain.method, plain.fingerprint)
+    assert np.array_equal(zero.generate(["a cat"], generators(0, [0])), plain.generate(["a cat"], generators(0, [0])))
+    refined = uplift_row(pipe, 2, 2, refine_strength=0.5, refine_steps=4)
+    assert refined.key == REFINE_KEY and refined.method == "UPLiFT + refine 0.5 (4 steps)"
+    assert refined.fingerprint == dict(plain.fingerprint, refine_strength=0.5, refine_steps=4)
+    with pytest.raises(ValueError, match="needs upscale > 1"):
+        uplift_row(pipe, 2, 1, refine_strength=0.3)
+
+
+def test_refine_rows_stage_times_and_resume(pipe, real_images, tmp_path):
+    annotations, out = _coco_annotations(tmp_path), tmp_path / "coco"
+    common = dict(num_samples=3, batch_size=2, fid_factory=None, real_size=128, patch_size=64)
+    first = run_coco_benchmark(annotations, real_images, default_rows(pipe, [2]), out, **common)
+    fingerprints = json.loads((out / "fingerprints.json").read_text())
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+
+    rows = default_rows(pipe, [2], refine_strength=0.5, refine_steps=4)
+    assert [r.key for r in rows] == ["sd15-2", "sd15-2-uplift", REFINE_KEY]
+    results = run_coco_benchmark(annotations, real_images, rows, out, latency=True, latency_batch=1,
+                                 latency_warmup=0, latency_iterations=1, **common)
+    # the rows of the first run resume: same fingerprints, their images kept, their metrics unchanged
+    assert {k: v for k, v in json.loads((out / "fingerprints.json").read_text()).items() if k in fingerprints} \
+        == fingerprints
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    for key, m in first["metrics"].items():
+        assert {k: v for k, v in results["metrics"][key].items() if k != "latency"} == m
+    refined = results["metrics"][REFINE_KEY]
+    assert refined["method"] == "UPLiFT + refine 0.5 (4 steps)" and refined["resolution"] == "64->128"
+    a, b = (np.array(Image.open(out / "images" / k / "00000.png")) for k in ("sd15-2-uplift", REFINE_KEY))
+    assert a.shape == b.shape == (128, 128, 3) and not np.array_equal(a, b)
+
+    stages = {k: m["latency"]["stage_seconds_per_image"] for k, m in results["metrics"].items()}
+    assert set(stages["sd15-2"]) == {"base", "decode"}
+    assert set(stages["sd15-2-uplift"]) == {"base", "uplift", "decode"}
+    assert set(stages[REFINE_KEY]) == {"base", "uplift", "refine", "decode"}
+    assert all(v > 0 for s in stages.values() for v in s.values())
+    assert results["timings"][f"generate/{REFINE_KEY}/refine"] > 0  # the generation's stages, this run's images
+    assert f"generate/{REFINE_KEY}/refine" not in first["timings"]
+    table = (out / "table.md").read_text()
+    assert "| s/img ↓ | FID ↓ | base s | UPLiFT s | refine s | decode s |" in table
+    assert "| SD1.5 | 2 | UPLiFT + refine 0.5 (4 steps) |" in table
+
+
+def test_eval_coco_refine_command(saved, real_images, tmp_path, capsys):
+    folder, _ = saved
+    args = ["eval", "coco", "--annotations", str(_coco_annotations(tmp_path)), "--images", str(real_images),
+            "--pipeline", str(folder), "--upsampler", str(folder / "upsampler"), "--steps", "2", "--num-samples",
+            "2", "--batch-size", "2", "--fid-backend", "none", "--device", "cpu", "--output", str(tmp_path / "out")]
+    assert main([*args, "--refine", "0.5", "--refine-steps", "4", "--no-baseline", "--latency", "--latency-warmup",
+                 "0", "--latency-iterations", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "| UPLiFT |" in printed and "| UPLiFT + refine 0.5 (4 steps) |" in printed and "refine s" in printed
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["metrics"][REFINE_KEY]["latency"]["stage_seconds_per_image"]) == {"base", "uplift", "refine",
+                                                                                          "decode"}
+    for extra, message in ((["--refine", "1.5"], "--refine must be a strength in [0, 1]"),
+                           (["--refine-steps", "3"], "--refine-steps needs --refine")):
+        assert main([*args, *extra]) == 2
+        assert message in capsys.readouterr().err

@@ -547,3 +547,8 @@ def test_eval_coco_family_flux2_command(tmp_path, monkeypatch):
     assert received["real_size"] == 2048 and received["patch_size"] == 1024
     assert received["extra_config"]["pipeline_source"] == str(folder)
     assert received["extra_config"]["upsampler_source"] == "built-in taef2"
+    assert main([*argv, "--refine", "0.3", "--refine-steps", "8", "--no-baseline"]) == 0  # + UPLiFT + refine
+    rows = received["rows"]
+    assert [(r.key, r.method) for r in rows] == [("flux2-4-uplift", "UPLiFT"),
+                                                 ("flux2-4-uplift-refine0.3-8steps", "UPLiFT + refine 0.3 (8 steps)")]
+    assert rows[1].fingerprint == dict(rows[0].fingerprint, refine_strength=0.3, refine_steps=8)

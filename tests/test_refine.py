@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 from tiny_flux2 import MAX_SEQUENCE_LENGTH, TEXT_OUT_LAYERS, build_klein_components
 from tiny_sd import build_pipeline
+from uplift_diffusion.pipelines.common import record_stage_times
 
 from uplift_diffusion.cli import main
 
@@ -60,6 +61,20 @@ def test_callbacks_fire_in_both_passes(saved):
     # About 4 steps x strength 0.5 (PNDM adds its warm-up step), at the output size, after the first pass.
     assert 2 <= len(second) <= 3 and set(shape for _, shape in second) == {(2 * SIZE // 8, 2 * SIZE // 8)}
     assert seen[:len(first)] == first
+
+
+def test_stage_times(saved):
+    _, pipe = saved
+    with record_stage_times() as refined:
+        refined_images = run(pipe, refine_strength=0.5, refine_steps=4).images
+    with record_stage_times() as plain:
+        run(pipe)
+    with record_stage_times() as base:
+        run(pipe, upscale=1)
+    assert set(refined) == {"base", "uplift", "refine", "decode"} and all(v > 0 for v in refined.values())
+    assert set(plain) == {"base", "uplift", "decode"} and all(v > 0 for v in plain.values())
+    assert set(base) == {"base", "decode"}  # without UPLiFT the low-res decode is the output
+    assert torch.equal(run(pipe, refine_strength=0.5, refine_steps=4).images, refined_images)  # timing changes nothing
 
 
 def test_bad_refine_arguments(saved):
@@ -117,6 +132,9 @@ def test_flux2_refine(klein):
     assert not torch.equal(refined, plain)
     tokens = (SIZE // 16) ** 2  # packed 2x2 latents at the low resolution
     assert seen == [(1, tokens, 128)] * STEPS + [(1, 4 * tokens, 128)] * 2  # 4 steps x 0.5 at the output size
+    with record_stage_times() as seconds:
+        run_klein(klein, refine_strength=0.5, refine_steps=4)
+    assert set(seconds) == {"base", "uplift", "refine", "decode"} and all(v > 0 for v in seconds.values())
     latents = run_klein(klein, refine_strength=0.5, refine_steps=4, output_type="latent", return_low_res=True)
     assert latents.images.shape == (1, 32, 2 * SIZE // 8, 2 * SIZE // 8)
     assert latents.low_res_images.shape == (1, 32, SIZE // 8, SIZE // 8)

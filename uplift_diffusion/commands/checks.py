@@ -63,6 +63,16 @@ def at_least(flag: str, value: int | float | None, minimum: int | float) -> None
         raise InputError(f"{flag} must be >= {minimum}, got {value}")
 
 
+def refine(args: argparse.Namespace) -> None:
+    """``--refine`` a strength in [0, 1] (0 = off), ``--refine-steps`` >= 1 and only with ``--refine``."""
+    if not 0 <= args.refine <= 1:
+        raise InputError(f"--refine must be a strength in [0, 1] (0 = off), got {args.refine}")
+    if args.refine_steps is not None and args.refine_steps < 1:
+        raise InputError(f"--refine-steps must be >= 1, got {args.refine_steps}")
+    if args.refine_steps is not None and not args.refine:
+        raise InputError("--refine-steps needs --refine STRENGTH")
+
+
 def positive(flag: str, value: int | float | None) -> None:
     """``value`` (when given) is > 0."""
     if value is not None and not value > 0:

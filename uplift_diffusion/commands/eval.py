@@ -12,6 +12,7 @@ from uplift_diffusion.commands.loading import (
     add_color_correction_arguments,
     add_device_arguments,
     add_pair_arguments,
+    add_refine_arguments,
     color_correction_argument,
     resolve_device_dtype,
 )
@@ -108,6 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--guidance-scale", type=float_in(0, 100), default=None,
                        help="guidance (default: sd15 7.5; flux2: the checkpoint's, none when distilled)")
         p.add_argument("--no-baseline", action="store_true", help="skip the model without upscaling")
+        add_refine_arguments(p, "also a row of UPLiFT + a refine pass at this strength in (0, 1] beside UPLiFT "
+                                "alone (the pipelines' refine_strength; 0, the default: no refine row; try 0.3)")
         p.add_argument("--extra-pipeline", action="append", default=[], metavar="ID[:STEPS]",
                        help="also evaluate any diffusers text-to-image pipeline at its native size (e.g. "
                             "stabilityai/stable-diffusion-xl-base-1.0:50); repeatable")
@@ -184,7 +187,8 @@ def _run_text2img(args, device, dtype) -> dict | None:
         pipeline_source, upsampler_source = args.pipeline or DEFAULT_SD_REPO, args.upsampler or DEFAULT_UPSAMPLER
         pipe = text2img.load_uplift_pipeline(pipeline_source, load_upsampler(upsampler_source, dtype), dtype).to(device)
     pipe.set_progress_bar_config(disable=not PartialState().is_local_main_process)  # one bar per node
-    rows = text2img.default_rows(pipe, steps, baseline=not args.no_baseline, guidance_scale=args.guidance_scale)
+    rows = text2img.default_rows(pipe, steps, baseline=not args.no_baseline, guidance_scale=args.guidance_scale,
+                                 refine_strength=args.refine, refine_steps=args.refine_steps)
     rows += [text2img.load_extra_pipeline(spec, dtype, device) for spec in args.extra_pipeline]
     real_size = 2 * text2img.low_resolution(pipe)  # the UPLiFT rows' 2x output (SD 1.5: 1024, FLUX.2: 2048)
     common = dict(
@@ -258,6 +262,7 @@ def check_arguments(args) -> None:
         checks.existing("--images-root", args.images_root, "folder")
         checks.at_least("--min-side", args.min_side, 1)
     checks.int_list("--steps", args.steps)
+    checks.refine(args)
     for flag, spec in (("--pipeline", args.pipeline), ("--upsampler", args.upsampler)):
         if spec:
             check_model_source(spec, flag)

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from uplift_diffusion.commands import checks
 from uplift_diffusion.commands.checks import SEED_RANGE, float_in, int_in
 from uplift_diffusion.commands.loading import (
     DEFAULT_FLUX2_REPO,
@@ -14,6 +15,7 @@ from uplift_diffusion.commands.loading import (
     DEFAULT_UPSAMPLER,
     add_color_correction_arguments,
     add_device_arguments,
+    add_refine_arguments,
     color_correction_argument,
 )
 
@@ -52,11 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int_in(*SEED_RANGE), default=0, help="random seed (default 0)")
     parser.add_argument("--save-low-res", action="store_true", help="also save <output>_lowres.<ext>")
     add_color_correction_arguments(parser)
-    parser.add_argument("--refine", type=float, default=0.0, metavar="STRENGTH",
-                        help="a refine pass at the output size: noise the upscaled latents to this strength "
-                             "in [0, 1] and denoise again with the same prompt (0, the default: off; try 0.3)")
-    parser.add_argument("--refine-steps", type=int_in(None, 10000), default=None, metavar="N",
-                        help="the refine pass's number of steps (it runs about N x STRENGTH; default: --steps)")
+    add_refine_arguments(parser, "a refine pass at the output size: noise the upscaled latents to this strength in "
+                                 "[0, 1] and denoise again with the same prompt (0, the default: off; try 0.3)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_device_arguments(parser)
 
@@ -129,12 +128,7 @@ def run(args: argparse.Namespace) -> int:
                              f"{'VAE factor x the 2x2 latent packing' if flux2 else 'VAE factor'}), got {value}")
     if flux2 and args.negative_prompt is not None:
         raise InputError("--negative-prompt is not supported by FLUX.2 pipelines (--family flux2)")
-    if not 0 <= args.refine <= 1:
-        raise InputError(f"--refine must be a strength in [0, 1] (0 = off), got {args.refine}")
-    if args.refine_steps is not None and args.refine_steps < 1:
-        raise InputError(f"--refine-steps must be >= 1, got {args.refine_steps}")
-    if args.refine_steps is not None and not args.refine:
-        raise InputError("--refine-steps needs --refine STRENGTH")
+    checks.refine(args)
     if args.fast_guide and not flux2:
         raise InputError("--fast-guide needs --family flux2 (it decodes FLUX.2 latents with taef2)")
     check_model_source(model, "--model")

@@ -97,6 +97,15 @@ def add_color_correction_arguments(parser: argparse.ArgumentParser) -> None:
                         new="--color-correction", default=argparse.SUPPRESS)
 
 
+def add_refine_arguments(parser: argparse.ArgumentParser, refine_help: str, steps_default: str = "--steps") -> None:
+    """``--refine STRENGTH`` and ``--refine-steps N``: a refine pass after UPLiFT (the pipelines' ``refine_strength``
+    / ``refine_steps``), checked by :func:`uplift_diffusion.commands.checks.refine`."""
+    parser.add_argument("--refine", type=float, default=0.0, metavar="STRENGTH", help=refine_help)
+    parser.add_argument("--refine-steps", type=int_in(None, 10000), default=None, metavar="N",
+                        help=f"the refine pass's number of steps (it runs about N x STRENGTH; default: "
+                             f"{steps_default})")
+
+
 def color_correction_argument(args: argparse.Namespace) -> bool | str:
     """``--color-correction`` as a pipeline's ``color_correction``: True (the upsampler's own), False (off) or a
     mode."""

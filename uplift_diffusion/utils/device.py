@@ -66,3 +66,15 @@ def warn_float16_on_cpu(device, dtype) -> None:
 
     warnings.warn("float16 on the CPU runs about 100x slower than float32 (PyTorch has no fast float16 CPU kernels); "
                   "use float32 on the CPU (or bfloat16), float16 on a GPU", UserWarning, stacklevel=3)
+
+
+def synchronize(device) -> None:
+    """Wait for the work queued on ``device`` (CUDA / MPS; nothing to wait for on the CPU), so that a wall-clock
+    reading after it counts that work."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
