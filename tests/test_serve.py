@@ -7,6 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -29,6 +30,8 @@ def upscaler(tmp_path):
     ((400, 400), 4, "auto", 256),  # 2.56 MP out: over the untiled limit, auto tiles
     ((400, 400), 4, "512", 512),
     ((100, 100), 8, "off", None),  # 8x of a small image is fine
+    ((600, 400), 1.5, "auto", None),  # 900x600 = 0.54 MP out
+    ((600, 600), 2.5, "auto", 256),  # 1500x1500 = 2.25 MP out: tiles
 ])
 def test_tile_size_follows_the_limits(upscaler, size, scale, tiles, expected):
     assert upscaler.tile_size_for(Image.new("RGB", size), scale, tiles, "a.png") == expected
@@ -38,6 +41,7 @@ def test_tile_size_follows_the_limits(upscaler, size, scale, tiles, expected):
     ((400, 400), 8, "auto", "would be 3200×3200 (10.2 MP), over this page's limit of 4.0 MP: choose 2× or 4×"),
     ((700, 700), 4, "512", "would be 2800×2800 (7.8 MP), over this page's limit of 4.0 MP: choose 2×"),
     ((400, 400), 4, "off", "too large to compute in one piece here (limit 1.0 MP): pick a tile size"),
+    ((700, 700), 2.9, "auto", "2.9× of a.png (700×700) would be 2030×2030 (4.1 MP), over this page's limit"),
 ])
 def test_too_large_results_are_refused_with_a_way_out(upscaler, size, scale, tiles, expected):
     with pytest.raises(app.PageError) as err:
@@ -221,10 +225,14 @@ def test_examples_come_from_scikit_image_and_the_page_builds_without_it(monkeypa
     app.build_demo(app.PageUpscaler(pipeline=None), app.FeatureStrips.load(None))
 
 
-def test_scale_is_an_integer_in_the_api():
+def test_scale_is_any_number_from_1_to_8_in_the_api():
     radio = app.scale_radio(app.SCALE_CHOICES, value=2)
-    assert radio.api_info()["type"] == "integer" and radio.get_block_name() == "radio"
-    assert radio.preprocess(4) == 4 and radio.preprocess("4") == 4
+    assert radio.api_info()["type"] == "number" and radio.get_block_name() == "radio"
+    assert radio.preprocess(4) == 4 and radio.preprocess("4") == 4 and radio.preprocess(4.0) == 4
+    assert radio.preprocess(1.5) == 1.5 and radio.preprocess("3") == 3 and radio.preprocess("other") == "other"
+    for wrong in (0.5, 9, float("nan"), "big", True, None):
+        with pytest.raises(gr.Error, match="scale must be a number from 1 to 8"):
+            radio.preprocess(wrong)
     assert not list(Path(app.__file__).parent.glob("*.pyi"))  # Gradio writes no stub beside the module
 
 

@@ -704,6 +704,33 @@ def test_preview_with_sizes_before_running_examples_as_pictures_and_plain_words_
     assert page.evaluate("() => document.documentElement.scrollWidth") <= page.viewport_size["width"]
 
 
+def test_any_factor_from_1_to_8_with_the_output_size_shown_before_running(sized_page, server, photos):
+    page, (process, _) = sized_page, server
+    assert not page.locator("#other-scale").is_visible()  # the three usual choices first
+    upload(page, photos["crop"])
+    page.wait_for_selector("#preview img")
+    page.click("#scale label:has-text('other')")
+    page.wait_for_selector("#other-scale input", state="visible")
+    page.wait_for_function("() => document.querySelector('#scale-note').innerText.startsWith('Any factor')")
+    field = page.locator("#other-scale input")
+    field.fill("9")  # too large: said at once, in one line
+    field.press("Tab")
+    page.wait_for_selector("#message h3:has-text('Check the factor')")
+    assert "scale must be a number from 1 to 8 (e.g. 1.5, 2, 3, 4), not 9" in page.inner_text("#message")
+    field.fill("1.5")
+    field.press("Tab")
+    page.wait_for_function(  # the output size before running, and the message gone
+        "() => document.querySelector('#preview .caption-label').innerText.includes('→ 240×180') && "
+        "!document.querySelector('#message')?.checkVisibility()")
+    assert page.locator("#preview .caption-label").inner_text() == "coffee_crop.png: 160×120 → 240×180"
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= page.viewport_size["width"]
+    click_upscale(page)
+    assert "160×120 → 240×180 (1.5×)" in wait_for_result(page)
+    assert slider_sizes(page) == [(240, 180)] * 2
+    assert "coffee_crop_x1.5.png" in page.inner_text("#download-result")
+    assert "Traceback" not in "".join(process.log)
+
+
 CONTRAST_JS = """() => {
     const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number);
     const lum = ([r, g, b]) => [r, g, b].map(v => { v /= 255; return v <= 0.03928 ? v / 12.92
