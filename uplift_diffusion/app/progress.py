@@ -173,6 +173,7 @@ class RequestProgress:
         # Where the counts put the bar (expected seconds into the request) and when: the pace and the start of the
         # bar's run ahead between counts.
         self.counted_position, self.counted_at = 0.0, self.start_time
+        self.last_tick = self.start_time
         # The measured pace per part: real seconds spent and expected seconds done, in this request (finished
         # photos; the current one is added from ``done``), and the seconds left as of the last count.
         self.real_by_part: dict[str | None, float] = defaultdict(float)
@@ -252,32 +253,31 @@ class RequestProgress:
         """The counts put the bar at ``position`` expected seconds."""
         with self._lock:
             self.counted_position = max(self.counted_position, position)
-            self.counted_at = self.clock()
+            self.counted_at = self.last_tick = self.clock()
             self.left_at_count = self._seconds_left()
         self._report(position / self.total, force=force)
 
     def tick(self) -> None:
-        """Between two counts: the bar goes on at the measured pace (real seconds per expected second so far) up to
-        the current plan's ``longest`` beyond the counts, then ever more slowly (it covers ``s / (s + T)`` of what
-        is left of the photo's share after ``s`` more seconds, ``T`` the photo's expected seconds left at that
-        pace), never past 99 % of the photo's share."""
+        """Between two counts: the bar goes on at the measured pace ``v`` (expected seconds per real second so far)
+        up to the current plan's ``longest`` beyond the counts; past that (a long op, or the bar ahead of the counts
+        after one) it still moves, ever more slowly: ``v * (gap / G)**2``, ``gap`` what is left of the photo's
+        share before the bar and ``G`` after the counts (at the counts: the pace; the gap closes as ``1 / t``, so
+        the bar never stands still and never fills the share before its photo is done)."""
         with self._lock:
             if self.finished:
                 return
             now, position = self.clock(), self.counted_position
+            step, self.last_tick = now - self.last_tick, now
             pace = max((self.counted_at - self.start_time) / position if position > 0 else 1.0, 1e-9)
             plan, cost = self.plans[self.index], self.costs[self.index]
-            start = sum(self.costs[:self.index])
-            end = start + 0.99 * cost
-            since = now - self.counted_at
-            ahead = min(since / pace, plan.longest)
-            over = since - plan.longest * pace  # seconds past the longest stretch measured
-            if over > 0:
-                reached = position + ahead
-                photo_left = max(end - reached, 0.0) * pace  # real seconds, at the pace so far
-                ahead += max(end - reached, 0.0) * over / (over + max(photo_left, 1e-9))
-        if position < end:
-            self._report(min(position + ahead, end) / self.total)
+            end = sum(self.costs[:self.index]) + 0.99 * cost
+            shown = self.fraction * self.total
+            ahead = position + min((now - self.counted_at) / pace, plan.longest)
+            gap, counted_gap = end - shown, end - position
+            creep = shown + step / pace * (gap / counted_gap) ** 2 if gap > 0 and counted_gap > 0 else shown
+            target = min(max(ahead, creep), end)
+        if target > shown:
+            self._report(target / self.total)
 
     @contextlib.contextmanager
     def ticking(self) -> Iterator[RequestProgress]:
