@@ -169,12 +169,13 @@ def test_one_progress_bar_over_a_batch_with_the_time_left():
     bar.work(10_000)  # an estimate that was short never fills the photo's share before it is done
     assert reports[-1][0] == pytest.approx(0.99 * 300 / 400)
     bar.finish_photo(0)
+    assert reports[-1] == (0.75, "a.png (1 of 2) · about 1 s left")  # the second photo's 100 at the pace: 1 s
     bar.start_photo(1)
     bar.work(0)  # the second photo starts where the first ended: one bar, no restart
     assert [f for f, _ in reports] == sorted(f for f, _ in reports) and reports[-1][0] == 0.75
     assert reports[-1][1].startswith("b.png (2 of 2)")
     bar.finish_photo(1)
-    assert reports[-1][0] == 1.0
+    assert reports[-1] == (1.0, "b.png (2 of 2) · saving · about 1 s left")  # the finished photo is not left
 
 
 def test_work_counter_counts_the_multiply_adds_of_convolutions_and_products():

@@ -179,12 +179,13 @@ class RequestProgress:
         self.real_by_part: dict[str | None, float] = defaultdict(float)
         self.expected_by_part: dict[str | None, float] = defaultdict(float)
         self.last_work_at = self.start_time
+        self.photo_done = False  # the current photo finished (its plan is no longer work left)
         self.left_at_count: float | None = None
         self._lock = threading.RLock()
 
     def start_photo(self, index: int) -> None:
         with self._lock:
-            self.index, self.part = index, None
+            self.index, self.part, self.photo_done = index, None, False
             self.done, self.counted = defaultdict(float), 0.0
             self.last_work_at = self.clock()
         self._count(sum(self.costs[:index]), force=True)
@@ -194,7 +195,7 @@ class RequestProgress:
         with self._lock:
             for part, done in self._expected_done().items():
                 self.expected_by_part[part] += done
-            self.done = defaultdict(float)
+            self.done, self.photo_done = defaultdict(float), True  # nothing of it is left, nor counted twice
             self.part = SAVING if index + 1 == len(self.names) else None
             self.finished = index + 1 == len(self.names)
         self._count(sum(self.costs[:index + 1]), force=True)
@@ -237,7 +238,7 @@ class RequestProgress:
         for part, done in current.items():
             expected[part] += done
         remaining: dict[str | None, float] = defaultdict(float)
-        for part, planned in self.plans[self.index].seconds.items():
+        for part, planned in ({} if self.photo_done else self.plans[self.index].seconds).items():
             remaining[part] += max(0.0, planned - current.get(part, 0.0))
         for plan in self.plans[self.index + 1:]:
             for part, planned in plan.seconds.items():
