@@ -53,7 +53,7 @@ def test_api_is_documented_typed_and_hides_the_pages_internal_events(served):
     endpoint = info["named_endpoints"]["/upscale"]
     params = {p["parameter_name"]: p for p in endpoint["parameters"]}
     assert list(params) == ["files", "scale", "color_correction", "tiles"]
-    assert params["scale"]["python_type"]["type"] == "int" and params["scale"]["parameter_default"] == 2
+    assert params["scale"]["python_type"]["type"] == "float" and params["scale"]["parameter_default"] == 2
     assert params["color_correction"]["python_type"]["type"] == "bool"
     assert [Path(f["path"]).suffix for f in params["files"]["example_input"]] == [".png"]  # a photo, not a PDF
     assert [r["label"] for r in endpoint["returns"]] == ["Download PNG", "Summary"]  # no value_17
@@ -76,6 +76,19 @@ def test_api_returns_the_pipelines_image_bit_for_bit(served, photo):
     assert np.array_equal(served_pixels, np.asarray(expected))
 
 
+def test_api_takes_any_factor_from_1_to_8_as_the_pipeline_does(served, photo):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+    files, summary = client.predict([handle_file(str(photo))], 1.5, True, "auto", api_name="/upscale")
+    assert "coffee_crop.png: 160×120 → 240×180 (1.5×)" in summary and Path(files[0]).name == "coffee_crop_x1.5.png"
+    reference = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
+    reference.set_progress_bar_config(disable=True)
+    with Image.open(photo) as image, Image.open(files[0]) as result:
+        expected = reference(image.convert("RGB"), scale=1.5, generator=torch.Generator().manual_seed(0)).images[0]
+        assert np.array_equal(np.asarray(result.convert("RGB")), np.asarray(expected))
+
+
 def test_api_refusals_are_errors_with_the_pages_words(served, tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -92,8 +105,11 @@ def test_api_wrong_values_are_one_line_errors_without_a_traceback(served, photo,
 
     client = Client(served, verbose=False)
     capfd.readouterr()
-    for scale, tiles, expected in ((3, "auto", "scale must be one of 2, 4, 8, not 3"),
-                                   (None, "auto", "scale must be one of 2, 4, 8, not None"),
+    for scale, tiles, expected in ((9, "auto", "scale must be a number from 1 to 8 .*, not 9"),
+                                   (0.5, "auto", "scale must be a number from 1 to 8 .*, not 0.5"),
+                                   ("big", "auto", "scale must be a number from 1 to 8 .*, not 'big'"),
+                                   ("other", "auto", "scale must be a number from 1 to 8 .*, not 'other'"),
+                                   (None, "auto", "scale must be a number from 1 to 8 .*, not None"),
                                    (2, "300", "tiles must be one of 'auto', 'off', '256', '512', '1024', not '300'")):
         with pytest.raises(AppError, match=expected):
             client.predict([handle_file(str(photo))], scale, True, tiles, api_name="/upscale")

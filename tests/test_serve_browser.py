@@ -547,8 +547,35 @@ def wait_for_log(process, count: int, timeout_s: float = 120) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(strict=False, reason="passes alone at both widths (52 s); inside the full suite on a loaded 2-core "
-                   "machine the busy Upscale button was not seen within 120 s: the cause is not found yet")
+# Recorded from the DOM's own mutation records (their old values), installed before the click: a state that lasts a
+# fraction of a second on a quiet machine (the busy button, the bar of a small job) is seen however late the test's
+# next step runs; waiting for it afterwards would wait for a state that may already be gone.
+WATCH_RUN_JS = """() => { const run = window.run = {progress: false, progressOnScreen: false, disabled: false,
+                                                   busyText: false, cancel: false};
+    const button = () => document.querySelector('#upscale');
+    const look = () => {
+        const text = document.querySelector('#slider .progress-text');
+        if (text) {
+            run.progress = true;
+            const r = text.getBoundingClientRect();
+            if (r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight) run.progressOnScreen = true;
+        }
+        if (button()?.disabled) run.disabled = true;
+        if ((button()?.textContent || '').includes('Upscaling')) run.busyText = true;
+        if (document.querySelector('#cancel')?.checkVisibility()) run.cancel = true;
+    };
+    new MutationObserver(records => {
+        for (const r of records) {
+            const inButton = button()?.contains(r.target);
+            if (inButton && r.attributeName === 'disabled' && r.oldValue === null) run.disabled = true;  // set
+            if (inButton && r.type === 'characterData' && (r.oldValue || '').includes('Upscaling')) run.busyText = true;
+        }
+        look();
+    }).observe(document.body, {childList: true, subtree: true, characterData: true, characterDataOldValue: true,
+                               attributes: true, attributeOldValue: true});
+    look(); }"""
+
+
 def test_upscale_shows_the_progress_and_the_result_where_the_eye_is_and_runs_once(sized_page, photos, tmp_path):
     page = sized_page
     upload(page, photos["crop"], photos["small"])
@@ -556,31 +583,24 @@ def test_upscale_shows_the_progress_and_the_result_where_the_eye_is_and_runs_onc
     page.on("request", lambda r: joins.append(r.url) if "queue/join" in r.url else None)
     # The Upscale button at the bottom of the window, as after choosing the settings, then a double click.
     page.evaluate("() => document.querySelector('#upscale').scrollIntoView({block: 'end'})")
-    page.evaluate("""() => { window.progressOnScreen = false;
-        new MutationObserver(() => {
-            const text = document.querySelector('#slider .progress-text');
-            if (!text) return;
-            const r = text.getBoundingClientRect();
-            if (r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight) window.progressOnScreen = true;
-        }).observe(document.body, {childList: true, subtree: true, characterData: true}); }""")
+    assert page.locator("#upscale").is_enabled() and not page.locator("#cancel").is_visible()
+    page.evaluate(WATCH_RUN_JS)
     click_upscale(page)
     # The second click of a double click, where the button is: not page.click, which first scrolls the button into
     # view (on the desktop layout the Upscale button is below the result's top, and that scroll took the result
     # off the window).
     page.dispatch_event("#upscale", "click")
-    page.wait_for_selector("#slider .progress-text")
-    page.wait_for_selector("#upscale[disabled]")  # busy while it runs
-    assert "Upscaling" in page.inner_text("#upscale") and page.locator("#cancel").is_visible()
     wait_for_result(page)
-    assert page.evaluate("() => window.progressOnScreen")  # the bar was on screen while it ran ...
+    run = page.evaluate("() => window.run")
+    assert run == {"progress": True, "progressOnScreen": True, "disabled": True, "busyText": True, "cancel": True}, run
     slider_sizes(page)
-    assert on_screen(page, "#slider"), page.evaluate(  # ... and so is the result now
+    assert on_screen(page, "#slider"), page.evaluate(  # the result is where the bar was
         "() => [window.scrollY, document.documentElement.scrollHeight, window.innerHeight, "
         "document.querySelector('#slider').getBoundingClientRect().top, "
         "document.querySelector('#result-area').getBoundingClientRect().top]")
     assert len(joins) == 1, joins  # one job for two clicks
-    assert page.locator("#upscale").is_enabled() and page.inner_text("#upscale") == "Upscale"
-    assert not page.locator("#cancel").is_visible()
+    page.wait_for_function("() => !document.querySelector('#upscale').disabled")  # idle again, in the same update
+    assert page.inner_text("#upscale") == "Upscale" and not page.locator("#cancel").is_visible()
     save_screenshot(page, tmp_path, f"result_in_view_{page.viewport_size['width']}.png")
 
 
@@ -682,6 +702,33 @@ def test_preview_with_sizes_before_running_examples_as_pictures_and_plain_words_
     page.click("#advanced")
     page.wait_for_selector("#tiles", state="visible")
     assert page.evaluate("() => document.documentElement.scrollWidth") <= page.viewport_size["width"]
+
+
+def test_any_factor_from_1_to_8_with_the_output_size_shown_before_running(sized_page, server, photos):
+    page, (process, _) = sized_page, server
+    assert not page.locator("#other-scale").is_visible()  # the three usual choices first
+    upload(page, photos["crop"])
+    page.wait_for_selector("#preview img")
+    page.click("#scale label:has-text('other')")
+    page.wait_for_selector("#other-scale input", state="visible")
+    page.wait_for_function("() => document.querySelector('#scale-note').innerText.startsWith('Any factor')")
+    field = page.locator("#other-scale input")
+    field.fill("9")  # too large: said at once, in one line
+    field.press("Tab")
+    page.wait_for_selector("#message h3:has-text('Check the factor')")
+    assert "scale must be a number from 1 to 8 (e.g. 1.5, 2, 3, 4), not 9" in page.inner_text("#message")
+    field.fill("1.5")
+    field.press("Tab")
+    page.wait_for_function(  # the output size before running, and the message gone
+        "() => document.querySelector('#preview .caption-label').innerText.includes('→ 240×180') && "
+        "!document.querySelector('#message')?.checkVisibility()")
+    assert page.locator("#preview .caption-label").inner_text() == "coffee_crop.png: 160×120 → 240×180"
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= page.viewport_size["width"]
+    click_upscale(page)
+    assert "160×120 → 240×180 (1.5×)" in wait_for_result(page)
+    assert slider_sizes(page) == [(240, 180)] * 2
+    assert "coffee_crop_x1.5.png" in page.inner_text("#download-result")
+    assert "Traceback" not in "".join(process.log)
 
 
 CONTRAST_JS = """() => {

@@ -13,12 +13,24 @@ import gradio as gr
 from uplift_diffusion.app.features import FeatureStrips
 from uplift_diffusion.app.messages import PageError, logger, megapixels, problems_markdown, user_message
 from uplift_diffusion.app.progress import JobCancelled, RequestProgress, WorkPlan
-from uplift_diffusion.app.upscaler import KEEP_RESULTS_S, SCALES, PageLimits, PageUpscaler, UpscaleResult
+from uplift_diffusion.app.upscaler import (
+    KEEP_RESULTS_S,
+    MAX_SCALE,
+    SCALES,
+    PageLimits,
+    PageUpscaler,
+    UpscaleResult,
+    page_scale,
+    scaled_size,
+)
 from uplift_diffusion.app.views import slider_labels, slider_pair, zoomed_crops
 from uplift_diffusion.builtin import ModelQuality
 from uplift_diffusion.utils.images import image_size
 
-SCALE_CHOICES = [(f"{scale}×", scale) for scale in SCALES]
+OTHER = "other"  # the scale radio's last choice: the factor typed in the number field below it
+OTHER_NOTE = (f"Any factor from 1 to {MAX_SCALE} (e.g. 1.5 or 3): UPLiFT enlarges to the next of "
+              f"{', '.join(f'{s}×' for s in SCALES)}, then the picture is resized to the exact size.")
+SCALE_CHOICES = [(f"{scale}×", scale) for scale in SCALES] + [("other", OTHER)]
 TILE_CHOICES = [("auto", "auto"), ("off (whole image)", "off"), ("256 px", "256"), ("512 px", "512"),
                 ("1024 px", "1024")]
 COMPARE_CHOICES = [("input (enlarged, nearest)", "input"), ("pixel bicubic", "bicubic")]
@@ -197,6 +209,12 @@ def scale_notes(quality: ModelQuality | None) -> dict[int, str]:
     return notes
 
 
+def chosen_scale(scale, other) -> int | float:
+    """The factor the page's controls say: the scale chosen, or the number typed when it is "other" (PageError for
+    a number outside 1 to MAX_SCALE)."""
+    return page_scale(other if scale == OTHER else scale)
+
+
 def beats_bicubic(row) -> bool:
     return row.model.psnr > row.pixel_bicubic.psnr and row.model.ssim > row.pixel_bicubic.ssim
 
@@ -205,7 +223,8 @@ def scale_choices(quality: ModelQuality | None) -> list[tuple[str, int]]:
     """The scale radio's choices; a scale measured no better than pixel bicubic says so in its label."""
     _, rows = _headline_rows(quality)
     worse = {row.scale for row in rows if not beats_bicubic(row)}
-    return [(f"{scale}× (no better than bicubic)" if scale in worse else f"{scale}×", scale) for scale in SCALES]
+    return [(f"{scale}× (no better than bicubic)" if scale in worse else f"{scale}×", scale) for scale in SCALES] + [
+        ("other", OTHER)]
 
 
 def example_photos() -> list[Path]:
@@ -220,24 +239,26 @@ def example_photos() -> list[Path]:
 
 
 def scale_radio(choices, **kwargs) -> gr.Radio:
-    """The scale radio, documented in the API as what it accepts: an integer, 2, 4 or 8 (Gradio's Radio documents
-    every choice as a string, which its own check then refuses); a numeric string is accepted too. (No JSON-schema
-    ``enum``: gradio_client renders any enum as a Literal of strings.) The two methods are set on the instance: a
-    ``gr.Radio`` subclass would make Gradio write a ``.pyi`` stub beside this module at every import."""
+    """The scale radio, documented in the API as what it accepts: a number from 1 to MAX_SCALE (Gradio's Radio
+    documents every choice as a string and refuses any other value); a numeric string is accepted too, and the page's
+    own ``"other"`` (the factor is then in the number field). (No JSON-schema ``enum``: gradio_client renders any
+    enum as a Literal of strings.) The two methods are set on the instance: a ``gr.Radio`` subclass would make Gradio
+    write a ``.pyi`` stub beside this module at every import."""
     radio = gr.Radio(choices, **kwargs)
-    allowed = ", ".join(str(value) for _, value in radio.choices)
-    radio_preprocess = radio.preprocess
 
     def api_info() -> dict:
-        return {"type": "integer", "title": "Scale", "description": f"upscaling factor: {allowed}"}
+        return {"type": "number", "title": "Scale",
+                "description": f"upscaling factor, any number from 1 to {MAX_SCALE}: "
+                               f"{', '.join(map(str, SCALES))} are UPLiFT's own steps; others run UPLiFT to the "
+                               f"next step, then resize to the exact size"}
 
     def preprocess(payload):
-        if isinstance(payload, str) and payload.strip().isdigit():
-            payload = int(payload)
-        if payload not in [value for _, value in radio.choices]:  # a one-line error, no traceback in the log
-            raise gr.Error(f"scale must be one of {allowed}, not {payload!r}", title="Wrong scale",
-                           print_exception=False)
-        return radio_preprocess(payload)
+        if payload == OTHER:
+            return payload
+        try:
+            return page_scale(payload)
+        except PageError as err:  # a one-line error, no traceback in the log
+            raise gr.Error(str(err), title="Wrong scale", print_exception=False) from None
 
     radio.api_info, radio.preprocess = api_info, preprocess
     return radio
@@ -304,7 +325,7 @@ class PageEvents:
             raise PageError(f"{len(files)} photos at once is more than this page takes ({limits.max_files}); "
                             f"send them in smaller groups.")
 
-    def expected_plans(self, files, scale: int, tiles: str) -> list[WorkPlan | float]:
+    def expected_plans(self, files, scale: float, tiles: str) -> list[WorkPlan | float]:
         plans = []
         for path in files:
             try:
@@ -320,8 +341,8 @@ class PageEvents:
         """Every photo of the request (one bar over all of them); the results and the problems, in order.
         JobCancelled when ``cancelled()`` turns True."""
         self.check_request(files)
+        scale = page_scale(scale)
         self.upscaler.prune()
-        scale = int(scale)
         names = [Path(path).name for path in files]
         bar = RequestProgress(report, names, self.expected_plans(files, scale, tiles), cancelled=cancelled)
         results, problems = [], []
@@ -361,13 +382,14 @@ class PageEvents:
         return *_idle(), gr.update(value=problems_markdown("Cancelled", ["The upscale was cancelled."]),
                                   visible=True)
 
-    def run_page(self, files, scale, color_correction, tiles, compare, request: gr.Request = None,
+    def run_page(self, files, scale, other, color_correction, tiles, compare, request: gr.Request = None,
                  progress=PROGRESS):
         # First the old results go (a new run must not look finished), then the bar, then the new results.
         cleared = _cleared()
         yield *_busy(), [], 0, None, *cleared
         stop = self._job_started(request)
         try:
+            scale = chosen_scale(scale, other)
             results, problems = self.upscale_all(files, scale, color_correction, tiles, progress,
                                                  cancelled=stop.is_set)
         except JobCancelled:
@@ -386,7 +408,6 @@ class PageEvents:
             yield *_idle(), [], 0, None, gr.update(value=problems_markdown("Nothing was upscaled", problems),
                                                   visible=True), *cleared[1:]
             return
-        scale = int(scale)
         lines = [r.summary(scale) for r in results]
         title = f"{len(problems)} of {len(files)} photos could not be upscaled"
         message = (gr.update(value=problems_markdown(title, problems), visible=True) if problems
@@ -401,20 +422,25 @@ class PageEvents:
             "\n\n".join(lines),
         )
 
-    def preview(self, files, scale):
+    def preview(self, files, scale, other):
         """The uploaded photos as thumbnails with their size and the size after upscaling, and the problems found in
-        their headers now, before any Upscale (the same checks run again then)."""
-        shown, problems, scale = [], [], int(scale)
+        their headers (or in the factor typed) now, before any Upscale (the same checks run again then)."""
+        shown, problems = [], []
+        try:
+            scale = chosen_scale(scale, other)
+        except PageError as err:
+            message = problems_markdown("Check the factor", [str(err)])
+            return gr.update(), gr.update(value=message, visible=True)
         for path in files or []:
             try:
                 width, height = self.upscaler.check(path)
             except PageError as err:
                 problems.append(str(err))
                 continue
-            out = width * scale * height * scale
+            out_w, out_h = scaled_size((width, height), scale)
             over = f" (over {megapixels(self.upscaler.limits.max_output_pixels)}: choose a smaller scale)" if (
-                out > self.upscaler.limits.max_output_pixels) else ""
-            shown.append((str(path), f"{Path(path).name}: {width}×{height} → {width * scale}×{height * scale}{over}"))
+                out_w * out_h > self.upscaler.limits.max_output_pixels) else ""
+            shown.append((str(path), f"{Path(path).name}: {width}×{height} → {out_w}×{out_h}{over}"))
         message = (gr.update(value=problems_markdown("Not added: these files will be skipped", problems), visible=True)
                    if problems else gr.update(visible=False))
         return gr.update(value=shown or None, visible=bool(shown)), message
@@ -445,7 +471,8 @@ class PageEvents:
             raise gr.Error(user_message(err), title="Nothing was upscaled", print_exception=False) from None
         if not results:
             raise gr.Error(" ".join(problems), title="Nothing was upscaled", print_exception=False)
-        lines = [r.summary(int(scale), markdown=False) for r in results] + [f"not upscaled: {p}" for p in problems]
+        lines = ([r.summary(page_scale(scale), markdown=False) for r in results]
+                 + [f"not upscaled: {p}" for p in problems])
         return [str(r.output_png) for r in results], "\n".join(lines)
 
     def run_features(self, path):
@@ -464,6 +491,7 @@ class Controls:
 
     files: gr.File
     scale: gr.Radio
+    other: gr.Number  # the factor when the scale is "other"
     color: gr.Checkbox
     tiles: gr.Dropdown
     go: gr.Button
@@ -518,6 +546,9 @@ def _controls(limits: PageLimits, examples: Sequence[Path], quality: ModelQualit
     notes = scale_notes(quality)
     scale = scale_radio(scale_choices(quality), value=2, label="How much larger", elem_id="scale",
                         info=f"results above {megapixels(limits.max_output_pixels)} are refused")
+    other = gr.Number(value=3, label=f"Factor (any number from 1 to {MAX_SCALE})", elem_id="other-scale", step=0.1,
+                      visible=False)
+    notes[OTHER] = OTHER_NOTE
     scale_note = gr.Markdown(notes.get(2, ""), elem_id="scale-note")
     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
         color = gr.Checkbox(value=True, label="Colour correction", elem_id="color",
@@ -528,8 +559,8 @@ def _controls(limits: PageLimits, examples: Sequence[Path], quality: ModelQualit
                                  f"{limits.auto_tile_size}-px tiles above")
     go = gr.Button("Upscale", variant="primary", elem_id="upscale")
     cancel = gr.Button("Cancel", variant="secondary", elem_id="cancel", visible=False)
-    return Controls(files=files, scale=scale, color=color, tiles=tiles, go=go, cancel=cancel, preview=preview,
-                    example=example, scale_note=scale_note, notes=notes)
+    return Controls(files=files, scale=scale, other=other, color=color, tiles=tiles, go=go, cancel=cancel,
+                    preview=preview, example=example, scale_note=scale_note, notes=notes)
 
 
 def _result_view() -> ResultView:
@@ -573,17 +604,19 @@ def _connect(events: PageEvents, controls: Controls, view: ResultView) -> None:
     """The Upscale part's events (private) and the ``/upscale`` API endpoint."""
     results, shown_index, crop_center = gr.State([]), gr.State(0), gr.State(None)
     run = controls.go.click(
-        events.run_page, [controls.files, controls.scale, controls.color, controls.tiles, view.compare],
+        events.run_page, [controls.files, controls.scale, controls.other, controls.color, controls.tiles,
+                          view.compare],
         [controls.go, controls.cancel, results, shown_index, crop_center, view.message, view.labels, view.slider,
          view.crops, view.full, view.download_result, view.gallery, view.download, view.download_all, view.info],
         concurrency_id="model", show_progress_on=[view.slider], api_visibility="private", trigger_mode="once",
         js=SHOW_RESULT_AREA_JS)
-    controls.files.change(events.preview, [controls.files, controls.scale], [controls.preview, view.message],
-                          queue=False, api_visibility="private")
-    controls.scale.change(events.preview, [controls.files, controls.scale], [controls.preview, view.message],
-                          queue=False, api_visibility="private")
-    controls.scale.change(lambda scale: controls.notes.get(int(scale), ""), controls.scale, controls.scale_note,
-                          queue=False, api_visibility="private")
+    sizes = [controls.files, controls.scale, controls.other]
+    for changed in sizes:
+        changed.change(events.preview, sizes, [controls.preview, view.message], queue=False, api_visibility="private")
+    controls.scale.change(lambda scale: (controls.notes.get(scale if scale == OTHER else int(scale), ""),
+                                         gr.update(visible=scale == OTHER)),
+                          controls.scale, [controls.scale_note, controls.other], queue=False,
+                          api_visibility="private")
     controls.example.change(lambda path: [path] if path else gr.update(), controls.example, controls.files,
                             queue=False, api_visibility="private")
     controls.cancel.click(events.cancel, None, [controls.go, controls.cancel, view.message], cancels=[run],
@@ -600,7 +633,8 @@ def _connect(events: PageEvents, controls: Controls, view: ResultView) -> None:
     gr.on(triggers=[], fn=events.api_upscale, inputs=[controls.files, controls.scale, controls.color, controls.tiles],
           outputs=[view.download, view.summary], api_name="upscale", concurrency_id="model", show_progress="hidden",
           api_description="Upscale photos with UPLiFT: returns one PNG per photo (in order) and a summary line per "
-                          "photo. scale: 2, 4 or 8; tiles: 'auto', 'off' or a tile size in pixels.")
+                          "photo. scale: any number from 1 to 8 (2, 4, 8: UPLiFT's own steps); tiles: 'auto', 'off' "
+                          "or a tile size in pixels.")
 
 
 def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UPLiFT upscaler",
@@ -618,8 +652,9 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
     events = PageEvents(upscaler, features)
     with_features = features.extractor is not None
     with gr.Blocks(title=title, delete_cache=(600, KEEP_RESULTS_S)) as demo:
-        gr.Markdown(f"# {title}\nMake photos 2, 4 or 8 times larger, with more detail than plain enlarging. Add "
-                    f"photos, choose how much larger, press Upscale; compare before and after, then download.",
+        gr.Markdown(f"# {title}\nMake photos 2, 4 or 8 times larger (or by any factor up to {MAX_SCALE}), with more "
+                    f"detail than plain enlarging. Add photos, choose how much larger, press Upscale; compare before "
+                    f"and after, then download.",
                     elem_id="intro")
         with gr.Accordion("How it works, and how well", open=False, elem_id="about"):
             gr.Markdown(f"Latent super-resolution with UPLiFT: the photo goes through the VAE's latent space, UPLiFT "

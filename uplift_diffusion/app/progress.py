@@ -126,6 +126,9 @@ class WorkPlan:
                    for part, macs in self.macs.items() if macs > 0)
 
 
+PART_EVIDENCE_S = 1.0  # expected seconds of a part done in this request before its own measured pace counts fully
+
+
 class RequestProgress:
     """One progress bar over a whole request (every photo of a batch), with the time left.
 
@@ -133,9 +136,15 @@ class RequestProgress:
     scale and tiles, else on a small calibration photo); within a photo the bar follows the multiply-adds counted so
     far per part (:class:`WorkCounter`), each part's worth its expected seconds, then the files written. Between two
     counts (one large convolution, one file being written: seconds on a busy machine) the bar goes on at the
-    measured pace, at most the plan's ``longest`` ahead (:meth:`ticking` moves it). The time left is the elapsed time
-    scaled by the expected time left (what a busier or quieter machine changes is the pace, which the elapsed time
-    measures), never under 1 s before the end.
+    measured pace up to the plan's ``longest`` ahead, then ever more slowly towards the end of the photo's share
+    (:meth:`ticking` moves it): it never stands still while the work runs, and never fills a share before its photo
+    is done.
+
+    The time left is measured while the request runs: each part's remaining expected seconds times that part's own
+    pace in this request (real seconds per expected second: a decoder slower than its plan is seen as it runs), the
+    request's overall pace for a part not yet seen for long (:data:`PART_EVIDENCE_S`), less the time already spent
+    on the op now running (at most its expected length: an op that overruns does not run the estimate down). Never
+    under 1 s before the end.
 
     Args:
         report: ``report(fraction, desc)``, e.g. a ``gr.Progress``.
@@ -164,17 +173,31 @@ class RequestProgress:
         # Where the counts put the bar (expected seconds into the request) and when: the pace and the start of the
         # bar's run ahead between counts.
         self.counted_position, self.counted_at = 0.0, self.start_time
+        self.last_tick = self.start_time
+        # The measured pace per part: real seconds spent and expected seconds done, in this request (finished
+        # photos; the current one is added from ``done``), and the seconds left as of the last count.
+        self.real_by_part: dict[str | None, float] = defaultdict(float)
+        self.expected_by_part: dict[str | None, float] = defaultdict(float)
+        self.last_work_at = self.start_time
+        self.photo_done = False  # the current photo finished (its plan is no longer work left)
+        self.left_at_count: float | None = None
         self._lock = threading.RLock()
 
     def start_photo(self, index: int) -> None:
-        self.index, self.part = index, None
-        self.done, self.counted = defaultdict(float), 0.0
+        with self._lock:
+            self.index, self.part, self.photo_done = index, None, False
+            self.done, self.counted = defaultdict(float), 0.0
+            self.last_work_at = self.clock()
         self._count(sum(self.costs[:index]), force=True)
 
     def finish_photo(self, index: int) -> None:
         """Photo ``index`` is done (or refused): the bar shows its whole share, whatever the estimate said."""
-        self.part = SAVING if index + 1 == len(self.names) else None
-        self.finished = index + 1 == len(self.names)
+        with self._lock:
+            for part, done in self._expected_done().items():
+                self.expected_by_part[part] += done
+            self.done, self.photo_done = defaultdict(float), True  # nothing of it is left, nor counted twice
+            self.part = SAVING if index + 1 == len(self.names) else None
+            self.finished = index + 1 == len(self.names)
         self._count(sum(self.costs[:index + 1]), force=True)
 
     def work(self, done: float, part: str | None = None) -> None:
@@ -183,36 +206,79 @@ class RequestProgress:
         if self.cancelled is not None and self.cancelled():
             raise JobCancelled("the request was cancelled")
         plan = self.plans[self.index]
-        if part == SAVING:
-            self.part, self.done[SAVING] = SAVING, done
-        else:
-            self.part = part or self.part
-            key = self.part if self.part in plan.macs else None
-            self.done[key] += done - self.counted
-            self.counted = done
+        with self._lock:
+            if part == SAVING:
+                self.part, key = SAVING, SAVING
+                self.done[SAVING] = done
+            else:
+                self.part = part or self.part
+                key = self.part if self.part in plan.macs else None
+                self.done[key] += done - self.counted
+                self.counted = done
+            now = self.clock()
+            self.real_by_part[key] += now - self.last_work_at  # the op just counted (and the uncounted ones before)
+            self.last_work_at = now
         cost = self.costs[self.index]
         self._count(sum(self.costs[:self.index]) + min(plan.position(self.done), 0.99 * cost))
+
+    def _expected_done(self) -> dict[str | None, float]:
+        """Expected seconds done per part in the current photo."""
+        plan = self.plans[self.index]
+        return {part: min(self.done.get(part, 0.0), macs) / macs * plan.seconds.get(part, 0.0)
+                for part, macs in plan.macs.items() if macs > 0}
+
+    def _seconds_left(self) -> float | None:
+        """Seconds left as of the counts: each part's remaining expected seconds at its measured pace."""
+        position = self.counted_position
+        if position <= 0 or self.counted_at - self.start_time <= 0:
+            return None
+        overall = (self.counted_at - self.start_time) / position
+        current = self._expected_done()
+        expected = defaultdict(float, self.expected_by_part)
+        for part, done in current.items():
+            expected[part] += done
+        remaining: dict[str | None, float] = defaultdict(float)
+        for part, planned in ({} if self.photo_done else self.plans[self.index].seconds).items():
+            remaining[part] += max(0.0, planned - current.get(part, 0.0))
+        for plan in self.plans[self.index + 1:]:
+            for part, planned in plan.seconds.items():
+                remaining[part] += planned
+        left = 0.0
+        for part, planned in remaining.items():
+            weight = min(1.0, expected[part] / PART_EVIDENCE_S)
+            own = self.real_by_part[part] / expected[part] if expected[part] > 0 else overall
+            left += planned * (weight * own + (1 - weight) * overall)
+        return left
 
     def _count(self, position: float, force: bool = False) -> None:
         """The counts put the bar at ``position`` expected seconds."""
         with self._lock:
             self.counted_position = max(self.counted_position, position)
-            self.counted_at = self.clock()
+            self.counted_at = self.last_tick = self.clock()
+            self.left_at_count = self._seconds_left()
         self._report(position / self.total, force=force)
 
     def tick(self) -> None:
-        """Between two counts: the bar goes on at the measured pace (real seconds per expected second so far), at
-        most the current plan's ``longest`` beyond the counts and never past 99 % of the photo's share."""
+        """Between two counts: the bar goes on at the measured pace ``v`` (expected seconds per real second so far)
+        up to the current plan's ``longest`` beyond the counts; past that (a long op, or the bar ahead of the counts
+        after one) it still moves, ever more slowly: ``v * (gap / G)**2``, ``gap`` what is left of the photo's
+        share before the bar and ``G`` after the counts (at the counts: the pace; the gap closes as ``1 / t``, so
+        the bar never stands still and never fills the share before its photo is done)."""
         with self._lock:
             if self.finished:
                 return
             now, position = self.clock(), self.counted_position
-            pace = (self.counted_at - self.start_time) / position if position > 0 else 1.0
+            step, self.last_tick = now - self.last_tick, now
+            pace = max((self.counted_at - self.start_time) / position if position > 0 else 1.0, 1e-9)
             plan, cost = self.plans[self.index], self.costs[self.index]
-            ahead = min((now - self.counted_at) / max(pace, 1e-9), plan.longest)
             end = sum(self.costs[:self.index]) + 0.99 * cost
-        if ahead > 0 and position < end:
-            self._report(min(position + ahead, end) / self.total)
+            shown = self.fraction * self.total
+            ahead = position + min((now - self.counted_at) / pace, plan.longest)
+            gap, counted_gap = end - shown, end - position
+            creep = shown + step / pace * (gap / counted_gap) ** 2 if gap > 0 and counted_gap > 0 else shown
+            target = min(max(ahead, creep), end)
+        if target > shown:
+            self._report(target / self.total)
 
     @contextlib.contextmanager
     def ticking(self) -> Iterator[RequestProgress]:
@@ -233,11 +299,15 @@ class RequestProgress:
             stop.set()
             thread.join()
 
-    def seconds_left(self, fraction: float) -> float | None:
-        elapsed = self.clock() - self.start_time
-        if fraction < 0.02 or elapsed < 1.0:
-            return None  # too early for an honest estimate
-        return elapsed * (1 - fraction) / fraction
+    def seconds_left(self) -> float | None:
+        """The time left now (None: too early for an honest estimate): as of the last count, less the time spent
+        since on the op now running, at most its expected length at the pace so far."""
+        with self._lock:
+            now, left = self.clock(), self.left_at_count
+            if left is None or now - self.start_time < 1.0 or self.counted_position / self.total < 0.02:
+                return None
+            pace = (self.counted_at - self.start_time) / max(self.counted_position, 1e-9)
+            return left - min(now - self.counted_at, self.plans[self.index].longest * pace)
 
     def _report(self, fraction: float, force: bool = False) -> None:
         with self._lock:
@@ -251,7 +321,7 @@ class RequestProgress:
     def describe(self, fraction: float) -> str:
         count = len(self.names)
         photo = f"{self.names[self.index]} ({self.index + 1} of {count})" if count > 1 else self.names[self.index]
-        left = self.seconds_left(fraction)
+        left = self.seconds_left()
         when = f"about {seconds(max(1.0, left))} left" if left is not None else "estimating the time left"
         return " · ".join(p for p in (photo, self.part, when) if p)
 

@@ -4,6 +4,7 @@ counted (the progress bar's unit), and the result's files written (the download,
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import threading
@@ -22,11 +23,13 @@ from PIL import Image
 
 from uplift_diffusion.app.messages import PageError, megapixels
 from uplift_diffusion.app.progress import SAVING, WorkCounter, WorkPlan
+from uplift_diffusion.pipelines.common import output_size
 from uplift_diffusion.utils.errors import ImageConversionWarning
 from uplift_diffusion.utils.images import image_size, load_image
 from uplift_diffusion.utils.io import atomic_write, save_image_atomic
 
-SCALES = (2, 4, 8)
+SCALES = (2, 4, 8)  # UPLiFT's own steps, the page's first choices
+MAX_SCALE = 8  # the largest factor the page takes (any number from 1: UPLiFT to the next step, then resized)
 KEEP_RESULTS_S = 3600  # result files older than this are deleted from the page's work folder
 CROP_SIZE = 192  # output pixels per side of the zoomed crop (the page's detail view)
 ZOOM_DISPLAY = 384  # the zoomed crops are enlarged (nearest) to at least this many pixels per side
@@ -73,12 +76,34 @@ class UpscaleResult:
     note: str | None = None  # how the upload was converted to RGB, if it was
     crops: tuple[Path, ...] = ()  # the zoomed crops of input, bicubic and UPLiFT at ``detail_center``
 
-    def summary(self, scale: int, markdown: bool = True) -> str:
+    def summary(self, scale: float, markdown: bool = True) -> str:
         (w, h), (ow, oh) = self.input_size, self.output_size
         tiles = f", {self.tile_size}-px tiles" if self.tile_size else ""
         note = f" ({self.note})" if self.note else ""
         name = f"**{self.name}**" if markdown else self.name
-        return f"{name}: {w}×{h} → {ow}×{oh} ({scale}×{tiles}) in {self.seconds:.2f} s{note}"
+        return f"{name}: {w}×{h} → {ow}×{oh} ({scale:g}×{tiles}) in {self.seconds:.2f} s{note}"
+
+
+def page_scale(value) -> int | float:
+    """The upscaling factor a visitor or an API call gave (a number, or its text), checked: any number from 1 to
+    MAX_SCALE; a whole number as an int (2.0 is 2: the same result, file name and measured plan). PageError naming
+    the value otherwise."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip().removesuffix("×").removesuffix("x"))
+        except ValueError:
+            number = None
+    if (isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number)
+            or not 1 <= number <= MAX_SCALE):
+        raise PageError(f"scale must be a number from 1 to {MAX_SCALE} (e.g. 1.5, 2, 3, 4), not {value!r}")
+    return int(number) if float(number).is_integer() else float(number)
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(width, height) of a ``size`` photo upscaled by ``scale``: the pipeline's own rounding."""
+    height, width = output_size(size[1], size[0], scale, None)
+    return width, height
 
 
 def most_detailed_center(image: Image.Image, window: int) -> tuple[int, int]:
@@ -177,16 +202,16 @@ class PageUpscaler:
                  if issubclass(w.category, ImageConversionWarning)]
         return image, "; ".join(notes) or None
 
-    def tile_size_for(self, image: Image.Image, scale: int, tiles: str, name: str) -> int | None:
+    def tile_size_for(self, image: Image.Image, scale: float, tiles: str, name: str) -> int | None:
         """The tile size to run with (``None``: whole image); PageError when the result would be too large."""
         limits = self.limits
-        out_w, out_h = image.width * scale, image.height * scale
+        out_w, out_h = scaled_size(image.size, scale)
         out_pixels = out_w * out_h
         if out_pixels > limits.max_output_pixels:
             pixels = image.width * image.height
             smaller = [f"{s}×" for s in SCALES if pixels * s * s <= limits.max_output_pixels]
             hint = f"choose {' or '.join(smaller)}" if smaller else "downscale the photo first"
-            raise PageError(f"{scale}× of {name} ({image.width}×{image.height}) would be {out_w}×{out_h} "
+            raise PageError(f"{scale:g}× of {name} ({image.width}×{image.height}) would be {out_w}×{out_h} "
                             f"({megapixels(out_pixels)}), over this page's limit of "
                             f"{megapixels(limits.max_output_pixels)}: {hint}, or upscale it on your own machine in "
                             f"tiles (uplift-diffusion upscale --tile-size 512)")
@@ -194,7 +219,7 @@ class PageUpscaler:
             return limits.auto_tile_size if out_pixels > limits.max_untiled_output_pixels else None
         if tiles == "off":
             if out_pixels > limits.max_untiled_output_pixels:
-                raise PageError(f"{scale}× of {name} would be {out_w}×{out_h} ({megapixels(out_pixels)}), too large "
+                raise PageError(f"{scale:g}× of {name} would be {out_w}×{out_h} ({megapixels(out_pixels)}), too large "
                                 f"to compute in one piece here (limit {megapixels(limits.max_untiled_output_pixels)}):"
                                 f" pick a tile size (e.g. 512 px) or a smaller scale")
             return None
@@ -211,7 +236,7 @@ class PageUpscaler:
                 parts[param.data_ptr()] = part
         return parts
 
-    def _run(self, image: Image.Image, scale: int, tile_size: int | None, color_correction: bool,
+    def _run(self, image: Image.Image, scale: float, tile_size: int | None, color_correction: bool,
              on_work: Callable[[int, str | None], None] | None = None) -> tuple[Image.Image, WorkCounter]:
         """The pipeline's result for ``image`` and the counter of the work it took."""
         generator = torch.Generator(self.pipeline.device).manual_seed(self.seed)
@@ -229,7 +254,7 @@ class PageUpscaler:
         self._per_pixel[key] = WorkPlan({**macs, SAVING: 1.0 / pixels}, {**spent, SAVING: saving_s / pixels},
                                         longest)
 
-    def expected_plan(self, size: tuple[int, int], scale: int, tile_size: int | None = None) -> WorkPlan:
+    def expected_plan(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> WorkPlan:
         """The expected work and seconds to upscale a photo of ``size``: measured per pixel on the last photo with
         the same scale and tiles, else on a small calibration photo (run once per scale, under the model lock)."""
         pixels = size[0] * size[1]
@@ -248,25 +273,25 @@ class PageUpscaler:
                 shutil.rmtree(folder, ignore_errors=True)
         return self.expected_plan(size, scale, tile_size)
 
-    def expected_cost(self, size: tuple[int, int], scale: int, tile_size: int | None = None) -> float:
+    def expected_cost(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> float:
         """Expected seconds to upscale a photo of ``size`` (see :meth:`expected_plan`)."""
         return self.expected_plan(size, scale, tile_size).total_seconds
 
-    def _write_views(self, folder: Path, name: str, image: Image.Image, result: Image.Image, scale: int,
+    def _write_views(self, folder: Path, name: str, image: Image.Image, result: Image.Image, scale: float,
                      since: float, key: tuple[int, int | None], counter: WorkCounter,
                      progress: Callable[[float, str | None], None] | None = None) -> dict:
         """Write the result's files into ``folder`` (the download, the slider's halves, the zoomed crops of the most
         detailed region: everything the page then shows is ready, nothing is encoded after the bar ends), reporting
         the share of their pixels written; measure the time from ``since`` (the end of the model's last counted op:
         the pipeline's own finishing is part of it) as the plan's SAVING. Returns UpscaleResult's file fields."""
-        x, y = most_detailed_center(image, max(1, CROP_SIZE // scale))
-        center = (x * scale, y * scale)
+        x, y = most_detailed_center(image, max(1, int(CROP_SIZE // scale)))
+        center = (min(round(x * scale), result.width - 1), min(round(y * scale), result.height - 1))
         box = crop_box(result.size, center)
         nearest = image.resize(result.size, Image.NEAREST)
         bicubic = image.resize(result.size, Image.BICUBIC)
         stem = Path(name).stem
         files = {
-            "output_png": (result, f"{stem}_x{scale}.png"),
+            "output_png": (result, f"{stem}_x{scale:g}.png"),
             "input_view": (nearest, f"{stem}_input_nearest.png"),
             "bicubic_view": (bicubic, f"{stem}_bicubic.png"),
             "crop_input": (lambda: zoomed(nearest, box), "crop_input.png"),
@@ -291,13 +316,14 @@ class PageUpscaler:
                 "crops": (paths["crop_input"], paths["crop_bicubic"], paths["crop_uplift"])}
 
     # ------------------------------------------------------------------ work
-    def upscale_file(self, path: str | Path, scale: int, color_correction: bool, tiles: str,
+    def upscale_file(self, path: str | Path, scale: float, color_correction: bool, tiles: str,
                      progress: Callable[[float, str | None], None] | None = None) -> UpscaleResult:
         """Upscale one uploaded file; PageError (in the page's words) for anything wrong with the request.
 
         Args:
             path: the uploaded file.
-            scale: 2, 4 or 8.
+            scale: any factor from 1 to MAX_SCALE (2, 4, 8: UPLiFT's own steps; others: UPLiFT to the next step,
+                then the decoded picture resized to the exact size).
             color_correction: apply the upsampler's own colour correction (on / off; the mode is the model's).
             tiles: ``"auto"``, ``"off"`` or a tile size in pixels.
             progress: called as ``progress(multiply_adds_so_far, part)`` while the pipeline runs, then as
@@ -319,9 +345,9 @@ class PageUpscaler:
         return UpscaleResult(name=name, input_size=image.size, output_size=result.size, seconds=seconds,
                              tile_size=tile_size, note=note, **files)
 
-    def zip_results(self, results: Sequence[UpscaleResult], scale: int) -> Path:
+    def zip_results(self, results: Sequence[UpscaleResult], scale: float) -> Path:
         """One zip of every result PNG (names made unique), for "Download all"."""
-        path = self.workdir / uuid.uuid4().hex / f"uplift_x{scale}_{len(results)}_photos.zip"
+        path = self.workdir / uuid.uuid4().hex / f"uplift_x{scale:g}_{len(results)}_photos.zip"
         used: set[str] = set()
 
         def write(tmp: str) -> None:
