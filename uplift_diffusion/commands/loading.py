@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uplift_diffusion.backbones.loading import is_repo_id, load_vae
+from uplift_diffusion.commands.checks import int_in
 from uplift_diffusion.presets import DEFAULT_PAIR, PAIRS, SD15_REPO
 from uplift_diffusion.utils.deprecation import RenamedFlag
 from uplift_diffusion.utils.device import add_device_arguments, resolve_device_dtype

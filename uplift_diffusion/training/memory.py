@@ -6,7 +6,8 @@ set, the decoder-aware pixel term's decode (when on), and the weights with their
 Activations are counted from the model's widths: each block keeps its input and a few maps of its width per pixel for
 the backward pass. The constants were fitted to the peak RSS rise of one run's first step measured on CPU with the
 real taef2 backbone (tiny-vae and the taef2_bsds widths, crops 64-512, batches 1-4, depths [1] to [1, 2, 3], the
-pixel term on a window and on the whole crop): the estimate is 1.07x-1.53x of each measured peak (tests/test_train_memory.py measures two small configs against 1x-2x).
+pixel term on a window and on the whole crop): the estimate is 1.07x-1.53x of each measured peak
+(tests/test_train_memory.py measures two small configs against 1x-2x).
 The backbone's working set and the objective's activations do not add up: the objective reuses the freed memory.
 """
 
