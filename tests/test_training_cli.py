@@ -65,8 +65,10 @@ def test_an_earlier_run_is_never_silently_replaced(setup, capsys):
 def test_cli_overrides_are_validated(setup, capsys, flag, value):
     path = setup / "train.json"
     path.write_text(json.dumps(tiny_config(setup, setup / "images").to_dict()))
-    assert main(["train", "--config", str(path), flag, value]) == 2
-    assert "must be" in capsys.readouterr().err and not (setup / "run" / "model").exists()
+    with pytest.raises(SystemExit) as stop:  # refused by the parser, naming the flag, before any work
+        main(["train", "--config", str(path), flag, value])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}: must be" in err and not (setup / "run" / "model").exists(), err
 
 
 def test_config_formats_agree(tmp_path):

@@ -139,6 +139,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout = stdout
 
 
+def _close_progress_bars() -> None:
+    """Close the bars an interrupt left open, so that the line said next starts a line of its own instead of
+    following a half-drawn bar."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar that cannot be drawn any more: the message still goes out
+            pass
+
+
 def _terminate_as_interrupt(signum, _frame) -> None:
     raise Interrupted(signum)
 
@@ -172,6 +183,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         except KeyboardInterrupt as err:
             name, code = _signal_name(err)
             if not is_launched_worker():  # (a worker of --num-processes: its launcher says it once)
+                _close_progress_bars()
                 print(f"{prog}: interrupted ({name})", file=sys.stderr)
             return code
         except WorkersFailedError as err:

@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="delete an earlier run in output_dir (and a feature cache made with other settings) "
                              "first; without it (or --resume) a non-empty output_dir is refused")
     parser.add_argument("--output-dir", default=None, help="override the config's output_dir")
-    parser.add_argument("--max-steps", type=int_in(None, 10**12), default=None, help="override the config's max_steps")
-    parser.add_argument("--max-minutes", type=float_in(None, 525600), default=None,
+    parser.add_argument("--max-steps", type=int_in(1, 10**12), default=None, help="override the config's max_steps")
+    parser.add_argument("--max-minutes", type=float_in(0, 525600, low_open=True), default=None,
                         help="override the config's max_minutes")
     parser.add_argument("--num-processes", type=int_in(None, 1024), default=1,
                         help="train on N processes of this machine (one per GPU; CPU processes without a GPU), as "
