@@ -75,6 +75,25 @@ def test_cache_fingerprint_covers_every_setting_that_changes_features(tmp_path):
     assert cache_fingerprint(backbone, config, 2, [FolderSource(tmp_path / "images")]) != base
 
 
+def test_cache_fingerprint_survives_a_copy_of_the_same_photos(tmp_path):
+    """Another machine's copy of the same photos (new modification times) keeps the cache valid."""
+    import os
+    import shutil
+
+    from training_helpers import tiny_config, write_images
+
+    from uplift_diffusion.training.cache import cache_fingerprint
+    from uplift_diffusion.training.data import FolderSource
+
+    write_images(tmp_path / "images", count=2)
+    backbone = tiny_backbone()
+    config = tiny_config(tmp_path, tmp_path / "images")
+    base = cache_fingerprint(backbone, config, 2, [FolderSource(tmp_path / "images")])
+    for f in (tmp_path / "images").iterdir():
+        os.utime(f, (1_000_000, 1_000_000))
+    assert cache_fingerprint(backbone, config, 2, [FolderSource(tmp_path / "images")]) == base
+
+
 def test_a_truncated_shard_is_ignored_and_recomputed(tmp_path):
     backbone = tiny_backbone()
     images = torch.rand(2, 3, 32, 32)

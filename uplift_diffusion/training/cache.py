@@ -33,7 +33,8 @@ _NOT_FEATURE_SETTINGS = ("num_workers", "cache_dir")
 
 
 def _source_signature(source) -> str:
-    """What a data source holds: its files' names, sizes and modification times (datasets: their fingerprint)."""
+    """What a data source holds: its files' names and contents (datasets: their fingerprint). Contents, not
+    modification times, so that a copy of the same photos (another machine, a fresh checkout) keeps the cache valid."""
     if hasattr(source, "files"):
         files = [Path(f) for f in source.files]
     elif hasattr(source, "entries"):
@@ -42,8 +43,10 @@ def _source_signature(source) -> str:
         return str(getattr(getattr(source, "dataset", None), "_fingerprint", type(source).__name__))
     digest = hashlib.sha256()
     for f in files:
-        st = f.stat()
-        digest.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+        digest.update(f"{f.name}|{f.stat().st_size}|".encode())
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
