@@ -333,3 +333,20 @@ def test_between_counts_the_bar_goes_on_at_the_measured_pace_then_ever_slower_ne
     ticked.start_photo(0)
     with ticked.ticking():
         assert moved.wait(timeout=30)
+
+
+def test_a_plan_from_the_small_calibration_photo_does_not_scale_fixed_costs_with_the_pixels(tmp_path):
+    """The first request's plan comes from a 64² calibration photo: the zoomed crops (capped in size) and each part's
+    seconds per call must not grow with a large photo's pixels (they made the first job's time left read ~10 s long)."""
+    from uplift_diffusion import UPLiFTSuperResolutionPipeline
+    from uplift_diffusion.app.progress import SAVING
+
+    pipeline = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
+    pipeline.set_progress_bar_config(disable=True)
+    upscaler = app.PageUpscaler(pipeline, workdir=tmp_path / "work")
+    small = upscaler.expected_plan((64, 64), 2)
+    large = upscaler.expected_plan((512, 512), 2)  # 64x the pixels
+    assert set(large.seconds) == set(small.seconds) and SAVING in small.seconds
+    assert all(large.macs[part] == pytest.approx(64 * small.macs[part]) for part in small.macs)
+    assert large.seconds[SAVING] < 0.9 * 64 * small.seconds[SAVING]  # the crops are as large for both
+    assert large.total_seconds < 0.95 * 64 * small.total_seconds

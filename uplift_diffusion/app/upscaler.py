@@ -14,7 +14,7 @@ import warnings
 import weakref
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,12 @@ def zoomed_side(box: tuple[int, int, int, int]) -> int:
     return side * max(1, -(-ZOOM_DISPLAY // side))
 
 
+def _crop_pixels(output_size: tuple[int, int]) -> int:
+    """Pixels of one zoomed crop of an output of ``output_size`` (the crop box's side does not depend on where it
+    is)."""
+    return zoomed_side(crop_box(output_size, (0, 0))) ** 2
+
+
 def zoomed(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     """The crop ``box`` of ``image`` enlarged (nearest) so that its pixels show."""
     side = zoomed_side(box)
@@ -164,6 +170,12 @@ class PageUpscaler:
         self.workdir = Path(workdir)
         self._lock = threading.Lock()  # one request at a time on the shared model, whatever the queue settings
         self._per_pixel: dict[tuple[int, int | None], WorkPlan] = {}  # measured per input pixel, per (scale, tile)
+        # Seconds per pixel of the zoomed crops, per (scale, tile): their size is capped (CROP_SIZE, ZOOM_DISPLAY),
+        # so a plan measured on a small photo must not scale their time with the photo's pixels.
+        self._crop_rate: dict[tuple[int, int | None], float] = {}
+        # Seconds per call of each part, whatever the photo's size (Python and kernel set-up), per scale: fitted on
+        # two calibration photos, so that the time per pixel measured on a small photo does not include them.
+        self._fixed: dict[float, dict[str | None, float]] = {}
 
     # ------------------------------------------------------------------ checks
     def check(self, path: str | Path) -> tuple[int, int]:
@@ -246,25 +258,46 @@ class PageUpscaler:
         return result, counter
 
     def _measure(self, key: tuple[int, int | None], pixels: int, counter: WorkCounter, saving_s: float,
-                 longest_write_s: float) -> None:
-        """Keep the run's work and seconds per part, per input pixel: the plan for the next photo of this key."""
+                 crop_s: float, crop_pixels: int, longest_write_s: float) -> None:
+        """Keep the run's work and seconds per part, per input pixel (``saving_s``: finishing the picture and writing
+        the full-size files; each part's fixed seconds per call left out), and the zoomed crops' seconds per crop
+        pixel: the plan for the next photo of this key."""
+        fixed = self._fixed.get(key[0], {})
         macs = {part: value / pixels for part, value in counter.macs_by_part.items()}
-        spent = {part: value / pixels for part, value in counter.seconds_by_part.items()}
+        spent = {part: max(0.0, value - fixed.get(part, 0.0)) / pixels
+                 for part, value in counter.seconds_by_part.items()}
         longest = max(counter.longest, longest_write_s) / pixels
         self._per_pixel[key] = WorkPlan({**macs, SAVING: 1.0 / pixels}, {**spent, SAVING: saving_s / pixels},
                                         longest)
+        self._crop_rate[key] = crop_s / max(crop_pixels, 1)
 
     def expected_plan(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> WorkPlan:
         """The expected work and seconds to upscale a photo of ``size``: measured per pixel on the last photo with
-        the same scale and tiles, else on a small calibration photo (run once per scale, under the model lock)."""
+        the same scale and tiles, else on a small calibration photo (run once per scale, under the model lock); each
+        part's fixed seconds per call, fitted on two calibration sizes after a warm-up run that pays the one-time
+        costs; the zoomed crops' time by their own size (capped, whatever the photo's)."""
         pixels = size[0] * size[1]
         for key in ((scale, tile_size), (scale, None)):
             if key in self._per_pixel:
-                return self._per_pixel[key].scaled(pixels)
+                plan = self._per_pixel[key].scaled(pixels)
+                seconds = {part: value + self._fixed.get(scale, {}).get(part, 0.0)
+                           for part, value in plan.seconds.items()}
+                seconds[SAVING] = (seconds.get(SAVING, 0.0)
+                                   + self._crop_rate.get(key, 0.0) * 3 * _crop_pixels(scaled_size(size, scale)))
+                return replace(plan, seconds=seconds)
         with self._lock:
-            side = CALIBRATION_SIDE
-            noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
-            result, counter = self._run(noise, scale, None, True)
+            rng = np.random.default_rng(0)
+            runs = []
+            for side in (CALIBRATION_SIDE // 2, CALIBRATION_SIDE // 2, CALIBRATION_SIDE):  # the first: warm-up
+                noise = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+                result, counter = self._run(noise, scale, None, True)
+                runs.append((side * side, counter.seconds_by_part))
+            (small, at_small), (large, at_large) = runs[1:]
+            fixed = {}
+            for part, value in at_large.items():
+                per_pixel = max(0.0, value - at_small.get(part, 0.0)) / (large - small)
+                fixed[part] = max(0.0, value - per_pixel * large)
+            self._fixed[scale] = fixed
             folder = self.workdir / uuid.uuid4().hex
             try:
                 self._write_views(folder, "calibration.png", noise, result, scale, counter.last_op_at,
@@ -301,15 +334,18 @@ class PageUpscaler:
         crop_pixels = zoomed_side(box) ** 2
         weights = [result.width * result.height] * 3 + [crop_pixels] * 3
         folder.mkdir(parents=True)
-        written, last, longest = 0, since, 0.0
-        for weight, (picture, filename) in zip(weights, files.values(), strict=True):
+        written, last, longest, full_s = 0, since, 0.0, 0.0
+        for index, (weight, (picture, filename)) in enumerate(zip(weights, files.values(), strict=True)):
             save_image_atomic(picture() if callable(picture) else picture, folder / filename)
             written += weight
             now = time.perf_counter()
             longest, last = max(longest, now - last), now
+            if index == 2:  # the three full-size files written (and the pipeline's finishing before them)
+                full_s = now - since
             if progress is not None:
                 progress(written / sum(weights), SAVING)
-        self._measure(key, image.width * image.height, counter, last - since, longest)
+        self._measure(key, image.width * image.height, counter, full_s, last - since - full_s, 3 * crop_pixels,
+                      longest)
         paths = {key: folder / filename for key, (_, filename) in files.items()}
         return {"output_png": paths["output_png"], "input_view": paths["input_view"],
                 "bicubic_view": paths["bicubic_view"], "detail_center": center,
