@@ -208,7 +208,7 @@ def color_correction_for(upsampler: UPLiFTModel | None, color_correction: bool |
     ``color_correction``: ``"none"`` (off; ``False`` says the same), a mode name (that mode), or ``True``: ``mode``
     when given (a pipeline's explicit override), else the correction recorded in the upsampler's config
     (``color_correction``, what it was trained with; ``"mean"`` for checkpoints that predate the record). Its
-    ``detail_sigma`` comes from the config too.
+    ``detail_sigma`` and ``detail_strength`` come from the config too.
     """
     usage = upsampler.config if upsampler is not None else {}
     if color_correction == OFF:
@@ -217,8 +217,10 @@ def color_correction_for(upsampler: UPLiFTModel | None, color_correction: bool |
         mode = mode or usage.get("color_correction", "mean")
     else:
         mode = color_correction
+    strength = usage.get("detail_strength")
     return ColorCorrection(enabled=bool(color_correction), clamp=(0.0, 1.0), mode=mode,
-                           detail_sigma=usage.get("detail_sigma", 0.5))
+                           detail_sigma=usage.get("detail_sigma", 0.5),
+                           detail_strength=1.0 if strength is None else strength)
 
 
 def _latent_scale_shift(vae) -> tuple[float, float]:

@@ -106,3 +106,49 @@ def test_pipeline_colour_mode_is_configured_saved_and_overridable(tmp_path):
     assert reloaded.config.color_correction_mode == "detail"
     with pytest.raises(ValueError, match="mode"):
         UPLiFTSuperResolutionPipeline(vae=vae, upsampler=pipe.upsampler, color_correction_mode="median")
+
+
+def test_detail_strength_scales_the_detail_per_uplift_step_count():
+    torch.manual_seed(0)
+    reference = torch.rand(1, 3, 16, 16)
+    image = {side: torch.rand(1, 3, side, side) for side in (32, 48, 64, 128)}
+
+    def corrected(side, strength):
+        return ColorCorrection(mode="detail", detail_strength=strength)(image[side], reference)
+
+    def bicubic(side):
+        return F.interpolate(reference, size=(side, side), mode="bicubic", align_corners=False)
+
+    torch.testing.assert_close(corrected(64, 1.0), ColorCorrection(mode="detail")(image[64], reference))
+    torch.testing.assert_close(corrected(64, 0), bicubic(64))
+    half = corrected(64, 0.5)
+    torch.testing.assert_close(half, bicubic(64) + 0.5 * (corrected(64, 1.0) - bicubic(64)), atol=1e-6, rtol=0)
+    per_step = [0.9, 0.5, 0.0]  # 2x, 4x, 8x (chosen by output / reference width)
+    torch.testing.assert_close(corrected(32, per_step), corrected(32, 0.9))
+    torch.testing.assert_close(corrected(64, per_step), half)
+    torch.testing.assert_close(corrected(48, per_step), corrected(48, 0.5))  # 3x runs UPLiFT to 4x: the 4x value
+    torch.testing.assert_close(corrected(128, per_step), bicubic(128))
+    torch.testing.assert_close(corrected(128, [0.9, 0.5]), corrected(128, 0.5))  # beyond the list: its last value
+    for bad in (-0.1, 5, float("nan"), [], "0.5", [1.0, True]):
+        with pytest.raises(ValueError, match="detail_strength"):
+            ColorCorrection(mode="detail", detail_strength=bad)
+
+
+def test_a_models_detail_strength_is_saved_with_it_and_applied_by_the_pipeline(tmp_path):
+    from uplift_diffusion import TAEF2
+
+    torch.manual_seed(0)
+    vae = TAEF2(latent_channels=4, channels=8, encoder_blocks=(1, 1, 1, 1), decoder_blocks=(1, 1, 1, 1)).eval()
+    model = UPLiFTModel.from_preset("tiny-vae", noise_channels=0, color_correction="detail",
+                                    detail_strength=[0.25, 0.75])
+    model.save_pretrained(tmp_path / "model")
+    reloaded = UPLiFTModel.from_pretrained(tmp_path / "model")
+    assert list(reloaded.config.detail_strength) == [0.25, 0.75]
+    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=reloaded)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 32, 32)
+    raw = pipe(image, scale=2, output_type="pt", color_correction=False).images
+    out = pipe(image, scale=2, output_type="pt").images
+    torch.testing.assert_close(out, ColorCorrection(mode="detail", clamp=(0, 1), detail_strength=0.25)(raw, image))
+    with pytest.raises(ValueError, match="detail_strength"):
+        UPLiFTModel.from_preset("tiny-vae", color_correction="detail", detail_strength=[2.0, -1.0])

@@ -136,6 +136,9 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             quality depends on (see [`~uplift_diffusion.ColorCorrection`]).
         detail_sigma (`float`, defaults to 0.5): the ``"detail"`` correction's Gaussian sigma in units of the
             upscaling factor (the value the model was trained with).
+        detail_strength (`list[float]`, *optional*): the ``"detail"`` correction's factor on this model's detail, one
+            per UPLiFT step count (2x, 4x, 8x), measured on held-out photos after training
+            (``benchmarks/fit_detail_strength.py``); ``None``: 1 (the detail as decoded).
         latent_space (`dict`, *optional*): the latent space a VAE-preset model was trained for, as
             ``uplift_diffusion.backbones.vae.latent_space_record`` writes it: ``{"vae": name, "fingerprint": ...,
             "latent_channels": C, "scaling_factor": s, "shift_factor": t}``. Pipelines refuse a VAE of another
@@ -162,6 +165,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         color_correction: str = "mean",
         detail_sigma: float = 0.5,
         latent_space: dict | None = None,
+        detail_strength: list[float] | None = None,
     ):
         super().__init__()
         defaults = get_preset("sd15-vae").config
@@ -184,7 +188,8 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         if min(in_channels, image_channels, patch_size) < 1 or noise_channels < 0:
             raise InputError("in_channels, image_channels and patch_size must be >= 1 and noise_channels >= 0")
         neighbourhood_offsets(neighbourhood_size)  # validates n
-        ColorCorrection(mode=color_correction, detail_sigma=detail_sigma)  # validates the usage record
+        ColorCorrection(mode=color_correction, detail_sigma=detail_sigma,  # validates the usage record
+                        detail_strength=1.0 if detail_strength is None else detail_strength)
         _check_latent_space(latent_space, in_channels)
 
         guide_widths = [g["out_channels"] for g in encoder_blocks]
