@@ -7,7 +7,7 @@ Upscale and, once an image larger than the photos is shown (or after ``--wait`` 
 (``OUT/<width>_result.png``) and the screen the user is left looking at (``OUT/<width>_result_view.png``). The
 selectors are the ones a user goes by (a file input, the scale's text, the button's text), so pages of other
 versions work as well; a step one version does not offer is written to ``OUT/notes.json`` with the timings and
-where the download buttons are.
+where the download links are, and whether Upscale is on the first screen.
 
     git worktree add --detach /tmp/page_before 3a6da7d
     nice -n 10 python benchmarks/page_screenshots.py --source /tmp/page_before --out outputs/page_before
@@ -38,12 +38,15 @@ TIMEOUT_MS = 300_000  # one step of a page on a busy 2-core machine: seconds, so
 # Any image on the page (the slider's halves, a gallery, a 1:1 view) wider than the widest photo by half: the result.
 RESULT_SHOWN_JS = """(width) => [...document.querySelectorAll('img')].some(
     i => i.complete && i.naturalWidth > 1.5 * width && i.getBoundingClientRect().width > 0)"""
+ON_SCREEN_JS = """(text) => [...document.querySelectorAll('button')].some(e => e.textContent.trim() == text && (
+    r => r.height > 0 && r.bottom > 0 && r.top < innerHeight)(e.getBoundingClientRect()))"""
 IMAGES_LOADED_JS = "() => [...document.querySelectorAll('img')].every(i => i.complete)"
 DOWNLOADS_JS = """() => [...document.querySelectorAll('a, button')]
     .filter(e => (e.hasAttribute('download') || /download/i.test(e.textContent)) && e.getBoundingClientRect().height)
     .map(e => { const r = e.getBoundingClientRect();
-                return {text: e.textContent.trim().replace(/\\s+/g, ' ').slice(0, 60), top: Math.round(r.top + scrollY),
-                        on_screen: r.bottom > 0 && r.top < innerHeight}; })"""
+                return {text: (e.textContent.trim() || e.getAttribute('aria-label') || e.getAttribute('title') || '')
+                          .replace(/\\s+/g, ' ').slice(0, 60), file: e.getAttribute('download'),
+                        top: Math.round(r.top + scrollY), on_screen: r.bottom > 0 && r.top < innerHeight}; })"""
 
 
 def package_roots(source: Path) -> dict[str, str]:
@@ -125,6 +128,7 @@ def shoot(browser, url: str, width: int, args, photo_width: int, out: Path) -> d
         step(notes, "page loaded", lambda: file_input.wait_for(state="attached"))
         step(notes, "images of the first screen", lambda: page.wait_for_function(IMAGES_LOADED_JS))
         record["load_s"] = round(time.monotonic() - start, 1)
+        record["upscale_on_first_screen"] = page.evaluate(ON_SCREEN_JS, "Upscale")
         page.screenshot(path=str(out / f"{width}_start.png"))
         print(f"  {width}_start.png ({record['load_s']} s to load)", flush=True)
 
