@@ -85,9 +85,17 @@ def score(samples: list[dict], clicked: float, done: float, after: float) -> dic
             "longest_stall_s": stall}
 
 
-def start_server(port: int, env: dict) -> subprocess.Popen:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(port: int, env: dict, cwd: Path | None = None) -> subprocess.Popen:
+    """``uplift-diffusion serve --port PORT``; returns once it printed its address. ``python -m`` puts its working
+    directory first on the import path, so ``cwd`` is the source tree whose page is served."""
     process = subprocess.Popen([sys.executable, "-m", "uplift_diffusion.cli", "serve", "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     started = threading.Event()
 
     def read() -> None:
@@ -101,6 +109,15 @@ def start_server(port: int, env: dict) -> subprocess.Popen:
     if process.poll() is not None:
         raise SystemExit("the server did not start")
     return process
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def main() -> None:
@@ -117,9 +134,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     server = start_server(port, env)
     rows, results = [], []
@@ -152,12 +167,7 @@ def main() -> None:
                       f"cores", flush=True)
             browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     with open(args.out / "samples.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["run", "elapsed", "real_left", "page_left", "text"])
         writer.writeheader()
