@@ -78,7 +78,6 @@ def test_cache_fingerprint_covers_every_setting_that_changes_features(tmp_path):
 def test_cache_fingerprint_survives_a_copy_of_the_same_photos(tmp_path):
     """Another machine's copy of the same photos (new modification times) keeps the cache valid."""
     import os
-    import shutil
 
     from training_helpers import tiny_config, write_images
 
