@@ -45,7 +45,8 @@ def centre_crop(hr: torch.Tensor, multiple: int, max_side: int) -> torch.Tensor 
 
 def measure(pipe, files: list[Path], scales: list[int], protocols: list[str], strengths: list[float],
             max_side: int) -> dict:
-    """``{scale: {protocol: {"psnr": [per strength], "grid": [...], "photos": n}}}``: means over the photos."""
+    """``{scale: {protocol: {"psnr": [per strength], "grid": [...], "photos": n, "psnr_per_photo": [[per strength]
+    per photo], "names": [...]}}}``: means over the photos, and each photo's PSNR."""
     from tqdm.auto import tqdm
     from uplift_diffusion.eval.metrics import grid_ratio_per_image, psnr_per_image
 
@@ -65,12 +66,14 @@ def measure(pipe, files: list[Path], scales: list[int], protocols: list[str], st
         up = bicubic_upscale(low, tuple(hr.shape[-2:]))
         detail = raw - gaussian_blur(raw, sigma * scale)
         target = hr[None]
-        row = results.setdefault(scale, {}).setdefault(protocol, {"psnr": [], "grid": []})
+        row = results.setdefault(scale, {}).setdefault(protocol, {"psnr": [], "grid": [], "names": []})
+        row["names"].append(path.name)
         outs = [((up + s * detail).clamp(0, 1) * 255).round().to(torch.uint8) for s in strengths]
         row["psnr"].append([psnr_per_image(o, target).item() for o in outs])
         row["grid"].append([grid_ratio_per_image(o, target).item() for o in outs])
     return {scale: {protocol: {"psnr": np.mean(r["psnr"], axis=0).round(4).tolist(),
-                               "grid": np.mean(r["grid"], axis=0).round(4).tolist(), "photos": len(r["psnr"])}
+                               "grid": np.mean(r["grid"], axis=0).round(4).tolist(), "photos": len(r["psnr"]),
+                               "psnr_per_photo": np.round(r["psnr"], 4).tolist(), "names": r["names"]}
                     for protocol, r in by_protocol.items()}
             for scale, by_protocol in results.items()}
 
