@@ -374,6 +374,14 @@ def test_zoom_crop_where_the_user_clicks_labelled_halves_and_a_1to1_view(page, p
                                                                                              Image.NEAREST)))
 
 
+def test_a_laptops_first_screen_holds_everything_up_to_upscale(page):
+    """At 1366×900, before any photo: the drop zone, the sample photos, the scale and the Upscale button are all on
+    the first screen (no scrolling to find where to press)."""
+    page.wait_for_selector("#examples img")
+    box = page.locator("#upscale").bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 900, box
+
+
 def test_the_page_fits_a_390_px_phone(browser, server, photos, tmp_path):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = context.new_page()

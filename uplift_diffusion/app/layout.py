@@ -3,6 +3,7 @@ handlers that connect it to the shared :class:`PageUpscaler` / :class:`FeatureSt
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ TILE_CHOICES = [("auto", "auto"), ("off (whole image)", "off"), ("256 px", "256"
 COMPARE_CHOICES = [("input (enlarged, nearest)", "input"), ("pixel bicubic", "bicubic")]
 # A photo on the web for the API panel's example call (Gradio's own test photo, the one its image examples use).
 API_EXAMPLE_PHOTO = "https://raw.githubusercontent.com/gradio-app/gradio/main/test/test_files/bus.png"
+HEARTBEAT_S = 2  # seconds between the page's heartbeats: how soon a closed page stops its job
 UPLOAD_CAP = "50 MB"  # Gradio's cap on one uploaded file (launch's max_file_size)
 PROGRESS = gr.Progress()  # Gradio fills in the request's bar (RequestProgress reports to it)
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # files shipped in skimage/data
@@ -533,7 +535,7 @@ def photos_input(**kwargs) -> gr.File:
 
 def _controls(limits: PageLimits, examples: Sequence[Path], quality: ModelQuality | None) -> Controls:
     files = photos_input(label="Photos", file_count="multiple", file_types=["image"], type="filepath",
-                         elem_id="photos")
+                         elem_id="photos", height=130)  # a low drop zone: Upscale stays in a laptop's first screen
     gr.Markdown(f"Up to {limits.max_files} photos at once, each at most {megapixels(limits.max_input_pixels)} and "
                 f"{UPLOAD_CAP} (PNG, JPEG, WebP, ...).", elem_id="limits")
     preview = gr.Gallery(label="Your photos (size now → size after upscaling)", columns=4, height="auto",
@@ -679,6 +681,9 @@ def launch(demo: gr.Blocks, limits: PageLimits, host: str = "127.0.0.1", port: i
            **kwargs) -> str:
     """Queue (bounded, one request on the models at a time) and serve ``demo``; prints and returns the page's
     address once it answers, then serves until Ctrl+C (``block=True``) or returns (``demo.close()`` stops it)."""
+    # Gradio notices a closed page when its session's heartbeat fails, every 15 s by default: a job shorter than that
+    # ran to its end for a visitor who had left, and the next visitor waited behind it.
+    os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", str(HEARTBEAT_S))
     demo.queue(max_size=limits.queue_size, default_concurrency_limit=1)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, show_error=False, ssr_mode=False,
                 quiet=True, max_file_size=UPLOAD_CAP.replace(" ", "").lower(), footer_links=["api"], css=PAGE_CSS,
