@@ -217,10 +217,8 @@ def color_correction_for(upsampler: UPLiFTModel | None, color_correction: bool |
         mode = mode or usage.get("color_correction", "mean")
     else:
         mode = color_correction
-    strength = usage.get("detail_strength")
     return ColorCorrection(enabled=bool(color_correction), clamp=(0.0, 1.0), mode=mode,
-                           detail_sigma=usage.get("detail_sigma", 0.5),
-                           detail_strength=1.0 if strength is None else strength)
+                           detail_sigma=usage.get("detail_sigma", 0.5), detail_strength=usage.get("detail_strength"))
 
 
 def _latent_scale_shift(vae) -> tuple[float, float]:

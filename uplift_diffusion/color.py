@@ -53,7 +53,10 @@ def detail_transfer(image: torch.Tensor, reference_up: torch.Tensor, sigma: floa
 
 
 def check_detail_strength(strength) -> tuple[float, ...]:
-    """``detail_strength`` as a tuple of floats in [0, 4] (a number: the same for every step); InputError else."""
+    """``detail_strength`` as a tuple of floats in [0, 4] (a number: the same for every step; ``None``: 1, the
+    detail as decoded); InputError else."""
+    if strength is None:
+        return (1.0,)
     values = (strength,) if isinstance(strength, (int, float)) and not isinstance(strength, bool) else strength
     if (not isinstance(values, Sequence) or isinstance(values, str) or not values
             or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 4
@@ -89,11 +92,12 @@ class ColorCorrection(nn.Module):
         detail_sigma (`float`, defaults to 0.5): ``"detail"`` mode: the Gaussian's sigma in units of the upscaling
             factor (output width / reference width).
         detail_strength (`float` or `list[float]`, defaults to 1.0): ``"detail"`` mode: the factor on the upscaler's
-            detail, one number or one per UPLiFT step count (2x, 4x, 8x; chosen by output width / reference width).
+            detail, one number or one per UPLiFT step count (2x, 4x, 8x; chosen by output width / reference width);
+            ``None`` is 1 (a model config without the record).
     """
 
     def __init__(self, enabled: bool = True, clamp: tuple[float, float] | None = None, mode: str = "mean",
-                 detail_sigma: float = 0.5, detail_strength: float | Sequence[float] = 1.0):
+                 detail_sigma: float = 0.5, detail_strength: float | Sequence[float] | None = 1.0):
         super().__init__()
         if mode not in (*MODES, OFF):
             raise InputError(f"colour correction mode must be one of {(*MODES, OFF)}, got {mode!r}")

@@ -189,7 +189,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             raise InputError("in_channels, image_channels and patch_size must be >= 1 and noise_channels >= 0")
         neighbourhood_offsets(neighbourhood_size)  # validates n
         ColorCorrection(mode=color_correction, detail_sigma=detail_sigma,  # validates the usage record
-                        detail_strength=1.0 if detail_strength is None else detail_strength)
+                        detail_strength=detail_strength)
         _check_latent_space(latent_space, in_channels)
 
         guide_widths = [g["out_channels"] for g in encoder_blocks]

@@ -331,7 +331,7 @@ class PageUpscaler:
             "crop_bicubic": (lambda: zoomed(bicubic, box), "crop_bicubic.png"),
             "crop_uplift": (lambda: zoomed(result, box), "crop_uplift.png"),
         }
-        crop_pixels = zoomed_side(box) ** 2
+        crop_pixels = _crop_pixels(result.size)
         weights = [result.width * result.height] * 3 + [crop_pixels] * 3
         folder.mkdir(parents=True)
         written, last, longest, full_s = 0, since, 0.0, 0.0
