@@ -9,8 +9,15 @@ crops up to ``--max-side``, low-res inputs by ``--protocols``. The fit maximises
 ``--fit-protocols`` (the standard bicubic protocol and antialiased bilinear) among the strengths that lose at most
 ``--max-loss`` dB against strength 1 on each of them (a model tuned for blurrier inputs than bicubic's gains on
 bicubic inputs from less detail and loses on antialiased-bilinear ones: the bound keeps every row of the shipping
-rule); bilinear-aliased is reported beside them. ``--write`` stores the fitted list in the model folder's
-``config.json`` (``detail_strength``), where every pipeline reads it.
+rule); bilinear-aliased is reported beside them.
+
+The best strength follows how the low-res input was made more than the photo, and an input's
+:func:`~uplift_diffusion.color.sharpness` tells the protocols apart. So the fit also finds, per scale, a strength
+curve over the sharpness: three knots at the 10th, 50th and 90th percentile of the fit photos' sharpness (over all
+``--protocols``), their strengths chosen from ``--strengths`` for the highest mean PSNR over the protocols (each
+weighted equally, bilinear-aliased included), among the curves that lose nothing against the constant fit on the
+standard bicubic protocol and at most ``--max-loss`` dB on any other. ``--write`` stores the curves (``--constant``:
+the constant strengths) in the model folder's ``config.json`` (``detail_strength``), where every pipeline reads it.
 
     python benchmarks/fit_detail_strength.py --model uplift_diffusion/weights/uplift-taef2 --out outputs/fit.json
 """
@@ -50,7 +57,7 @@ def measure(pipe, files: list[Path], scales: list[int], protocols: list[str], st
     from tqdm.auto import tqdm
     from uplift_diffusion.eval.metrics import grid_ratio_per_image, psnr_per_image
 
-    from uplift_diffusion.color import bicubic_upscale, gaussian_blur
+    from uplift_diffusion.color import bicubic_upscale, gaussian_blur, sharpness
 
     sigma = pipe.upsampler.config.get("detail_sigma", 0.5)
     results: dict = {}
@@ -66,14 +73,17 @@ def measure(pipe, files: list[Path], scales: list[int], protocols: list[str], st
         up = bicubic_upscale(low, tuple(hr.shape[-2:]))
         detail = raw - gaussian_blur(raw, sigma * scale)
         target = hr[None]
-        row = results.setdefault(scale, {}).setdefault(protocol, {"psnr": [], "grid": [], "names": []})
+        row = results.setdefault(scale, {}).setdefault(protocol, {"psnr": [], "grid": [], "names": [],
+                                                                  "sharpness": []})
         row["names"].append(path.name)
+        row["sharpness"].append(round(sharpness(low).item(), 5))
         outs = [((up + s * detail).clamp(0, 1) * 255).round().to(torch.uint8) for s in strengths]
         row["psnr"].append([psnr_per_image(o, target).item() for o in outs])
         row["grid"].append([grid_ratio_per_image(o, target).item() for o in outs])
     return {scale: {protocol: {"psnr": np.mean(r["psnr"], axis=0).round(4).tolist(),
                                "grid": np.mean(r["grid"], axis=0).round(4).tolist(), "photos": len(r["psnr"]),
-                               "psnr_per_photo": np.round(r["psnr"], 4).tolist(), "names": r["names"]}
+                               "psnr_per_photo": np.round(r["psnr"], 4).tolist(), "names": r["names"],
+                               "sharpness": r["sharpness"]}
                     for protocol, r in by_protocol.items()}
             for scale, by_protocol in results.items()}
 
@@ -91,20 +101,87 @@ def fit(measured: dict, strengths: list[float], fit_protocols: list[str], max_lo
     return best
 
 
-def table(measured: dict, strengths: list[float], best: dict[int, float]) -> str:
-    lines = ["| scale | protocol | photos | PSNR at strength 1 / grid | PSNR at the fit / grid | fitted strength |",
-             "| --- | --- | --- | --- | --- | --- |"]
+def psnr_at(curves: np.ndarray, strengths: list[float], at: np.ndarray) -> np.ndarray:
+    """Each photo's PSNR ([photos, strengths] measured at ``strengths``) at its own strength ``at`` (linear between
+    the measured strengths); ``at`` may carry leading dimensions: [..., photos] -> [..., photos]."""
+    grid = np.asarray(strengths)
+    k = np.clip(np.searchsorted(grid, at, side="right") - 1, 0, len(grid) - 2)
+    t = np.clip((at - grid[k]) / (grid[k + 1] - grid[k]), 0, 1)
+    rows = np.arange(curves.shape[0])
+    return curves[rows, k] * (1 - t) + curves[rows, k + 1] * t
+
+
+def knot_weights(values: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """[photos, knots]: the weights of ``np.interp(value, knots, strengths)`` on each knot's strength."""
+    eye = np.eye(len(knots))
+    return np.stack([np.interp(values, knots, eye[j]) for j in range(len(knots))], axis=1)
+
+
+def fit_curve(measured: dict, strengths: list[float], constant: dict[int, float], max_loss: float,
+              n_knots: int = 3) -> dict[int, list[list[float]]]:
+    """Per scale, the strength curve over the inputs' sharpness (``n_knots`` knots at evenly spaced percentiles from
+    the 10th to the 90th) with the highest mean PSNR over the protocols, among the curves that lose nothing against
+    the constant strength ``constant[scale]`` on the bicubic protocol and at most ``max_loss`` dB on any other."""
+    import itertools
+
+    curves = {}
+    for scale, by_protocol in measured.items():
+        names = list(by_protocol)
+        psnr = np.concatenate([np.asarray(by_protocol[p]["psnr_per_photo"]) for p in names])  # [photos, strengths]
+        sharp = np.concatenate([np.asarray(by_protocol[p]["sharpness"]) for p in names])
+        group = np.concatenate([np.full(len(by_protocol[p]["names"]), i) for i, p in enumerate(names)])
+        knots = np.percentile(sharp, np.linspace(10, 90, n_knots))
+        combos = np.array(list(itertools.product(strengths, repeat=n_knots)))  # [combos, knots]
+        at = combos @ knot_weights(sharp, knots).T  # [combos, photos]
+        value = psnr_at(psnr, strengths, at)
+        base = psnr[:, strengths.index(constant[scale])]
+        delta = np.stack([(value - base)[:, group == i].mean(axis=1) for i in range(len(names))], axis=1)
+        allowed = (delta >= -max_loss).all(axis=1)
+        if "bicubic" in names:
+            allowed &= delta[:, names.index("bicubic")] >= 0
+        mean = np.where(allowed, np.stack([value[:, group == i].mean(axis=1) for i in range(len(names))],
+                                          axis=1).mean(axis=1), -np.inf)
+        best = combos[int(np.argmax(mean))]  # the constant curve always qualifies
+        curves[scale] = [[round(float(f), 4), float(v)] for f, v in zip(knots, best, strict=True)]
+    return curves
+
+
+def curve_psnr(row: dict, strengths: list[float], curve: list[list[float]]) -> float:
+    at = np.interp(row["sharpness"], *zip(*curve, strict=True))
+    return float(psnr_at(np.asarray(row["psnr_per_photo"]), strengths, np.asarray(at)).mean())
+
+
+def table(measured: dict, strengths: list[float], best: dict[int, float],
+          curves: dict[int, list[list[float]]]) -> str:
+    lines = ["| scale | protocol | photos | sharpness | PSNR at strength 1 / grid | at the constant fit / grid | "
+             "with the curve | fitted strength | curve [[sharpness, strength], ...] |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     one = strengths.index(1.0)
     for scale, by_protocol in measured.items():
         k = strengths.index(best[scale])
         for protocol, r in by_protocol.items():
-            lines.append(f"| {scale}x | {protocol} | {r['photos']} | {r['psnr'][one]:.2f} / {r['grid'][one]:.2f} | "
-                         f"{r['psnr'][k]:.2f} / {r['grid'][k]:.2f} | {best[scale]:g} |")
+            lines.append(f"| {scale}x | {protocol} | {r['photos']} | {np.mean(r['sharpness']):.2f} | "
+                         f"{r['psnr'][one]:.2f} / {r['grid'][one]:.2f} | {r['psnr'][k]:.2f} / {r['grid'][k]:.2f} | "
+                         f"{curve_psnr(r, strengths, curves[scale]):.2f} | {best[scale]:g} | {curves[scale]} |")
     return "\n".join(lines)
 
 
-def write_strength(model_dir: Path, best: dict[int, float]) -> list[float]:
-    """Store the fitted strengths (2x, 4x, 8x, ...) in ``model_dir/config.json``, atomically."""
+def add_sharpness(measured: dict, photos: list[Path], max_side: int) -> None:
+    """Fill in each photo's input sharpness where an earlier ``--out`` file lacks it (no decoding)."""
+    from uplift_diffusion.color import sharpness
+    from uplift_diffusion.training.data import list_image_files
+
+    files = {f.name: f for folder in photos for f in list_image_files(folder)}
+    for scale, by_protocol in measured.items():
+        for protocol, row in by_protocol.items():
+            if "sharpness" not in row:
+                row["sharpness"] = [round(sharpness(downscale(centre_crop(load(files[name]), 8 * scale, max_side),
+                                                              scale, protocol)[None].float() / 255).item(), 5)
+                                    for name in row["names"]]
+
+
+def write_strength(model_dir: Path, best: dict[int, float | list]) -> list:
+    """Store the fitted strengths or curves (2x, 4x, 8x, ...) in ``model_dir/config.json``, atomically."""
     from uplift_diffusion.utils.io import write_json_atomic
 
     path = model_dir / "config.json"
@@ -133,6 +210,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="JSON of every measurement and the fit")
     parser.add_argument("--from-json", type=Path, help="fit again from an earlier --out file (no decoding)")
     parser.add_argument("--write", action="store_true", help="store the fit in the model folder's config.json")
+    parser.add_argument("--constant", action="store_true",
+                        help="with --write: store the constant strengths, not the curves over the input's sharpness")
     args = parser.parse_args(argv)
     if 1.0 not in args.strengths:
         args.strengths.append(1.0)
@@ -156,18 +235,21 @@ def main(argv=None) -> int:
         earlier = json.loads(args.from_json.read_text())
         args.strengths = earlier["strengths"]
         measured = {int(scale): rows for scale, rows in earlier["measured"].items()}
+        add_sharpness(measured, [Path(p) for p in earlier["photos"]], earlier.get("max_side", args.max_side))
     else:
         files = [f for folder in args.photos for f in list_image_files(folder)]
         measured = measure(pipe, files, args.scales, args.protocols, args.strengths, args.max_side)
     best = fit(measured, args.strengths, args.fit_protocols, args.max_loss)
-    print(table(measured, args.strengths, best))
+    curves = fit_curve(measured, args.strengths, best, args.max_loss)
+    print(table(measured, args.strengths, best, curves))
     if args.out:
         write_json_atomic(args.out, {"model": str(args.model), "photos": [str(p) for p in args.photos],
                                      "strengths": args.strengths, "fit_protocols": args.fit_protocols,
-                                     "max_loss": args.max_loss,
-                                     "fit": best, "measured": measured})
+                                     "max_loss": args.max_loss, "max_side": args.max_side,
+                                     "fit": best, "curves": curves, "measured": measured})
     if args.write:
-        print(f"wrote detail_strength {write_strength(args.model, best)} to {args.model / 'config.json'}")
+        values = write_strength(args.model, best if args.constant else curves)
+        print(f"wrote detail_strength {values} to {args.model / 'config.json'}")
     return 0
 
 

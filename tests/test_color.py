@@ -1,5 +1,6 @@
 """ColorCorrection (paper B.1) on its own and inside the pipelines."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -152,3 +153,104 @@ def test_a_models_detail_strength_is_saved_with_it_and_applied_by_the_pipeline(t
     torch.testing.assert_close(out, ColorCorrection(mode="detail", clamp=(0, 1), detail_strength=0.25)(raw, image))
     with pytest.raises(ValueError, match="detail_strength"):
         UPLiFTModel.from_preset("tiny-vae", color_correction="detail", detail_strength=[2.0, -1.0])
+
+
+def test_sharpness_tells_how_a_real_photo_was_downscaled(shared_dir):
+    from PIL import Image
+
+    from uplift_diffusion.color import sharpness
+    from uplift_diffusion.training.data import downscale
+
+    for name in ("kodim03.png", "kodim13.png", "kodim23.png"):
+        photo = Image.open(shared_dir / "data" / "kodak" / name).convert("RGB")
+        hr = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float() / 255
+        size = (hr.shape[-2] // 4, hr.shape[-1] // 4)
+        blurred, bicubic, aliased = (sharpness(downscale(hr, size, kernel)).item()
+                                     for kernel in ("bilinear", "bicubic", "bilinear-aliased"))
+        assert blurred < bicubic - 0.05 < aliased - 0.1, (name, blurred, bicubic, aliased)
+        low = downscale(hr, size, "bicubic")
+        assert sharpness(low * 0.5 + 0.2).item() == pytest.approx(bicubic, abs=1e-4)  # brightness, contrast
+        assert sharpness(low * 2 - 1).item() == pytest.approx(bicubic, abs=1e-4)  # the [-1, 1] range
+    assert sharpness(torch.full((1, 3, 16, 16), 0.5)).item() == 0  # flat
+    assert sharpness(torch.rand(1, 3, 2, 16)).item() == 0  # too small to measure
+
+
+def test_a_strength_curve_gives_each_image_the_strength_of_its_sharpness():
+    from uplift_diffusion.color import check_detail_strength, sharpness
+
+    torch.manual_seed(0)
+    smooth = F.interpolate(torch.rand(1, 3, 4, 4), size=(16, 16), mode="bicubic", align_corners=False)
+    noisy = torch.rand(1, 3, 16, 16)
+    reference = torch.cat([smooth, noisy])
+    low, high = sharpness(reference).tolist()
+    assert low < 0 < high
+    curve = [[low, 1.0], [high, 0.2]]  # the blurred input gets all the detail, the noisy one a fifth
+    image = torch.rand(2, 3, 64, 64)
+    out = ColorCorrection(mode="detail", detail_strength=[0.9, curve])(image, reference)
+    for i, strength in enumerate((1.0, 0.2)):
+        torch.testing.assert_close(out[i:i + 1], ColorCorrection(mode="detail", detail_strength=strength)(
+            image[i:i + 1], reference[i:i + 1]))
+    between = ColorCorrection(mode="detail", detail_strength=[[[low - 1, 0.0], [high + 1, 1.0]]])(image, reference)
+    for i, sharp in enumerate((low, high)):  # linear between knots
+        strength = (sharp - low + 1) / (high - low + 2)
+        torch.testing.assert_close(between[i:i + 1], ColorCorrection(mode="detail", detail_strength=strength)(
+            image[i:i + 1], reference[i:i + 1]))
+    beyond = ColorCorrection(mode="detail", detail_strength=[[[high + 1, 0.3], [high + 2, 0.8]]])(image, reference)
+    torch.testing.assert_close(beyond, ColorCorrection(mode="detail", detail_strength=0.3)(image, reference))
+    assert check_detail_strength([0.5, [[0, 1], [1, 0.5]]]) == (0.5, ((0.0, 1.0), (1.0, 0.5)))
+    for bad in ([[[1, 0.5], [0, 1]]], [[[0, 1], [0, 0.5]]], [[[0, 5]]], [[[0, 1, 2]]], [[[0, float("nan")]]],
+                [[]], [[[True, 1]]], [["a", 1]]):
+        with pytest.raises(ValueError, match="detail_strength"):
+            ColorCorrection(mode="detail", detail_strength=bad)
+
+
+def test_a_strength_curve_is_saved_with_the_model_and_applied_by_the_pipeline(tmp_path):
+    from uplift_diffusion import TAEF2
+
+    torch.manual_seed(0)
+    vae = TAEF2(latent_channels=4, channels=8, encoder_blocks=(1, 1, 1, 1), decoder_blocks=(1, 1, 1, 1)).eval()
+    curve = [[-0.5, 1.0], [0.5, 0.1]]
+    UPLiFTModel.from_preset("tiny-vae", noise_channels=0, color_correction="detail",
+                            detail_strength=[curve]).save_pretrained(tmp_path / "model")
+    reloaded = UPLiFTModel.from_pretrained(tmp_path / "model")
+    pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=reloaded)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 32, 32)
+    raw = pipe(image, scale=2, output_type="pt", color_correction=False).images
+    out = pipe(image, scale=2, output_type="pt").images
+    torch.testing.assert_close(out, ColorCorrection(mode="detail", clamp=(0, 1), detail_strength=[curve])(raw, image))
+    assert not torch.allclose(out, ColorCorrection(mode="detail", clamp=(0, 1))(raw, image))
+
+
+def test_the_strength_fit_finds_a_curve_that_follows_the_protocols():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_detail_strength.py"
+    spec = importlib.util.spec_from_file_location("fit_detail_strength", path)
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    strengths = [0.0, 0.5, 1.0]
+
+    def curves(best):  # PSNR over the strengths of photos whose best strength is ``best``
+        return [[10 - 4 * (s - best) ** 2 for s in strengths]] * 4
+
+    measured = {4: {"bicubic": {"psnr_per_photo": curves(0.5), "sharpness": [0.05] * 4,
+                                "names": list("abcd")},
+                    "bilinear-antialiased": {"psnr_per_photo": curves(1.0), "sharpness": [-0.3, -0.2, -0.25, -0.22],
+                                             "names": list("abcd")},
+                    "bilinear-aliased": {"psnr_per_photo": curves(0.0), "sharpness": [0.5, 0.6, 0.55, 0.45],
+                                         "names": list("abcd")}}}
+    curve = fit.fit_curve(measured, strengths, {4: 0.5}, max_loss=0.05)[4]
+    assert [f for f, _ in curve] == sorted(f for f, _ in curve)
+    assert [s for _, s in curve] == sorted((s for _, s in curve), reverse=True)  # sharper inputs, less detail
+    constant = {p: fit.curve_psnr(measured[4][p], strengths, [[0, 0.5]]) for p in measured[4]}  # 9, 10, 9
+    with_curve = {p: fit.curve_psnr(measured[4][p], strengths, curve) for p in measured[4]}
+    assert with_curve["bicubic"] >= constant["bicubic"]
+    assert with_curve["bilinear-antialiased"] > constant["bilinear-antialiased"] + 0.5
+    assert with_curve["bilinear-aliased"] > constant["bilinear-aliased"] + 0.5
+    # a curve may not lose on the bicubic protocol against the constant fit: with bicubic inputs as sharp as the
+    # aliased ones, the only allowed curve is the constant
+    measured[4]["bicubic"]["sharpness"] = measured[4]["bilinear-aliased"]["sharpness"]
+    curve = fit.fit_curve(measured, strengths, {4: 0.5}, max_loss=0.05)[4]
+    assert fit.curve_psnr(measured[4]["bicubic"], strengths, curve) >= 10 - 1e-9
