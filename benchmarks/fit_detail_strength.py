@@ -13,10 +13,10 @@ rule); bilinear-aliased is reported beside them.
 
 The best strength follows how the low-res input was made more than the photo, and an input's
 :func:`~uplift_diffusion.color.sharpness` tells the protocols apart. So the fit also finds, per scale, a strength
-curve over the sharpness: three knots at the 10th, 50th and 90th percentile of the fit photos' sharpness (over all
-``--protocols``), their strengths chosen from ``--strengths`` for the highest mean PSNR over the protocols (each
-weighted equally, bilinear-aliased included), among the curves that lose nothing against the constant fit on the
-standard bicubic protocol and at most ``--max-loss`` dB on any other. ``--write`` stores the curves (``--constant``:
+curve over the sharpness that takes detail away from inputs sharper than a threshold (aliased ones: the model would
+sharpen their jagged edges), chosen for the highest mean PSNR over the protocols (each weighted equally,
+bilinear-aliased included) among the curves that lose nothing on any protocol against the constant fit, also with
+every input read ``--robust-shift`` sharper (see :func:`fit_curve`). ``--write`` stores the curves (``--constant``:
 the constant strengths) in the model folder's ``config.json`` (``detail_strength``), where every pipeline reads it.
 
     python benchmarks/fit_detail_strength.py --model uplift_diffusion/weights/uplift-taef2 --out outputs/fit.json
@@ -117,32 +117,36 @@ def knot_weights(values: np.ndarray, knots: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(values, knots, eye[j]) for j in range(len(knots))], axis=1)
 
 
-def fit_curve(measured: dict, strengths: list[float], constant: dict[int, float], max_loss: float,
-              n_knots: int = 3) -> dict[int, list[list[float]]]:
-    """Per scale, the strength curve over the inputs' sharpness (``n_knots`` knots at evenly spaced percentiles from
-    the 10th to the 90th) with the highest mean PSNR over the protocols, among the curves that lose nothing against
-    the constant strength ``constant[scale]`` on the bicubic protocol and at most ``max_loss`` dB on any other."""
-    import itertools
-
+def fit_curve(measured: dict, strengths: list[float], constant: dict[int, float], robust_shift: float = 0.1,
+              grid: float = 0.05) -> dict[int, list[list[float]]]:
+    """Per scale, the strength curve over the inputs' sharpness that keeps ``constant[scale]`` up to a sharpness
+    ``t1`` and falls linearly to a lower strength at ``t2`` (``[[t1, constant], [t2, low]]``; ``t1``, ``t2`` on a
+    ``grid`` over the fit photos' sharpness range, ``low`` among ``strengths``), with the highest mean PSNR over the
+    protocols among the curves that lose nothing against the constant on any protocol, also when every input reads
+    ``robust_shift`` sharper (photos from another source read a little sharper or blunter: a curve that only just
+    spares the fit photos' bicubic inputs would take detail from another set's). No such curve: the constant."""
     curves = {}
     for scale, by_protocol in measured.items():
         names = list(by_protocol)
         psnr = np.concatenate([np.asarray(by_protocol[p]["psnr_per_photo"]) for p in names])  # [photos, strengths]
         sharp = np.concatenate([np.asarray(by_protocol[p]["sharpness"]) for p in names])
         group = np.concatenate([np.full(len(by_protocol[p]["names"]), i) for i, p in enumerate(names)])
-        knots = np.percentile(sharp, np.linspace(10, 90, n_knots))
-        combos = np.array(list(itertools.product(strengths, repeat=n_knots)))  # [combos, knots]
-        at = combos @ knot_weights(sharp, knots).T  # [combos, photos]
-        value = psnr_at(psnr, strengths, at)
         base = psnr[:, strengths.index(constant[scale])]
-        delta = np.stack([(value - base)[:, group == i].mean(axis=1) for i in range(len(names))], axis=1)
-        allowed = (delta >= -max_loss).all(axis=1)
-        if "bicubic" in names:
-            allowed &= delta[:, names.index("bicubic")] >= 0
-        mean = np.where(allowed, np.stack([value[:, group == i].mean(axis=1) for i in range(len(names))],
-                                          axis=1).mean(axis=1), -np.inf)
-        best = combos[int(np.argmax(mean))]  # the constant curve always qualifies
-        curves[scale] = [[round(float(f), 4), float(v)] for f, v in zip(knots, best, strict=True)]
+
+        def gains(t1, t2, low, shift=0.0):
+            at = np.interp(sharp + shift, [t1, t2], [constant[scale], low])
+            delta = psnr_at(psnr, strengths, at) - base
+            return np.array([delta[group == i].mean() for i in range(len(names))])
+
+        points = np.arange(np.floor(sharp.min() / grid) * grid, sharp.max() + grid, grid).round(4)
+        best, curve = 0.0, [[0.0, constant[scale]]]
+        for t1 in points:
+            for t2 in points[points > t1]:
+                for low in (v for v in strengths if v < constant[scale]):
+                    gain = gains(t1, t2, low)
+                    if gain.mean() > best + 1e-9 and gain.min() >= 0 and gains(t1, t2, low, robust_shift).min() >= 0:
+                        best, curve = gain.mean(), [[float(t1), constant[scale]], [float(t2), float(low)]]
+        curves[scale] = curve
     return curves
 
 
@@ -167,17 +171,17 @@ def table(measured: dict, strengths: list[float], best: dict[int, float],
 
 
 def add_sharpness(measured: dict, photos: list[Path], max_side: int) -> None:
-    """Fill in each photo's input sharpness where an earlier ``--out`` file lacks it (no decoding)."""
+    """Each photo's input sharpness, computed again from the photos (no decoding): an earlier ``--out`` file may
+    lack it or hold an older definition's."""
     from uplift_diffusion.color import sharpness
     from uplift_diffusion.training.data import list_image_files
 
     files = {f.name: f for folder in photos for f in list_image_files(folder)}
     for scale, by_protocol in measured.items():
         for protocol, row in by_protocol.items():
-            if "sharpness" not in row:
-                row["sharpness"] = [round(sharpness(downscale(centre_crop(load(files[name]), 8 * scale, max_side),
-                                                              scale, protocol)[None].float() / 255).item(), 5)
-                                    for name in row["names"]]
+            row["sharpness"] = [round(sharpness(downscale(centre_crop(load(files[name]), 8 * scale, max_side),
+                                                          scale, protocol)[None].float() / 255).item(), 5)
+                                for name in row["names"]]
 
 
 def write_strength(model_dir: Path, best: dict[int, float | list]) -> list:
@@ -205,6 +209,8 @@ def main(argv=None) -> int:
                         default=[round(0.05 * k, 2) for k in range(0, 25)])
     parser.add_argument("--max-loss", type=float, default=0.05,
                         help="dB a fit protocol may lose against strength 1 (default 0.05)")
+    parser.add_argument("--robust-shift", type=float, default=0.1,
+                        help="the sharpness shift a curve must survive without a loss on any protocol (default 0.1)")
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="JSON of every measurement and the fit")
@@ -240,12 +246,13 @@ def main(argv=None) -> int:
         files = [f for folder in args.photos for f in list_image_files(folder)]
         measured = measure(pipe, files, args.scales, args.protocols, args.strengths, args.max_side)
     best = fit(measured, args.strengths, args.fit_protocols, args.max_loss)
-    curves = fit_curve(measured, args.strengths, best, args.max_loss)
+    curves = fit_curve(measured, args.strengths, best, args.robust_shift)
     print(table(measured, args.strengths, best, curves))
     if args.out:
         write_json_atomic(args.out, {"model": str(args.model), "photos": [str(p) for p in args.photos],
                                      "strengths": args.strengths, "fit_protocols": args.fit_protocols,
-                                     "max_loss": args.max_loss, "max_side": args.max_side,
+                                     "max_loss": args.max_loss, "robust_shift": args.robust_shift,
+                                     "max_side": args.max_side,
                                      "fit": best, "curves": curves, "measured": measured})
     if args.write:
         values = write_strength(args.model, best if args.constant else curves)

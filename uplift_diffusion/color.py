@@ -59,16 +59,9 @@ def detail_transfer(image: torch.Tensor, reference_up: torch.Tensor, sigma: floa
     return reference_up + strength * (image - gaussian_blur(image, sigma))
 
 
-def sharpness(image: torch.Tensor) -> torch.Tensor:
-    """How much of an image's detail sits at its finest scale: ``log(E[laplacian^2] / (2 E[|gradient|^2]))`` of its
-    luma, per image of [B, 3, H, W] (any value range: the ratio ignores brightness and contrast) -> [B].
-
-    A natural photo's power falls with frequency, so the ratio moves little with content and much with how the image
-    was downscaled: about -0.2 for antialiased bilinear, 0.1 for PIL bicubic, 0.5 for aliased bilinear (BSDS / Set14
-    photos at 4x; white noise: 0.92). A flat image (no gradient) reads 0.
-    """
-    x = image.float()
-    luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]) if x.shape[1] == 3 else x.mean(dim=1)
+def _fine_detail(luma: torch.Tensor) -> torch.Tensor:
+    """``log(E[laplacian^2] / (2 E[|gradient|^2]))`` per image of [B, H, W] luma (0 where there is no gradient or
+    the image is under 3 pixels): how much of the image's detail sits at its finest scale."""
     if min(luma.shape[-2:]) < 3:
         return torch.zeros(luma.shape[0])
     gx, gy = luma[:, :, 1:] - luma[:, :, :-1], luma[:, 1:] - luma[:, :-1]
@@ -76,6 +69,25 @@ def sharpness(image: torch.Tensor) -> torch.Tensor:
     gradient = gx.pow(2).mean(dim=(1, 2)) + gy.pow(2).mean(dim=(1, 2))
     ratio = lap.pow(2).mean(dim=(1, 2)) / (2 * gradient).clamp_min(1e-20)
     return torch.where(gradient > 1e-12, ratio.clamp_min(1e-6).log(), torch.zeros_like(ratio)).cpu()
+
+
+def sharpness(image: torch.Tensor) -> torch.Tensor:
+    """How much sharper an image is at its finest scale than a clean half-size copy of it: the log
+    Laplacian-to-gradient energy ratio of its luma minus that of its antialiased bicubic half, per image of
+    [B, C, H, W] (any value range: the ratios ignore brightness and contrast) -> [B].
+
+    The ratio alone moves with the photo (noise, JPEG blocks, texture); against the photo's own half-size copy it
+    moves mostly with how the image was made: about -0.15 for an antialiased-bilinear downscale, 0 for PIL bicubic,
+    +0.2 to +0.3 for an aliased bilinear one (Set14 and BSDS photos at 2x to 8x). Images under 6 pixels a side read 0.
+    """
+    x = image.float()
+    luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]) if x.shape[1] == 3 else x.mean(dim=1)
+    height, width = luma.shape[-2:]
+    if min(height, width) < 6:
+        return torch.zeros(luma.shape[0])
+    half = F.interpolate(luma[:, None], size=(height // 2, width // 2), mode="bicubic", align_corners=False,
+                         antialias=True)[:, 0]
+    return _fine_detail(luma) - _fine_detail(half)
 
 
 def _check_knots(value) -> tuple[tuple[float, float], ...] | None:

@@ -33,6 +33,9 @@ MAX_SCALE = 8  # the largest factor the page takes (any number from 1: UPLiFT to
 KEEP_RESULTS_S = 3600  # result files older than this are deleted from the page's work folder
 CROP_SIZE = 192  # output pixels per side of the zoomed crop (the page's detail view)
 ZOOM_DISPLAY = 384  # the zoomed crops are enlarged (nearest) to at least this many pixels per side
+# zlib level of the page's PNGs: level 1 writes a 2 MP photo 4-5x faster than PIL's default 6 for ~20 % more bytes
+# (the same pixels), so the bar does not stand still while the result is saved
+PNG_COMPRESS_LEVEL = 1
 CALIBRATION_SIDE = 64  # pixels: the small photo whose work per pixel sizes the progress bar before a first real run
 
 
@@ -336,7 +339,8 @@ class PageUpscaler:
         folder.mkdir(parents=True)
         written, last, longest, full_s = 0, since, 0.0, 0.0
         for index, (weight, (picture, filename)) in enumerate(zip(weights, files.values(), strict=True)):
-            save_image_atomic(picture() if callable(picture) else picture, folder / filename)
+            save_image_atomic(picture() if callable(picture) else picture, folder / filename,
+                              compress_level=PNG_COMPRESS_LEVEL)
             written += weight
             now = time.perf_counter()
             longest, last = max(longest, now - last), now

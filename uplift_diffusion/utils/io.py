@@ -114,12 +114,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
-def save_image_atomic(image, path: str | os.PathLike) -> Path:
-    """Save a PIL image (format from ``path``'s suffix)."""
+def save_image_atomic(image, path: str | os.PathLike, **options) -> Path:
+    """Save a PIL image (format from ``path``'s suffix; ``options``: the format's, e.g. ``compress_level``)."""
     from PIL import Image
 
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
-    return atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+    return atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **options))
 
 
 def to_json(value: Any) -> Any:
