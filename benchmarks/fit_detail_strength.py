@@ -117,7 +117,7 @@ def knot_weights(values: np.ndarray, knots: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(values, knots, eye[j]) for j in range(len(knots))], axis=1)
 
 
-def fit_curve(measured: dict, strengths: list[float], constant: dict[int, float], robust_shift: float = 0.1,
+def fit_curve(measured: dict, strengths: list[float], constant: dict[int, float], robust_shift: float = 0.2,
               grid: float = 0.05) -> dict[int, list[list[float]]]:
     """Per scale, the strength curve over the inputs' sharpness that keeps ``constant[scale]`` up to a sharpness
     ``t1`` and falls linearly to a lower strength at ``t2`` (``[[t1, constant], [t2, low]]``; ``t1``, ``t2`` on a
@@ -209,8 +209,8 @@ def main(argv=None) -> int:
                         default=[round(0.05 * k, 2) for k in range(0, 25)])
     parser.add_argument("--max-loss", type=float, default=0.05,
                         help="dB a fit protocol may lose against strength 1 (default 0.05)")
-    parser.add_argument("--robust-shift", type=float, default=0.1,
-                        help="the sharpness shift a curve must survive without a loss on any protocol (default 0.1)")
+    parser.add_argument("--robust-shift", type=float, default=0.2,
+                        help="the sharpness shift a curve must survive without a loss on any protocol (default 0.2)")
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="JSON of every measurement and the fit")
