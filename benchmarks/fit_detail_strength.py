@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -132,12 +133,7 @@ def fit_curve(measured: dict, strengths: list[float], constant: dict[int, float]
         sharp = np.concatenate([np.asarray(by_protocol[p]["sharpness"]) for p in names])
         group = np.concatenate([np.full(len(by_protocol[p]["names"]), i) for i, p in enumerate(names)])
         base = psnr[:, strengths.index(constant[scale])]
-
-        def gains(t1, t2, low, shift=0.0):
-            at = np.interp(sharp + shift, [t1, t2], [constant[scale], low])
-            delta = psnr_at(psnr, strengths, at) - base
-            return np.array([delta[group == i].mean() for i in range(len(names))])
-
+        gains = partial(_protocol_gains, psnr, sharp, group, base, strengths, constant[scale])
         points = np.arange(np.floor(sharp.min() / grid) * grid, sharp.max() + grid, grid).round(4)
         best, curve = 0.0, [[0.0, constant[scale]]]
         for t1 in points:
@@ -148,6 +144,14 @@ def fit_curve(measured: dict, strengths: list[float], constant: dict[int, float]
                         best, curve = gain.mean(), [[float(t1), constant[scale]], [float(t2), float(low)]]
         curves[scale] = curve
     return curves
+
+
+def _protocol_gains(psnr, sharp, group, base, strengths, constant, t1, t2, low, shift=0.0) -> np.ndarray:
+    """Each protocol's mean PSNR gain over ``base`` (the constant strength) with the curve ``[[t1, constant],
+    [t2, low]]``, every input read ``shift`` sharper."""
+    at = np.interp(sharp + shift, [t1, t2], [constant, low])
+    delta = psnr_at(psnr, strengths, at) - base
+    return np.array([delta[group == i].mean() for i in range(int(group.max()) + 1)])
 
 
 def curve_psnr(row: dict, strengths: list[float], curve: list[list[float]]) -> float:
