@@ -112,12 +112,6 @@ def psnr_at(curves: np.ndarray, strengths: list[float], at: np.ndarray) -> np.nd
     return curves[rows, k] * (1 - t) + curves[rows, k + 1] * t
 
 
-def knot_weights(values: np.ndarray, knots: np.ndarray) -> np.ndarray:
-    """[photos, knots]: the weights of ``np.interp(value, knots, strengths)`` on each knot's strength."""
-    eye = np.eye(len(knots))
-    return np.stack([np.interp(values, knots, eye[j]) for j in range(len(knots))], axis=1)
-
-
 def fit_curve(measured: dict, strengths: list[float], constant: dict[int, float], robust_shift: float = 0.2,
               grid: float = 0.05) -> dict[int, list[list[float]]]:
     """Per scale, the strength curve over the inputs' sharpness that keeps ``constant[scale]`` up to a sharpness
