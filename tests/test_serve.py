@@ -189,6 +189,20 @@ def test_work_counter_counts_the_multiply_adds_of_convolutions_and_products():
     assert seen == ["decoding", None] and out.shape == (1, 8, 10, 10)
 
 
+def test_work_counter_counts_the_fused_convolutions_of_the_fast_path():
+    from uplift_diffusion import fast_paths
+
+    if not fast_paths.capabilities().fused_conv_add_relu:
+        pytest.skip("this torch build has no oneDNN conv + add")
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1).eval()
+    x = torch.randn(1, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn_like(x)
+    with torch.inference_mode(), app.WorkCounter(parts={conv.weight.data_ptr(): "decoding"}) as counter:
+        fast_paths.conv_relu(x, conv, relu=True)  # conv + ReLU: one oneDNN op
+        fast_paths.conv_add_relu_(residual, x, conv)  # conv + residual + ReLU, in place: one oneDNN op
+    assert counter.total == 2 * 8 * 12 * 10 * 8 * 3 * 3  # both, each with its own output's multiply-adds
+
+
 def test_the_zoom_goes_to_the_most_detailed_region():
     image = Image.new("L", (120, 80), 128)
     rng = np.random.default_rng(0)
@@ -276,6 +290,84 @@ def test_the_bar_moves_by_expected_seconds_per_part_and_the_files_written():
     cancelled = app.RequestProgress(lambda *a, **k: None, ["a.png"], [plan], cancelled=lambda: True)
     with pytest.raises(app.JobCancelled):
         cancelled.work(1, "UPLiFT")
+
+
+def test_within_a_part_the_bar_follows_where_its_time_went_in_the_measured_run():
+    import torch.nn.functional as F
+
+    from uplift_diffusion.app.progress import SAVING, WorkCounter, WorkPlan
+
+    # A decoder whose last layer has few multiply-adds per second (a full-resolution layer): measured once, its
+    # profile says where the time goes, and the bar and the time left follow it instead of the multiply-adds.
+    now = [0.0]
+    counter = WorkCounter(clock=lambda: now[0])
+    with counter:
+        for size, seconds in ((8, 1.0), (8, 1.0), (32, 8.0)):  # the last conv: 16x the work, 8x the time
+            now[0] += seconds
+            F.conv2d(torch.zeros(1, 1, size, size), torch.zeros(1, 1, 1, 1))
+    profiles = WorkPlan.profiles_of(counter)
+    (macs, seconds), = profiles.values()
+    assert macs == pytest.approx((0, 64 / 1152, 128 / 1152, 1)) and seconds == pytest.approx((0, 0.1, 0.2, 1))
+
+    plain = WorkPlan({"decoding": 1152, SAVING: 1.0}, {"decoding": 10.0, SAVING: 1.0})
+    profiled = WorkPlan({"decoding": 1152, SAVING: 1.0}, {"decoding": 10.0, SAVING: 1.0},
+                        profiles={"decoding": profiles[None]})
+    assert plain.position({"decoding": 128}) == pytest.approx(10 * 128 / 1152)  # 1.1 s: the bar runs behind
+    assert profiled.position({"decoding": 128}) == pytest.approx(2.0)  # the first two layers' 2 s of the 10
+    assert profiled.scaled(4).position({"decoding": 512}) == pytest.approx(8.0)  # a photo 4x the size
+    reports, clock = [], [0.0]
+    bar = app.RequestProgress(lambda fraction, desc: reports.append((fraction, desc)), ["a.png"], [profiled],
+                              min_interval=0, clock=lambda: clock[0])
+    bar.start_photo(0)
+    clock[0] = 2.0
+    bar.work(128, "decoding")  # on plan: 2 s of the 11 s, 9 s left
+    assert reports[-1] == (pytest.approx(2 / 11), "a.png · decoding · about 9 s left")
+
+
+def test_a_plan_from_the_calibration_photos_gives_each_op_its_time_at_the_photos_size():
+    import torch.nn.functional as F
+
+    from uplift_diffusion.app.progress import OpCosts, WorkCounter
+
+    def run(side: int) -> WorkCounter:  # two ops at a quarter of the resolution and one at full resolution
+        now = [0.0]
+        counter = WorkCounter(clock=lambda: now[0])
+        with counter:
+            for size in (side // 4, side // 4, side):
+                x = torch.zeros(1, 1, size, size)
+                now[0] += 0.1 + 1e-4 * 2 * x.numel()  # set-up, then time by the elements read and written
+                F.conv2d(x, torch.zeros(1, 1, 1, 1))
+        return counter
+
+    costs = OpCosts.fit(run(32), 32 * 32, run(64), 64 * 64)
+    (rate, per_op), = costs.rates.values()
+    assert rate == pytest.approx(1e-4) and per_op == pytest.approx(0.1)
+    (macs, small), = costs.profiles(32 * 32).values()
+    (_, large), = costs.profiles(1024 * 1024).values()
+    assert macs == pytest.approx((0, 1 / 18, 2 / 18, 1))
+    assert small == pytest.approx((0, 0.1128 / 0.5304, 0.2256 / 0.5304, 1))  # at the calibration's own size
+    assert large == pytest.approx((0, 13.2072 / 236.2296, 26.4144 / 236.2296, 1))  # the last op: 89 % of the time
+    assert costs.longest(1024 * 1024) == pytest.approx(209.8152)
+
+
+def test_a_visitor_who_left_before_their_job_started_does_not_keep_the_model_busy(upscaler, tmp_path):
+    from types import SimpleNamespace
+
+    from uplift_diffusion.app.layout import PageEvents
+
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32)).save(photo)
+    events = PageEvents(upscaler, features=None)  # no pipeline: a job that started its work would fail otherwise
+    visitor, other = SimpleNamespace(session_hash="left-early"), SimpleNamespace(session_hash="still-here")
+    events.visitor_left(visitor)  # the page closed while its click was still queued
+    updates = list(events.run_page([str(photo)], 2, None, True, "auto", "bicubic", request=visitor,
+                                   progress=lambda *args, **kwargs: None))
+    assert "cancelled" in str(updates[-1]).lower() and visitor.session_hash not in events.jobs
+    run = events.run_page([str(photo)], 2, None, True, "auto", "bicubic", request=other, progress=lambda *a, **k: None)
+    next(run)  # the busy update: the job is registered before it, so a Cancel from then on reaches it
+    assert not events.jobs[other.session_hash].is_set()
+    events.stop_job(other)
+    assert "cancelled" in str(list(run)[-1]).lower() and not events.jobs
 
 
 def test_the_librarys_refusals_reach_the_visitor_in_the_pages_words():

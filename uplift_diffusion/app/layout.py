@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ COMPARE_CHOICES = [("input (enlarged, nearest)", "input"), ("pixel bicubic", "bi
 # A photo on the web for the API panel's example call (Gradio's own test photo, the one its image examples use).
 API_EXAMPLE_PHOTO = "https://raw.githubusercontent.com/gradio-app/gradio/main/test/test_files/bus.png"
 HEARTBEAT_S = 2  # seconds between the page's heartbeats: how soon a closed page stops its job
+MAX_LEFT_SESSIONS = 1024  # sessions remembered as left (their late-starting jobs stop at once)
 UPLOAD_CAP = "50 MB"  # Gradio's cap on one uploaded file (launch's max_file_size)
 PROGRESS = gr.Progress()  # Gradio fills in the request's bar (RequestProgress reports to it)
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")  # files shipped in skimage/data
@@ -318,6 +320,9 @@ class PageEvents:
     upscaler: PageUpscaler
     features: FeatureStrips
     jobs: dict[str, threading.Event] = field(default_factory=dict)  # session -> its running job's stop flag
+    # Sessions whose page was closed or reloaded (most recent last, bounded): a job of theirs that had not started
+    # when they left (queued, or between the click and its handler) stops as soon as it starts.
+    left: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def check_request(self, files) -> None:
         limits = self.upscaler.limits
@@ -343,6 +348,8 @@ class PageEvents:
         """Every photo of the request (one bar over all of them); the results and the problems, in order.
         JobCancelled when ``cancelled()`` turns True."""
         self.check_request(files)
+        if cancelled is not None and cancelled():
+            raise JobCancelled("the request was cancelled")
         scale = page_scale(scale)
         self.upscaler.prune()
         names = [Path(path).name for path in files]
@@ -366,6 +373,8 @@ class PageEvents:
         stop = threading.Event()
         if request is not None and request.session_hash:
             self.jobs[request.session_hash] = stop
+            if request.session_hash in self.left:
+                stop.set()
         return stop
 
     def _job_ended(self, request: gr.Request | None, stop: threading.Event) -> None:
@@ -379,6 +388,14 @@ class PageEvents:
             stop.set()
             logger.info("request cancelled")
 
+    def visitor_left(self, request: gr.Request) -> None:
+        """The visitor closed or reloaded the page: stop their job, also one that starts after this."""
+        if request is not None and request.session_hash:
+            self.left[request.session_hash] = None
+            while len(self.left) > MAX_LEFT_SESSIONS:
+                self.left.popitem(last=False)
+        self.stop_job(request)
+
     def cancel(self, request: gr.Request):
         self.stop_job(request)
         return *_idle(), gr.update(value=problems_markdown("Cancelled", ["The upscale was cancelled."]),
@@ -388,9 +405,9 @@ class PageEvents:
                  progress=PROGRESS):
         # First the old results go (a new run must not look finished), then the bar, then the new results.
         cleared = _cleared()
-        yield *_busy(), [], 0, None, *cleared
-        stop = self._job_started(request)
+        stop = self._job_started(request)  # before the first update: a Cancel or leaving from then on stops it
         try:
+            yield *_busy(), [], 0, None, *cleared
             scale = chosen_scale(scale, other)
             results, problems = self.upscale_all(files, scale, color_correction, tiles, progress,
                                                  cancelled=stop.is_set)
@@ -673,7 +690,7 @@ def build_demo(upscaler: PageUpscaler, features: FeatureStrips, title: str = "UP
             if with_features:
                 _features_tab(events)
         _connect(events, controls, view)
-        demo.unload(events.stop_job)  # a visitor who leaves (reload, close) does not keep the model busy
+        demo.unload(events.visitor_left)  # a visitor who leaves (reload, close) does not keep the model busy
     return demo
 
 

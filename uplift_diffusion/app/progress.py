@@ -9,8 +9,9 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -21,15 +22,21 @@ _CONV_OPS = {"conv2d", "convolution", "_convolution", "mkldnn_convolution", "_co
 _TRANSPOSED_OPS = {"conv_transpose2d", "conv_transpose1d", "conv_transpose3d", "convolution_transpose"}
 _MATMUL_OPS = {"mm", "bmm", "matmul"}
 _MATMUL_ADD_OPS = {"addmm", "baddbmm"}
+_FUSED_BINARY_CONV = "_convolution_pointwise_"  # in place into the residual (the residual first)
 SAVING = "saving"  # the part after the model: writing the result's files (its "work" is the fraction written)
 
 
-def _multiply_adds(name: str, args: tuple, out) -> tuple[int, torch.Tensor | None]:
-    """Multiply-adds of one ATen op (convolutions and matrix products; 0 for the rest) and the weight it read."""
+def _multiply_adds(name: str, overload: str, args: tuple, out) -> tuple[int, torch.Tensor | None]:
+    """Multiply-adds of one ATen op (convolutions and matrix products; 0 for the rest) and the weight it read.
+    oneDNN's fused conv + residual add (``_convolution_pointwise.binary``, and ``_convolution_pointwise_.binary``
+    writing into the residual) takes the residual before the weight."""
     if not isinstance(out, torch.Tensor):
         return 0, None
-    if name in _CONV_OPS or name in _TRANSPOSED_OPS:
-        data, weight = args[0], args[1]
+    if name in _CONV_OPS or name in _TRANSPOSED_OPS or name == _FUSED_BINARY_CONV:
+        if overload == "binary":
+            data, weight = args[1 if name == _FUSED_BINARY_CONV else 0], args[2]
+        else:
+            data, weight = args[0], args[1]
         if not (isinstance(weight, torch.Tensor) and weight.dim() >= 3):
             return 0, None
         per_position = weight.shape[1] * weight[0, 0].numel()  # input channels per group x kernel (or, transposed,
@@ -67,6 +74,11 @@ class WorkCounter(TorchDispatchMode):
         self.macs_by_part: dict[str | None, int] = defaultdict(int)
         self.seconds_by_part: dict[str | None, float] = defaultdict(float)
         self.longest = 0.0  # seconds: the longest stretch between two counted ops (one large convolution)
+        # Per part, the cumulative (multiply-adds, seconds) at each counted op: where a part's time goes along its
+        # work (a decoder's last full-resolution layers take more seconds per multiply-add than its first ones).
+        self.profile_by_part: dict[str | None, list[tuple[int, float]]] = defaultdict(list)
+        # Per part, each counted op's (multiply-adds, input and output elements, seconds).
+        self.ops_by_part: dict[str | None, list[tuple[int, int, float]]] = defaultdict(list)
         self._part: str | None = None
         self._last = clock()
 
@@ -77,7 +89,7 @@ class WorkCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        macs, weight = _multiply_adds(func.overloadpacket.__name__, args, out)
+        macs, weight = _multiply_adds(func.overloadpacket.__name__, func._overloadname, args, out)
         if macs:
             self.total += macs
             part = None
@@ -87,6 +99,9 @@ class WorkCounter(TorchDispatchMode):
             now = self.clock()
             self.macs_by_part[self._part] += macs
             self.seconds_by_part[self._part] += now - self._last
+            self.profile_by_part[self._part].append((self.macs_by_part[self._part], self.seconds_by_part[self._part]))
+            elements = out.numel() + (args[0].numel() if isinstance(args[0], torch.Tensor) else 0)
+            self.ops_by_part[self._part].append((macs, elements, now - self._last))
             self.longest = max(self.longest, now - self._last)
             self._last = now
             if self.on_work is not None:
@@ -105,6 +120,20 @@ class WorkPlan:
     macs: Mapping[str | None, float]
     seconds: Mapping[str | None, float]
     longest: float = 0.0
+    # Per part, (fractions of its multiply-adds, fractions of its seconds) along a measured run (profiles_of); a
+    # part without one spends its seconds evenly over its multiply-adds.
+    profiles: Mapping[str | None, tuple[Sequence[float], Sequence[float]]] = field(default_factory=dict)
+
+    @classmethod
+    def profiles_of(cls, counter: WorkCounter) -> dict[str | None, tuple[tuple[float, ...], tuple[float, ...]]]:
+        """Each part's time along its work in ``counter``'s run: (fractions of its multiply-adds, fractions of its
+        seconds) at each counted op, from (0, 0) to (1, 1)."""
+        profiles = {}
+        for part, points in counter.profile_by_part.items():
+            macs, seconds = counter.macs_by_part[part], counter.seconds_by_part[part]
+            if macs > 0 and seconds > 0:
+                profiles[part] = ((0.0, *(m / macs for m, _ in points)), (0.0, *(s / seconds for _, s in points)))
+        return profiles
 
     @classmethod
     def uniform(cls, cost: float) -> WorkPlan:
@@ -114,16 +143,86 @@ class WorkPlan:
     def scaled(self, factor: float) -> WorkPlan:
         """The plan for ``factor`` times the work (a plan per pixel, for a photo of ``factor`` pixels)."""
         return WorkPlan({p: v * factor for p, v in self.macs.items()},
-                        {p: v * factor for p, v in self.seconds.items()}, self.longest * factor)
+                        {p: v * factor for p, v in self.seconds.items()}, self.longest * factor, self.profiles)
 
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
 
+    def seconds_done(self, part: str | None, done: float) -> float:
+        """Expected seconds of ``part`` behind ``done`` of its units of work (along its profile, if it has one)."""
+        macs = self.macs.get(part, 0.0)
+        if macs <= 0:
+            return 0.0
+        fraction = min(done, macs) / macs
+        if part in self.profiles:
+            fraction = float(np.interp(fraction, *self.profiles[part]))
+        return fraction * self.seconds.get(part, 0.0)
+
     def position(self, done: Mapping[str | None, float]) -> float:
         """Expected seconds of work behind ``done`` (units of work per part)."""
-        return sum(min(done.get(part, 0.0), macs) / macs * self.seconds.get(part, 0.0)
-                   for part, macs in self.macs.items() if macs > 0)
+        return sum(self.seconds_done(part, done.get(part, 0.0)) for part in self.macs)
+
+
+@dataclass(frozen=True)
+class OpCosts:
+    """Each counted op's seconds as ``per_element * elements + per_op`` (its input and output elements: at these
+    sizes a layer's time follows the memory it streams more than its multiply-adds), per part, fitted on the ops of
+    two runs on photos of two sizes (the page's calibration): the profile (:meth:`WorkPlan.profiles_of`) of a photo
+    of another size, its ops' elements scaled by its pixels. On a small photo every op costs about the same (set-up);
+    on a large one the full-resolution layers take most of the time, and a profile measured on the small photo would
+    put the bar near the end while they run.
+
+    Args:
+        macs: per part, the fractions of its multiply-adds at each op of the larger run.
+        elements: per part, each op's input and output elements per input pixel in the larger run.
+        rates: per part, ``(seconds per element, seconds per op)``.
+    """
+
+    macs: Mapping[str | None, Sequence[float]]
+    elements: Mapping[str | None, Sequence[float]]
+    rates: Mapping[str | None, tuple[float, float]]
+
+    @classmethod
+    def fit(cls, small: WorkCounter, small_pixels: int, large: WorkCounter, large_pixels: int) -> OpCosts:
+        """Fitted on the ops of ``small`` and ``large`` (counters of two runs of ``*_pixels`` input pixels)."""
+        macs, elements, rates = {}, {}, {}
+        for part, ops in large.ops_by_part.items():
+            total = large.macs_by_part[part]
+            if not ops or total <= 0:
+                continue
+            sample = np.asarray([(e, s) for _, e, s in (*small.ops_by_part.get(part, []), *ops)], dtype=float)
+            macs[part] = tuple(np.cumsum([m for m, _, _ in ops]) / total)
+            elements[part] = tuple(e / large_pixels for _, e, _ in ops)
+            rates[part] = _non_negative_line(sample[:, 0], sample[:, 1])
+        return cls(macs, elements, rates)
+
+    def _seconds(self, part: str | None, pixels: int) -> np.ndarray:
+        per_element, per_op = self.rates[part]
+        return per_element * np.asarray(self.elements[part]) * pixels + per_op
+
+    def longest(self, pixels: int) -> float:
+        """The expected seconds of the longest op for a photo of ``pixels`` input pixels."""
+        return max((float(self._seconds(part, pixels).max()) for part in self.macs), default=0.0)
+
+    def profiles(self, pixels: int) -> dict[str | None, tuple[tuple[float, ...], tuple[float, ...]]]:
+        """Each part's profile for a photo of ``pixels`` input pixels."""
+        profiles = {}
+        for part, macs in self.macs.items():
+            seconds = np.cumsum(self._seconds(part, pixels))
+            if seconds[-1] > 0:
+                profiles[part] = ((0.0, *macs), (0.0, *(seconds / seconds[-1]).tolist()))
+        return profiles
+
+
+def _non_negative_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``(slope, intercept)`` of ``y`` against ``x``, both kept >= 0."""
+    slope, intercept = np.linalg.lstsq(np.c_[x, np.ones_like(x)], y, rcond=None)[0]
+    if slope < 0:
+        return 0.0, max(0.0, float(y.mean()))
+    if intercept < 0:
+        return max(0.0, float((x @ y) / max(x @ x, 1e-30))), 0.0
+    return float(slope), float(intercept)
 
 
 PART_EVIDENCE_S = 1.0  # expected seconds of a part done in this request before its own measured pace counts fully
@@ -224,8 +323,7 @@ class RequestProgress:
     def _expected_done(self) -> dict[str | None, float]:
         """Expected seconds done per part in the current photo."""
         plan = self.plans[self.index]
-        return {part: min(self.done.get(part, 0.0), macs) / macs * plan.seconds.get(part, 0.0)
-                for part, macs in plan.macs.items() if macs > 0}
+        return {part: plan.seconds_done(part, self.done.get(part, 0.0)) for part, macs in plan.macs.items() if macs > 0}
 
     def _seconds_left(self) -> float | None:
         """Seconds left as of the counts: each part's remaining expected seconds at its measured pace."""

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from uplift_diffusion.app.messages import PageError, megapixels
-from uplift_diffusion.app.progress import SAVING, WorkCounter, WorkPlan
+from uplift_diffusion.app.progress import SAVING, OpCosts, WorkCounter, WorkPlan
 from uplift_diffusion.pipelines.common import output_size
 from uplift_diffusion.utils.errors import ImageConversionWarning
 from uplift_diffusion.utils.images import image_size, load_image
@@ -179,6 +179,8 @@ class PageUpscaler:
         # Seconds per call of each part, whatever the photo's size (Python and kernel set-up), per scale: fitted on
         # two calibration photos, so that the time per pixel measured on a small photo does not include them.
         self._fixed: dict[float, dict[str | None, float]] = {}
+        # Per (scale, tiles) whose plan is still the calibration's: each op's seconds against the photo's size.
+        self._op_costs: dict[tuple[int, int | None], OpCosts] = {}
 
     # ------------------------------------------------------------------ checks
     def check(self, path: str | Path) -> tuple[int, int]:
@@ -260,6 +262,12 @@ class PageUpscaler:
                                    color_correction=color_correction).images[0]
         return result, counter
 
+    def _work_pixels(self, size: tuple[int, int]) -> int:
+        """The pixels the pipeline works on for a photo of ``size``: padded to a multiple of the VAE's factor (a
+        plan per photo pixel would miss the padding's work, and the bar would reach a part's end before it ends)."""
+        factor = getattr(self.pipeline, "vae_scale_factor", 1)
+        return -(-size[0] // factor) * factor * (-(-size[1] // factor) * factor)
+
     def _measure(self, key: tuple[int, int | None], pixels: int, counter: WorkCounter, saving_s: float,
                  crop_s: float, crop_pixels: int, longest_write_s: float) -> None:
         """Keep the run's work and seconds per part, per input pixel (``saving_s``: finishing the picture and writing
@@ -268,10 +276,10 @@ class PageUpscaler:
         fixed = self._fixed.get(key[0], {})
         macs = {part: value / pixels for part, value in counter.macs_by_part.items()}
         spent = {part: max(0.0, value - fixed.get(part, 0.0)) / pixels
-                 for part, value in counter.seconds_by_part.items()}
+                 for part, value in {**counter.seconds_by_part, SAVING: saving_s}.items()}
         longest = max(counter.longest, longest_write_s) / pixels
-        self._per_pixel[key] = WorkPlan({**macs, SAVING: 1.0 / pixels}, {**spent, SAVING: saving_s / pixels},
-                                        longest)
+        self._per_pixel[key] = WorkPlan({**macs, SAVING: 1.0 / pixels}, spent, longest, WorkPlan.profiles_of(counter))
+        self._op_costs.pop(key, None)  # a real photo's run replaces the calibration's (and its per-op fit)
         self._crop_rate[key] = crop_s / max(crop_pixels, 1)
 
     def expected_plan(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> WorkPlan:
@@ -279,7 +287,7 @@ class PageUpscaler:
         the same scale and tiles, else on a small calibration photo (run once per scale, under the model lock); each
         part's fixed seconds per call, fitted on two calibration sizes after a warm-up run that pays the one-time
         costs; the zoomed crops' time by their own size (capped, whatever the photo's)."""
-        pixels = size[0] * size[1]
+        pixels = self._work_pixels(size)
         for key in ((scale, tile_size), (scale, None)):
             if key in self._per_pixel:
                 plan = self._per_pixel[key].scaled(pixels)
@@ -287,6 +295,10 @@ class PageUpscaler:
                            for part, value in plan.seconds.items()}
                 seconds[SAVING] = (seconds.get(SAVING, 0.0)
                                    + self._crop_rate.get(key, 0.0) * 3 * _crop_pixels(scaled_size(size, scale)))
+                if key in self._op_costs:  # a plan from the calibration photos: each op's time at this size
+                    costs = self._op_costs[key]
+                    return replace(plan, seconds=seconds, profiles={**plan.profiles, **costs.profiles(pixels)},
+                                   longest=costs.longest(pixels))
                 return replace(plan, seconds=seconds)
         with self._lock:
             rng = np.random.default_rng(0)
@@ -294,19 +306,23 @@ class PageUpscaler:
             for side in (CALIBRATION_SIDE // 2, CALIBRATION_SIDE // 2, CALIBRATION_SIDE):  # the first: warm-up
                 noise = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
                 result, counter = self._run(noise, scale, None, True)
-                runs.append((side * side, counter.seconds_by_part))
-            (small, at_small), (large, at_large) = runs[1:]
+                folder = self.workdir / uuid.uuid4().hex
+                try:
+                    _, timings = self._write_views(folder, "calibration.png", noise, result, scale,
+                                                   counter.last_op_at)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+                runs.append((side * side, counter, timings))
+            (small, small_run, small_timings), (large, large_run, large_timings) = runs[1:]
             fixed = {}
-            for part, value in at_large.items():
-                per_pixel = max(0.0, value - at_small.get(part, 0.0)) / (large - small)
+            for part, value, at_small in (*((part, value, small_run.seconds_by_part.get(part, 0.0))
+                                            for part, value in large_run.seconds_by_part.items()),
+                                          (SAVING, large_timings[0], small_timings[0])):
+                per_pixel = max(0.0, value - at_small) / (large - small)
                 fixed[part] = max(0.0, value - per_pixel * large)
             self._fixed[scale] = fixed
-            folder = self.workdir / uuid.uuid4().hex
-            try:
-                self._write_views(folder, "calibration.png", noise, result, scale, counter.last_op_at,
-                                  (scale, None), counter)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+            self._measure((scale, None), large, large_run, *large_timings)
+            self._op_costs[(scale, None)] = OpCosts.fit(small_run, small, large_run, large)
         return self.expected_plan(size, scale, tile_size)
 
     def expected_cost(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> float:
@@ -314,12 +330,14 @@ class PageUpscaler:
         return self.expected_plan(size, scale, tile_size).total_seconds
 
     def _write_views(self, folder: Path, name: str, image: Image.Image, result: Image.Image, scale: float,
-                     since: float, key: tuple[int, int | None], counter: WorkCounter,
-                     progress: Callable[[float, str | None], None] | None = None) -> dict:
+                     since: float, progress: Callable[[float, str | None], None] | None = None
+                     ) -> tuple[dict, tuple[float, float, int, float]]:
         """Write the result's files into ``folder`` (the download, the slider's halves, the zoomed crops of the most
         detailed region: everything the page then shows is ready, nothing is encoded after the bar ends), reporting
         the share of their pixels written; measure the time from ``since`` (the end of the model's last counted op:
-        the pipeline's own finishing is part of it) as the plan's SAVING. Returns UpscaleResult's file fields."""
+        the pipeline's own finishing is part of it) as the plan's SAVING. Returns UpscaleResult's file fields and
+        the timings :meth:`_measure` keeps: the seconds to the full-size files, the crops' seconds, their pixels, and
+        the longest file."""
         x, y = most_detailed_center(image, max(1, int(CROP_SIZE // scale)))
         center = (min(round(x * scale), result.width - 1), min(round(y * scale), result.height - 1))
         box = crop_box(result.size, center)
@@ -348,12 +366,11 @@ class PageUpscaler:
                 full_s = now - since
             if progress is not None:
                 progress(written / sum(weights), SAVING)
-        self._measure(key, image.width * image.height, counter, full_s, last - since - full_s, 3 * crop_pixels,
-                      longest)
         paths = {key: folder / filename for key, (_, filename) in files.items()}
-        return {"output_png": paths["output_png"], "input_view": paths["input_view"],
-                "bicubic_view": paths["bicubic_view"], "detail_center": center,
-                "crops": (paths["crop_input"], paths["crop_bicubic"], paths["crop_uplift"])}
+        return ({"output_png": paths["output_png"], "input_view": paths["input_view"],
+                 "bicubic_view": paths["bicubic_view"], "detail_center": center,
+                 "crops": (paths["crop_input"], paths["crop_bicubic"], paths["crop_uplift"])},
+                (full_s, last - since - full_s, 3 * crop_pixels, longest))
 
     # ------------------------------------------------------------------ work
     def upscale_file(self, path: str | Path, scale: float, color_correction: bool, tiles: str,
@@ -380,8 +397,9 @@ class PageUpscaler:
             start = time.perf_counter()
             result, counter = self._run(image, scale, tile_size, color_correction, progress)
             seconds = time.perf_counter() - start
-        files = self._write_views(self.workdir / uuid.uuid4().hex, name, image, result, scale, counter.last_op_at,
-                                  (scale, tile_size), counter, progress)
+        files, timings = self._write_views(self.workdir / uuid.uuid4().hex, name, image, result, scale,
+                                           counter.last_op_at, progress)
+        self._measure((scale, tile_size), self._work_pixels(image.size), counter, *timings)
         return UpscaleResult(name=name, input_size=image.size, output_size=result.size, seconds=seconds,
                              tile_size=tile_size, note=note, **files)
 
