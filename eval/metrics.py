@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from accelerate.utils import gather_object, reduce
 from torch import nn
 
+from uplift_diffusion.color import luma
 from uplift_diffusion.utils.errors import InputError, InputNotFoundError, UnavailableError
 from uplift_diffusion.utils.io import atomic_write
 
@@ -441,8 +442,7 @@ def contrast_per_image(images: torch.Tensor) -> torch.Tensor:
     """Standard deviation of the luma (Rec. 601: 0.299 R + 0.587 G + 0.114 B, in [0, 1]) per image; returns [B]."""
     x = _check_batch(images)
     x = x.float() / 255 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
-    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    return luma.flatten(1).std(dim=1)
+    return luma(x).flatten(1).std(dim=1)
 
 
 def colour_ratios_per_image(preds: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -464,12 +464,12 @@ def grid_peak_per_image(images: torch.Tensor, period: int = 8) -> torch.Tensor:
     soft image scores like a sharp one. Photos score about 1; divide by the original's score
     (:func:`grid_ratio_per_image`). uint8 or float [B, 3, H, W] in [0, 1]; returns [B]."""
     rgb = _unit(_check_batch(images))
-    luma = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]  # [B, H, W]
-    spectrum = torch.fft.fft2(luma - luma.mean((-1, -2), keepdim=True)).abs().square()
-    peak = torch.zeros(len(luma))
-    side = torch.zeros(len(luma))
+    y = luma(rgb)  # [B, H, W]
+    spectrum = torch.fft.fft2(y - y.mean((-1, -2), keepdim=True)).abs().square()
+    peak = torch.zeros(len(y))
+    side = torch.zeros(len(y))
     for dim in (-1, -2):
-        n = luma.shape[dim]
+        n = y.shape[dim]
         lines = torch.tensor([k * n // period for k in range(1, period) if (k * n) % period == 0], dtype=torch.long)
         if len(lines) == 0:
             continue

@@ -59,6 +59,11 @@ def detail_transfer(image: torch.Tensor, reference_up: torch.Tensor, sigma: floa
     return reference_up + strength * (image - gaussian_blur(image, sigma))
 
 
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """Rec. 601 luma ``0.299 R + 0.587 G + 0.114 B`` of [B, 3, H, W] (float, same value range) -> [B, H, W]."""
+    return 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+
+
 def _fine_detail(luma: torch.Tensor) -> torch.Tensor:
     """``log(E[laplacian^2] / (2 E[|gradient|^2]))`` per image of [B, H, W] luma (0 where there is no gradient or
     the image is under 3 pixels): how much of the image's detail sits at its finest scale."""
@@ -81,13 +86,13 @@ def sharpness(image: torch.Tensor) -> torch.Tensor:
     +0.2 to +0.3 for an aliased bilinear one (Set14 and BSDS photos at 2x to 8x). Images under 6 pixels a side read 0.
     """
     x = image.float()
-    luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]) if x.shape[1] == 3 else x.mean(dim=1)
-    height, width = luma.shape[-2:]
+    y = luma(x) if x.shape[1] == 3 else x.mean(dim=1)
+    height, width = y.shape[-2:]
     if min(height, width) < 6:
-        return torch.zeros(luma.shape[0])
-    half = F.interpolate(luma[:, None], size=(height // 2, width // 2), mode="bicubic", align_corners=False,
+        return torch.zeros(y.shape[0])
+    half = F.interpolate(y[:, None], size=(height // 2, width // 2), mode="bicubic", align_corners=False,
                          antialias=True)[:, 0]
-    return _fine_detail(luma) - _fine_detail(half)
+    return _fine_detail(y) - _fine_detail(half)
 
 
 def _check_knots(value) -> tuple[tuple[float, float], ...] | None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from ..color import bicubic_upscale, detail_transfer
+from ..color import bicubic_upscale, detail_transfer, luma
 from ..utils.deprecation import warn_renamed
 from .config import PIXEL_LOSSES, LossConfig
 
@@ -57,13 +57,12 @@ def grid_excess(pred: torch.Tensor, target: torch.Tensor, period: int = 8) -> to
     upsampler whose output the decoder turns into a mesh concentrates energy exactly there; a sharper or blurrier
     picture of the right content does not, and less energy than the target is not charged (that is the pixel
     term's job)."""
-    def luma(x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    def centred_luma(x: torch.Tensor) -> torch.Tensor:
+        y = luma(x.float())
         return y - y.mean((-1, -2), keepdim=True)
 
-    magnitude_p = torch.fft.fft2(luma(pred), norm="ortho").abs()
-    magnitude_t = torch.fft.fft2(luma(target), norm="ortho").abs()
+    magnitude_p = torch.fft.fft2(centred_luma(pred), norm="ortho").abs()
+    magnitude_t = torch.fft.fft2(centred_luma(target), norm="ortho").abs()
     h, w = magnitude_p.shape[-2:]
     mask = torch.zeros(h, w, dtype=torch.bool, device=pred.device)
     rows = [k * h // period for k in range(1, period) if (k * h) % period == 0]
