@@ -273,6 +273,7 @@ def test_the_bar_moves_by_expected_seconds_per_part_and_the_files_written():
     bar = app.RequestProgress(lambda fraction, desc: reports.append((fraction, desc)), ["a.png"], [plan],
                               min_interval=0, clock=lambda: now[0])
     bar.start_photo(0)
+    assert reports[-1] == (0.0, "a.png · about 5 s left")  # before any work: the plan's seconds
     now[0] = 2.0
     bar.work(100, "UPLiFT")  # all of the upsampler: 1 s of the 5 s expected
     assert reports[-1] == (pytest.approx(0.2), "a.png · UPLiFT · about 8 s left")  # the pace: 2 s per expected s
@@ -322,6 +323,26 @@ def test_within_a_part_the_bar_follows_where_its_time_went_in_the_measured_run()
     clock[0] = 2.0
     bar.work(128, "decoding")  # on plan: 2 s of the 11 s, 9 s left
     assert reports[-1] == (pytest.approx(2 / 11), "a.png · decoding · about 9 s left")
+
+
+def test_a_part_not_yet_seen_goes_at_the_plans_pace_when_the_plan_is_the_calibrations():
+    from uplift_diffusion.app.progress import SAVING, WorkPlan
+
+    def left_after_a_fast_upsampler(calibrated: bool) -> str:
+        reports, now = [], [0.0]
+        plan = WorkPlan({"UPLiFT": 100, "decoding": 100, SAVING: 1.0}, {"UPLiFT": 4.0, "decoding": 10.0, SAVING: 1.0},
+                        calibrated=calibrated)
+        bar = app.RequestProgress(lambda fraction, desc: reports.append(desc), ["a.png"], [plan], min_interval=0,
+                                  clock=lambda: now[0])
+        bar.start_photo(0)
+        now[0] = 2.0
+        bar.work(100, "UPLiFT")  # the upsampler in half its planned time
+        return reports[-1]
+
+    # A plan measured on a photo: the machine is twice as fast as when it was measured, for every part.
+    assert left_after_a_fast_upsampler(False).endswith("about 6 s left")
+    # A plan from the calibration photos: the upsampler's error is its own; the decoder keeps its planned 10 s.
+    assert left_after_a_fast_upsampler(True).endswith("about 11 s left")
 
 
 def test_a_plan_from_the_calibration_photos_gives_each_op_its_time_at_the_photos_size():

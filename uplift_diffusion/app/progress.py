@@ -123,6 +123,9 @@ class WorkPlan:
     # Per part, (fractions of its multiply-adds, fractions of its seconds) along a measured run (profiles_of); a
     # part without one spends its seconds evenly over its multiply-adds.
     profiles: Mapping[str | None, tuple[Sequence[float], Sequence[float]]] = field(default_factory=dict)
+    # From the small calibration photos, not from a photo of this kind: each part's error is its own, so the pace of
+    # the parts done says nothing about the parts not yet seen (which go at the plan's pace until they are seen).
+    calibrated: bool = False
 
     @classmethod
     def profiles_of(cls, counter: WorkCounter) -> dict[str | None, tuple[tuple[float, ...], tuple[float, ...]]]:
@@ -143,7 +146,8 @@ class WorkPlan:
     def scaled(self, factor: float) -> WorkPlan:
         """The plan for ``factor`` times the work (a plan per pixel, for a photo of ``factor`` pixels)."""
         return WorkPlan({p: v * factor for p, v in self.macs.items()},
-                        {p: v * factor for p, v in self.seconds.items()}, self.longest * factor, self.profiles)
+                        {p: v * factor for p, v in self.seconds.items()}, self.longest * factor, self.profiles,
+                        self.calibrated)
 
     @property
     def total_seconds(self) -> float:
@@ -241,7 +245,8 @@ class RequestProgress:
 
     The time left is measured while the request runs: each part's remaining expected seconds times that part's own
     pace in this request (real seconds per expected second: a decoder slower than its plan is seen as it runs), the
-    request's overall pace for a part not yet seen for long (:data:`PART_EVIDENCE_S`), less the time already spent
+    request's overall pace for a part not yet seen for long (:data:`PART_EVIDENCE_S`; the plan's own pace if the plan
+    comes from the calibration photos, :attr:`WorkPlan.calibrated`), less the time already spent
     on the op now running (at most its expected length: an op that overruns does not run the estimate down). Never
     under 1 s before the end.
 
@@ -260,6 +265,7 @@ class RequestProgress:
                  cancelled: Callable[[], bool] | None = None):
         self.report, self.names = report, list(names)
         self.plans = [c if isinstance(c, WorkPlan) else WorkPlan.uniform(max(0.0, float(c))) for c in costs]
+        self.plans_in_seconds = all(isinstance(c, WorkPlan) for c in costs)  # numbers: work, not seconds
         self.costs = [plan.total_seconds for plan in self.plans]
         self.total = sum(self.costs) or 1.0
         self.min_interval, self.clock, self.cancelled = min_interval, clock, cancelled
@@ -341,11 +347,12 @@ class RequestProgress:
         for plan in self.plans[self.index + 1:]:
             for part, planned in plan.seconds.items():
                 remaining[part] += planned
+        prior = 1.0 if self.plans[self.index].calibrated else overall  # the pace of a part not yet seen
         left = 0.0
         for part, planned in remaining.items():
             weight = min(1.0, expected[part] / PART_EVIDENCE_S)
-            own = self.real_by_part[part] / expected[part] if expected[part] > 0 else overall
-            left += planned * (weight * own + (1 - weight) * overall)
+            own = self.real_by_part[part] / expected[part] if expected[part] > 0 else prior
+            left += planned * (weight * own + (1 - weight) * prior)
         return left
 
     def _count(self, position: float, force: bool = False) -> None:
@@ -398,12 +405,15 @@ class RequestProgress:
             thread.join()
 
     def seconds_left(self) -> float | None:
-        """The time left now (None: too early for an honest estimate): as of the last count, less the time spent
-        since on the op now running, at most its expected length at the pace so far."""
+        """The time left now: as of the last count, less the time spent since on the op now running, at most its
+        expected length at the pace so far; before the first second and 2 % of the work, the plans' seconds left
+        (None with plans of work, not seconds: too early for an honest estimate)."""
         with self._lock:
             now, left = self.clock(), self.left_at_count
             if left is None or now - self.start_time < 1.0 or self.counted_position / self.total < 0.02:
-                return None
+                if not self.plans_in_seconds:
+                    return None
+                return max(0.0, self.total - max(self.counted_position, now - self.start_time))  # the plan's
             pace = (self.counted_at - self.start_time) / max(self.counted_position, 1e-9)
             return left - min(now - self.counted_at, self.plans[self.index].longest * pace)
 

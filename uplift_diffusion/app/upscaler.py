@@ -298,7 +298,7 @@ class PageUpscaler:
                 if key in self._op_costs:  # a plan from the calibration photos: each op's time at this size
                     costs = self._op_costs[key]
                     return replace(plan, seconds=seconds, profiles={**plan.profiles, **costs.profiles(pixels)},
-                                   longest=costs.longest(pixels))
+                                   longest=costs.longest(pixels), calibrated=True)
                 return replace(plan, seconds=seconds)
         with self._lock:
             rng = np.random.default_rng(0)
