@@ -463,3 +463,8 @@ def test_a_plan_from_the_small_calibration_photo_does_not_scale_fixed_costs_with
     assert all(large.macs[part] == pytest.approx(64 * small.macs[part]) for part in small.macs)
     assert large.seconds[SAVING] < 0.9 * 64 * small.seconds[SAVING]  # the crops are as large for both
     assert large.total_seconds < 0.95 * 64 * small.total_seconds
+    # Where the time falls along each part: from the calibration's ops at this size; not for a tiled run, whose ops
+    # the untiled calibration did not see (its parts then spend their seconds evenly over their multiply-adds).
+    assert large.calibrated and set(large.profiles) >= {"UPLiFT", "decoding"}
+    tiled = upscaler.expected_plan((512, 512), 2, 256)
+    assert tiled.profiles == {} and tiled.total_seconds == pytest.approx(large.total_seconds)

@@ -295,6 +295,8 @@ class PageUpscaler:
                            for part, value in plan.seconds.items()}
                 seconds[SAVING] = (seconds.get(SAVING, 0.0)
                                    + self._crop_rate.get(key, 0.0) * 3 * _crop_pixels(scaled_size(size, scale)))
+                if key != (scale, tile_size):  # measured without tiles: where the time falls is not a tiled run's
+                    return replace(plan, seconds=seconds, profiles={}, calibrated=key in self._op_costs)
                 if key in self._op_costs:  # a plan from the calibration photos: each op's time at this size
                     costs = self._op_costs[key]
                     return replace(plan, seconds=seconds, profiles={**plan.profiles, **costs.profiles(pixels)},
