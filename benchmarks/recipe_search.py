@@ -106,6 +106,9 @@ def evaluate(model_dir: str, photos: list[Path]) -> dict:
     from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 
     upsampler = UPLiFTModel.from_pretrained(model_dir)
+    # Every row at the detail as decoded (strength 1): a continuation inherits its init model's fitted strengths,
+    # and the rows compare what training learned; the strength is fitted afterwards (fit_detail_strength.py).
+    upsampler.register_to_config(detail_strength=None)
     pipe = UPLiFTSuperResolutionPipeline(vae=load_builtin_vae("taef2"), upsampler=upsampler)
     pipe.set_progress_bar_config(disable=True)
 
