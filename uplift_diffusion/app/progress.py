@@ -430,8 +430,14 @@ class RequestProgress:
         count = len(self.names)
         photo = f"{self.names[self.index]} ({self.index + 1} of {count})" if count > 1 else self.names[self.index]
         left = self.seconds_left()
-        when = f"about {seconds(max(1.0, left))} left" if left is not None else "estimating the time left"
+        when = f"about {_time_left(left)} left" if left is not None else "estimating the time left"
         return " · ".join(p for p in (photo, self.part, when) if p)
+
+
+def _time_left(value: float) -> str:
+    """Whole seconds, tenths under 3 s (whole seconds cannot be within 30 % of 1.5 s), never under 1 s."""
+    value = max(1.0, value)
+    return seconds(value) if value >= 3 else f"{value:.1f}".rstrip("0").rstrip(".") + " s"
 
 
 class JobCancelled(Exception):
