@@ -507,8 +507,8 @@ def test_without_a_backbone_there_is_no_features_tab(browser, tmp_path):
         page = browser.new_page()
         page.goto(url)
         page.wait_for_selector("#photos input[type=file]", state="attached")
+        page.locator("#upscale").wait_for(state="visible", timeout=30_000)  # the page has rendered (a busy CPU: s)
         assert page.get_by_role("tab", name="Features").count() == 0  # nothing a visitor could act on
-        assert page.locator("#upscale").is_visible()
         page.close()
     finally:
         demo.close()
