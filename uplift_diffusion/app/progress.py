@@ -74,10 +74,8 @@ class WorkCounter(TorchDispatchMode):
         self.macs_by_part: dict[str | None, int] = defaultdict(int)
         self.seconds_by_part: dict[str | None, float] = defaultdict(float)
         self.longest = 0.0  # seconds: the longest stretch between two counted ops (one large convolution)
-        # Per part, the cumulative (multiply-adds, seconds) at each counted op: where a part's time goes along its
-        # work (a decoder's last full-resolution layers take more seconds per multiply-add than its first ones).
-        self.profile_by_part: dict[str | None, list[tuple[int, float]]] = defaultdict(list)
-        # Per part, each counted op's (multiply-adds, input and output elements, seconds).
+        # Per part, each counted op's (multiply-adds, input and output elements, seconds): where a part's time goes
+        # along its work (a decoder's last full-resolution layers take more seconds per multiply-add than its first).
         self.ops_by_part: dict[str | None, list[tuple[int, int, float]]] = defaultdict(list)
         self._part: str | None = None
         self._last = clock()
@@ -99,7 +97,6 @@ class WorkCounter(TorchDispatchMode):
             now = self.clock()
             self.macs_by_part[self._part] += macs
             self.seconds_by_part[self._part] += now - self._last
-            self.profile_by_part[self._part].append((self.macs_by_part[self._part], self.seconds_by_part[self._part]))
             elements = out.numel() + (args[0].numel() if isinstance(args[0], torch.Tensor) else 0)
             self.ops_by_part[self._part].append((macs, elements, now - self._last))
             self.longest = max(self.longest, now - self._last)
@@ -132,10 +129,10 @@ class WorkPlan:
         """Each part's time along its work in ``counter``'s run: (fractions of its multiply-adds, fractions of its
         seconds) at each counted op, from (0, 0) to (1, 1)."""
         profiles = {}
-        for part, points in counter.profile_by_part.items():
-            macs, seconds = counter.macs_by_part[part], counter.seconds_by_part[part]
-            if macs > 0 and seconds > 0:
-                profiles[part] = ((0.0, *(m / macs for m, _ in points)), (0.0, *(s / seconds for _, s in points)))
+        for part, ops in counter.ops_by_part.items():
+            macs, seconds = np.cumsum([m for m, _, _ in ops]), np.cumsum([s for _, _, s in ops])
+            if len(ops) and macs[-1] > 0 and seconds[-1] > 0:
+                profiles[part] = ((0.0, *(macs / macs[-1]).tolist()), (0.0, *(seconds / seconds[-1]).tolist()))
         return profiles
 
     @classmethod

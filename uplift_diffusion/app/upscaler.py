@@ -316,11 +316,11 @@ class PageUpscaler:
                     shutil.rmtree(folder, ignore_errors=True)
                 runs.append((side * side, counter, timings))
             (small, small_run, small_timings), (large, large_run, large_timings) = runs[1:]
+            at_small = {**small_run.seconds_by_part, SAVING: small_timings[0]}
+            at_large = {**large_run.seconds_by_part, SAVING: large_timings[0]}
             fixed = {}
-            for part, value, at_small in (*((part, value, small_run.seconds_by_part.get(part, 0.0))
-                                            for part, value in large_run.seconds_by_part.items()),
-                                          (SAVING, large_timings[0], small_timings[0])):
-                per_pixel = max(0.0, value - at_small) / (large - small)
+            for part, value in at_large.items():
+                per_pixel = max(0.0, value - at_small.get(part, 0.0)) / (large - small)
                 fixed[part] = max(0.0, value - per_pixel * large)
             self._fixed[scale] = fixed
             self._measure((scale, None), large, large_run, *large_timings)
