@@ -12,8 +12,9 @@ The protocol:
 * every trained model is scored through :class:`~uplift_diffusion.UPLiFTSuperResolutionPipeline` (what every
   entry point calls) on ``--val-count`` photos no recipe trains on, centre-cropped to multiples of 64: 2x / 4x / 8x
   from PIL-bicubic low-res, 4x from aliased bilinear low-res (the paper's B.2 protocol) and the generation case at
-  4x (the input is the taef2 round trip of the bicubic low-res photo: what a latent pipeline's decoded guide looks
-  like); PSNR, SSIM and the latent-grid ratio, beside pixel bicubic (PIL) of the same input.
+  4x (the pipeline gets taef2's latents of the bicubic low-res photo, as a latent pipeline's output, and guides
+  with their decode; the baseline is pixel bicubic of that decode); PSNR, SSIM and the latent-grid ratio, beside
+  pixel bicubic (PIL) of the same input.
 
 A difference is bold when it exceeds the noise floor (and rounds to at least 0.01).
 Two runs go at a time (``--jobs``), each on one thread. Every run writes ``<out>/<recipe>/seed<k>/result.json``
@@ -130,9 +131,12 @@ def evaluate(model_dir: str, photos: list[Path]) -> dict:
                 lr = Image.fromarray(float_to_uint8(x)[0])
             else:
                 lr = hr.resize(size, Image.Resampling.BICUBIC)
-            if kind == "generation":
-                lr = _taef2_round_trip(pipe, lr)
-            out = pipe(lr, scale=scale, generator=torch.Generator().manual_seed(0)).images[0]
+            seed = torch.Generator().manual_seed(0)
+            if kind == "generation":  # the latents are what a generator made; the guide is their decode
+                latents, lr = _taef2_latents(pipe, lr)
+                out = pipe(latents=latents, scale=scale, generator=seed).images[0]
+            else:
+                out = pipe(lr, scale=scale, generator=seed).images[0]
             bicubic = lr.resize(hr.size, Image.Resampling.BICUBIC)
             row = rows.setdefault(label, {"uplift": [], "bicubic": []})
             row["uplift"].append(scores(out, hr))
@@ -142,8 +146,8 @@ def evaluate(model_dir: str, photos: list[Path]) -> dict:
                     for method, values in row.items()} for label, row in rows.items()}
 
 
-def _taef2_round_trip(pipe, image):
-    """taef2 encode -> decode of an image, as 8-bit RGB (a latent pipeline's decoded low-res guide)."""
+def _taef2_latents(pipe, image):
+    """taef2's raw latents of an image and their decode as 8-bit RGB (a latent pipeline's low-res output)."""
     import torch
     from PIL import Image
 
@@ -151,24 +155,8 @@ def _taef2_round_trip(pipe, image):
     from uplift_diffusion.utils.image_ops import float_to_uint8, to_tensor_uint8
 
     with torch.no_grad():
-        y = decode_latents(pipe.vae, encode_latents(pipe.vae, to_tensor_uint8(image)[None].float() / 255))
-    return Image.fromarray(float_to_uint8(y)[0])
-
-
-def one_run(args: argparse.Namespace) -> None:
-    """``--one``: warm, train and score one (recipe, seed) in this process."""
-    _threads_one()
-    from uplift_diffusion.utils.io import write_json_atomic
-
-    config = json.loads(Path(args.one).read_text())
-    result_path = Path(config["output_dir"]) / "result.json"
-    if args.warm_only:
-        warm_cache(config)
-        return
-    facts = train(config)
-    facts["scores"] = evaluate(facts["model"], val_photos(Path(args.val_dir), args.val_count))
-    facts["recipe"] = config
-    write_json_atomic(result_path, facts)
+        latents = encode_latents(pipe.vae, to_tensor_uint8(image)[None].float() / 255)
+        return latents, Image.fromarray(float_to_uint8(decode_latents(pipe.vae, latents))[0])
 
 
 # ---------------------------------------------------------------------------------------------------- the table

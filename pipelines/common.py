@@ -294,7 +294,8 @@ def upscale_latents(
             (``"mean"`` / ``"detail"``); ``"none"`` (or ``False``) for none.
         low_res (`torch.Tensor`, *optional*): [B, 3, p*h, p*w] in [0, 1], the low-resolution image that guides UPLiFT
             and is the colour reference, when it is already at hand (e.g. decoded by a faster VAE of the same latent
-            space, or the photo the latents were encoded from); by default ``pipe.vae`` decodes ``latents``.
+            space); by default ``pipe.vae`` decodes ``latents``. Either way it is a decode of the latents, and an
+            upsampler with the ``"decoded"`` guide condition is told so.
 
     Returns:
         [`UPLiFTPipelineOutput`] with ``images`` (upscaled) and ``low_res_images`` (the decoded input, or the input
@@ -314,7 +315,7 @@ def upscale_latents(
             low_res = low_res.to(raw.device, torch.float32)
         raw_high = raw
         if upscale > 1:
-            guide = upsampler.normalize_image(low_res)
+            guide = upsampler.normalize_image(low_res, decoded=True)
             raw_high = uplift_steps(upsampler, raw, guide, UPLiFTModel.iterations_for_scale(upscale), generator,
                                     progress=getattr(pipe, "progress_bar", None))  # [B, C, s*h, s*w]
     if output_type == "latent":

@@ -368,8 +368,10 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                  color_correct: ColorCorrection, upsampling: str = "uplift", latents: torch.Tensor | None = None,
                  target: tuple[int, int] | None = None, resample: str = "pixel"):
         """[B, 3, H, W] in [0, 1] -> [B, 3, *target] in [0, 1] (default target: [H * s, W * s]; or the upscaled raw
-        latents). ``latents``: the raw latents ``image01`` was decoded from, used instead of encoding it."""
+        latents). ``latents``: the raw latents ``image01`` was decoded from, used instead of encoding it (the guide is
+        then a decode, which models with the ``"decoded"`` guide condition are told)."""
         device, p, s = self._execution_device, self.vae_scale_factor, 2**iterations
+        decoded_guide = latents is not None
         height, width = image01.shape[-2:]
         target = target or (height * s, width * s)
         resampled = target != (height * s, width * s)
@@ -426,11 +428,11 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
                                      **({"align_corners": False} if mode == "bilinear" else {})).to(latents.dtype)
             bar.update()
         elif tile_size is None:
-            guide = self.upsampler.normalize_image(padded)
+            guide = self.upsampler.normalize_image(padded, decoded=decoded_guide)
             upscaled = uplift_steps(self.upsampler, latents, guide, iterations, generator,
                                     progress=advance)  # [B, C, s*Hp/p, s*Wp/p]
         else:
-            guide = self.upsampler.normalize_image(padded)
+            guide = self.upsampler.normalize_image(padded, decoded=decoded_guide)  # conditions read the whole guide
 
             def upsample_tile(y0, y1, x0, x1):
                 return uplift_steps(self.upsampler, latents[..., y0:y1, x0:x1],

@@ -29,17 +29,17 @@ def test_identity_refiner_init_passes_the_attender_output_through():
     assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
 
 
-def test_grow_refiner_adds_identity_blocks_to_a_trained_model_and_refuses_other_changes():
+def test_grow_model_adds_identity_blocks_to_a_trained_model_and_refuses_other_changes():
     import pytest
 
-    from uplift_diffusion.training.init import grow_refiner
+    from uplift_diffusion.training.init import grow_model
 
     torch.manual_seed(0)
     trained = UPLiFTModel.from_preset("tiny-vae", in_channels=4, noise_channels=0).eval()
     for p in trained.parameters():  # a "trained" model: no zero layers anywhere
         p.data.normal_(0, 0.1)
     blocks = trained.config.refiner_blocks["num_blocks"]
-    grown = grow_refiner(trained, {"refiner_blocks": {"num_blocks": blocks + 2}}).eval()
+    grown = grow_model(trained, {"refiner_blocks": {"num_blocks": blocks + 2}}).eval()
     assert len(grown.refiner.blocks) == blocks + 2 and grown.config.refiner_blocks["num_blocks"] == blocks + 2
     image, features = torch.rand(2, 3, 32, 32), torch.randn(2, 4, 4, 4)
     with torch.no_grad():
@@ -48,17 +48,44 @@ def test_grow_refiner_adds_identity_blocks_to_a_trained_model_and_refuses_other_
     assert grown.refiner.blocks[-1].conv[-1].weight.grad.abs().sum() > 0  # the new blocks learn
 
     with pytest.raises(ValueError, match="can only raise num_blocks"):
-        grow_refiner(trained, {"refiner_blocks": {"out_channels": 256}})
+        grow_model(trained, {"refiner_blocks": {"out_channels": 256}})
     with pytest.raises(ValueError, match="can only raise num_blocks"):
-        grow_refiner(trained, {"refiner_blocks": {"num_blocks": blocks - 1}})
+        grow_model(trained, {"refiner_blocks": {"num_blocks": blocks - 1}})
     with pytest.raises(ValueError, match="can only grow"):
-        grow_refiner(trained, {"in_channels": 8})
+        grow_model(trained, {"in_channels": 8})
 
     # a continuation recipe extends the recipe that made the model: overrides that repeat it are no change
     same = {k: trained.config[k] for k in ("in_channels", "encoder_blocks", "norm_type")}
-    again = grow_refiner(trained, json.loads(json.dumps(same))).eval()
+    again = grow_model(trained, json.loads(json.dumps(same))).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(image, features, iterations=2), trained(image, features, iterations=2))
+
+
+def test_grow_model_adds_guide_conditions_that_start_ignored_and_refuses_reordering_them():
+    import pytest
+
+    from uplift_diffusion.training.init import grow_model
+
+    torch.manual_seed(0)
+    trained = UPLiFTModel.from_preset("tiny-vae", in_channels=4, noise_channels=0).eval()
+    for p in trained.parameters():
+        p.data.normal_(0, 0.1)
+    told = grow_model(trained, {"guide_conditions": ["decoded"]}).eval()
+    grown = grow_model(told, {"guide_conditions": ["decoded", "sharpness"]}).eval()
+    assert grown.config.guide_conditions == ["decoded", "sharpness"] and grown.guide_channels == 5
+    image, features = torch.rand(2, 3, 32, 32), torch.randn(2, 4, 4, 4)
+    guide = grown.normalize_image(image, decoded=torch.tensor([True, False]))  # [2, 5, 32, 32]
+    assert guide.shape == (2, 5, 32, 32) and guide[:, 3].flatten(1).amax(1).tolist() == [1.0, 0.0]
+    with torch.no_grad():
+        torch.testing.assert_close(grown(guide, features, iterations=2), trained(image, features, iterations=2))
+    grown(guide, features).pow(2).mean().backward()
+    first = grown.encoder.block_0.blocks[0].conv[0].weight.grad  # [C_out, 5, 3, 3]
+    assert first[:, 3:].abs().sum() > 0  # the new inputs learn
+
+    with pytest.raises(ValueError, match="can only add conditions after"):
+        grow_model(grown, {"guide_conditions": ["sharpness", "decoded"]})
+    with pytest.raises(ValueError, match="RGB plus the guide conditions decoded, sharpness"):
+        grown(image, features)
 
 
 def test_a_training_config_grows_its_initial_model(tmp_path):

@@ -116,6 +116,8 @@ class ConvBlock(nn.Module):
             channels = out_channels
         layers.append(Conv2d(out_channels, out_channels, 1))
         self.conv = nn.Sequential(*layers)
+        # Only the first residual_channels input channels pass through the residual rule (None: all of them).
+        self.residual_channels: int | None = None
 
     @property
     def num_convs(self) -> int:
@@ -140,6 +142,8 @@ class ConvBlock(nn.Module):
         return self._finish(y, x[..., ::stride, ::stride])
 
     def _finish(self, y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.residual_channels is not None:
+            residual = residual[:, :self.residual_channels]
         # The 1x1 conv's output is this block's own tensor: the backend may add the residual into it in place.
         return add_residual(self.conv[-1](y), residual, inplace=fast_paths.active(y, self))
 

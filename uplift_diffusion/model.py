@@ -17,13 +17,14 @@ from torch import nn
 
 from .attender import LocalAttender, neighbourhood_offsets
 from .blocks import NORM_TYPES, BlockGroup, Conv2d, UpStep, concat_channels, nearest_resize
-from .color import ColorCorrection
+from .color import ColorCorrection, sharpness
 from .presets import get_preset, preset_config
 from .reference import check_finite, read_reference_checkpoint
 from .utils.errors import CheckpointError, InputError, UserError
 from .utils.image_ops import bilinear_resize, imagenet_normalize
 
 IMAGE_NORMALIZATIONS = ("unit", "imagenet")
+GUIDE_CONDITIONS = ("decoded", "sharpness")
 GroupSpec = dict  # {"out_channels": int, "num_blocks": int, "num_convs": int}
 _SD15_REFINER = get_preset("sd15-vae").config["refiner_blocks"]
 
@@ -40,12 +41,15 @@ def _check_group(spec: Any, where: str) -> dict:
 class UPLiFTEncoder(nn.Module):
     """Dense image encoder: block groups at the image's full resolution; returns every group's output."""
 
-    def __init__(self, image_channels: int, groups: Sequence[GroupSpec], norm_type: str):
+    def __init__(self, image_channels: int, groups: Sequence[GroupSpec], norm_type: str, condition_channels: int = 0):
         super().__init__()
-        widths = [image_channels] + [g["out_channels"] for g in groups]
+        widths = [image_channels + condition_channels] + [g["out_channels"] for g in groups]
         for i, g in enumerate(groups):
             group = BlockGroup(widths[i], g["out_channels"], g["num_blocks"], g["num_convs"], norm_type)
             self.add_module(f"block_{i}", group)
+        if condition_channels:
+            # The conditions are constant planes: through the residual rule they would shift whole feature maps.
+            self.block_0.blocks[0].residual_channels = image_channels
         self.num_groups = len(groups)
 
     def forward(self, image: torch.Tensor, deepest_stride: int = 1) -> list[torch.Tensor]:
@@ -98,6 +102,15 @@ def _check_latent_space(record: dict | None, in_channels: int) -> None:
                          f"{in_channels}")
 
 
+def _check_guide_conditions(conditions: list[str] | None) -> None:
+    if conditions is None:
+        return
+    if (isinstance(conditions, str) or not isinstance(conditions, (list, tuple))
+            or any(c not in GUIDE_CONDITIONS for c in conditions) or len(set(conditions)) != len(conditions)):
+        raise InputError(f"guide_conditions must be None or a list of distinct names from {GUIDE_CONDITIONS}, got "
+                         f"{conditions!r}")
+
+
 class UPLiFTModel(ModelMixin, ConfigMixin):
     r"""UPLiFT: an iterative 2x feature upsampler guided by the image, built around the Local Attender.
 
@@ -139,6 +152,12 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         detail_strength (`list[float]`, *optional*): the ``"detail"`` correction's factor on this model's detail, one
             per UPLiFT step count (2x, 4x, 8x), measured on held-out photos after training
             (``benchmarks/fit_detail_strength.py``); ``None``: 1 (the detail as decoded).
+        guide_conditions (`list[str]`, *optional*): what the model is told about its guide, each as one constant
+            channel that :meth:`normalize_image` appends to the RGB image: ``"decoded"`` (1 when the guide is a
+            decode of the latents being upsampled, as in generation; 0 for a photo) and ``"sharpness"`` (the
+            guide's :func:`~uplift_diffusion.color.sharpness`, which tells an antialiased low-res input from an
+            aliased one). A convnet sees only a neighbourhood of the guide; these are properties of the whole of
+            it. ``None``: the RGB image only (the published checkpoints).
         latent_space (`dict`, *optional*): the latent space a VAE-preset model was trained for, as
             ``uplift_diffusion.backbones.vae.latent_space_record`` writes it: ``{"vae": name, "fingerprint": ...,
             "latent_channels": C, "scaling_factor": s, "shift_factor": t}``. Pipelines refuse a VAE of another
@@ -166,6 +185,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         detail_sigma: float = 0.5,
         latent_space: dict | None = None,
         detail_strength: list[float] | None = None,
+        guide_conditions: list[str] | None = None,
     ):
         super().__init__()
         defaults = get_preset("sd15-vae").config
@@ -191,9 +211,10 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         ColorCorrection(mode=color_correction, detail_sigma=detail_sigma,  # validates the usage record
                         detail_strength=detail_strength)
         _check_latent_space(latent_space, in_channels)
+        _check_guide_conditions(guide_conditions)
 
         guide_widths = [g["out_channels"] for g in encoder_blocks]
-        self.encoder = UPLiFTEncoder(image_channels, encoder_blocks, norm_type)
+        self.encoder = UPLiFTEncoder(image_channels, encoder_blocks, norm_type, len(guide_conditions or ()))
         # block_0 sees the deepest encoder output, block_1 the second deepest (and the refiner the deepest again).
         self.decoder = UPLiFTDecoder(in_channels, (guide_widths[-1], guide_widths[-2]), noise_channels,
                                      decoder_blocks, norm_type)
@@ -266,9 +287,36 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         return model
 
     # ------------------------------------------------------------------ image conventions
-    def normalize_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Map an RGB image in [0, 1] to the convention this model's ``image`` argument expects."""
-        return imagenet_normalize(image) if self.config.image_normalization == "imagenet" else image
+    @property
+    def guide_channels(self) -> int:
+        """Channels of the ``image`` argument: the RGB guide plus one per guide condition."""
+        return self.config.image_channels + len(self.config.guide_conditions or ())
+
+    def normalize_image(self, image: torch.Tensor, decoded: bool | torch.Tensor = False) -> torch.Tensor:
+        """Map an RGB image in [0, 1] to the convention this model's ``image`` argument expects: normalised, and
+        with one constant channel per guide condition (see ``guide_conditions``).
+
+        Args:
+            image: [B, 3, H, W] RGB in [0, 1], the whole guide (conditions read the whole image, so normalise
+                before cutting tiles).
+            decoded: whether the guide is a decode of the latents being upsampled (generation) rather than a photo;
+                a bool, or one per batch item ([B] bool tensor). Read only by models with the ``"decoded"``
+                condition.
+        """
+        rgb = imagenet_normalize(image) if self.config.image_normalization == "imagenet" else image
+        conditions = self.config.guide_conditions
+        if not conditions:
+            return rgb
+        b, _, h, w = image.shape
+        values = []
+        for name in conditions:
+            if name == "decoded":
+                value = torch.as_tensor(decoded, dtype=rgb.dtype, device=rgb.device).reshape(-1).expand(b)
+            else:  # "sharpness": a property of the whole guide, so tiles of it are told the whole image's value
+                value = sharpness(image).to(rgb.device, rgb.dtype)
+            values.append(value)
+        planes = torch.stack(values, dim=1)[:, :, None, None].expand(b, len(values), h, w)
+        return torch.cat([rgb, planes], dim=1)  # [B, 3 + len(conditions), H, W]
 
     # ------------------------------------------------------------------ forward
     def _noise(self, like: torch.Tensor, generator) -> torch.Tensor | None:
@@ -375,8 +423,10 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
                 f"features have {features.shape[1]} channels but this UPLiFT model upsamples {cfg.in_channels}-channel "
                 f"features (check that the model matches your backbone)"
             )
-        if image.shape[1] != cfg.image_channels:
-            raise InputError(f"image has {image.shape[1]} channels, expected {cfg.image_channels} (RGB)")
+        if image.shape[1] != self.guide_channels:
+            told = (f" plus the guide conditions {', '.join(cfg.guide_conditions)}: pass the image through "
+                    f"normalize_image") if cfg.guide_conditions else ""
+            raise InputError(f"image has {image.shape[1]} channels, expected {self.guide_channels} (RGB{told})")
         if image.shape[0] != features.shape[0]:
             raise InputError(f"image batch size {image.shape[0]} != features batch size {features.shape[0]}")
         (h, w), (H, W), p = features.shape[-2:], image.shape[-2:], cfg.patch_size

@@ -33,9 +33,9 @@ class ModelConfig:
     Attributes:
         preset: name of a preset (``"tiny-vae"``, ``"sd15-vae"``, ``"dinov2-s14"``, ...) giving the base config.
         overrides: constructor arguments of ``UPLiFTModel`` that replace the preset's (e.g. ``in_channels``). With
-            ``init_from`` only ``{"refiner_blocks": {"num_blocks": N}}`` (more than the initial model's): the model
-            is grown, its new refiner blocks starting as the identity
-            (:func:`uplift_diffusion.training.init.grow_refiner`).
+            ``init_from`` only what grows the initial model: ``{"refiner_blocks": {"num_blocks": N}}`` (more blocks,
+            starting as the identity) and ``{"guide_conditions": [...]}`` (more conditions, starting ignored); see
+            :func:`uplift_diffusion.training.init.grow_model`.
         init_from: optional folder written by ``save_pretrained`` to start from instead of a random init.
         identity_refiner_init: start the refiner as the identity on the Local Attender output (see
             :func:`uplift_diffusion.training.init.identity_refiner_init`); ignored with ``init_from``.

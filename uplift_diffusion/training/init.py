@@ -33,7 +33,7 @@ def identity_refiner_init(model: nn.Module) -> None:
     out.bias.zero_()
 
 
-GROWABLE_KEYS = ("refiner_blocks",)
+GROWABLE_KEYS = ("refiner_blocks", "guide_conditions")
 
 
 def _plain(value):
@@ -42,12 +42,17 @@ def _plain(value):
 
 
 @torch.no_grad()
-def grow_refiner(source: nn.Module, overrides: dict) -> nn.Module:
-    """A deeper copy of a trained model that computes exactly what ``source`` computes.
+def grow_model(source: nn.Module, overrides: dict) -> nn.Module:
+    """A larger copy of a trained model that computes exactly what ``source`` computes.
 
-    ``overrides`` may only raise ``refiner_blocks.num_blocks``: the blocks ``source`` has keep their weights, the new
-    ones start as the identity (their last 1x1 conv zeroed, so the residual rule passes the input through) and learn
-    a correction on top of the trained model. Capacity can then be added to a trained model without starting over.
+    ``overrides`` may only grow the model, so that capacity or inputs can be added to a trained model without
+    starting over:
+
+    - ``refiner_blocks.num_blocks`` raised: the blocks ``source`` has keep their weights, the new ones start as the
+      identity (their last 1x1 conv zeroed, so the residual rule passes the input through);
+    - ``guide_conditions`` extended (``source``'s list, or none, followed by new names): the encoder's first conv
+      gets one input channel per new condition, with zero weights, so the model starts by ignoring them.
+
     Other keys may only repeat what ``source`` already is (so that a recipe continuing a model can extend the recipe
     that made it); anything else (other widths, fewer blocks) is a different architecture and is refused.
     """
@@ -58,15 +63,27 @@ def grow_refiner(source: nn.Module, overrides: dict) -> nn.Module:
     old = config.get("refiner_blocks")
     new = {**(old or {}), **overrides.get("refiner_blocks", {})}
     changed = sorted(k for k in new if old is None or new[k] != old.get(k))
-    if old is None or set(changed) - {"num_blocks"} or new["num_blocks"] < old["num_blocks"]:
+    if "refiner_blocks" in overrides and (old is None or set(changed) - {"num_blocks"}
+                                          or new["num_blocks"] < old["num_blocks"]):
         raise ValueError(f"model.overrides.refiner_blocks with model.init_from can only raise num_blocks of the "
                          f"initial model's refiner {old}, got {overrides['refiner_blocks']}")
-    model = type(source)(**{**config, "refiner_blocks": new})
-    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
-    new_blocks = [f"refiner.blocks.{i}." for i in range(old["num_blocks"], new["num_blocks"])]
+    old_conditions = list(config.get("guide_conditions") or [])
+    conditions = list(overrides.get("guide_conditions") or old_conditions)
+    if conditions[:len(old_conditions)] != old_conditions:
+        raise ValueError(f"model.overrides.guide_conditions with model.init_from can only add conditions after the "
+                         f"initial model's {old_conditions}, got {conditions}")
+    model = type(source)(**{**config, "refiner_blocks": new if old is not None else None,
+                            "guide_conditions": conditions or None})
+    state = dict(source.state_dict())
+    first = "encoder.block_0.blocks.0.conv.0.weight"  # [C_out, C_in, 3, 3]: C_in = RGB + conditions
+    grown = model.state_dict()[first].clone().zero_()
+    grown[:, :state[first].shape[1]] = state[first]
+    state[first] = grown
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    new_blocks = [f"refiner.blocks.{i}." for i in range(old["num_blocks"], new["num_blocks"])] if old else []
     if unexpected or any(not k.startswith(tuple(new_blocks)) for k in missing):
         raise ValueError(f"cannot grow the model: missing {missing}, unexpected {unexpected}")
-    for block in model.refiner.blocks[old["num_blocks"]:]:
+    for block in model.refiner.blocks[old["num_blocks"]:] if old else ():
         block.conv[-1].weight.zero_()
         block.conv[-1].bias.zero_()
     return model

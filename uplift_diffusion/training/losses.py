@@ -217,6 +217,7 @@ def multi_depth_loss(
     batch_generator: torch.Generator | None = None,
     guides: Sequence[torch.Tensor | None] | None = None,
     step: int = 0,
+    decoded: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Paper eq. 4-5 for one batch, plus the optional decoder-aware pixel term.
 
@@ -239,6 +240,8 @@ def multi_depth_loss(
             the low-res features, as in generation); ``None`` entries (or ``guides=None``) use ``images``. The
             pixel term's colour correction then starts from the guide too, as a pipeline's does.
         step: the optimizer step (the pixel term's ``"cycle"`` schedule reads it).
+        decoded: [B] bool, which items' ``guides`` are decodes of their features rather than photos (what a model
+            with the ``"decoded"`` guide condition is told); ``None``: none are.
 
     Returns:
         ``(loss, terms)``: the total loss and every weighted term, keyed as :func:`loss_term_names`; terms a step
@@ -253,8 +256,9 @@ def multi_depth_loss(
     terms: dict[str, torch.Tensor] = {}
     for d in depths:
         x = augment_features(features[d], noise_sigma, generator)  # [B, C, h/2**d, w/2**d]
-        guide = images[d] if guides is None or guides[d] is None else guides[d]
-        image = model.normalize_image(guide)  # [B, 3, H/2**d, W/2**d]
+        told = guides is not None and guides[d] is not None
+        guide = guides[d] if told else images[d]
+        image = model.normalize_image(guide, decoded if told and decoded is not None else False)  # [B, 3+, ...]
         steps = model(image, x, iterations=d, return_all_steps=True, generator=generator)
         for k, out in enumerate(steps, start=1):
             term = latent_weight * F.mse_loss(out.float(), features[d - k].float())  # step k vs F at 1/2**(d-k)
@@ -294,6 +298,6 @@ class UPLiFTTrainingObjective(nn.Module):
 
     def forward(self, images: Sequence[torch.Tensor], features: Sequence[torch.Tensor], generator: Generators = None,
                 batch_generator: torch.Generator | None = None, guides: Sequence[torch.Tensor | None] | None = None,
-                step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                step: int = 0, decoded: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return multi_depth_loss(self.model, images, features, self.depths, self.noise_sigma, generator,
-                                self.latent_weight, self.pixel, batch_generator, guides, step)
+                                self.latent_weight, self.pixel, batch_generator, guides, step, decoded)

@@ -49,7 +49,7 @@ def _objective_bytes_per_item(config: dict, crop_size: int, depths: Sequence[int
     encoder, (first, second) = config["encoder_blocks"], config["decoder_blocks"]
     refiner, patch, n = config.get("refiner_blocks"), config["patch_size"], config["neighbourhood_size"]
     guide = [g["out_channels"] for g in encoder]
-    encoder_channels, width = 0, config.get("image_channels", 3)
+    encoder_channels, width = 0, config.get("image_channels", 3) + len(config.get("guide_conditions") or ())
     for spec in encoder:  # every group at the guide image's full size
         encoder_channels += _group_channels(width, spec, norm)
         width = spec["out_channels"]

@@ -47,7 +47,7 @@ from .cache import FeatureCache, cache_fingerprint
 from .checkpoints import CheckpointManager, capture_rng_state, restore_rng_state
 from .config import TrainConfig
 from .data import ViewDataset, collate_views, epoch_batches
-from .init import grow_refiner, identity_refiner_init
+from .init import grow_model, identity_refiner_init
 from .losses import PixelObjective, UPLiFTTrainingObjective, loss_term_names
 from .memory import device_memory_available, step_memory_advice
 from .run import (
@@ -88,7 +88,7 @@ def build_model(config: TrainConfig) -> UPLiFTModel:
     if config.model.init_from:
         model = UPLiFTModel.from_pretrained(config.model.init_from)
         if config.model.overrides:
-            model = grow_refiner(model, config.model.overrides)
+            model = grow_model(model, config.model.overrides)
     else:
         model = UPLiFTModel.from_preset(config.model.preset, **config.model.overrides)
         if config.model.identity_refiner_init:
@@ -236,14 +236,15 @@ class Trainer:
             return [self.backbone.encode(x) for x in images]
         return [self.cache.features(keys, x, self.backbone.encode) for x in images]
 
-    def guides(self, keys: list[str], images: list[torch.Tensor],
-               features: list[torch.Tensor]) -> list[torch.Tensor | None] | None:
+    def guides(self, keys: list[str], images: list[torch.Tensor], features: list[torch.Tensor]
+               ) -> tuple[list[torch.Tensor | None] | None, torch.Tensor | None]:
         """The guide image of every pyramid level below the crop when ``loss.guide`` is not ``"photo"``: the
         backbone's decode of that level's features (cached like them), or per item either that or the photo
-        (``"mixed"``, drawn per step and position in the global batch)."""
+        (``"mixed"``, drawn per step and position in the global batch). Also which items' guides are decodes
+        ([B] bool; ``None`` with photo guides), what a model with the ``"decoded"`` guide condition is told."""
         source = self.config.loss.guide
         if source == "photo":
-            return None
+            return None, None
         guides: list[torch.Tensor | None] = [None]
         for level in range(1, len(images)):
             if self.cache is None:
@@ -251,13 +252,15 @@ class Trainer:
             else:
                 decoded = self.cache.features([f"{k}|decoded" for k in keys], features[level], self.backbone.decode)
             guides.append(decoded.to(images[level].dtype))
+        pick = torch.ones(len(keys), dtype=torch.bool, device=images[0].device)
         if source == "mixed":
             seed, step = self.config.seed, self.step + 1
             first = self.accelerator.process_index * self.local_batch
             pick = torch.stack([torch.rand((), generator=item_generator(seed, step, f"{first + i}|guide")) < 0.5
-                                for i in range(len(keys))]).to(images[0].device)[:, None, None, None]
-            guides = [None] + [torch.where(pick, g, x) for g, x in zip(guides[1:], images[1:], strict=True)]
-        return guides
+                                for i in range(len(keys))]).to(images[0].device)
+            guides = [None] + [torch.where(pick[:, None, None, None], g, x)
+                               for g, x in zip(guides[1:], images[1:], strict=True)]
+        return guides, pick
 
     @torch.no_grad()
     def fill_cache(self) -> None:
@@ -504,9 +507,9 @@ class Trainer:
             for batch in loader:
                 images = [x.to(acc.device) for x in batch["images"]]
                 features = self.features(batch["keys"], images)
-                guides = self.guides(batch["keys"], images, features)
+                guides, decoded = self.guides(batch["keys"], images, features)
                 with acc.autocast():
-                    loss, terms = self.objective(images, features, *self._generators(), guides, self.step)
+                    loss, terms = self.objective(images, features, *self._generators(), guides, self.step, decoded)
                 acc.backward(loss)
                 if cfg.optim.max_grad_norm is not None:
                     acc.clip_grad_norm_(self.objective.parameters(), cfg.optim.max_grad_norm)
