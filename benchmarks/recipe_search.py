@@ -159,6 +159,22 @@ def _taef2_latents(pipe, image):
         return latents, Image.fromarray(float_to_uint8(decode_latents(pipe.vae, latents))[0])
 
 
+def one_run(args: argparse.Namespace) -> None:
+    """``--one``: warm, train and score one (recipe, seed) in this process."""
+    _threads_one()
+    from uplift_diffusion.utils.io import write_json_atomic
+
+    config = json.loads(Path(args.one).read_text())
+    result_path = Path(config["output_dir"]) / "result.json"
+    if args.warm_only:
+        warm_cache(config)
+        return
+    facts = train(config)
+    facts["scores"] = evaluate(facts["model"], val_photos(Path(args.val_dir), args.val_count))
+    facts["recipe"] = config
+    write_json_atomic(result_path, facts)
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 def table(out: Path) -> str:
     import numpy as np
