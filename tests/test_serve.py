@@ -394,8 +394,8 @@ def test_a_visitor_who_left_before_their_job_started_does_not_keep_the_model_bus
 def test_the_last_seconds_are_said_in_tenths_never_under_one():
     from uplift_diffusion.app.progress import _time_left
 
-    assert [_time_left(v) for v in (0.2, 1.46, 2.0, 2.96, 12.4, 150.0)] == [
-        "1 s", "1.5 s", "2 s", "3 s", "12 s", "2.5 min"]
+    assert [_time_left(v) for v in (0.2, 1.46, 2.0, 2.96, 3.54, 4.96, 5.4, 12.4, 150.0)] == [
+        "1 s", "1.5 s", "2 s", "3 s", "3.5 s", "5 s", "5 s", "12 s", "2.5 min"]
 
 
 def test_the_librarys_refusals_reach_the_visitor_in_the_pages_words():
