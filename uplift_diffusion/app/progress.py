@@ -241,9 +241,10 @@ class RequestProgress:
     is done.
 
     The time left is measured while the request runs: each part's remaining expected seconds times that part's own
-    pace in this request (real seconds per expected second: a decoder slower than its plan is seen as it runs), the
-    request's overall pace for a part not yet seen for long (:data:`PART_EVIDENCE_S`; the plan's own pace if the plan
-    comes from the calibration photos, :attr:`WorkPlan.calibrated`), less the time already spent
+    pace in this request (real seconds per expected second: a decoder slower than its plan is seen as it runs); for a
+    part not yet seen for long (:data:`PART_EVIDENCE_S`) the geometric mean of the plan's pace and the request's
+    overall pace (the plan's own pace if the plan comes from the calibration photos, :attr:`WorkPlan.calibrated`),
+    less the time already spent
     on the op now running (at most its expected length: an op that overruns does not run the estimate down). Never
     under 1 s before the end.
 
@@ -344,7 +345,11 @@ class RequestProgress:
         for plan in self.plans[self.index + 1:]:
             for part, planned in plan.seconds.items():
                 remaining[part] += planned
-        prior = 1.0 if self.plans[self.index].calibrated else overall  # the pace of a part not yet seen
+        # The pace of a part not yet seen. A calibration plan's error is per part, so its own seconds. A plan measured
+        # on a real run: halfway (in ratio) between that run and this request's pace so far, because the parts seen
+        # so far speed up or slow down apart from the rest (the first run at a size pays for the upsampler's
+        # allocations, a second run does not: its decoder would be read as fast as its upsampler).
+        prior = 1.0 if self.plans[self.index].calibrated else overall ** 0.5
         left = 0.0
         for part, planned in remaining.items():
             weight = min(1.0, expected[part] / PART_EVIDENCE_S)
