@@ -90,3 +90,27 @@ def photo(shared_dir):
     from PIL import Image
 
     return Image.open(shared_dir / "data" / "kodak" / "kodim01.png").convert("RGB").crop((200, 200, 300, 275))
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the files a user's ``pip install .`` reads (the shared tree stays untouched);
+    built once for the tests of what it holds and of what it runs installed."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):  # setup.py discovers the packages
+        shutil.copy2(repo / name, src / name)
+    for name in ("uplift_diffusion", "pipelines", "eval"):
+        shutil.copytree(repo / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation, "-w", str(tmp / "dist"),
+                    str(src)], check=True, capture_output=True, cwd=tmp)
+    shutil.rmtree(src)  # only the wheel is left: nothing installed can read the source tree
+    (path,) = (tmp / "dist").glob("uplift_diffusion-*.whl")
+    return path

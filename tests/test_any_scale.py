@@ -47,9 +47,10 @@ def test_resamplings_differ_and_latent_output_is_what_is_decoded(pipe, photo):
 
 def test_powers_of_two_take_the_same_path(pipe, photo):
     """2.0, 4.0 and the equivalent exact sizes are the power-of-two path itself: the same bits as ``scale=2 / 4``."""
+    photo = photo.crop((0, 0, 52, 36))  # still no side a multiple of 8; eight runs of it, at up to 4x
     for s in (2, 4):
         ref = pipe(photo, scale=s, generator=seeded(), output_type="pt").images
-        for kwargs in (dict(scale=float(s)), dict(size=(75 * s, 100 * s)), dict(scale=s, resample="latent")):
+        for kwargs in (dict(scale=float(s)), dict(size=(36 * s, 52 * s)), dict(scale=s, resample="latent")):
             assert torch.equal(pipe(photo, generator=seeded(), output_type="pt", **kwargs).images, ref), kwargs
 
 

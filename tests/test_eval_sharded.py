@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from eval_helpers import SmallFeatures, tiny_clip, tiny_vae
-from launch_helpers import accelerate_launch
+from launch_helpers import Launch
 from launch_helpers import launch_two as _launch_two
 from PIL import Image
 from tiny_sd import build_pipeline
@@ -47,9 +47,10 @@ def _small_fid_factory(args, device):
     return None if args.fid_backend == "none" else lambda: FID("torchmetrics", feature_extractor=SmallFeatures())
 
 
-def _launch_two_small_fid(args):
-    """This file under ``accelerate launch`` on two CPU processes: the CLI with the small FID net."""
-    return accelerate_launch(str(Path(__file__)), *args)
+def _launch_small_fid(args) -> Launch:
+    """This file under ``accelerate launch`` on two CPU processes (started, see ``Launch``): the CLI with the small
+    FID net."""
+    return Launch(str(Path(__file__)), *args)
 
 
 def _images(out):
@@ -79,28 +80,30 @@ def _assert_same_results(a, b):
 
 
 def test_two_processes_equal_one_and_resume_across_process_counts(sr_args, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main(sr_args(one)) == 0
+    one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
+    # a 2-process run stopped midway (only the first 3 images of each method); the one-process runs use the other
+    # core meanwhile: the reference, and a run stopped after 2 images
+    with Launch("-m", "uplift_diffusion.cli", *sr_args(two, "--limit", "3")) as stopped_midway:
+        assert main(sr_args(one)) == 0
+        assert main(sr_args(other, "--limit", "2")) == 0
+        stopped_midway.wait()
     reference = _images(one)
     assert len(reference) == 20  # 5 images x 4 methods (uplift, latent bilinear / nearest, pixel bicubic)
-
-    # a 2-process run stopped midway (only the first 3 images of each method), then finished by 1 process
-    _launch_two(sr_args(two, "--limit", "3"))
     partial, before = _images(two), _mtimes(two)
     assert len(partial) == 12 and all(np.array_equal(img, reference[k]) for k, img in partial.items())
-    assert main(sr_args(two)) == 0
+    before_other = _mtimes(other)
+
+    # 1 process finishes the 2-process run while 2 processes finish the 1-process one
+    with Launch("-m", "uplift_diffusion.cli", *sr_args(other)) as finishing:
+        assert main(sr_args(two)) == 0
+        proc = finishing.wait()
     assert {k: v for k, v in _mtimes(two).items() if k in before} == before  # nothing recomputed
     final = _images(two)
     assert final.keys() == reference.keys() and all(np.array_equal(final[k], reference[k]) for k in reference)
     _assert_same_results(one, two)
 
-    # the other way round: 1 process stopped after 2 images, 2 processes finish; then a full 2-process rerun
-    other = tmp_path / "other"
-    assert main(sr_args(other, "--limit", "2")) == 0
-    before = _mtimes(other)
-    proc = _launch_two(sr_args(other))
     assert proc.stdout.count("results:") == 1 and _num_processes(other) == 2  # the main process alone reports
-    assert {k: v for k, v in _mtimes(other).items() if k in before} == before
+    assert {k: v for k, v in _mtimes(other).items() if k in before_other} == before_other
     final = _images(other)
     assert final.keys() == reference.keys() and all(np.array_equal(final[k], reference[k]) for k in reference)
     _assert_same_results(one, other)
@@ -141,28 +144,31 @@ def _text2img_args(benchmark, root, out, *extra):
 def test_coco_two_processes_equal_one_and_resume_across_process_counts(tiny_sd, tmp_path, one_thread, monkeypatch):
     monkeypatch.setattr(eval_command, "_fid_factory", _small_fid_factory)
     one, two, other = tmp_path / "one", tmp_path / "two", tmp_path / "other"
-    assert main(_text2img_args("coco", tiny_sd, one)) == 0
+    # 2 processes stopped after 2 of the 3 batches of 2 captions (one batch each); meanwhile, on the other core, the
+    # one-process reference and 1 process stopped after one batch
+    with _launch_small_fid(_text2img_args("coco", tiny_sd, two, "--limit", "4")) as stopped_midway:
+        assert main(_text2img_args("coco", tiny_sd, one)) == 0
+        assert main(_text2img_args("coco", tiny_sd, other, "--limit", "2")) == 0
+        stopped_midway.wait()
     reference = _images(one)
     assert len(reference) == 12  # 6 captions x (SD at 64², SD + UPLiFT at 128²)
     results = json.loads((one / "results.json").read_text())["metrics"]
     assert {k: v["patch_fid"] is None for k, v in results.items()} == {"sd15-2": True, "sd15-2-uplift": False}
-
-    # 2 processes stopped after 2 of the 3 batches of 2 captions (one batch each), then 1 process finishes
-    _launch_two_small_fid(_text2img_args("coco", tiny_sd, two, "--limit", "4"))
     partial, before = _images(two), _mtimes(two)
     assert len(partial) == 8 and all(np.array_equal(img, reference[k]) for k, img in partial.items())
-    assert main(_text2img_args("coco", tiny_sd, two)) == 0
+    before_other = _mtimes(other)
+
+    # 1 process finishes the 2-process run; 2 processes finish the 1-process one and score (FID, patch-FID)
+    with _launch_small_fid(_text2img_args("coco", tiny_sd, other)) as finishing:
+        assert main(_text2img_args("coco", tiny_sd, two)) == 0
+        proc = finishing.wait()
     assert {k: v for k, v in _mtimes(two).items() if k in before} == before  # nothing recomputed
     final = _images(two)
     assert final.keys() == reference.keys() and all(np.array_equal(final[k], reference[k]) for k in reference)
     _assert_same_results(one, two)
 
-    # the other way round: 1 process stopped after one batch, 2 processes finish and score (FID, patch-FID)
-    assert main(_text2img_args("coco", tiny_sd, other, "--limit", "2")) == 0
-    before = _mtimes(other)
-    proc = _launch_two_small_fid(_text2img_args("coco", tiny_sd, other))
     assert proc.stdout.count("results:") == 1 and _num_processes(other) == 2  # the main process alone reports
-    assert {k: v for k, v in _mtimes(other).items() if k in before} == before
+    assert {k: v for k, v in _mtimes(other).items() if k in before_other} == before_other
     final = _images(other)
     assert final.keys() == reference.keys() and all(np.array_equal(final[k], reference[k]) for k in reference)
     _assert_same_results(one, other)
@@ -171,8 +177,9 @@ def test_coco_two_processes_equal_one_and_resume_across_process_counts(tiny_sd, 
 def test_relaion_two_processes_equal_one_and_refuse_stale_folder(tiny_sd, tmp_path, one_thread, monkeypatch):
     monkeypatch.setattr(eval_command, "_fid_factory", _small_fid_factory)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(_text2img_args("relaion", tiny_sd, one, "--no-baseline")) == 0
-    proc = _launch_two_small_fid(_text2img_args("relaion", tiny_sd, two, "--no-baseline"))
+    with _launch_small_fid(_text2img_args("relaion", tiny_sd, two, "--no-baseline")) as launch:
+        assert main(_text2img_args("relaion", tiny_sd, one, "--no-baseline")) == 0  # on the other core meanwhile
+        proc = launch.wait()
     assert proc.stdout.count("results:") == 1 and _num_processes(two) == 2
     reference, final = _images(one), _images(two)
     assert len(reference) == 6 and final.keys() == reference.keys()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch_helpers import accelerate_launch
+from launch_helpers import Launch, accelerate_launch
 from safetensors.torch import load_file
 from training_helpers import tiny_config, tiny_taef2, write_images
 from training_worker import read_records, recorder, weights_digest
@@ -69,9 +69,10 @@ def test_two_processes_hold_one_model_write_one_run_and_equal_one_process(setup)
     one, two = setup / "one" / "run", setup / "two" / "run"
     # with the decoder-aware term on a random 2x2-latent window: one window per global batch, whoever computes it
     loss = {"depths": [1, 2], "noise_sigma": 0.5, "pixel_weight": 1.0, "pixel_window": 2}
-    _train_here(_config(setup, "one", loss=loss))
-    proc = accelerate_launch(WORKER, str(_config(setup, "two", loss=loss)), str(setup / "records"),
-                             timeout=LAUNCH_TIMEOUT)
+    with Launch(WORKER, str(_config(setup, "two", loss=loss)), str(setup / "records"),
+                timeout=LAUNCH_TIMEOUT) as launch:
+        _train_here(_config(setup, "one", loss=loss))  # while the launched processes start up
+        proc = launch.wait()
 
     # gradients are synchronised: after every step both processes hold bit-identical weights, and they do change
     records = read_records(setup / "records")
@@ -100,13 +101,14 @@ def test_two_processes_hold_one_model_write_one_run_and_equal_one_process(setup)
 
 def test_resume_changes_the_process_count_both_ways(setup, capsys):
     reference = setup / "reference" / "run"
-    _train_here(_config(setup, "reference", max_steps=6))
 
     # 1 process to step 2 (mid-epoch), 2 processes (the CLI under accelerate launch) on to step 4 ...
     config = _config(setup, "run", max_steps=2)
     _train_here(config)
-    proc = accelerate_launch("-m", "uplift_diffusion.cli", "train", "--config", str(config), "--resume",
-                             "--max-steps", "4", timeout=LAUNCH_TIMEOUT)
+    with Launch("-m", "uplift_diffusion.cli", "train", "--config", str(config), "--resume", "--max-steps", "4",
+                timeout=LAUNCH_TIMEOUT) as launch:
+        _train_here(_config(setup, "reference", max_steps=6))  # while the launched processes start up
+        proc = launch.wait()
     assert proc.stdout.count("resumed from") == 1 and "checkpoint-00000002 (step 2, epoch 0)" in proc.stdout
     assert proc.stdout.count("trained model saved to") == 1
     run = setup / "run" / "run"

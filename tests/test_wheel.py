@@ -1,9 +1,8 @@
 """Installed as users install it: the wheel ``pip wheel .`` builds holds every module of the source tree under its
 installed name (pipelines/ -> uplift_diffusion.pipelines, eval/ -> uplift_diffusion.eval) and the built-in weights,
-and nothing else of ours. (.ci/run also installs that wheel into a fresh environment and runs every subcommand.)"""
+and nothing else of ours. (.ci/run also installs that wheel into a fresh environment and runs every subcommand.)
+The wheel is conftest.py's ``wheel`` fixture."""
 
-import importlib.util
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,7 +14,6 @@ REPO = Path(__file__).resolve().parents[1]
 # source folder -> the package it installs as (setup.py's ROOTS)
 SOURCES = {"uplift_diffusion": "uplift_diffusion", "pipelines": "uplift_diffusion/pipelines",
            "eval": "uplift_diffusion/eval"}
-BUILD_FILES = ("pyproject.toml", "setup.py", "README.md")
 
 
 def source_files() -> set[str]:
@@ -29,23 +27,6 @@ def source_files() -> set[str]:
             if path.suffix == ".py" or (folder == "uplift_diffusion" and rel.parts[0] == "weights"):
                 files.add(f"{installed}/{rel.as_posix()}")
     return files
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """A wheel built from a copy of the files a user's ``pip install .`` reads (the shared tree stays untouched)."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"
-    src.mkdir()
-    for name in BUILD_FILES:
-        shutil.copy2(REPO / name, src / name)
-    for name in SOURCES:
-        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", *isolation, "-w", str(tmp / "dist"),
-                    str(src)], check=True, capture_output=True, cwd=tmp)
-    (path,) = (tmp / "dist").glob("uplift_diffusion-*.whl")
-    return path
 
 
 @pytest.mark.slow
