@@ -39,7 +39,9 @@ def _check_group(spec: Any, where: str) -> dict:
 
 
 class UPLiFTEncoder(nn.Module):
-    """Dense image encoder: block groups at the image's full resolution; returns every group's output."""
+    """Dense image encoder: block groups at the image's full resolution; returns every group's output.
+    ``condition_channels``: constant planes after the image's channels (``UPLiFTModel``'s ``guide_conditions``),
+    read by the first conv and kept out of its residual."""
 
     def __init__(self, image_channels: int, groups: Sequence[GroupSpec], norm_type: str, condition_channels: int = 0):
         super().__init__()
