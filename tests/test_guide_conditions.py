@@ -38,6 +38,16 @@ def test_conditions_are_constant_planes_of_the_whole_guide():
     assert out.shape == (3, 4, 24, 20) and torch.isfinite(out).all()
 
 
+def test_the_condition_planes_carry_the_models_scale():
+    model = UPLiFTModel.from_preset("tiny-vae", guide_conditions=CONDITIONS, guide_condition_scale=8.0)
+    image = torch.rand(2, 3, 32, 32)
+    guide = model.normalize_image(image, decoded=True)
+    assert guide[:, 3].unique().tolist() == [8.0]
+    torch.testing.assert_close(guide[:, 4, 0, 0], 8 * sharpness(image))
+    with pytest.raises(InputError, match="guide_condition_scale must be a positive number"):
+        UPLiFTModel.from_preset("tiny-vae", guide_conditions=CONDITIONS, guide_condition_scale=0)
+
+
 def test_a_model_without_conditions_is_unchanged():
     model = UPLiFTModel.from_preset("tiny-vae").eval()
     image = torch.rand(1, 3, 16, 16)

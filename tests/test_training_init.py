@@ -84,6 +84,13 @@ def test_grow_model_adds_guide_conditions_that_start_ignored_and_refuses_reorder
 
     with pytest.raises(ValueError, match="can only add conditions after"):
         grow_model(grown, {"guide_conditions": ["sharpness", "decoded"]})
+    # a scale comes with the first conditions (it starts at zero weights too); a trained condition's scale stays
+    scaled = grow_model(trained, {"guide_conditions": ["decoded"], "guide_condition_scale": 8.0}).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(scaled.normalize_image(image, True), features, iterations=2),
+                                   trained(image, features, iterations=2))
+    with pytest.raises(ValueError, match="only be set for a model without guide conditions"):
+        grow_model(scaled, {"guide_condition_scale": 1.0})
     with pytest.raises(ValueError, match="RGB plus the guide conditions decoded, sharpness"):
         grown(image, features)
 

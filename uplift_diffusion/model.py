@@ -160,6 +160,9 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             guide's :func:`~uplift_diffusion.color.sharpness`, which tells an antialiased low-res input from an
             aliased one). A convnet sees only a neighbourhood of the guide; these are properties of the whole of
             it. ``None``: the RGB image only (the published checkpoints).
+        guide_condition_scale (`float`, defaults to 1.0): the condition channels are multiplied by it. Adam moves a
+            weight by about its learning rate per step whatever the gradient's size, so a larger scale lets
+            zero-initialised condition weights change what the model computes that many times faster.
         latent_space (`dict`, *optional*): the latent space a VAE-preset model was trained for, as
             ``uplift_diffusion.backbones.vae.latent_space_record`` writes it: ``{"vae": name, "fingerprint": ...,
             "latent_channels": C, "scaling_factor": s, "shift_factor": t}``. Pipelines refuse a VAE of another
@@ -188,6 +191,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         latent_space: dict | None = None,
         detail_strength: list[float] | None = None,
         guide_conditions: list[str] | None = None,
+        guide_condition_scale: float = 1.0,
     ):
         super().__init__()
         defaults = get_preset("sd15-vae").config
@@ -214,6 +218,9 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
                         detail_strength=detail_strength)
         _check_latent_space(latent_space, in_channels)
         _check_guide_conditions(guide_conditions)
+        if isinstance(guide_condition_scale, bool) or not isinstance(guide_condition_scale, (int, float)) or not (
+                0 < guide_condition_scale < float("inf")):
+            raise InputError(f"guide_condition_scale must be a positive number, got {guide_condition_scale!r}")
 
         guide_widths = [g["out_channels"] for g in encoder_blocks]
         self.encoder = UPLiFTEncoder(image_channels, encoder_blocks, norm_type, len(guide_conditions or ()))
@@ -317,7 +324,8 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
             else:  # "sharpness": a property of the whole guide, so tiles of it are told the whole image's value
                 value = sharpness(image).to(rgb.device, rgb.dtype)
             values.append(value)
-        planes = torch.stack(values, dim=1)[:, :, None, None].expand(b, len(values), h, w)
+        planes = torch.stack(values, dim=1) * self.config.guide_condition_scale
+        planes = planes[:, :, None, None].expand(b, len(values), h, w)
         return torch.cat([rgb, planes], dim=1)  # [B, 3 + len(conditions), H, W]
 
     # ------------------------------------------------------------------ forward

@@ -33,7 +33,7 @@ def identity_refiner_init(model: nn.Module) -> None:
     out.bias.zero_()
 
 
-GROWABLE_KEYS = ("refiner_blocks", "guide_conditions")
+GROWABLE_KEYS = ("refiner_blocks", "guide_conditions", "guide_condition_scale")
 
 
 def _plain(value):
@@ -51,7 +51,9 @@ def grow_model(source: nn.Module, overrides: dict) -> nn.Module:
     - ``refiner_blocks.num_blocks`` raised: the blocks ``source`` has keep their weights, the new ones start as the
       identity (their last 1x1 conv zeroed, so the residual rule passes the input through);
     - ``guide_conditions`` extended (``source``'s list, or none, followed by new names): the encoder's first conv
-      gets one input channel per new condition, with zero weights, so the model starts by ignoring them.
+      gets one input channel per new condition, with zero weights, so the model starts by ignoring them;
+      ``guide_condition_scale`` may be set with them, for a model that had none (a trained condition's scale is part
+      of what its weights compute).
 
     Other keys may only repeat what ``source`` already is (so that a recipe continuing a model can extend the recipe
     that made it); anything else (other widths, fewer blocks) is a different architecture and is refused.
@@ -72,8 +74,12 @@ def grow_model(source: nn.Module, overrides: dict) -> nn.Module:
     if conditions[:len(old_conditions)] != old_conditions:
         raise ValueError(f"model.overrides.guide_conditions with model.init_from can only add conditions after the "
                          f"initial model's {old_conditions}, got {conditions}")
+    scale = overrides.get("guide_condition_scale", config.get("guide_condition_scale", 1.0))
+    if old_conditions and scale != config.get("guide_condition_scale", 1.0):
+        raise ValueError(f"model.overrides.guide_condition_scale with model.init_from can only be set for a model "
+                         f"without guide conditions; this one has {old_conditions}")
     model = type(source)(**{**config, "refiner_blocks": new if old is not None else None,
-                            "guide_conditions": conditions or None})
+                            "guide_conditions": conditions or None, "guide_condition_scale": scale})
     state = dict(source.state_dict())
     first = "encoder.block_0.blocks.0.conv.0.weight"  # [C_out, C_in, 3, 3]: C_in = RGB + conditions
     grown = model.state_dict()[first].clone().zero_()
