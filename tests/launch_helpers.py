@@ -4,6 +4,8 @@
 ``mpirun`` for more), so a test launched that way never runs anything in parallel. The launch here uses accelerate's
 torch-elastic launcher (``--multi_gpu``, which starts N processes whatever the device) with ``ACCELERATE_USE_CPU=1``,
 so that ``Accelerator()`` joins them into one gloo group on the CPU.
+
+Also :func:`run_at_once`: independent processes started together (one per core), for tests that measure each.
 """
 
 from __future__ import annotations
@@ -90,3 +92,23 @@ def accelerate_launch(*target: str, num_processes: int = 2, timeout: float = 600
 def launch_two(args: list[str]) -> subprocess.CompletedProcess:
     """``uplift-diffusion ARGS`` on two CPU processes."""
     return accelerate_launch("-m", "uplift_diffusion.cli", *args)
+
+
+def run_at_once(commands: dict[str, list[str]], env: dict[str, str],
+                timeout: float = 600) -> dict[str, subprocess.CompletedProcess]:
+    """Start every command at once and wait for all: ``{name: finished process}`` (stdout / stderr as text; the
+    caller checks the return codes). Per-process measurements (page faults, peak memory) do not depend on the other
+    processes. A test that fails while they run leaves none behind."""
+    procs = {}
+    try:
+        for name, cmd in commands.items():
+            procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        results = {}
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=timeout)
+            results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return results
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()

@@ -1,10 +1,10 @@
 """retain_freed_memory: glibc keeps freed maps in the process, so a repeated forward pass does not page-fault its
 maps in again."""
 
-import subprocess
 import sys
 
 import pytest
+from launch_helpers import run_at_once
 
 _SCRIPT = r"""
 import resource, sys, torch
@@ -28,19 +28,12 @@ print(min(faults[2:]))
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_repeated_forward_passes_stop_page_faulting():
     # Both processes at once: page faults are counted per process, and each uses one thread (of a 2-core machine).
-    procs = {mode: subprocess.Popen([sys.executable, "-c", _SCRIPT, mode], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, env={"OMP_NUM_THREADS": "1", "PATH": ""})
-             for mode in ("default", "retain")}
+    finished = run_at_once({mode: [sys.executable, "-c", _SCRIPT, mode] for mode in ("default", "retain")},
+                           env={"OMP_NUM_THREADS": "1", "PATH": ""})
     counts = {}
-    try:
-        for mode, proc in procs.items():
-            out, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, err[-2000:]
-            counts[mode] = int(out.strip().splitlines()[-1])
-    finally:
-        for proc in procs.values():
-            proc.kill()
-            proc.wait()
+    for mode, proc in finished.items():
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        counts[mode] = int(proc.stdout.strip().splitlines()[-1])
     # Default glibc: tens of MiB faulted in again per call (4 KiB pages); retained: a small fraction of that (a
     # fresh machine's first calls still fault in some one-time caches: ~1k of ~11k seen in CI).
     assert counts["default"] > 2000 and counts["retain"] * 5 < counts["default"], counts

@@ -3,10 +3,10 @@ the estimate behind it stays between the measured peak and twice it."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from launch_helpers import run_at_once
 
 from uplift_diffusion.cli import main
 from uplift_diffusion.training.config import TrainConfig
@@ -62,23 +62,15 @@ CASES = {"batch 4": {"batch_size": 4}, "crop 256 batch 4": {"data__crop_size": 2
 def measured(tmp_path_factory, shared_dir) -> dict[str, dict | str]:
     """``{case: {"peak": bytes, "estimate": bytes}}`` (or the process's stderr): the cases' processes run at once,
     each on one thread of its own (the peak is per process, so the other one does not change it)."""
-    procs = {}
-    try:
-        for case, changes in CASES.items():
-            config = _config(tmp_path_factory.mktemp("memory"), shared_dir, **changes)
-            procs[case] = subprocess.Popen([sys.executable, "-c", _MEASURE, json.dumps(config)],
-                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-        results = {}
-        for case, proc in procs.items():
-            out, err = proc.communicate(timeout=600)
-            line = [x for x in out.splitlines() if x.startswith("MEASURED")]
-            results[case] = json.loads(line[0].split(" ", 1)[1]) if line else err[-2000:]
-        return results
-    finally:
-        for proc in procs.values():
-            proc.kill()
-            proc.wait()
+    commands = {case: [sys.executable, "-c", _MEASURE,
+                       json.dumps(_config(tmp_path_factory.mktemp("memory"), shared_dir, **changes))]
+                for case, changes in CASES.items()}
+    finished = run_at_once(commands, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    results = {}
+    for case, proc in finished.items():
+        line = [x for x in proc.stdout.splitlines() if x.startswith("MEASURED")]
+        results[case] = json.loads(line[0].split(" ", 1)[1]) if line else proc.stderr[-2000:]
+    return results
 
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's clear_refs")
