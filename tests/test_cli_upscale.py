@@ -73,6 +73,8 @@ def test_upscale_errors_are_one_line(assets, tmp_path, capsys, case, expected):
     assert len(err) == 1 and err[0].startswith("uplift-diffusion upscale: error:") and expected in err[0]
     if case.startswith("offline"):
         assert "local" in err[0]
+    if case == "not_writable":  # names the file in the way, not the OS's "File exists"
+        assert "rgb.png is a file" in err[0] and "File exists" not in err[0]
     assert not list(tmp_path.glob("*.png"))
 
 

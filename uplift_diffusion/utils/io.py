@@ -187,6 +187,10 @@ def ensure_writable_dir(folder: str | os.PathLike) -> Path:
     """Create ``folder`` if needed and check that files can be written there (:class:`UnavailableError` naming
     the reason otherwise)."""
     folder = Path(folder)
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # mkdir would only say "File exists"
+        what = "is an existing file" if blocking == folder else f"is not writable: {blocking} is a file"
+        raise UnavailableError(f"output folder {folder} {what}, not a folder; give a folder path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
