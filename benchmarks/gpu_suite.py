@@ -17,7 +17,7 @@ clear_refs) minus the resident set before, which is an RSS-based measure, not an
 table say which device and which memory measure produced every number.
 
     python benchmarks/gpu_suite.py [--device cuda] [--dtypes float32 bfloat16 float16] [--budget-s 420] [--out DIR]
-    python benchmarks/gpu_suite.py --quick --device cpu      # tiny sizes end to end (the test suite runs this)
+    python benchmarks/gpu_suite.py --quick --device cpu --jobs 3  # tiny sizes end to end, cases at once (the tests)
 
 Writes DIR/gpu_suite.json and DIR/gpu_suite.md (DIR defaults to outputs/gpu_suite).
 """
@@ -29,6 +29,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -137,12 +138,13 @@ def markdown(payload: dict) -> str:
     """The suite's table, headed by what produced it (device, memory measure, protocol)."""
     from uplift_diffusion.eval.common import markdown_table
 
-    env = payload["environment"]
+    env, jobs = payload["environment"], payload.get("jobs", 1)
     lines = [f"# GPU suite{' (--quick: tiny sizes)' if payload['quick'] else ''}", "",
              f"- device: **{payload['device_name']}** (`--device {payload['device']}`)",
              f"- peak memory: {payload['memory_method']}",
              f"- protocol: {payload['warmup']} warm-up calls, mean of {payload['iterations']} timed calls, batch 1",
-             f"- torch {env['torch']}, {env['threads']} CPU threads, wall-clock {payload['wall_s']:.0f} s", ""]
+             f"- torch {env['torch']}, {env['threads']} CPU threads, wall-clock {payload['wall_s']:.0f} s"
+             + (f", {jobs} cases at once (their timings share the machine)" if jobs > 1 else ""), ""]
     table_rows = []
     for case in payload["cases"]:
         if "error" in case:
@@ -184,6 +186,8 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="cases not started within this many seconds are recorded as skipped")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cases run at once (shortens a smoke run; their timings then share the machine)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "gpu_suite")
     args = parser.parse_args()
     from uplift_diffusion.utils.io import write_text_atomic
@@ -199,28 +203,31 @@ def main() -> int:
     name = device_name(args.device)
     dtypes = args.dtypes or (list(DTYPE_NAMES) if torch.device(args.device).type == "cuda" else ["float32", "bfloat16"])
     print(f"gpu suite on {name}", flush=True)
-    start, cases = time.perf_counter(), []
+    start = time.perf_counter()
     common = ["--device", args.device, "--warmup", args.warmup, "--iterations", args.iterations,
               "--threads", args.threads] + (["--quick"] if args.quick else []) + (
               ["--no-compile"] if args.no_compile else []) + (["--vae", args.vae] if args.vae else [])
-    for case in args.cases:
-        for dtype in dtypes:
-            left = args.budget_s - (time.perf_counter() - start)
-            if left <= 0:
-                cases.append({"case": case, "dtype": dtype, "error": f"skipped: --budget-s {args.budget_s:.0f} used"})
-                continue
-            print(f"{case} {dtype}", flush=True)
-            try:
-                result = run_case(Path(__file__), ["--case", case, "--dtype", dtype, *common], timeout=max(left, 60))
-            except subprocess.TimeoutExpired:
-                result = {"error": f"timed out after {max(left, 60):.0f} s (--budget-s)"}
-            if "error" in result:
-                result = {"case": case, "dtype": dtype, "error": result["error"]}
-                print(f"  failed: {result['error']}", flush=True)
-            cases.append(result)
+
+    def run(case: str, dtype: str) -> dict:
+        left = args.budget_s - (time.perf_counter() - start)
+        if left <= 0:
+            return {"case": case, "dtype": dtype, "error": f"skipped: --budget-s {args.budget_s:.0f} used"}
+        print(f"{case} {dtype}", flush=True)
+        try:
+            result = run_case(Path(__file__), ["--case", case, "--dtype", dtype, *common], timeout=max(left, 60))
+        except subprocess.TimeoutExpired:
+            result = {"error": f"timed out after {max(left, 60):.0f} s (--budget-s)"}
+        if "error" in result:
+            result = {"case": case, "dtype": dtype, "error": result["error"]}
+            print(f"  failed: {case} {dtype}: {result['error']}", flush=True)
+        return result
+
+    todo = [(case, dtype) for case in args.cases for dtype in dtypes]
+    with ThreadPoolExecutor(max(args.jobs, 1)) as pool:  # one job: the cases one after another, in order
+        cases = list(pool.map(lambda item: run(*item), todo))
     methods = {r["memory_method"] for c in cases for r in c.get("rows", [])}
     payload = {"device": args.device, "device_name": name, "quick": args.quick, "warmup": args.warmup,
-               "iterations": args.iterations, "memory_method": ", ".join(sorted(methods)) or "-",
+               "iterations": args.iterations, "jobs": args.jobs, "memory_method": ", ".join(sorted(methods)) or "-",
                "wall_s": time.perf_counter() - start, "environment": environment(), "cases": cases}
     write_json(args.out / "gpu_suite.json", payload)
     table = markdown(payload)

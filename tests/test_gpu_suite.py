@@ -20,7 +20,7 @@ MEASUREMENTS = {
 def test_quick_cpu_run_writes_json_and_table(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--quick", "--device", "cpu", "--dtypes",
-         "float32", "--threads", "1", "--out", str(tmp_path)],
+         "float32", "--threads", "1", "--jobs", "3", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     payload = json.loads((tmp_path / "gpu_suite.json").read_text())

@@ -6,6 +6,7 @@ training images are refused before any work, in one line naming the file."""
 import csv
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -14,11 +15,15 @@ from training_helpers import tiny_config, tiny_taef2, write_images
 from uplift_diffusion.cli import main
 
 
+def _make_setup(root):
+    write_images(root / "images", count=3)
+    tiny_taef2().save_pretrained(root / "taef2")
+    return root
+
+
 @pytest.fixture
 def setup(tmp_path):
-    write_images(tmp_path / "images", count=3)
-    tiny_taef2().save_pretrained(tmp_path / "taef2")
-    return tmp_path
+    return _make_setup(tmp_path)
 
 
 def _write_config(setup, name="train.json", **overrides):
@@ -26,6 +31,26 @@ def _write_config(setup, name="train.json", **overrides):
     path = setup / name
     path.write_text(json.dumps(tiny_config(setup, setup / "images", **settings).to_dict()))
     return path
+
+
+@pytest.fixture(scope="module")
+def _first_run(tmp_path_factory):
+    """A ``setup`` folder after one ``train`` of the default config, and a copy of it as it was then."""
+    root = tmp_path_factory.mktemp("first_run")
+    setup = _make_setup(root / "setup")
+    assert main(["train", "--config", str(_write_config(setup))]) == 0
+    shutil.copytree(setup, root / "as_trained", symlinks=True)
+    return setup, root / "as_trained"
+
+
+@pytest.fixture
+def trained(_first_run):
+    """``setup`` with a finished run of its ``train.json`` in ``run/``: the first run's folder restored to how that
+    run left it, at the same path (the run records its paths), rather than one more training per test."""
+    setup, as_trained = _first_run
+    shutil.rmtree(setup)
+    shutil.copytree(as_trained, setup, symlinks=True)
+    return setup
 
 
 def _one_line_error(capsys) -> str:
@@ -51,10 +76,9 @@ def test_overwrite_never_deletes_files_that_no_run_wrote(setup, capsys):
         assert not (folder / "checkpoints").exists()
 
 
-def test_overwrite_replaces_a_run_and_only_its_files(setup, capsys):
-    path = _write_config(setup)
-    assert main(["train", "--config", str(path)]) == 0
-    run = setup / "run"
+def test_overwrite_replaces_a_run_and_only_its_files(trained, capsys):
+    path = trained / "train.json"
+    run = trained / "run"
     (run / "my_notes.txt").write_text("keep me")  # the user's file beside the run's
     capsys.readouterr()
 
@@ -65,10 +89,9 @@ def test_overwrite_replaces_a_run_and_only_its_files(setup, capsys):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-00000001"]
 
 
-def test_overwrite_keeps_the_users_files_inside_the_runs_folders(setup, capsys):
-    path = _write_config(setup)
-    assert main(["train", "--config", str(path)]) == 0
-    run = setup / "run"
+def test_overwrite_keeps_the_users_files_inside_the_runs_folders(trained, capsys):
+    path = trained / "train.json"
+    run = trained / "run"
     (run / "previews" / "selected").mkdir()
     (run / "previews" / "selected" / "best.png").write_bytes(b"mine")
     (run / "checkpoints" / "keep").mkdir()
@@ -96,10 +119,9 @@ def _log(run):
         return list(csv.DictReader(f))
 
 
-def test_resume_applies_a_new_learning_rate_and_records_it(setup, capsys):
-    path = _write_config(setup)
-    assert main(["train", "--config", str(path)]) == 0
-    run = setup / "run"
+def test_resume_applies_a_new_learning_rate_and_records_it(trained, capsys):
+    path = trained / "train.json"
+    run = trained / "run"
     recorded = json.loads((run / "train_config.json").read_text())
     data = json.loads(path.read_text())
     data["optim"]["lr"] = 5e-4
@@ -122,10 +144,9 @@ def test_resume_applies_a_new_learning_rate_and_records_it(setup, capsys):
     (lambda d: d["data"].update(crop_size=64), "data.crop_size"),
     (lambda d: d["optim"].update(scheduler="cosine"), "optim.scheduler"),
 ])
-def test_resume_refuses_what_cannot_change(setup, capsys, edit, keys):
-    path = _write_config(setup)
-    assert main(["train", "--config", str(path)]) == 0
-    run = setup / "run"
+def test_resume_refuses_what_cannot_change(trained, capsys, edit, keys):
+    path = trained / "train.json"
+    run = trained / "run"
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     data = json.loads(path.read_text())
     edit(data)

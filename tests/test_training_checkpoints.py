@@ -39,10 +39,19 @@ def images(tmp_path):
     return tmp_path / "images"
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, images):
-    # 3 images x 2 views, batch 2: 3 steps per epoch, so the kill lands mid-epoch and the run crosses epochs.
-    reference = Trainer(tiny_config(tmp_path / "a", images), backbone=tiny_backbone()).train()
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Training images and the weights of an uninterrupted run on them (``tiny_config``'s 6 steps), which a killed
+    and resumed run must reproduce."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    write_images(root / "images", count=3)
+    model = Trainer(tiny_config(root / "a", root / "images"), backbone=tiny_backbone()).train()
+    return root / "images", _weights(model)
 
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted):
+    # 3 images x 2 views, batch 2: 3 steps per epoch, so the kill lands mid-epoch and the run crosses epochs.
+    images, expected = uninterrupted
     config = tiny_config(tmp_path / "b", images)
     with pytest.raises(Killed):
         Trainer(config, backbone=tiny_backbone()).train(callback=_kill_at(3))  # last checkpoint: step 2
@@ -51,7 +60,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, images):
     resumed_trainer = Trainer(config, backbone=tiny_backbone(seed=0))
     resumed = resumed_trainer.train(resume=True)
 
-    expected, got = _weights(reference), _weights(resumed)
+    got = _weights(resumed)
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
@@ -61,8 +70,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, images):
     assert (tmp_path / "b" / "run" / "previews" / "step-00000006.png").is_file()
 
 
-def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, images, capsys):
-    reference = Trainer(tiny_config(tmp_path / "a", images), backbone=tiny_backbone()).train()
+def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, uninterrupted, capsys):
+    images, expected = uninterrupted
     config = tiny_config(tmp_path / "b", images)
     with pytest.raises(Killed):
         Trainer(config, backbone=tiny_backbone()).train(callback=_kill_at(5))  # checkpoints 2 and 4
@@ -72,8 +81,9 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, images, capsys):
     resumed = Trainer(config, backbone=tiny_backbone()).train(resume=True)
     out = capsys.readouterr().out
     assert "checkpoint-00000004 is truncated" in out and "resumed from" in out and "checkpoint-00000002" in out
-    for key, value in _weights(reference).items():
-        assert torch.equal(value, _weights(resumed)[key]), key
+    got = _weights(resumed)
+    for key, value in expected.items():
+        assert torch.equal(value, got[key]), key
 
 
 def _save_two(tmp_path):
