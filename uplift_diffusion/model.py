@@ -483,7 +483,7 @@ class UPLiFTModel(ModelMixin, ConfigMixin):
         self.check_inputs(image, features, iterations, output_size)
         dtype = self.dtype
         image, features = image.to(dtype), features.to(dtype)
-        encoded = self.encode_image(image, iterations)
+        encoded = self.encode_image(image, iterations)[-2:]  # the steps read only these: the rest is freed now
         if output_size is not None:
             output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
         steps = []
