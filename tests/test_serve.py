@@ -216,7 +216,7 @@ def test_model_line_is_read_from_the_measured_numbers_not_made_up(tmp_path):
 
     line = app.model_quality_line(read_model_quality(builtin_upsampler_path("taef2")), "x")
     assert line.startswith("**Model: uplift-taef2.** Measured on BSDS500 test50") and "bicubic low-res" in line
-    assert "2× 28.66 dB / 0.865 vs 27.92 dB / 0.838" in line and "8× 21.92 dB / 0.503 vs 21.86 dB / 0.506" in line
+    assert "2× 28.79 dB / 0.866 vs 27.92 dB / 0.838" in line and "8× 21.92 dB / 0.504 vs 21.86 dB / 0.506" in line
     assert "python benchmarks/builtin_table.py" in line
     (tmp_path / "quality.json").write_text(
         '{"model": "my-model", "measurements": [{"dataset": "Kodak", "command": "make kodak", "results": ['
