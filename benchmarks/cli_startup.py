@@ -22,7 +22,9 @@ from pathlib import Path
 
 from PIL import Image
 
-PHOTO = Path("/work/shared/data/photos/chelsea.png")
+from uplift_diffusion.testing import SHARED
+
+PHOTO = SHARED / "data/photos/chelsea.png"
 SIZE = (64, 48)
 IMPORTS = {
     "import UPLiFTSuperResolutionPipeline": "from uplift_diffusion.pipelines import UPLiFTSuperResolutionPipeline",
