@@ -81,9 +81,10 @@ def train(config: dict) -> dict:
     from uplift_diffusion.training.config import TrainConfig
     from uplift_diffusion.training.trainer import Trainer
 
-    trainer = Trainer(TrainConfig.from_dict(config), overwrite=False)
-    trainer.clock = time.process_time
     resume = (Path(config["output_dir"]) / "checkpoints").is_dir()
+    # A run stopped before its first checkpoint left only logs behind: start it again rather than refuse.
+    trainer = Trainer(TrainConfig.from_dict(config), overwrite=not resume)
+    trainer.clock = time.process_time
     model_dir = trainer.train(resume=resume)
     return {"steps": trainer.step, "cpu_seconds": round(trainer.elapsed, 1), "model": str(model_dir)}
 

@@ -375,6 +375,39 @@ def test_a_plan_from_the_calibration_photos_gives_each_op_its_time_at_the_photos
     assert costs.longest(1024 * 1024) == pytest.approx(209.8152)
 
 
+def test_a_decoder_plan_from_the_calibration_photos_gives_its_thin_last_layers_their_own_pace():
+    import torch.nn.functional as F
+
+    from uplift_diffusion.app.progress import OpCosts, WorkCounter
+
+    wide, thin = torch.zeros(16, 16, 3, 3), torch.zeros(3, 16, 1, 1)
+
+    def run(side: int) -> WorkCounter:  # a wide convolution at half resolution, then a thin one at full resolution
+        now = [0.0]
+        counter = WorkCounter(clock=lambda: now[0], parts={wide.data_ptr(): "decoding", thin.data_ptr(): "decoding"})
+        with counter:
+            x = torch.zeros(1, 16, side // 2, side // 2)
+            now[0] += 0.1 + 1e-5 * 2 * x.numel()  # 72 multiply-adds per element streamed: fast per element
+            F.conv2d(x, wide, padding=1)
+            x = torch.zeros(1, 16, side, side)
+            now[0] += 0.05 + 3e-5 * 19 / 16 * x.numel()  # 2.5 per element: three times slower per element
+            F.conv2d(x, thin)
+        return counter
+
+    def last_op_share(costs: OpCosts, pixels: int) -> float:
+        (_, seconds), = costs.profiles(pixels).values()
+        return 1 - seconds[1]
+
+    small, large = run(32), run(64)
+    by_kind = OpCosts.fit(small, 32 * 32, large, 64 * 64, by_kind=("decoding",))
+    assert by_kind.op_rates["decoding"] == [pytest.approx((1e-5, 0.1)), pytest.approx((3e-5, 0.05))]
+    pixels = 1024 * 1024
+    expected = (0.05 + 3e-5 * 19 * pixels) / (0.15 + 1e-5 * 8 * pixels + 3e-5 * 19 * pixels)
+    assert last_op_share(by_kind, pixels) == pytest.approx(expected)  # 88 %
+    one_line = OpCosts.fit(small, 32 * 32, large, 64 * 64)  # one line through both kinds: far too little
+    assert last_op_share(one_line, pixels) < expected - 0.05
+
+
 def test_a_visitor_who_left_before_their_job_started_does_not_keep_the_model_busy(upscaler, tmp_path):
     from types import SimpleNamespace
 

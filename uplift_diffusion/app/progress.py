@@ -174,33 +174,49 @@ class OpCosts:
     on a large one the full-resolution layers take most of the time, and a profile measured on the small photo would
     put the bar near the end while they run.
 
+    A part named in ``by_kind`` (the VAE decoder) gets one line per kind of op instead, its kind the multiply-adds
+    per element streamed (in powers of two): its last full-resolution layers, with few channels, take two to three
+    times the seconds per element of its wide convolutions, and one line for all of them puts the bar near the end
+    while they run. (The encoder's ops of one kind differ in speed among themselves; its one line errs less.)
+
     Args:
         macs: per part, the fractions of its multiply-adds at each op of the larger run.
         elements: per part, each op's input and output elements per input pixel in the larger run.
         rates: per part, ``(seconds per element, seconds per op)``.
+        op_rates: per part fitted by kind, each op's ``(seconds per element, seconds per op)``.
     """
 
     macs: Mapping[str | None, Sequence[float]]
     elements: Mapping[str | None, Sequence[float]]
     rates: Mapping[str | None, tuple[float, float]]
+    op_rates: Mapping[str | None, Sequence[tuple[float, float]]] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, small: WorkCounter, small_pixels: int, large: WorkCounter, large_pixels: int) -> OpCosts:
-        """Fitted on the ops of ``small`` and ``large`` (counters of two runs of ``*_pixels`` input pixels)."""
-        macs, elements, rates = {}, {}, {}
+    def fit(cls, small: WorkCounter, small_pixels: int, large: WorkCounter, large_pixels: int,
+            by_kind: Sequence[str] = ()) -> OpCosts:
+        """Fitted on the ops of ``small`` and ``large`` (counters of two runs of ``*_pixels`` input pixels); the
+        parts in ``by_kind`` by kind of op where both runs have the same ops."""
+        macs, elements, rates, op_rates = {}, {}, {}, {}
         for part, ops in large.ops_by_part.items():
             total = large.macs_by_part[part]
             if not ops or total <= 0:
                 continue
-            sample = np.asarray([(e, s) for _, e, s in (*small.ops_by_part.get(part, []), *ops)], dtype=float)
+            small_ops = small.ops_by_part.get(part, [])
+            sample = np.asarray([(e, s) for _, e, s in (*small_ops, *ops)], dtype=float)
             macs[part] = tuple(np.cumsum([m for m, _, _ in ops]) / total)
             elements[part] = tuple(e / large_pixels for _, e, _ in ops)
             rates[part] = _non_negative_line(sample[:, 0], sample[:, 1])
-        return cls(macs, elements, rates)
+            if part in by_kind and len(small_ops) == len(ops):
+                op_rates[part] = _rates_by_kind(small_ops, ops, rates[part])
+        return cls(macs, elements, rates, op_rates)
 
     def _seconds(self, part: str | None, pixels: int) -> np.ndarray:
+        elements = np.asarray(self.elements[part]) * pixels
+        if part in self.op_rates:
+            per_element, per_op = np.asarray(self.op_rates[part], dtype=float).T
+            return per_element * elements + per_op
         per_element, per_op = self.rates[part]
-        return per_element * np.asarray(self.elements[part]) * pixels + per_op
+        return per_element * elements + per_op
 
     def longest(self, pixels: int) -> float:
         """The expected seconds of the longest op for a photo of ``pixels`` input pixels."""
@@ -214,6 +230,25 @@ class OpCosts:
             if seconds[-1] > 0:
                 profiles[part] = ((0.0, *macs), (0.0, *(seconds / seconds[-1]).tolist()))
         return profiles
+
+
+def _op_kind(macs: float, elements: float) -> int:
+    """An op's kind: its multiply-adds per element streamed, rounded in powers of two (0 for element-wise ops)."""
+    return int(np.round(np.log2(max(macs, 1.0) / max(elements, 1.0))))
+
+
+def _rates_by_kind(small: Sequence[tuple[int, int, float]], large: Sequence[tuple[int, int, float]],
+                   fallback: tuple[float, float]) -> list[tuple[float, float]]:
+    """Each op's ``(seconds per element, seconds per op)`` from the line of its kind through both runs' ops of that
+    kind (the same ops at two sizes); ``fallback`` for a kind seen at one size only."""
+    kinds = [_op_kind(m, e) for m, e, _ in large]
+    lines = {}
+    for kind in set(kinds):
+        sample = np.asarray([(op[1], op[2]) for run in (small, large) for op, k in zip(run, kinds) if k == kind],
+                            dtype=float)
+        sizes = np.unique(sample[:, 0])
+        lines[kind] = _non_negative_line(sample[:, 0], sample[:, 1]) if len(sizes) > 1 else fallback
+    return [lines[kind] for kind in kinds]
 
 
 def _non_negative_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -324,7 +324,7 @@ class PageUpscaler:
                 fixed[part] = max(0.0, value - per_pixel * large)
             self._fixed[scale] = fixed
             self._measure((scale, None), large, large_run, *large_timings)
-            self._op_costs[(scale, None)] = OpCosts.fit(small_run, small, large_run, large)
+            self._op_costs[(scale, None)] = OpCosts.fit(small_run, small, large_run, large, by_kind=("decoding",))
         return self.expected_plan(size, scale, tile_size)
 
     def expected_cost(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> float:
