@@ -38,12 +38,13 @@ def main() -> None:
     pipeline = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
     pipeline.set_progress_bar_config(disable=True)
     upscaler = PageUpscaler(pipeline)
-    size = Image.open(args.photo).size
+    image = Image.open(args.photo)
+    tile_size = upscaler.tile_size_for(image, args.scale, "auto", args.photo)  # as the page picks them
     with mock.patch.object(OpCosts, "fit", wraps=OpCosts.fit) as fit:
-        plans = {"decoder by kind (the page's)": upscaler.expected_plan(size, args.scale)}
+        plans = {"decoder by kind (the page's)": upscaler.expected_plan(image.size, args.scale, tile_size)}
     runs, _ = fit.call_args
     upscaler._op_costs[(args.scale, None)] = OpCosts.fit(*runs)  # no part by kind
-    plans["one line per part"] = upscaler.expected_plan(size, args.scale)
+    plans["one line per part"] = upscaler.expected_plan(image.size, args.scale, tile_size)
 
     counts = []
     start = time.perf_counter()
@@ -51,10 +52,11 @@ def main() -> None:
                           lambda done, part=None: counts.append((time.perf_counter() - start, done, part)))
     total = time.perf_counter() - start
 
-    print(f"{args.photo}, {args.scale}×: {len(counts)} counts in {total:.1f} s")
+    tiles = f", tiles of {tile_size} px" if tile_size else ""
+    print(f"{args.photo}, {args.scale}×{tiles}: {len(counts)} counts in {total:.1f} s")
     for name, plan in plans.items():
         now = [0.0]
-        bar = RequestProgress(lambda *a, **k: None, [args.photo], [plan], clock=lambda: now[0])
+        bar = RequestProgress(lambda *a, **k: None, [args.photo], [plan], clock=lambda now=now: now[0])
         bar.start_photo(0)
         scored = []
         for at, done, part in counts:

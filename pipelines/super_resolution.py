@@ -23,7 +23,7 @@ from uplift_diffusion.pipelines.common import (
     power_of_two_for,
     uplift_steps,
 )
-from uplift_diffusion.pipelines.tiling import count_tiles, tiled_map
+from uplift_diffusion.pipelines.tiling import count_tiles, tile_spans, tiled_map
 
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
 from uplift_diffusion.backbones.taef2 import TAEF2  # saved pipelines name this module for a TAEF2 vae
@@ -286,7 +286,7 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         if scale is None and size is None:
             scale = 4
         if tile_size is not None and tile_overlap is None:
-            tile_overlap = tile_size // 4 // self.vae_scale_factor * self.vae_scale_factor
+            tile_overlap = self.default_tile_overlap(tile_size)
         color_correct = color_correction_for(self.upsampler, color_correction, self.config.color_correction_mode)
 
         # 2. Preprocess: a list of [1, 3, H, W] in [0, 1]; images of one size form one batch. A list of generators
@@ -340,6 +340,23 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             result = converted[0] if same_size else [c[0] for c in converted]
         self.maybe_free_model_hooks()
         return pipeline_output(return_dict, result)
+
+    def default_tile_overlap(self, tile_size: int) -> int:
+        """The overlap of the upsampler's tiles when none is given: a quarter of the tile, in whole latents."""
+        return tile_size // 4 // self.vae_scale_factor * self.vae_scale_factor
+
+    def upsampler_tile_work(self, size: tuple[int, int], tile_size: int, tile_overlap: int | None = None) -> float:
+        """The upsampler's work on an image of ``size = (height, width)`` pixels in tiles of ``tile_size`` (the
+        overlaps are computed once per tile that holds them), over its work on the whole image: e.g. 1.6 for a
+        640-pixel side in 512-pixel tiles. Sizes a plan of the work measured without tiles."""
+        p = self.vae_scale_factor
+        tile = tile_size // p
+        overlap = (self.default_tile_overlap(tile_size) if tile_overlap is None else tile_overlap) // p
+        work = 1.0
+        for side in size:
+            latents = -(-side // p)
+            work *= sum(end - start for start, end in tile_spans(latents, tile, overlap)) / latents
+        return work
 
     def check_latents(self, latents) -> None:
         """ValueError unless ``latents`` are raw latents [B, C, h, w] of the VAE's channel count."""

@@ -512,4 +512,12 @@ def test_a_plan_from_the_small_calibration_photo_does_not_scale_fixed_costs_with
     # the untiled calibration did not see (its parts then spend their seconds evenly over their multiply-adds).
     assert large.calibrated and set(large.profiles) >= {"UPLiFT", "decoding"}
     tiled = upscaler.expected_plan((512, 512), 2, 256)
-    assert tiled.profiles == {} and tiled.total_seconds == pytest.approx(large.total_seconds)
+    assert tiled.profiles == {} and tiled.seconds["decoding"] == pytest.approx(large.seconds["decoding"])
+    # The upsampler's tiles compute their overlaps once per tile: 3 tiles of 32 latents over 64 on each side.
+    assert tiled.macs["UPLiFT"] == pytest.approx(1.5 ** 2 * large.macs["UPLiFT"])
+    assert tiled.seconds["UPLiFT"] == pytest.approx(1.5 ** 2 * large.seconds["UPLiFT"])
+    # ... as counted in a real tiled run (3 x 3 tiles of 16 latents over 40 x 32)
+    photo = Image.new("RGB", (320, 256))
+    _, counter = upscaler._run(photo, 2, 128, True)
+    assert counter.macs_by_part["UPLiFT"] == pytest.approx(upscaler.expected_plan(photo.size, 2, 128).macs["UPLiFT"],
+                                                           rel=0.01)

@@ -51,3 +51,15 @@ def test_bad_overlap_and_wrong_tile_output_are_reported():
         tile_spans(10, 4, 4)
     with pytest.raises(ValueError, match="tile function returned size"):
         tiled_map(lambda y0, y1, x0, x1: torch.zeros(1, 1, 3, 3), (8, 8), 4, 1, 2)
+
+
+def test_the_pipeline_says_how_much_more_work_its_upsampler_does_in_tiles():
+    from uplift_diffusion import UPLiFTSuperResolutionPipeline
+
+    pipe = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
+    factor = pipe.vae_scale_factor
+    assert pipe.upsampler_tile_work((64 * factor, 64 * factor), 64 * factor) == 1.0  # one tile: no overlap
+    # 80 latents in tiles of 64 overlapping by 16: two tiles, 128 latents of work for 80
+    assert pipe.upsampler_tile_work((64 * factor, 80 * factor), 64 * factor) == pytest.approx(1.6)
+    assert pipe.upsampler_tile_work((64 * factor, 80 * factor), 64 * factor, 0) == pytest.approx(1.6)  # end-aligned
+    assert pipe.upsampler_tile_work((80 * factor, 80 * factor), 64 * factor) == pytest.approx(1.6 ** 2)

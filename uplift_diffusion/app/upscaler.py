@@ -36,6 +36,7 @@ ZOOM_DISPLAY = 384  # the zoomed crops are enlarged (nearest) to at least this m
 # zlib level of the page's PNGs: level 1 writes a 2 MP photo 4-5x faster than PIL's default 6 for ~20 % more bytes
 # (the same pixels), so the bar does not stand still while the result is saved
 PNG_COMPRESS_LEVEL = 1
+UPSAMPLER = "UPLiFT"  # the part of the work (and the bar's label) that is the upsampler's
 CALIBRATION_SIDE = 64  # pixels: the small photo whose work per pixel sizes the progress bar before a first real run
 
 
@@ -247,7 +248,7 @@ class PageUpscaler:
         """``{weight data pointer: part}`` for the pipeline's VAE encoder, upsampler and VAE decoder."""
         parts = {}
         for module, part in ((getattr(self.pipeline.vae, "encoder", None), "encoding"),
-                             (self.pipeline.upsampler, "UPLiFT"),
+                             (self.pipeline.upsampler, UPSAMPLER),
                              (getattr(self.pipeline.vae, "decoder", None), "decoding")):
             for param in module.parameters() if module is not None else ():
                 parts[param.data_ptr()] = part
@@ -261,6 +262,11 @@ class PageUpscaler:
             result = self.pipeline(image, scale=scale, generator=generator, tile_size=tile_size,
                                    color_correction=color_correction).images[0]
         return result, counter
+
+    def _upsampler_tile_work(self, size: tuple[int, int], tile_size: int) -> float:
+        """The upsampler's work in tiles over its work on the whole photo (1 for a pipeline that cannot say)."""
+        tile_work = getattr(self.pipeline, "upsampler_tile_work", None)
+        return 1.0 if tile_work is None else tile_work((size[1], size[0]), tile_size)
 
     def _work_pixels(self, size: tuple[int, int]) -> int:
         """The pixels the pipeline works on for a photo of ``size``: padded to a multiple of the VAE's factor (a
@@ -295,8 +301,12 @@ class PageUpscaler:
                            for part, value in plan.seconds.items()}
                 seconds[SAVING] = (seconds.get(SAVING, 0.0)
                                    + self._crop_rate.get(key, 0.0) * 3 * _crop_pixels(scaled_size(size, scale)))
-                if key != (scale, tile_size):  # measured without tiles: where the time falls is not a tiled run's
-                    return replace(plan, seconds=seconds, profiles={}, calibrated=key in self._op_costs)
+                if key != (scale, tile_size):  # measured without tiles: where the time falls is not a tiled run's,
+                    # and the upsampler's tiles compute their overlaps twice (1.6x its work for a 640-px side)
+                    work = self._upsampler_tile_work(size, tile_size)
+                    macs = {part: value * work if part == UPSAMPLER else value for part, value in plan.macs.items()}
+                    seconds = {part: value * work if part == UPSAMPLER else value for part, value in seconds.items()}
+                    return replace(plan, macs=macs, seconds=seconds, profiles={}, calibrated=key in self._op_costs)
                 if key in self._op_costs:  # a plan from the calibration photos: each op's time at this size
                     costs = self._op_costs[key]
                     return replace(plan, seconds=seconds, profiles={**plan.profiles, **costs.profiles(pixels)},
