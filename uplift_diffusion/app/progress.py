@@ -244,8 +244,8 @@ def _rates_by_kind(small: Sequence[tuple[int, int, float]], large: Sequence[tupl
     kinds = [_op_kind(m, e) for m, e, _ in large]
     lines = {}
     for kind in set(kinds):
-        sample = np.asarray([(op[1], op[2]) for run in (small, large) for op, k in zip(run, kinds, strict=True) if k == kind],
-                            dtype=float)
+        sample = np.asarray([(op[1], op[2]) for run in (small, large)
+                             for op, k in zip(run, kinds, strict=True) if k == kind], dtype=float)
         sizes = np.unique(sample[:, 0])
         lines[kind] = _non_negative_line(sample[:, 0], sample[:, 1]) if len(sizes) > 1 else fallback
     return [lines[kind] for kind in kinds]
