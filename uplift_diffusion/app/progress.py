@@ -211,12 +211,8 @@ class OpCosts:
         return cls(macs, elements, rates, op_rates)
 
     def _seconds(self, part: str | None, pixels: int) -> np.ndarray:
-        elements = np.asarray(self.elements[part]) * pixels
-        if part in self.op_rates:
-            per_element, per_op = np.asarray(self.op_rates[part], dtype=float).T
-            return per_element * elements + per_op
-        per_element, per_op = self.rates[part]
-        return per_element * elements + per_op
+        per_element, per_op = np.asarray(self.op_rates.get(part, [self.rates[part]]), dtype=float).T
+        return per_element * np.asarray(self.elements[part]) * pixels + per_op
 
     def longest(self, pixels: int) -> float:
         """The expected seconds of the longest op for a photo of ``pixels`` input pixels."""
@@ -246,8 +242,8 @@ def _rates_by_kind(small: Sequence[tuple[int, int, float]], large: Sequence[tupl
     for kind in set(kinds):
         sample = np.asarray([(op[1], op[2]) for run in (small, large)
                              for op, k in zip(run, kinds, strict=True) if k == kind], dtype=float)
-        sizes = np.unique(sample[:, 0])
-        lines[kind] = _non_negative_line(sample[:, 0], sample[:, 1]) if len(sizes) > 1 else fallback
+        seen_at_two_sizes = len(np.unique(sample[:, 0])) > 1
+        lines[kind] = _non_negative_line(sample[:, 0], sample[:, 1]) if seen_at_two_sizes else fallback
     return [lines[kind] for kind in kinds]
 
 

@@ -36,7 +36,7 @@ ZOOM_DISPLAY = 384  # the zoomed crops are enlarged (nearest) to at least this m
 # zlib level of the page's PNGs: level 1 writes a 2 MP photo 4-5x faster than PIL's default 6 for ~20 % more bytes
 # (the same pixels), so the bar does not stand still while the result is saved
 PNG_COMPRESS_LEVEL = 1
-UPSAMPLER = "UPLiFT"  # the part of the work (and the bar's label) that is the upsampler's
+UPSAMPLER, DECODER = "UPLiFT", "decoding"  # parts of the work (and the bar's labels)
 CALIBRATION_SIDE = 64  # pixels: the small photo whose work per pixel sizes the progress bar before a first real run
 
 
@@ -249,7 +249,7 @@ class PageUpscaler:
         parts = {}
         for module, part in ((getattr(self.pipeline.vae, "encoder", None), "encoding"),
                              (self.pipeline.upsampler, UPSAMPLER),
-                             (getattr(self.pipeline.vae, "decoder", None), "decoding")):
+                             (getattr(self.pipeline.vae, "decoder", None), DECODER)):
             for param in module.parameters() if module is not None else ():
                 parts[param.data_ptr()] = part
         return parts
@@ -334,7 +334,7 @@ class PageUpscaler:
                 fixed[part] = max(0.0, value - per_pixel * large)
             self._fixed[scale] = fixed
             self._measure((scale, None), large, large_run, *large_timings)
-            self._op_costs[(scale, None)] = OpCosts.fit(small_run, small, large_run, large, by_kind=("decoding",))
+            self._op_costs[(scale, None)] = OpCosts.fit(small_run, small, large_run, large, by_kind=(DECODER,))
         return self.expected_plan(size, scale, tile_size)
 
     def expected_cost(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> float:
