@@ -141,6 +141,31 @@ def test_tiled_decode_equals_untiled(taef2, photos, fast):
             assert len(seen) == taef2.decode_tile_count(*latents.shape[-2:], tile_size=tile)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@torch.inference_mode()
+def test_tile_work_is_what_the_tiles_compute(taef2, photos, fast):
+    """The work of exact tiles over the whole map's (progress plans size an untiled run's work with it) equals the
+    multiply-adds a real run counts, on either path (the fast one runs upsamples as 2x2 sub-pixel convs)."""
+    from uplift_diffusion.app.progress import WorkCounter
+
+    x = photos[0]  # 104 x 152 pixels, 13 x 19 latents
+    with fast_paths.fast_paths(fast):
+        latents = taef2.encode(x).latents
+        for tile in (40, 96):
+            with WorkCounter() as whole:
+                taef2.decode(latents)
+            with WorkCounter() as tiled:
+                taef2.decode_tiled(latents, tile_size=tile)
+            work = taef2.decode_tile_work(*latents.shape[-2:], tile_size=tile)
+            assert work > 1.05 and work == pytest.approx(tiled.total / whole.total, rel=1e-4)
+        with WorkCounter() as whole:
+            taef2.encode(x)
+        with WorkCounter() as tiled:
+            taef2.encode_tiled(x, tile_size=48)
+        work = taef2.encode_tile_work(*x.shape[-2:], tile_size=48)
+        assert work > 1.02 and work == pytest.approx(tiled.total / whole.total, rel=1e-4)
+
+
 @torch.inference_mode()
 def test_batched_tiles_and_progress(taef2, photos):
     x = torch.cat([photos[1], photos[1].flip(-1)])

@@ -63,3 +63,46 @@ def test_the_pipeline_says_how_much_more_work_its_upsampler_does_in_tiles():
     assert pipe.upsampler_tile_work((64 * factor, 80 * factor), 64 * factor) == pytest.approx(1.6)
     assert pipe.upsampler_tile_work((64 * factor, 80 * factor), 64 * factor, 0) == pytest.approx(1.6)  # end-aligned
     assert pipe.upsampler_tile_work((80 * factor, 80 * factor), 64 * factor) == pytest.approx(1.6 ** 2)
+
+
+@pytest.mark.parametrize("vae_kind", ["taef2", "tiny"])
+@torch.no_grad()
+def test_the_pipeline_says_how_much_more_work_its_vae_does_in_tiles(vae_kind):
+    """Encoder and decoder work of a tiled request over an untiled one, against the multiply-adds a real run counts:
+    TAEF2's exact tiles compute their halos again, a diffusers VAE's blended decoder tiles their overlaps."""
+    from diffusers import AutoencoderTiny
+
+    from uplift_diffusion import UPLiFTModel, UPLiFTSuperResolutionPipeline
+
+    if vae_kind == "taef2":
+        pipe = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
+        height, width, tile = 64, 320, 64  # encoder: 256-px exact tiles; decoder: 512-px ones over 256 x 1280
+    else:
+        torch.manual_seed(0)
+        vae = AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
+                              num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4, latent_channels=4).eval()
+        upsampler = UPLiFTModel.from_preset("tiny-vae", in_channels=4).eval()
+        pipe = UPLiFTSuperResolutionPipeline(vae=vae, upsampler=upsampler)
+        height, width, tile = 16, 328, 64  # decoder: 128-latent tiles overlapping by 32 over 8 x 164 latents
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, height, width)
+    whole, tiled = (_work_by_part(pipe, image, tile_size) for tile_size in (None, tile))
+    decoder = pipe.decoder_tile_work((height, width), 4, tile)
+    assert decoder > 1.01 and decoder == pytest.approx(tiled["decoder"] / whole["decoder"], rel=1e-3)
+    encoder = pipe.encoder_tile_work((height, width), tile)
+    assert encoder == pytest.approx(tiled["encoder"] / whole["encoder"], rel=1e-3)
+    assert (encoder > 1.001) == (vae_kind == "taef2")  # a diffusers VAE encodes whole images
+
+
+def _work_by_part(pipe, image, tile_size):
+    """Multiply-adds per model part of a 4x run (after a first run that prepares the fast path's weights)."""
+    from uplift_diffusion import fast_paths
+    from uplift_diffusion.app.progress import WorkCounter
+
+    pipe(image, scale=4, tile_size=tile_size, output_type="pt")
+    modules = {"encoder": pipe.vae.encoder, "upsampler": pipe.upsampler, "decoder": pipe.vae.decoder}
+    parts = {t.data_ptr(): name for name, module in modules.items()
+             for t in (*module.parameters(), *fast_paths.prepared_weights(module))}
+    with WorkCounter(parts=parts) as counter:
+        pipe(image, scale=4, tile_size=tile_size, output_type="pt")
+    return counter.macs_by_part

@@ -376,6 +376,15 @@ def cached_weights(conv: nn.Conv2d, name: str, sources: Sequence[torch.Tensor], 
     return prepared
 
 
+def prepared_weights(module: nn.Module) -> Iterator[torch.Tensor]:
+    """The kernel forms of the weights cached on ``module`` and its children (:func:`cached_weights`): the tensors
+    the fused ops read instead of the parameters, e.g. to tell which model an op's weight belongs to."""
+    for child in module.modules():
+        for _, prepared, _ in child.__dict__.get("_fast_paths_weights", {}).values():
+            yield from (t for t in (prepared if isinstance(prepared, tuple) else (prepared,))
+                        if isinstance(t, torch.Tensor))
+
+
 def _folded_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The conv's weight with the eval BatchNorm folded in (channels-last) and the bias it leaves, in ``dtype``
     (cached: :func:`cached_weights`)."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from uplift_diffusion import fast_paths
 from uplift_diffusion.app.messages import PageError, megapixels
 from uplift_diffusion.app.progress import SAVING, OpCosts, WorkCounter, WorkPlan
 from uplift_diffusion.pipelines.common import output_size
@@ -36,7 +37,7 @@ ZOOM_DISPLAY = 384  # the zoomed crops are enlarged (nearest) to at least this m
 # zlib level of the page's PNGs: level 1 writes a 2 MP photo 4-5x faster than PIL's default 6 for ~20 % more bytes
 # (the same pixels), so the bar does not stand still while the result is saved
 PNG_COMPRESS_LEVEL = 1
-UPSAMPLER, DECODER = "UPLiFT", "decoding"  # parts of the work (and the bar's labels)
+ENCODER, UPSAMPLER, DECODER = "encoding", "UPLiFT", "decoding"  # parts of the work (and the bar's labels)
 CALIBRATION_SIDE = 64  # pixels: the small photo whose work per pixel sizes the progress bar before a first real run
 
 
@@ -247,11 +248,15 @@ class PageUpscaler:
     def _model_parts(self) -> dict[int, str]:
         """``{weight data pointer: part}`` for the pipeline's VAE encoder, upsampler and VAE decoder."""
         parts = {}
-        for module, part in ((getattr(self.pipeline.vae, "encoder", None), "encoding"),
+        for module, part in ((getattr(self.pipeline.vae, "encoder", None), ENCODER),
                              (self.pipeline.upsampler, UPSAMPLER),
                              (getattr(self.pipeline.vae, "decoder", None), DECODER)):
-            for param in module.parameters() if module is not None else ():
-                parts[param.data_ptr()] = part
+            if module is None:
+                continue
+            # The fused kernels read cached forms of the weights (made on the first run): theirs too, or the
+            # encoder's fused convs would belong to no part.
+            for tensor in (*module.parameters(), *fast_paths.prepared_weights(module)):
+                parts[tensor.data_ptr()] = part
         return parts
 
     def _run(self, image: Image.Image, scale: float, tile_size: int | None, color_correction: bool,
@@ -263,10 +268,17 @@ class PageUpscaler:
                                    color_correction=color_correction).images[0]
         return result, counter
 
-    def _upsampler_tile_work(self, size: tuple[int, int], tile_size: int) -> float:
-        """The upsampler's work in tiles over its work on the whole photo (1 for a pipeline that cannot say)."""
-        tile_work = getattr(self.pipeline, "upsampler_tile_work", None)
-        return 1.0 if tile_work is None else tile_work((size[1], size[0]), tile_size)
+    def _tile_work(self, size: tuple[int, int], scale: float, tile_size: int) -> dict[str, float]:
+        """Per part, its work in tiles over its work on the whole photo (1 where the pipeline cannot say): the
+        upsampler's tiles compute their overlaps twice, the VAE's exact tiles their halos."""
+        hw, pipe = (size[1], size[0]), self.pipeline
+        work = {}
+        for part, method, args in ((ENCODER, "encoder_tile_work", (hw, tile_size)),
+                                   (UPSAMPLER, "upsampler_tile_work", (hw, tile_size)),
+                                   (DECODER, "decoder_tile_work", (hw, scale, tile_size))):
+            tile_work = getattr(pipe, method, None)
+            work[part] = 1.0 if tile_work is None else tile_work(*args)
+        return work
 
     def _work_pixels(self, size: tuple[int, int]) -> int:
         """The pixels the pipeline works on for a photo of ``size``: padded to a multiple of the VAE's factor (a
@@ -302,10 +314,10 @@ class PageUpscaler:
                 seconds[SAVING] = (seconds.get(SAVING, 0.0)
                                    + self._crop_rate.get(key, 0.0) * 3 * _crop_pixels(scaled_size(size, scale)))
                 if key != (scale, tile_size):  # measured without tiles: where the time falls is not a tiled run's,
-                    # and the upsampler's tiles compute their overlaps twice (1.6x its work for a 640-px side)
-                    work = self._upsampler_tile_work(size, tile_size)
-                    macs = {part: value * work if part == UPSAMPLER else value for part, value in plan.macs.items()}
-                    seconds = {part: value * work if part == UPSAMPLER else value for part, value in seconds.items()}
+                    # and tiles do more work (the upsampler 1.6x for a 640-px side, the decoder's halos a few %)
+                    work = self._tile_work(size, scale, tile_size)
+                    macs = {part: value * work.get(part, 1.0) for part, value in plan.macs.items()}
+                    seconds = {part: value * work.get(part, 1.0) for part, value in seconds.items()}
                     return replace(plan, macs=macs, seconds=seconds, profiles={}, calibrated=key in self._op_costs)
                 if key in self._op_costs:  # a plan from the calibration photos: each op's time at this size
                     costs = self._op_costs[key]

@@ -35,6 +35,8 @@ from .taef2_tiling import (
     _Unit,
     _units,
     fast_path_active,
+    tiled_work,
+    whole_work,
 )
 
 __all__ = ["LATENT_FACTOR", "TAEF2", "TAEBlock", "fast_path_active", "from_hub_layout", "to_hub_layout"]
@@ -271,6 +273,49 @@ class TAEF2(ModelMixin, ConfigMixin):
             tile = _stage_tile(stage, tile_size)
             count += len(_exact_tile_spans(size[0], tile)) * len(_exact_tile_spans(size[1], tile))
         return count
+
+    def encode_tile_work(self, height: int, width: int, tile_size: int = 512) -> float:
+        """The multiply-adds of :meth:`encode_tiled` over those of :meth:`encode` for an image of ``height`` x
+        ``width`` pixels (each stage's tiles compute their halos twice), as the path this model runs on its device
+        computes them: sizes a progress plan measured on an untiled run.
+
+        Args:
+            height (`int`): image height in pixels (a multiple of 8).
+            width (`int`): image width in pixels (a multiple of 8).
+            tile_size (`int`, defaults to 512): as for :meth:`encode_tiled`.
+        """
+        _check_tile(tile_size)
+        local, tail = self._encoder_units()
+        fast, size = self._runs_fast(), (height, width)
+        tiled = whole = 0
+        for stage in _stages(local):
+            tiled += tiled_work(stage, size, _stage_tile(stage, tile_size), fast)
+            whole += whole_work(stage, size, fast)
+            size = _sizes(stage, size)[-1]
+        common = whole_work(tail, size, fast)
+        return (tiled + common) / max(whole + common, 1)
+
+    def decode_tile_work(self, latent_height: int, latent_width: int, tile_size: int = 512) -> float:
+        """The multiply-adds of :meth:`decode_tiled` over those of :meth:`decode` for latents of ``latent_height`` x
+        ``latent_width`` (e.g. 1.036 for 1708 x 2560 latents in 1024-px tiles), as the path this model runs on its
+        device computes them: sizes a progress plan measured on an untiled run.
+
+        Args:
+            latent_height (`int`): latent rows.
+            latent_width (`int`): latent columns.
+            tile_size (`int`, defaults to 512): as for :meth:`decode_tiled`.
+        """
+        _check_tile(tile_size)
+        head, tail = _units(self.decoder[: self.decoder_local_from]), _units(self.decoder[self.decoder_local_from:])
+        fast, size = self._runs_fast(), (latent_height, latent_width)
+        common = whole_work(head, size, fast)
+        return (common + tiled_work(tail, size, tile_size, fast)) / max(common + whole_work(tail, size, fast), 1)
+
+    def _runs_fast(self) -> bool:
+        """Whether inference on this model's device and dtype takes the fused kernels."""
+        param = next(self.parameters())
+        with torch.no_grad():
+            return fast_path_active(torch.empty(0, device=param.device, dtype=param.dtype), self)
 
     def _encoder_units(self) -> tuple[list[_Unit], list[_Unit]]:
         """(local units, whole-map units) of the encoder, split before its first pooled block."""

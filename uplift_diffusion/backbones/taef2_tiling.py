@@ -174,13 +174,13 @@ def _sizes(units: Sequence[_Unit], size: tuple[int, int]) -> list[tuple[int, int
     return sizes
 
 
-def _run_region(units: Sequence[_Unit], x: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int],
-                fast: bool) -> torch.Tensor:
-    """Outputs ``rows`` x ``cols`` of ``units`` applied to the whole map ``x``, computed from the input region they
-    read: equal to the whole-map run's (the convs zero-pad only at the crop's edges, which the needed region keeps
-    out of the result). Cropped again before each upsample and block (:data:`_CROP_BEFORE`), so each layer computes
-    only the halo the layers after it need."""
-    sizes = _sizes(units, x.shape[-2:])
+def _region_crops(units: Sequence[_Unit], size: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]
+                  ) -> tuple[list[tuple[tuple[int, int], tuple[int, int]]], tuple[tuple[int, int], tuple[int, int]]]:
+    """Where an exact tile runs: the (rows, cols) input range each unit computes on for outputs ``rows`` x ``cols`` of
+    ``units`` over a whole map of ``size``, and the range the last unit gives (which holds the tile). The first unit
+    reads the input region the outputs need; the map is cropped again before each upsample and block
+    (:data:`_CROP_BEFORE`), so each layer computes only the halo the layers after it need."""
+    sizes = _sizes(units, size)
     need = [None] * len(units) + [(rows, cols)]
     align = 1  # the stride of the next strided conv at this resolution: its input crop must start on its grid
     for i in range(len(units) - 1, -1, -1):
@@ -191,21 +191,76 @@ def _run_region(units: Sequence[_Unit], x: torch.Tensor, rows: tuple[int, int], 
             align = 1
         spans = (unit.needs(lo, hi, n) for (lo, hi), n in zip(need[i + 1], sizes[i], strict=True))
         need[i] = tuple((lo - lo % align, hi) for lo, hi in spans)
-    have = need[0]
+    crops, have = [], need[0]
+    for i, unit in enumerate(units):
+        if unit.kind in _CROP_BEFORE:
+            have = need[i]
+        crops.append(have)
+        have = tuple(unit.gives(lo, hi) for lo, hi in have)
+    return crops, have
+
+
+def _run_region(units: Sequence[_Unit], x: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int],
+                fast: bool) -> torch.Tensor:
+    """Outputs ``rows`` x ``cols`` of ``units`` applied to the whole map ``x``, computed from the input region they
+    read (:func:`_region_crops`): equal to the whole-map run's (the convs zero-pad only at the crop's edges, which
+    the needed region keeps out of the result)."""
+    crops, out = _region_crops(units, x.shape[-2:], rows, cols)
+    have = crops[0]
     t = x[..., have[0][0]:have[0][1], have[1][0]:have[1][1]]
     owned = False
-    for i, unit in enumerate(units):
-        if unit.kind in _CROP_BEFORE and have != need[i]:
-            t = t[..., need[i][0][0] - have[0][0]:need[i][0][1] - have[0][0],
-                  need[i][1][0] - have[1][0]:need[i][1][1] - have[1][0]]
-            have = need[i]
+    for unit, crop in zip(units, crops, strict=True):
+        if crop != have:
+            t = t[..., crop[0][0] - have[0][0]:crop[0][1] - have[0][0], crop[1][0] - have[1][0]:crop[1][1] - have[1][0]]
         if fast:
             t = t.contiguous(memory_format=_CL)
         t = _run_unit(unit, t, fast, owned)
         owned = True
-        have = tuple(unit.gives(lo, hi) for lo, hi in have)
+        have = tuple(unit.gives(lo, hi) for lo, hi in crop)
     (r0, r1), (c0, c1) = rows, cols
-    return t[..., r0 - have[0][0]:r1 - have[0][0], c0 - have[1][0]:c1 - have[1][0]]
+    return t[..., r0 - out[0][0]:r1 - out[0][0], c0 - out[1][0]:c1 - out[1][0]]
+
+
+# --- work (multiply-adds) of whole-map and tiled runs, for progress plans ---------------------------------------------
+
+
+def _conv_work(conv: nn.Conv2d, out_size: tuple[int, int]) -> int:
+    k = conv.kernel_size[0] * conv.kernel_size[1]
+    return out_size[0] * out_size[1] * conv.out_channels * conv.in_channels // conv.groups * k
+
+
+def _unit_work(unit: _Unit, size: tuple[int, int], fast: bool) -> int:
+    """Multiply-adds (one image) of ``unit`` on an input map of ``size = (h, w)``, as the path running it computes
+    them: the fast path's upsample + conv is one 2x2 conv to 4 phases on the (h + 1) x (w + 1) padded grid
+    (:func:`uplift_diffusion.fast_paths.upsample_conv`), the plain one a 3x3 conv at 2h x 2w. A block's convs (and
+    its pool branch's) keep the map's size."""
+    h, w = size
+    if unit.kind == "upconv":
+        conv = unit.modules[1]
+        if fast:
+            return (h + 1) * (w + 1) * 4 * conv.out_channels * conv.in_channels * 4
+        return _conv_work(conv, (2 * h, 2 * w))
+    if unit.kind == "conv":
+        return _conv_work(unit.modules[0], tuple(unit.gives(0, n)[1] for n in size))
+    return sum(_conv_work(m, size) for module in unit.modules for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def whole_work(units: Sequence[_Unit], size: tuple[int, int], fast: bool) -> int:
+    """Multiply-adds (one image) of ``units`` over a whole map of ``size``."""
+    return sum(_unit_work(unit, s, fast) for unit, s in zip(units, _sizes(units, size), strict=False))
+
+
+def tiled_work(units: Sequence[_Unit], size: tuple[int, int], tile: int, fast: bool) -> int:
+    """Multiply-adds (one image) of ``units`` over a map of ``size`` in the exact tiles of :func:`_run_tiled`: the
+    whole-map work plus every tile's halo."""
+    height, width = _sizes(units, size)[-1]
+    total = 0
+    for rows in _exact_tile_spans(height, tile):
+        for cols in _exact_tile_spans(width, tile):
+            crops, _ = _region_crops(units, size, rows, cols)
+            total += sum(_unit_work(unit, tuple(hi - lo for lo, hi in crop), fast)
+                         for unit, crop in zip(units, crops, strict=True))
+    return total
 
 
 def _stages(units: Sequence[_Unit]) -> list[list[_Unit]]:
