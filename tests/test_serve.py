@@ -295,6 +295,32 @@ def test_the_bar_moves_by_expected_seconds_per_part_and_the_files_written():
         cancelled.work(1, "UPLiFT")
 
 
+def test_a_tiled_plan_grows_a_part_by_its_tiles_work_but_not_its_tail():
+    """The colour correction after the decoder runs on kernels made per call (no part's weights): counted as the
+    decoder's tail, it keeps its seconds and its place at the end when the decoder's own ops grow in tiles."""
+    import torch.nn.functional as F
+
+    from uplift_diffusion.app.progress import SAVING, WorkCounter, WorkPlan
+
+    weight = torch.zeros(1, 1, 1, 1)
+    now = [0.0]
+    with WorkCounter(clock=lambda: now[0], parts={weight.data_ptr(): "decoding"}) as counter:
+        for kernel, seconds in ((weight, 3.0), (weight, 3.0), (torch.zeros(1, 1, 1, 1), 4.0)):  # the last: the tail
+            now[0] += seconds
+            F.conv2d(torch.zeros(1, 1, 8, 8), kernel)
+    assert counter.named_ops["decoding"] == 2 and len(counter.ops_by_part["decoding"]) == 3
+    plan = WorkPlan({"decoding": 192, SAVING: 1.0}, {"decoding": 10.0, SAVING: 1.0},
+                    profiles=WorkPlan.profiles_of(counter), body_ops=dict(counter.named_ops))
+    tiled = plan.tiled({"decoding": 1.5})
+    assert tiled.macs["decoding"] == pytest.approx(128 * 1.5 + 64)  # two own ops 1.5x, the tail once
+    assert tiled.seconds["decoding"] == pytest.approx(6.0 * 1.5 + 4.0)
+    assert tiled.seconds[SAVING] == 1.0 and tiled.macs[SAVING] == 1.0
+    # through the tiles the bar goes straight; the tail's 4 s come with its own multiply-adds, at the end
+    assert tiled.position({"decoding": 96}) == pytest.approx(4.5)
+    assert tiled.position({"decoding": 192}) == pytest.approx(9.0)
+    assert tiled.position({"decoding": 192 + 32}) == pytest.approx(11.0)
+
+
 def test_within_a_part_the_bar_follows_where_its_time_went_in_the_measured_run():
     import torch.nn.functional as F
 
@@ -318,6 +344,8 @@ def test_within_a_part_the_bar_follows_where_its_time_went_in_the_measured_run()
     assert plain.position({"decoding": 128}) == pytest.approx(10 * 128 / 1152)  # 1.1 s: the bar runs behind
     assert profiled.position({"decoding": 128}) == pytest.approx(2.0)  # the first two layers' 2 s of the 10
     assert profiled.scaled(4).position({"decoding": 512}) == pytest.approx(8.0)  # a photo 4x the size
+    # ... whose files are still one photo's: half of them written is half of its saving time (4 s of 8)
+    assert profiled.scaled(4).position({"decoding": 1152 * 4, SAVING: 0.5}) == pytest.approx(40.0 + 2.0)
     reports, clock = [], [0.0]
     bar = app.RequestProgress(lambda fraction, desc: reports.append((fraction, desc)), ["a.png"], [profiled],
                               min_interval=0, clock=lambda: clock[0])
@@ -505,21 +533,25 @@ def test_a_plan_from_the_small_calibration_photo_does_not_scale_fixed_costs_with
     small = upscaler.expected_plan((64, 64), 2)
     large = upscaler.expected_plan((512, 512), 2)  # 64x the pixels
     assert set(large.seconds) == set(small.seconds) and SAVING in small.seconds
-    assert all(large.macs[part] == pytest.approx(64 * small.macs[part]) for part in small.macs)
+    assert all(large.macs[part] == pytest.approx(64 * small.macs[part]) for part in small.macs if part != SAVING)
+    assert large.macs[SAVING] == small.macs[SAVING] == 1.0  # the fraction of its files written, at any size
     assert large.seconds[SAVING] < 0.9 * 64 * small.seconds[SAVING]  # the crops are as large for both
     assert large.total_seconds < 0.95 * 64 * small.total_seconds
     # Where the time falls along each part: from the calibration's ops at this size; not for a tiled run, whose ops
     # the untiled calibration did not see (its parts then spend their seconds evenly over their multiply-adds).
     assert large.calibrated and set(large.profiles) >= {"UPLiFT", "decoding"}
     tiled = upscaler.expected_plan((512, 512), 2, 256)
-    assert tiled.profiles == {}
+    # Through the tiles the decoder's time goes straight; its tail (the colour correction, on kernels made per
+    # call) keeps its measured seconds at the end.
+    (macs, seconds), = (tiled.profiles["decoding"],)
+    assert len(macs) == 3 and 0.99 < macs[1] < 1 and 0 < seconds[1] < 1
     # The upsampler's tiles compute their overlaps once per tile: 3 tiles of 32 latents over 64 on each side.
     assert tiled.macs["UPLiFT"] == pytest.approx(1.5 ** 2 * large.macs["UPLiFT"])
     assert tiled.seconds["UPLiFT"] == pytest.approx(1.5 ** 2 * large.seconds["UPLiFT"])
     # The decoder's exact 512-px tiles compute their halos again: a few per cent more work.
     halos = pipeline.decoder_tile_work((512, 512), 2, 256)
     assert 1.02 < halos < 1.2
-    assert tiled.seconds["decoding"] == pytest.approx(halos * large.seconds["decoding"])
+    assert large.seconds["decoding"] < tiled.seconds["decoding"] < halos * large.seconds["decoding"]
     # ... every part as counted in a real tiled run (3 x 3 upsampler tiles of 16 latents over 40 x 32; 256-px encoder
     # tiles; 512-px decoder tiles over a 640 x 512 result)
     photo = Image.new("RGB", (320, 256))

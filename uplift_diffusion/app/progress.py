@@ -77,6 +77,9 @@ class WorkCounter(TorchDispatchMode):
         # Per part, each counted op's (multiply-adds, input and output elements, seconds): where a part's time goes
         # along its work (a decoder's last full-resolution layers take more seconds per multiply-add than its first).
         self.ops_by_part: dict[str | None, list[tuple[int, int, float]]] = defaultdict(list)
+        # Per part, how many of its ops up to the last one on a weight of its own: those after (e.g. the colour
+        # correction after the decoder, on kernels made per call) are its tail, which tiles do not repeat.
+        self.named_ops: dict[str | None, int] = defaultdict(int)
         self._part: str | None = None
         self._last = clock()
 
@@ -99,6 +102,8 @@ class WorkCounter(TorchDispatchMode):
             self.seconds_by_part[self._part] += now - self._last
             elements = out.numel() + (args[0].numel() if isinstance(args[0], torch.Tensor) else 0)
             self.ops_by_part[self._part].append((macs, elements, now - self._last))
+            if part is not None:
+                self.named_ops[part] = len(self.ops_by_part[part])
             self.longest = max(self.longest, now - self._last)
             self._last = now
             if self.on_work is not None:
@@ -123,6 +128,9 @@ class WorkPlan:
     # From the small calibration photos, not from a photo of this kind: each part's error is its own, so the pace of
     # the parts done says nothing about the parts not yet seen (which go at the plan's pace until they are seen).
     calibrated: bool = False
+    # Per part, how many of its profile's ops ran on its own weights (WorkCounter.named_ops): the ops after them are
+    # its tail, which a tiled run does once (tiled).
+    body_ops: Mapping[str | None, int] = field(default_factory=dict)
 
     @classmethod
     def profiles_of(cls, counter: WorkCounter) -> dict[str | None, tuple[tuple[float, ...], tuple[float, ...]]]:
@@ -141,10 +149,36 @@ class WorkPlan:
         return cls({None: cost}, {None: cost})
 
     def scaled(self, factor: float) -> WorkPlan:
-        """The plan for ``factor`` times the work (a plan per pixel, for a photo of ``factor`` pixels)."""
-        return WorkPlan({p: v * factor for p, v in self.macs.items()},
+        """The plan for ``factor`` times the work (a plan per pixel, for a photo of ``factor`` pixels). ``SAVING``'s
+        work stays what it is: its unit is the photo's files (their fraction written), whatever their size."""
+        return WorkPlan({p: v if p == SAVING else v * factor for p, v in self.macs.items()},
                         {p: v * factor for p, v in self.seconds.items()}, self.longest * factor, self.profiles,
-                        self.calibrated)
+                        self.calibrated, self.body_ops)
+
+    def tiled(self, work: Mapping[str | None, float]) -> WorkPlan:
+        """This plan (measured on whole photos) for the same photo in tiles that make each part do ``work[part]``
+        times its work: a part's own ops grow by it, its tail (:attr:`body_ops`: the colour correction after the
+        decoder) does not. Its profile becomes a straight line through the tiles (each runs all the part's layers,
+        so fast and slow layers interleave), then the tail as measured."""
+        macs, seconds, profiles = dict(self.macs), dict(self.seconds), {}
+        for part in self.macs:
+            grow = work.get(part, 1.0)
+            tail_macs, tail_seconds = self._tail(part)
+            body_macs, body_seconds = (1 - tail_macs) * grow, (1 - tail_seconds) * grow
+            macs[part] *= body_macs + tail_macs
+            seconds[part] = seconds.get(part, 0.0) * (body_seconds + tail_seconds)
+            if tail_macs > 0 or tail_seconds > 0:
+                profiles[part] = ((0.0, body_macs / (body_macs + tail_macs), 1.0),
+                                  (0.0, body_seconds / max(body_seconds + tail_seconds, 1e-30), 1.0))
+        return WorkPlan(macs, seconds, self.longest, profiles, self.calibrated, {})
+
+    def _tail(self, part: str | None) -> tuple[float, float]:
+        """(multiply-adds, seconds) of ``part``'s tail as fractions of the part's, from its profile."""
+        if part not in self.profiles or part not in self.body_ops:
+            return 0.0, 0.0
+        macs, seconds = self.profiles[part]
+        end = min(self.body_ops[part], len(macs) - 1)  # profiles start with (0, 0): op i ends at entry i
+        return 1.0 - float(macs[end]), 1.0 - float(seconds[end])
 
     @property
     def total_seconds(self) -> float:
@@ -184,12 +218,14 @@ class OpCosts:
         elements: per part, each op's input and output elements per input pixel in the larger run.
         rates: per part, ``(seconds per element, seconds per op)``.
         op_rates: per part fitted by kind, each op's ``(seconds per element, seconds per op)``.
+        body_ops: per part, how many of its ops ran on its own weights (:attr:`WorkPlan.body_ops`).
     """
 
     macs: Mapping[str | None, Sequence[float]]
     elements: Mapping[str | None, Sequence[float]]
     rates: Mapping[str | None, tuple[float, float]]
     op_rates: Mapping[str | None, Sequence[tuple[float, float]]] = field(default_factory=dict)
+    body_ops: Mapping[str | None, int] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, small: WorkCounter, small_pixels: int, large: WorkCounter, large_pixels: int,
@@ -208,7 +244,7 @@ class OpCosts:
             rates[part] = _non_negative_line(sample[:, 0], sample[:, 1])
             if part in by_kind and len(small_ops) == len(ops):
                 op_rates[part] = _rates_by_kind(small_ops, ops, rates[part])
-        return cls(macs, elements, rates, op_rates)
+        return cls(macs, elements, rates, op_rates, {part: large.named_ops[part] for part in macs})
 
     def _seconds(self, part: str | None, pixels: int) -> np.ndarray:
         per_element, per_op = np.asarray(self.op_rates.get(part, [self.rates[part]]), dtype=float).T

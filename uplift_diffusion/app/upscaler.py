@@ -296,7 +296,8 @@ class PageUpscaler:
         spent = {part: max(0.0, value - fixed.get(part, 0.0)) / pixels
                  for part, value in {**counter.seconds_by_part, SAVING: saving_s}.items()}
         longest = max(counter.longest, longest_write_s) / pixels
-        self._per_pixel[key] = WorkPlan({**macs, SAVING: 1.0 / pixels}, spent, longest, WorkPlan.profiles_of(counter))
+        self._per_pixel[key] = WorkPlan({**macs, SAVING: 1.0}, spent, longest, WorkPlan.profiles_of(counter),
+                                        body_ops=dict(counter.named_ops))
         self._op_costs.pop(key, None)  # a real photo's run replaces the calibration's (and its per-op fit)
         self._crop_rate[key] = crop_s / max(crop_pixels, 1)
 
@@ -313,17 +314,16 @@ class PageUpscaler:
                            for part, value in plan.seconds.items()}
                 seconds[SAVING] = (seconds.get(SAVING, 0.0)
                                    + self._crop_rate.get(key, 0.0) * 3 * _crop_pixels(scaled_size(size, scale)))
-                if key != (scale, tile_size):  # measured without tiles: where the time falls is not a tiled run's,
-                    # and tiles do more work (the upsampler 1.6x for a 640-px side, the decoder's halos a few %)
-                    work = self._tile_work(size, scale, tile_size)
-                    macs = {part: value * work.get(part, 1.0) for part, value in plan.macs.items()}
-                    seconds = {part: value * work.get(part, 1.0) for part, value in seconds.items()}
-                    return replace(plan, macs=macs, seconds=seconds, profiles={}, calibrated=key in self._op_costs)
+                plan = replace(plan, seconds=seconds)
                 if key in self._op_costs:  # a plan from the calibration photos: each op's time at this size
                     costs = self._op_costs[key]
-                    return replace(plan, seconds=seconds, profiles={**plan.profiles, **costs.profiles(pixels)},
-                                   longest=costs.longest(pixels), calibrated=True)
-                return replace(plan, seconds=seconds)
+                    plan = replace(plan, profiles={**plan.profiles, **costs.profiles(pixels)},
+                                   longest=costs.longest(pixels), calibrated=True,
+                                   body_ops={**plan.body_ops, **costs.body_ops})
+                if key != (scale, tile_size):  # measured without tiles: tiles do more work (the upsampler 1.6x for a
+                    # 640-px side, the decoder's halos a few %), and their layers interleave
+                    plan = plan.tiled(self._tile_work(size, scale, tile_size))
+                return plan
         with self._lock:
             rng = np.random.default_rng(0)
             runs = []
