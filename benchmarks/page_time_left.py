@@ -6,7 +6,8 @@ recording every change of the progress text with the browser's clock. The real t
 from then until the result appears. Printed per run: the worst relative error of "about N s left" after the first
 ``--after`` seconds, whether "0 s" (or no estimate) was shown while more than 1 s remained, and the longest time the
 bar stood still, with the machine's load average. Saves the samples as CSV, and a PNG chart when matplotlib is
-installed.
+installed. With two cores or more the server gets one of them and Chromium the others: a visitor's browser runs on
+their own machine, and on a shared core its rendering slows the job being timed (``--shared-cores`` shares them).
 
     nice -n 10 python benchmarks/page_time_left.py --photo ../shared/data/photos/chelsea.png --scale 4 \\
         --out outputs/page_time_left
@@ -91,11 +92,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, env: dict, cwd: Path | None = None) -> subprocess.Popen:
+def start_server(port: int, env: dict, cwd: Path | None = None, cpus: set[int] | None = None) -> subprocess.Popen:
     """``uplift-diffusion serve --port PORT``; returns once it printed its address. ``python -m`` puts its working
-    directory first on the import path, so ``cwd`` is the source tree whose page is served."""
+    directory first on the import path, so ``cwd`` is the source tree whose page is served; ``cpus``: the cores it
+    may run on."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     process = subprocess.Popen([sys.executable, "-m", "uplift_diffusion.cli", "serve", "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+                               preexec_fn=pin)
     started = threading.Event()
 
     def read() -> None:
@@ -130,13 +134,22 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1366)
     parser.add_argument("--out", type=Path, default=Path("outputs/page_time_left"))
     parser.add_argument("--chromium", default=os.environ.get("UPLIFT_CHROMIUM") or shutil.which("chromium"))
+    parser.add_argument("--shared-cores", action="store_true",
+                        help="let the browser run on the server's core (by default, with two cores or more, the "
+                             "server gets one core and the browser the others, as a visitor's browser runs on "
+                             "another machine)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    server = start_server(port, env)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    apart = not args.shared_cores and len(cores) >= 2
+    server = start_server(port, env, cpus={cores[0]} if apart else None)
+    if apart:  # this process, Playwright's driver and Chromium: the other cores
+        os.sched_setaffinity(0, set(cores[1:]))
+    print(f"server on core {cores[0]}, browser on {cores[1:]}" if apart else "server and browser share the cores")
     rows, results = [], []
     try:
         with sync_playwright() as playwright:

@@ -60,13 +60,17 @@ class WorkCounter(TorchDispatchMode):
     Args:
         on_work: called as ``on_work(multiply_adds_so_far, part)`` after each counted op (``part`` may be ``None``).
         parts: ``{weight data pointer: part name}`` for the weights of the model parts.
+        tails: ``{part: tail part}``: a convolution on a weight of no part right after ``part``'s ops starts
+            ``tail part`` (the colour correction after the VAE decoder, on kernels made per call: its time grows
+            with the picture, not with the decoder's work). Matrix products (attention) stay in their part.
     """
 
     def __init__(self, on_work: Callable[[int, str | None], None] | None = None, parts: dict[int, str] | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, tails: dict[str, str] | None = None):
         super().__init__()
         self.on_work = on_work
         self.parts = parts or {}
+        self.tails = tails or {}
         self.total = 0
         self.clock = clock
         # Per part: the multiply-adds, and the seconds up to each counted op (the uncounted ops before it included),
@@ -77,8 +81,8 @@ class WorkCounter(TorchDispatchMode):
         # Per part, each counted op's (multiply-adds, input and output elements, seconds): where a part's time goes
         # along its work (a decoder's last full-resolution layers take more seconds per multiply-add than its first).
         self.ops_by_part: dict[str | None, list[tuple[int, int, float]]] = defaultdict(list)
-        # Per part, how many of its ops up to the last one on a weight of its own: those after (e.g. the colour
-        # correction after the decoder, on kernels made per call) are its tail, which tiles do not repeat.
+        # Per part, how many of its ops up to the last one on a weight of its own: those after (products without
+        # weights, e.g. attention after an upsampler's last conv) are its tail, which tiles do not repeat.
         self.named_ops: dict[str | None, int] = defaultdict(int)
         self._part: str | None = None
         self._last = clock()
@@ -96,6 +100,8 @@ class WorkCounter(TorchDispatchMode):
             part = None
             if weight is not None and weight.layout == torch.strided:  # opaque (mkldnn) tensors have no data_ptr
                 part = self.parts.get(weight.data_ptr())
+                if part is None and self._part in self.tails:
+                    part = self.tails[self._part]
             self._part = part or self._part
             now = self.clock()
             self.macs_by_part[self._part] += macs
@@ -157,9 +163,10 @@ class WorkPlan:
 
     def tiled(self, work: Mapping[str | None, float]) -> WorkPlan:
         """This plan (measured on whole photos) for the same photo in tiles that make each part do ``work[part]``
-        times its work: a part's own ops grow by it, its tail (:attr:`body_ops`: the colour correction after the
-        decoder) does not. Its profile becomes a straight line through the tiles (each runs all the part's layers,
-        so fast and slow layers interleave), then the tail as measured."""
+        times its work: a part's own ops grow by it, its tail (:attr:`body_ops`: ops on weights of no part after its
+        last one on its own, e.g. an upsampler's last attention products) does not. Its profile becomes a straight
+        line through the tiles (each runs all the part's layers, so fast and slow layers interleave), then the tail
+        as measured."""
         macs, seconds, profiles = dict(self.macs), dict(self.seconds), {}
         for part in self.macs:
             grow = work.get(part, 1.0)

@@ -24,7 +24,7 @@ from PIL import Image
 from uplift_diffusion import fast_paths
 from uplift_diffusion.app.messages import PageError, megapixels
 from uplift_diffusion.app.progress import SAVING, OpCosts, WorkCounter, WorkPlan
-from uplift_diffusion.pipelines.common import output_size
+from uplift_diffusion.pipelines.common import color_correction_for, output_size
 from uplift_diffusion.utils.errors import ImageConversionWarning
 from uplift_diffusion.utils.images import image_size, load_image
 from uplift_diffusion.utils.io import atomic_write, save_image_atomic
@@ -38,7 +38,10 @@ ZOOM_DISPLAY = 384  # the zoomed crops are enlarged (nearest) to at least this m
 # (the same pixels), so the bar does not stand still while the result is saved
 PNG_COMPRESS_LEVEL = 1
 ENCODER, UPSAMPLER, DECODER = "encoding", "UPLiFT", "decoding"  # parts of the work (and the bar's labels)
+FINISHING = "finishing"  # the pipeline's colour correction after the decoder (its own part: it grows with the picture)
 CALIBRATION_SIDE = 64  # pixels: the small photo whose work per pixel sizes the progress bar before a first real run
+FINISHING_PIXELS = 1024 * 1024  # output pixels: the finishing and the files timed once at a realistic size, where
+# their cost per pixel shows (on the calibration photos it is mostly fixed costs)
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,7 @@ class PageUpscaler:
              on_work: Callable[[int, str | None], None] | None = None) -> tuple[Image.Image, WorkCounter]:
         """The pipeline's result for ``image`` and the counter of the work it took."""
         generator = torch.Generator(self.pipeline.device).manual_seed(self.seed)
-        with WorkCounter(on_work, self._model_parts()) as counter:
+        with WorkCounter(on_work, self._model_parts(), tails={DECODER: FINISHING}) as counter:
             result = self.pipeline(image, scale=scale, generator=generator, tile_size=tile_size,
                                    color_correction=color_correction).images[0]
         return result, counter
@@ -344,10 +347,45 @@ class PageUpscaler:
             for part, value in at_large.items():
                 per_pixel = max(0.0, value - at_small.get(part, 0.0)) / (large - small)
                 fixed[part] = max(0.0, value - per_pixel * large)
+            # The finishing and the files per pixel from the larger calibration photo and a realistic size.
+            big, at_big = self._time_finishing(scale)
+            for part, value in at_big.items():
+                if part in at_large:
+                    per_pixel = max(0.0, value - at_large[part]) / max(big - large, 1)
+                    fixed[part] = max(0.0, at_large[part] - per_pixel * large)
             self._fixed[scale] = fixed
             self._measure((scale, None), large, large_run, *large_timings)
             self._op_costs[(scale, None)] = OpCosts.fit(small_run, small, large_run, large, by_kind=(DECODER,))
         return self.expected_plan(size, scale, tile_size)
+
+    def _time_finishing(self, scale: float) -> tuple[int, dict[str, float]]:
+        """The input pixels of a synthetic photo whose result has about :data:`FINISHING_PIXELS`, and the seconds of
+        what follows the decoder for it: the pipeline's output check and colour correction (``FINISHING``), then
+        the picture made and the files written (``SAVING``). No model runs: a bilinear enlargement stands in for
+        the decoded picture."""
+        from uplift_diffusion.pipelines.super_resolution import check_output
+
+        power = 2 ** math.ceil(math.log2(max(scale, 2)))  # UPLiFT's steps; other factors resample after them
+        factor = getattr(self.pipeline, "vae_scale_factor", 8)
+        side = max(factor, round(math.sqrt(FINISHING_PIXELS) / power / factor) * factor)
+        rng = np.random.default_rng(1)
+        photo = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        reference = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float() / 255
+        decoded = torch.nn.functional.interpolate(reference, scale_factor=power, mode="bilinear")
+        mode = getattr(self.pipeline, "config", {}).get("color_correction_mode")
+        correct = color_correction_for(getattr(self.pipeline, "upsampler", None), True, mode)
+        start = time.perf_counter()
+        check_output(decoded, reference)
+        corrected = correct(decoded, reference)
+        finished = time.perf_counter()
+        result = Image.fromarray((corrected[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        result = result.resize(scaled_size(photo.size, scale), Image.BICUBIC) if power != scale else result
+        folder = self.workdir / uuid.uuid4().hex
+        try:
+            _, timings = self._write_views(folder, "calibration.png", photo, result, scale, finished)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return side * side, {FINISHING: finished - start, SAVING: timings[0]}
 
     def expected_cost(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> float:
         """Expected seconds to upscale a photo of ``size`` (see :meth:`expected_plan`)."""
