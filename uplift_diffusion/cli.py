@@ -182,10 +182,15 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             return int(args._run(args) or 0)
         except KeyboardInterrupt as err:
             name, code = _signal_name(err)
+            _close_progress_bars()
             if not is_launched_worker():  # (a worker of --num-processes: its launcher says it once)
-                _close_progress_bars()
                 print(f"{prog}: interrupted ({name})", file=sys.stderr)
-            return code
+                return code
+            # A worker stopped by its launcher leaves without the interpreter's teardown: torch's collective threads,
+            # still running then, make the C++ runtime print "terminate called without an active exception".
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         except WorkersFailedError as err:
             if args.debug:
                 raise
