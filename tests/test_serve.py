@@ -582,3 +582,16 @@ def test_a_plan_from_the_small_calibration_photo_does_not_scale_fixed_costs_with
         assert counter.macs_by_part[part] == pytest.approx(planned[part], rel=0.005), part
     # (the colour correction's blur pads its borders: a larger share of the 64² calibration photo's work)
     assert counter.macs_by_part["finishing"] == pytest.approx(planned["finishing"], rel=0.03)
+
+
+def test_a_request_cancelled_while_the_page_calibrates_stops_the_calibration(tmp_path):
+    """The first request at a scale waits for the calibration runs: leaving the page then stops them too, and the
+    next request calibrates afresh."""
+    from uplift_diffusion import UPLiFTSuperResolutionPipeline
+
+    pipeline = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
+    pipeline.set_progress_bar_config(disable=True)
+    upscaler = app.PageUpscaler(pipeline, workdir=tmp_path / "work")
+    with pytest.raises(app.JobCancelled):
+        upscaler.expected_plan((64, 64), 2, cancelled=lambda: True)
+    assert upscaler.expected_plan((64, 64), 2, cancelled=lambda: False).total_seconds > 0

@@ -332,13 +332,15 @@ class PageEvents:
             raise PageError(f"{len(files)} photos at once is more than this page takes ({limits.max_files}); "
                             f"send them in smaller groups.")
 
-    def expected_plans(self, files, scale: float, tiles: str) -> list[WorkPlan | float]:
+    def expected_plans(self, files, scale: float, tiles: str, cancelled=None) -> list[WorkPlan | float]:
         plans = []
         for path in files:
             try:
                 width, height = image_size(path)
                 tile = None if tiles in ("auto", "off") else int(tiles)
-                plans.append(self.upscaler.expected_plan((width, height), scale, tile))
+                plans.append(self.upscaler.expected_plan((width, height), scale, tile, cancelled))
+            except JobCancelled:
+                raise
             except Exception:  # unreadable: upscale_file will say why; it takes no time on the bar
                 plans.append(0.0)
         return plans
@@ -353,7 +355,7 @@ class PageEvents:
         scale = page_scale(scale)
         self.upscaler.prune()
         names = [Path(path).name for path in files]
-        bar = RequestProgress(report, names, self.expected_plans(files, scale, tiles), cancelled=cancelled)
+        bar = RequestProgress(report, names, self.expected_plans(files, scale, tiles, cancelled), cancelled=cancelled)
         results, problems = [], []
         with bar.ticking():
             for index, path in enumerate(files):

@@ -23,7 +23,7 @@ from PIL import Image
 
 from uplift_diffusion import fast_paths
 from uplift_diffusion.app.messages import PageError, megapixels
-from uplift_diffusion.app.progress import SAVING, OpCosts, WorkCounter, WorkPlan
+from uplift_diffusion.app.progress import SAVING, JobCancelled, OpCosts, WorkCounter, WorkPlan
 from uplift_diffusion.pipelines.common import color_correction_for, output_size
 from uplift_diffusion.utils.errors import ImageConversionWarning
 from uplift_diffusion.utils.images import image_size, load_image
@@ -143,6 +143,18 @@ def zoomed_side(box: tuple[int, int, int, int]) -> int:
     """Pixels per side of a zoomed crop of ``box``: enlarged (nearest) to at least ZOOM_DISPLAY, by a whole factor."""
     side = box[2] - box[0]
     return side * max(1, -(-ZOOM_DISPLAY // side))
+
+
+def _stop_if(cancelled: Callable[[], bool] | None) -> Callable[[int, str | None], None] | None:
+    """A WorkCounter callback that raises :class:`JobCancelled` once ``cancelled()`` is True."""
+    if cancelled is None:
+        return None
+
+    def check(_done: int, _part: str | None) -> None:
+        if cancelled():
+            raise JobCancelled("the request was cancelled")
+
+    return check
 
 
 def _crop_pixels(output_size: tuple[int, int]) -> int:
@@ -304,11 +316,13 @@ class PageUpscaler:
         self._op_costs.pop(key, None)  # a real photo's run replaces the calibration's (and its per-op fit)
         self._crop_rate[key] = crop_s / max(crop_pixels, 1)
 
-    def expected_plan(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> WorkPlan:
+    def expected_plan(self, size: tuple[int, int], scale: float, tile_size: int | None = None,
+                      cancelled: Callable[[], bool] | None = None) -> WorkPlan:
         """The expected work and seconds to upscale a photo of ``size``: measured per pixel on the last photo with
         the same scale and tiles, else on a small calibration photo (run once per scale, under the model lock); each
         part's fixed seconds per call, fitted on two calibration sizes after a warm-up run that pays the one-time
-        costs; the zoomed crops' time by their own size (capped, whatever the photo's)."""
+        costs; the zoomed crops' time by their own size (capped, whatever the photo's). ``cancelled``: checked at
+        every op of the calibration runs (:class:`JobCancelled`: the request that waits for them was cancelled)."""
         pixels = self._work_pixels(size)
         for key in ((scale, tile_size), (scale, None)):
             if key in self._per_pixel:
@@ -332,7 +346,7 @@ class PageUpscaler:
             runs = []
             for side in (CALIBRATION_SIDE // 2, CALIBRATION_SIDE // 2, CALIBRATION_SIDE):  # the first: warm-up
                 noise = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
-                result, counter = self._run(noise, scale, None, True)
+                result, counter = self._run(noise, scale, None, True, on_work=_stop_if(cancelled))
                 folder = self.workdir / uuid.uuid4().hex
                 try:
                     _, timings = self._write_views(folder, "calibration.png", noise, result, scale,
