@@ -23,7 +23,7 @@ from uplift_diffusion.pipelines.common import (
     power_of_two_for,
     uplift_steps,
 )
-from uplift_diffusion.pipelines.tiling import count_tiles, tile_spans, tiled_map
+from uplift_diffusion.pipelines.tiling import count_tiles, tile_work, tiled_map
 
 import uplift_diffusion.model  # noqa: F401  (diffusers >= 0.42.1 resolves saved components from sys.modules only)
 from uplift_diffusion.backbones.taef2 import TAEF2  # saved pipelines name this module for a TAEF2 vae
@@ -350,13 +350,8 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
         overlaps are computed once per tile that holds them), over its work on the whole image: e.g. 1.6 for a
         640-pixel side in 512-pixel tiles. Sizes a plan of the work measured without tiles."""
         p = self.vae_scale_factor
-        tile = tile_size // p
-        overlap = (self.default_tile_overlap(tile_size) if tile_overlap is None else tile_overlap) // p
-        work = 1.0
-        for side in size:
-            latents = -(-side // p)
-            work *= sum(end - start for start, end in tile_spans(latents, tile, overlap)) / latents
-        return work
+        overlap = self.default_tile_overlap(tile_size) if tile_overlap is None else tile_overlap
+        return tile_work(tuple(-(-side // p) for side in size), tile_size // p, overlap // p)
 
     def encoder_tile_work(self, size: tuple[int, int], tile_size: int) -> float:
         """The VAE encoder's work on an image of ``size = (height, width)`` pixels in a request tiled at
@@ -383,10 +378,7 @@ class UPLiFTSuperResolutionPipeline(DiffusionPipeline):
             return self.vae.decode_tile_work(*decode_size, exact_tile)
         tile, overlap = self._decode_tiling(tile_size, self.default_tile_overlap(tile_size) if tile_overlap is None
                                             else tile_overlap)
-        work = 1.0
-        for side in decode_size:
-            work *= sum(end - start for start, end in tile_spans(side, tile, overlap)) / side
-        return work
+        return tile_work(tuple(decode_size), tile, overlap)
 
     def check_latents(self, latents) -> None:
         """ValueError unless ``latents`` are raw latents [B, C, h, w] of the VAE's channel count."""

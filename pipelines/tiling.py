@@ -29,6 +29,15 @@ def count_tiles(size: tuple[int, int], tile: int, overlap: int) -> int:
     return len(tile_spans(size[0], tile, overlap)) * len(tile_spans(size[1], tile, overlap))
 
 
+def tile_work(size: tuple[int, int], tile: int, overlap: int) -> float:
+    """The area :func:`tiled_map`'s tiles cover on a ``size = (H, W)`` grid over the grid's own (each overlap is
+    computed once per tile that holds it): how much more work a per-pixel op does in these tiles."""
+    work = 1.0
+    for side in size:
+        work *= sum(end - start for start, end in tile_spans(side, tile, overlap)) / side
+    return work
+
+
 def _ramp_weights(spans: list[tuple[int, int]], index: int, scale: int) -> torch.Tensor:
     """1-D blending weight of span ``index`` (in output pixels): a linear ramp over each overlap with a neighbour."""
     start, end = spans[index]

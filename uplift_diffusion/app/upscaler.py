@@ -357,16 +357,14 @@ class PageUpscaler:
             (small, small_run, small_timings), (large, large_run, large_timings) = runs[1:]
             at_small = {**small_run.seconds_by_part, SAVING: small_timings[0]}
             at_large = {**large_run.seconds_by_part, SAVING: large_timings[0]}
+            big, at_big = self._time_finishing(scale)
             fixed = {}
             for part, value in at_large.items():
-                per_pixel = max(0.0, value - at_small.get(part, 0.0)) / (large - small)
+                # each part's seconds per pixel through the larger calibration photo and, for the finishing and the
+                # files, a realistic size (at the calibration sizes theirs are mostly fixed costs); else the smaller
+                other, at_other = (big, at_big) if part in at_big else (small, at_small)
+                per_pixel = max(0.0, (at_other.get(part, 0.0) - value) / (other - large))
                 fixed[part] = max(0.0, value - per_pixel * large)
-            # The finishing and the files per pixel from the larger calibration photo and a realistic size.
-            big, at_big = self._time_finishing(scale)
-            for part, value in at_big.items():
-                if part in at_large:
-                    per_pixel = max(0.0, value - at_large[part]) / max(big - large, 1)
-                    fixed[part] = max(0.0, at_large[part] - per_pixel * large)
             self._fixed[scale] = fixed
             self._measure((scale, None), large, large_run, *large_timings)
             self._op_costs[(scale, None)] = OpCosts.fit(small_run, small, large_run, large, by_kind=(DECODER,))
