@@ -39,7 +39,7 @@ def main() -> None:
     pipeline.set_progress_bar_config(disable=True)
     upscaler = PageUpscaler(pipeline)
     image = Image.open(args.photo)
-    tile_size = upscaler.tile_size_for(image, args.scale, "auto", args.photo)  # as the page picks them
+    tile_size = upscaler.tile_size_for(image.size, args.scale, "auto", args.photo)  # as the page picks them
     with mock.patch.object(OpCosts, "fit", wraps=OpCosts.fit) as fit:
         plans = {"decoder by kind (the page's)": upscaler.expected_plan(image.size, args.scale, tile_size)}
     runs, _ = fit.call_args

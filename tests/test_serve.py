@@ -34,7 +34,7 @@ def upscaler(tmp_path):
     ((600, 600), 2.5, "auto", 256),  # 1500x1500 = 2.25 MP out: tiles
 ])
 def test_tile_size_follows_the_limits(upscaler, size, scale, tiles, expected):
-    assert upscaler.tile_size_for(Image.new("RGB", size), scale, tiles, "a.png") == expected
+    assert upscaler.tile_size_for(size, scale, tiles, "a.png") == expected
 
 
 @pytest.mark.parametrize("size,scale,tiles,expected", [
@@ -45,8 +45,25 @@ def test_tile_size_follows_the_limits(upscaler, size, scale, tiles, expected):
 ])
 def test_too_large_results_are_refused_with_a_way_out(upscaler, size, scale, tiles, expected):
     with pytest.raises(app.PageError) as err:
-        upscaler.tile_size_for(Image.new("RGB", size), scale, tiles, "a.png")
+        upscaler.tile_size_for(size, scale, tiles, "a.png")
     assert expected in str(err.value)
+
+
+def test_the_pages_plan_counts_the_tiles_the_run_will_use(upscaler, tmp_path, monkeypatch):
+    """"auto" tiles a large result: the progress bar's plan must be the tiled run's (a plan for the whole photo
+    misses the tiles' extra work), and a photo the run will refuse takes no time on the bar."""
+    from uplift_diffusion.app.layout import PageEvents
+
+    asked = []
+    monkeypatch.setattr(upscaler, "expected_plan",
+                        lambda size, scale, tile_size=None, cancelled=None: asked.append((size, tile_size)) or 1.0)
+    paths = []
+    for name, size in (("small.png", (300, 200)), ("large.png", (400, 400)), ("huge.png", (700, 700))):
+        Image.new("RGB", size).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    plans = PageEvents(upscaler, features=None).expected_plans(paths, 4, "auto")
+    assert asked == [((300, 200), None), ((400, 400), 256)]  # 0.96 MP out whole, 2.56 MP in 256-px tiles
+    assert plans == [1.0, 1.0, 0.0]  # 7.84 MP out: over the page's limit
 
 
 @pytest.mark.parametrize("write,expected", [

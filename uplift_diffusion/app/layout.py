@@ -337,7 +337,7 @@ class PageEvents:
         for path in files:
             try:
                 width, height = image_size(path)
-                tile = None if tiles in ("auto", "off") else int(tiles)
+                tile = self.upscaler.tile_size_for((width, height), scale, tiles, Path(path).name)  # as the run's
                 plans.append(self.upscaler.expected_plan((width, height), scale, tile, cancelled))
             except JobCancelled:
                 raise

@@ -236,16 +236,19 @@ class PageUpscaler:
                  if issubclass(w.category, ImageConversionWarning)]
         return image, "; ".join(notes) or None
 
-    def tile_size_for(self, image: Image.Image, scale: float, tiles: str, name: str) -> int | None:
-        """The tile size to run with (``None``: whole image); PageError when the result would be too large."""
+    def tile_size_for(self, size: tuple[int, int], scale: float, tiles: str, name: str) -> int | None:
+        """The tile size to run a photo of ``size`` (width, height) with (``None``: whole image); PageError when the
+        result would be too large. The page's plan for the progress bar asks it too: a plan for another tiling
+        than the run's counts the wrong work."""
         limits = self.limits
-        out_w, out_h = scaled_size(image.size, scale)
+        width, height = size
+        out_w, out_h = scaled_size(size, scale)
         out_pixels = out_w * out_h
         if out_pixels > limits.max_output_pixels:
-            pixels = image.width * image.height
+            pixels = width * height
             smaller = [f"{s}×" for s in SCALES if pixels * s * s <= limits.max_output_pixels]
             hint = f"choose {' or '.join(smaller)}" if smaller else "downscale the photo first"
-            raise PageError(f"{scale:g}× of {name} ({image.width}×{image.height}) would be {out_w}×{out_h} "
+            raise PageError(f"{scale:g}× of {name} ({width}×{height}) would be {out_w}×{out_h} "
                             f"({megapixels(out_pixels)}), over this page's limit of "
                             f"{megapixels(limits.max_output_pixels)}: {hint}, or upscale it on your own machine in "
                             f"tiles (uplift-diffusion upscale --tile-size 512)")
@@ -462,7 +465,7 @@ class PageUpscaler:
         """
         name = Path(path).name
         image, note = self.read(path)
-        tile_size = self.tile_size_for(image, scale, tiles, name)
+        tile_size = self.tile_size_for(image.size, scale, tiles, name)
         try:
             self.pipeline.check_inputs(scale, tile_size, None, "pil")
         except ValueError as err:
