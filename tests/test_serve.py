@@ -601,6 +601,29 @@ def test_a_plan_from_the_small_calibration_photo_does_not_scale_fixed_costs_with
     assert counter.macs_by_part["finishing"] == pytest.approx(planned["finishing"], rel=0.03)
 
 
+def test_the_finishing_is_timed_where_a_real_run_counts_it(tmp_path):
+    """What follows the decoder is timed once at a realistic size, without the model: its parts must end where a real
+    run's counts end them (the finishing at the colour correction's last convolution, the files after it), with
+    the same ops along the finishing, or the bar's pace jumps when the finishing starts. The tiles do not touch
+    the finishing: a tiled plan keeps its profile."""
+    from uplift_diffusion import UPLiFTSuperResolutionPipeline
+    from uplift_diffusion.app.progress import SAVING, WorkPlan
+
+    pipeline = UPLiFTSuperResolutionPipeline.from_builtin("taef2")
+    pipeline.set_progress_bar_config(disable=True)
+    upscaler = app.PageUpscaler(pipeline, workdir=tmp_path / "work")
+    for _ in range(2):  # the first run makes the fast paths' weights, which only the second counts as the decoder's
+        _, counter = upscaler._run(Image.new("RGB", (64, 48), "olive"), 2, None, True)
+    real = WorkPlan.profiles_of(counter)["finishing"]
+    pixels, seconds, profile = upscaler._time_finishing(2)
+    assert 0.8e6 < pixels * 4 < 1.2e6 and set(seconds) == {"finishing", SAVING} and min(seconds.values()) > 0
+    assert list(profile) == ["finishing"] and len(profile["finishing"][0]) == len(real[0]) == 3  # two convolutions
+    assert profile["finishing"][0] == pytest.approx(real[0], abs=0.05)  # each its share of the multiply-adds
+    plan = upscaler.expected_plan((640, 512), 2)  # the calibration times the finishing again
+    assert plan.profiles["finishing"] == upscaler._finishing_profile[2]["finishing"]
+    assert upscaler.expected_plan((640, 512), 2, 256).profiles["finishing"] == plan.profiles["finishing"]
+
+
 def test_a_request_cancelled_while_the_page_calibrates_stops_the_calibration(tmp_path):
     """The first request at a scale waits for the calibration runs: leaving the page then stops them too, and the
     next request calibrates afresh."""

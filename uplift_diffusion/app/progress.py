@@ -63,10 +63,13 @@ class WorkCounter(TorchDispatchMode):
         tails: ``{part: tail part}``: a convolution on a weight of no part right after ``part``'s ops starts
             ``tail part`` (the colour correction after the VAE decoder, on kernels made per call: its time grows
             with the picture, not with the decoder's work). Matrix products (attention) stay in their part.
+        part: the part the ops before the first one on a named weight belong to (a run that starts after a part,
+            e.g. the colour correction alone, as if after the decoder).
     """
 
     def __init__(self, on_work: Callable[[int, str | None], None] | None = None, parts: dict[int, str] | None = None,
-                 clock: Callable[[], float] = time.perf_counter, tails: dict[str, str] | None = None):
+                 clock: Callable[[], float] = time.perf_counter, tails: dict[str, str] | None = None,
+                 part: str | None = None):
         super().__init__()
         self.on_work = on_work
         self.parts = parts or {}
@@ -84,7 +87,7 @@ class WorkCounter(TorchDispatchMode):
         # Per part, how many of its ops up to the last one on a weight of its own: those after (products without
         # weights, e.g. attention after an upsampler's last conv) are its tail, which tiles do not repeat.
         self.named_ops: dict[str | None, int] = defaultdict(int)
-        self._part: str | None = None
+        self._part: str | None = part
         self._last = clock()
 
     @property
@@ -166,7 +169,8 @@ class WorkPlan:
         times its work: a part's own ops grow by it, its tail (:attr:`body_ops`: ops on weights of no part after its
         last one on its own, e.g. an upsampler's last attention products) does not. Its profile becomes a straight
         line through the tiles (each runs all the part's layers, so fast and slow layers interleave), then the tail
-        as measured."""
+        as measured; a part the tiles leave as it is (``work`` 1: the finishing after the decoder) keeps its
+        profile."""
         macs, seconds, profiles = dict(self.macs), dict(self.seconds), {}
         for part in self.macs:
             grow = work.get(part, 1.0)
@@ -177,6 +181,8 @@ class WorkPlan:
             if tail_macs > 0 or tail_seconds > 0:
                 profiles[part] = ((0.0, body_macs / (body_macs + tail_macs), 1.0),
                                   (0.0, body_seconds / max(body_seconds + tail_seconds, 1e-30), 1.0))
+            elif grow == 1.0 and part in self.profiles:  # the tiles do not touch it (the finishing after them)
+                profiles[part] = self.profiles[part]
         return WorkPlan(macs, seconds, self.longest, profiles, self.calibrated, {})
 
     def _tail(self, part: str | None) -> tuple[float, float]:

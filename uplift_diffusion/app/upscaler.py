@@ -114,6 +114,19 @@ def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return width, height
 
 
+def _photo_like(side: int, rng: np.random.Generator) -> Image.Image:
+    """A synthetic ``side``² RGB picture whose PNGs take about as long to write as a photo's: random phases under an
+    amplitude falling as 1 / f² (smooth regions, soft edges). Noise's files take about twice as long (deflate finds
+    nothing to repeat), and the files are a third of the time after the decoder."""
+    f = np.hypot(np.fft.fftfreq(side)[:, None], np.fft.rfftfreq(side)[None, :])
+    amplitude = 1 / np.maximum(f, 1 / side) ** 2
+    channels = []
+    for _ in range(3):
+        x = np.fft.irfft2(amplitude * np.exp(2j * np.pi * rng.random(amplitude.shape)), s=(side, side))
+        channels.append((x - x.mean()) / max(x.std(), 1e-12))
+    return Image.fromarray(np.clip(np.stack(channels, -1) * 50 + 128, 0, 255).astype(np.uint8))
+
+
 def most_detailed_center(image: Image.Image, window: int) -> tuple[int, int]:
     """Centre (x, y) of the ``window``-pixel square of ``image`` with the most gradient energy (sum of squared
     luminance differences to the right and below neighbours): where a zoomed crop has the most to show."""
@@ -198,6 +211,9 @@ class PageUpscaler:
         self._fixed: dict[float, dict[str | None, float]] = {}
         # Per (scale, tiles) whose plan is still the calibration's: each op's seconds against the photo's size.
         self._op_costs: dict[tuple[int, int | None], OpCosts] = {}
+        # Per scale, where the finishing's time falls along its ops, from the realistic-size run of
+        # :meth:`_time_finishing` (the calibration photos are too small: their finishing is mostly fixed costs).
+        self._finishing_profile: dict[float, dict[str, tuple[tuple[float, ...], tuple[float, ...]]]] = {}
 
     # ------------------------------------------------------------------ checks
     def check(self, path: str | Path) -> tuple[int, int]:
@@ -337,7 +353,8 @@ class PageUpscaler:
                 plan = replace(plan, seconds=seconds)
                 if key in self._op_costs:  # a plan from the calibration photos: each op's time at this size
                     costs = self._op_costs[key]
-                    plan = replace(plan, profiles={**plan.profiles, **costs.profiles(pixels)},
+                    plan = replace(plan, profiles={**plan.profiles, **costs.profiles(pixels),
+                                                   **self._finishing_profile.get(scale, {})},
                                    longest=costs.longest(pixels), calibrated=True,
                                    body_ops={**plan.body_ops, **costs.body_ops})
                 if key != (scale, tile_size):  # measured without tiles: tiles do more work (the upsampler 1.6x for a
@@ -360,7 +377,7 @@ class PageUpscaler:
             (small, small_run, small_timings), (large, large_run, large_timings) = runs[1:]
             at_small = {**small_run.seconds_by_part, SAVING: small_timings[0]}
             at_large = {**large_run.seconds_by_part, SAVING: large_timings[0]}
-            big, at_big = self._time_finishing(scale)
+            big, at_big, self._finishing_profile[scale] = self._time_finishing(scale)
             fixed = {}
             for part, value in at_large.items():
                 # each part's seconds per pixel through the larger calibration photo and, for the finishing and the
@@ -373,34 +390,35 @@ class PageUpscaler:
             self._op_costs[(scale, None)] = OpCosts.fit(small_run, small, large_run, large, by_kind=(DECODER,))
         return self.expected_plan(size, scale, tile_size)
 
-    def _time_finishing(self, scale: float) -> tuple[int, dict[str, float]]:
-        """The input pixels of a synthetic photo whose result has about :data:`FINISHING_PIXELS`, and the seconds of
-        what follows the decoder for it: the pipeline's output check and colour correction (``FINISHING``), then
-        the picture made and the files written (``SAVING``). No model runs: a bilinear enlargement stands in for
-        the decoded picture."""
+    def _time_finishing(self, scale: float) -> tuple[int, dict[str, float], dict]:
+        """The input pixels of a synthetic photo whose result has about :data:`FINISHING_PIXELS`, the seconds of
+        what follows the decoder for it, and the finishing's profile (:meth:`WorkPlan.profiles_of`). The parts end
+        where a real run's counts end them: ``FINISHING`` from the decoder's end (the output check, the colour
+        correction's set-up) to its last counted op, ``SAVING`` from there (the rest of the correction, the
+        picture made, the files written). No model runs: a bilinear enlargement stands in for the decoded
+        picture."""
         from uplift_diffusion.pipelines.super_resolution import check_output
 
         power = 2 ** math.ceil(math.log2(max(scale, 2)))  # UPLiFT's steps; other factors resample after them
         factor = getattr(self.pipeline, "vae_scale_factor", 8)
         side = max(factor, round(math.sqrt(FINISHING_PIXELS) / power / factor) * factor)
-        rng = np.random.default_rng(1)
-        photo = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        photo = _photo_like(side, np.random.default_rng(1))
         reference = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float() / 255
         decoded = torch.nn.functional.interpolate(reference, scale_factor=power, mode="bilinear")
         mode = getattr(self.pipeline, "config", {}).get("color_correction_mode")
         correct = color_correction_for(getattr(self.pipeline, "upsampler", None), True, mode)
-        start = time.perf_counter()
-        check_output(decoded, reference)
-        corrected = correct(decoded, reference)
-        finished = time.perf_counter()
+        with WorkCounter(tails={DECODER: FINISHING}, part=DECODER) as counter:
+            check_output(decoded, reference)
+            corrected = correct(decoded, reference)
         result = Image.fromarray((corrected[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         result = result.resize(scaled_size(photo.size, scale), Image.BICUBIC) if power != scale else result
         folder = self.workdir / uuid.uuid4().hex
         try:
-            _, timings = self._write_views(folder, "calibration.png", photo, result, scale, finished)
+            _, timings = self._write_views(folder, "calibration.png", photo, result, scale, counter.last_op_at)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        return side * side, {FINISHING: finished - start, SAVING: timings[0]}
+        profile = {part: value for part, value in WorkPlan.profiles_of(counter).items() if part == FINISHING}
+        return side * side, {FINISHING: counter.seconds_by_part[FINISHING], SAVING: timings[0]}, profile
 
     def expected_cost(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> float:
         """Expected seconds to upscale a photo of ``size`` (see :meth:`expected_plan`)."""
