@@ -334,8 +334,8 @@ def test_the_colour_correction_after_the_decoder_is_a_part_of_its_own():
 
 
 def test_a_tiled_plan_grows_a_part_by_its_tiles_work_but_not_its_tail():
-    """The colour correction after the decoder runs on kernels made per call (no part's weights): counted as the
-    decoder's tail, it keeps its seconds and its place at the end when the decoder's own ops grow in tiles."""
+    """Ops after a part's last one on its own weights (an upsampler's last attention products, on no part's weights)
+    are its tail: it keeps its seconds and its place at the end when the part's own ops grow in tiles."""
     import torch.nn.functional as F
 
     from uplift_diffusion.app.progress import SAVING, WorkCounter, WorkPlan
