@@ -39,6 +39,7 @@ ZOOM_DISPLAY = 384  # the zoomed crops are enlarged (nearest) to at least this m
 PNG_COMPRESS_LEVEL = 1
 ENCODER, UPSAMPLER, DECODER = "encoding", "UPLiFT", "decoding"  # parts of the work (and the bar's labels)
 FINISHING = "finishing"  # the pipeline's colour correction after the decoder (its own part: it grows with the picture)
+TAILS = {DECODER: FINISHING}  # WorkCounter's tails: convolutions on no part's weights after the decoder's finish it
 CALIBRATION_SIDE = 64  # pixels: the small photo whose work per pixel sizes the progress bar before a first real run
 FINISHING_PIXELS = 1024 * 1024  # output pixels: the finishing and the files timed once at a realistic size, where
 # their cost per pixel shows (on the calibration photos it is mostly fixed costs)
@@ -297,7 +298,7 @@ class PageUpscaler:
              on_work: Callable[[int, str | None], None] | None = None) -> tuple[Image.Image, WorkCounter]:
         """The pipeline's result for ``image`` and the counter of the work it took."""
         generator = torch.Generator(self.pipeline.device).manual_seed(self.seed)
-        with WorkCounter(on_work, self._model_parts(), tails={DECODER: FINISHING}) as counter:
+        with WorkCounter(on_work, self._model_parts(), tails=TAILS) as counter:
             result = self.pipeline(image, scale=scale, generator=generator, tile_size=tile_size,
                                    color_correction=color_correction).images[0]
         return result, counter
@@ -367,13 +368,7 @@ class PageUpscaler:
             for side in (CALIBRATION_SIDE // 2, CALIBRATION_SIDE // 2, CALIBRATION_SIDE):  # the first: warm-up
                 noise = Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
                 result, counter = self._run(noise, scale, None, True, on_work=_stop_if(cancelled))
-                folder = self.workdir / uuid.uuid4().hex
-                try:
-                    _, timings = self._write_views(folder, "calibration.png", noise, result, scale,
-                                                   counter.last_op_at)
-                finally:
-                    shutil.rmtree(folder, ignore_errors=True)
-                runs.append((side * side, counter, timings))
+                runs.append((side * side, counter, self._time_views(noise, result, scale, counter.last_op_at)))
             (small, small_run, small_timings), (large, large_run, large_timings) = runs[1:]
             at_small = {**small_run.seconds_by_part, SAVING: small_timings[0]}
             at_large = {**large_run.seconds_by_part, SAVING: large_timings[0]}
@@ -407,18 +402,23 @@ class PageUpscaler:
         decoded = torch.nn.functional.interpolate(reference, scale_factor=power, mode="bilinear")
         mode = getattr(self.pipeline, "config", {}).get("color_correction_mode")
         correct = color_correction_for(getattr(self.pipeline, "upsampler", None), True, mode)
-        with WorkCounter(tails={DECODER: FINISHING}, part=DECODER) as counter:
+        with WorkCounter(tails=TAILS, part=DECODER) as counter:
             check_output(decoded, reference)
             corrected = correct(decoded, reference)
         result = Image.fromarray((corrected[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         result = result.resize(scaled_size(photo.size, scale), Image.BICUBIC) if power != scale else result
+        timings = self._time_views(photo, result, scale, counter.last_op_at)
+        profiles = WorkPlan.profiles_of(counter)
+        profile = {FINISHING: profiles[FINISHING]} if FINISHING in profiles else {}
+        return side * side, {FINISHING: counter.seconds_by_part[FINISHING], SAVING: timings[0]}, profile
+
+    def _time_views(self, image: Image.Image, result: Image.Image, scale: float, since: float) -> tuple:
+        """:meth:`_write_views`' timings for a calibration picture, its files written to a folder then removed."""
         folder = self.workdir / uuid.uuid4().hex
         try:
-            _, timings = self._write_views(folder, "calibration.png", photo, result, scale, counter.last_op_at)
+            return self._write_views(folder, "calibration.png", image, result, scale, since)[1]
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        profile = {part: value for part, value in WorkPlan.profiles_of(counter).items() if part == FINISHING}
-        return side * side, {FINISHING: counter.seconds_by_part[FINISHING], SAVING: timings[0]}, profile
 
     def expected_cost(self, size: tuple[int, int], scale: float, tile_size: int | None = None) -> float:
         """Expected seconds to upscale a photo of ``size`` (see :meth:`expected_plan`)."""
