@@ -415,6 +415,26 @@ def test_a_part_not_yet_seen_goes_at_the_plans_pace_or_halfway_to_the_requests()
     assert left_after_a_fast_upsampler(True).endswith("about 11 s left")
 
 
+
+def test_a_long_parts_slow_first_second_does_not_set_the_pace_of_the_rest():
+    """A 30 s decoder whose first expected second takes 1.5 s (its first tile's buffers), then goes as planned: one
+    second of evidence would put 14 s on its remaining 29 s; a tenth of the part's plan is what counts fully."""
+    from uplift_diffusion.app.progress import SAVING, WorkPlan
+
+    reports, now = [], [0.0]
+    plan = WorkPlan({"decoding": 300, SAVING: 1.0}, {"decoding": 30.0, SAVING: 1.0}, calibrated=True)
+    bar = app.RequestProgress(lambda fraction, desc: reports.append(desc), ["a.png"], [plan], min_interval=0,
+                              clock=lambda: now[0])
+    bar.start_photo(0)
+    now[0] = 1.5
+    bar.work(10, "decoding")  # the first expected second, half again as slow as planned
+    real_left = 29.0 + 1.0  # the rest of the decoder as planned, then the files
+    said = float(reports[-1].split("about ")[1].split(" s left")[0])
+    assert said / real_left - 1 < 0.3  # one second of evidence alone said 44.5 s (+48 %)
+    for step in range(1, 30):  # the rest at the planned pace: the estimate comes down to the truth
+        now[0] = 1.5 + step
+        bar.work(10 + 10 * step, "decoding")
+    assert reports[-1].endswith("decoding · about 1 s left")  # the files at the calibrated plan's own pace
 def test_a_plan_from_the_calibration_photos_gives_each_op_its_time_at_the_photos_size():
     import torch.nn.functional as F
 

@@ -307,6 +307,10 @@ def _non_negative_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 PART_EVIDENCE_S = 1.0  # expected seconds of a part done in this request before its own measured pace counts fully
+# ... or this share of the part's planned seconds in the current photo, if longer: a long decoder's first tiles pay
+# one-time costs (buffers of a new tile size) that run up to 1.5x its pace for its first second, and read as its
+# pace they would put seconds on the rest of its 20-30 s.
+PART_EVIDENCE_SHARE = 0.1
 
 
 class RequestProgress:
@@ -322,10 +326,10 @@ class RequestProgress:
 
     The time left is measured while the request runs: each part's remaining expected seconds times that part's own
     pace in this request (real seconds per expected second: a decoder slower than its plan is seen as it runs); for a
-    part not yet seen for long (:data:`PART_EVIDENCE_S`) the geometric mean of the plan's pace and the request's
-    overall pace (the plan's own pace if the plan comes from the calibration photos, :attr:`WorkPlan.calibrated`),
-    less the time already spent
-    on the op now running (at most its expected length: an op that overruns does not run the estimate down). Never
+    part not yet seen for long (:data:`PART_EVIDENCE_S`, or :data:`PART_EVIDENCE_SHARE` of its plan) blended with the
+    geometric mean of the plan's pace and the request's overall pace (the plan's own pace if the plan comes from the
+    calibration photos, :attr:`WorkPlan.calibrated`), less the time already spent on the op now running (at most its
+    expected length: an op that overruns does not run the estimate down). Never
     under 1 s before the end.
 
     Args:
@@ -431,8 +435,10 @@ class RequestProgress:
         # allocations, a second run does not: its decoder would be read as fast as its upsampler).
         prior = 1.0 if self.plans[self.index].calibrated else overall ** 0.5
         left = 0.0
+        current_plan = self.plans[self.index].seconds
         for part, planned in remaining.items():
-            weight = min(1.0, expected[part] / PART_EVIDENCE_S)
+            evidence = max(PART_EVIDENCE_S, PART_EVIDENCE_SHARE * current_plan.get(part, 0.0))
+            weight = min(1.0, expected[part] / evidence)
             own = self.real_by_part[part] / expected[part] if expected[part] > 0 else prior
             left += planned * (weight * own + (1 - weight) * prior)
         return left
