@@ -44,7 +44,9 @@ def main() -> None:
     one_pass = super_resolution.uplift_steps
     photos = recipe_search.val_photos(Path(args.val_dir), args.val_count)
     for count in args.views:
-        def ensemble(upsampler, latents, guide, iterations, generator=None, progress=None, pairs=views(count)):
+        pairs = views(count)
+
+        def ensemble(upsampler, latents, guide, iterations, generator=None, progress=None, pairs=pairs):
             outs = [inverse(one_pass(upsampler, view(latents), view(guide), iterations, generator))
                     for view, inverse in pairs]
             return torch.stack(outs).mean(0)
