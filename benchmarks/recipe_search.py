@@ -53,7 +53,9 @@ def load_recipe(path: Path) -> dict:
 
 def run_config(recipe: dict, out: Path, name: str, seed: int, cpu_minutes: float) -> dict:
     config = copy.deepcopy(recipe)
-    data_key = hashlib.sha256(json.dumps([config["data"], config["loss"].get("guide", "photo"), config["seed"]],
+    # The cache holds each view's features at every depth trained: recipes that train deeper need their own.
+    data_key = hashlib.sha256(json.dumps([config["data"], config["loss"].get("guide", "photo"), config["seed"],
+                                          max(config["loss"].get("depths", [1, 2, 3]))],
                                          sort_keys=True).encode()).hexdigest()[:10]
     config.update(output_dir=str(out / name / f"seed{seed}"), seed=seed, max_steps=None, max_minutes=cpu_minutes)
     config["data"]["cache_dir"] = str(out / "cache" / f"{data_key}-seed{seed}")
