@@ -307,9 +307,9 @@ def _non_negative_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 PART_EVIDENCE_S = 1.0  # expected seconds of a part done in this request before its own measured pace counts fully
-# ... or this share of the part's planned seconds in the current photo, if longer: a long decoder's first tiles pay
-# one-time costs (buffers of a new tile size) that run up to 1.5x its pace for its first second, and read as its
-# pace they would put seconds on the rest of its 20-30 s.
+# A long part needs this share of its planned seconds in the photo instead, where that is longer: a decoder's first
+# tiles pay one-time costs (buffers of a new tile size) and run at up to 1.5x its pace for its first second; read as
+# its pace, they would add seconds to the rest of its 20-30 s.
 PART_EVIDENCE_SHARE = 0.1
 
 
