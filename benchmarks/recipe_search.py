@@ -52,11 +52,13 @@ def load_recipe(path: Path) -> dict:
 
 
 def run_config(recipe: dict, out: Path, name: str, seed: int, cpu_minutes: float) -> dict:
+    from uplift_diffusion.training.config import LossConfig
+
     config = copy.deepcopy(recipe)
     # The cache holds each view's features at every depth trained: recipes that train deeper need their own.
-    data_key = hashlib.sha256(json.dumps([config["data"], config["loss"].get("guide", "photo"), config["seed"],
-                                          max(config["loss"].get("depths", [1, 2, 3]))],
-                                         sort_keys=True).encode()).hexdigest()[:10]
+    deepest = max(config["loss"].get("depths", LossConfig().depths))
+    key = [config["data"], config["loss"].get("guide", "photo"), config["seed"], deepest]
+    data_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     config.update(output_dir=str(out / name / f"seed{seed}"), seed=seed, max_steps=None, max_minutes=cpu_minutes)
     config["data"]["cache_dir"] = str(out / "cache" / f"{data_key}-seed{seed}")
     return config

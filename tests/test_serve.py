@@ -415,7 +415,6 @@ def test_a_part_not_yet_seen_goes_at_the_plans_pace_or_halfway_to_the_requests()
     assert left_after_a_fast_upsampler(True).endswith("about 11 s left")
 
 
-
 def test_a_long_parts_slow_first_second_does_not_set_the_pace_of_the_rest():
     """A 30 s decoder whose first expected second takes 1.5 s (its first tile's buffers), then goes as planned: one
     second of evidence would put 14 s on its remaining 29 s; a tenth of the part's plan is what counts fully."""
@@ -435,6 +434,8 @@ def test_a_long_parts_slow_first_second_does_not_set_the_pace_of_the_rest():
         now[0] = 1.5 + step
         bar.work(10 + 10 * step, "decoding")
     assert reports[-1].endswith("decoding · about 1 s left")  # the files at the calibrated plan's own pace
+
+
 def test_a_plan_from_the_calibration_photos_gives_each_op_its_time_at_the_photos_size():
     import torch.nn.functional as F
 
